@@ -1,0 +1,1 @@
+"""Shared utilities: user-facing errors, atomic file IO, config helpers."""

@@ -1,0 +1,67 @@
+"""Config dataclass helpers: ``--set key=value`` overrides and JSON round trips."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+
+from common.errors import ConfigError
+
+
+def _coerce(value: str, annotation, field_name: str):
+    origin = typing.get_origin(annotation)
+    if annotation in (bool, "bool"):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"--set {field_name}={value}: expected true/false")
+    if annotation in (int, "int"):
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"--set {field_name}={value}: expected an integer") from None
+    if annotation in (float, "float"):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"--set {field_name}={value}: expected a number") from None
+    if origin in (tuple, list) or annotation in ("tuple", "list"):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = [v for v in value.split(",") if v]
+        return tuple(parsed) if origin is tuple else list(parsed)
+    return value
+
+
+def apply_overrides(config, overrides: dict[str, str]):
+    """Return a copy of dataclass ``config`` with string ``overrides`` coerced to the field types."""
+    if not overrides:
+        return config
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(type(config))
+    changes = {}
+    for key, raw in overrides.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown setting '{key}' for {type(config).__name__}; known: {known}")
+        changes[key] = _coerce(raw, hints.get(key, str), key)
+    return dataclasses.replace(config, **changes)
+
+
+def parse_set_args(items: list[str] | None) -> dict[str, str]:
+    """Parse ``["a=1", "b=x"]`` into a dict, with a clear error for malformed items."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def to_dict(config) -> dict:
+    return dataclasses.asdict(config)

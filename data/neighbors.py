@@ -1,0 +1,134 @@
+"""Neighbour tables: the K nearest training samples of every training sample in VA space.
+
+Stored beside the table as ``<stem>.neighbors.npz`` with ``indices`` (N, K) int64 row indices into the
+same table (self excluded) and ``distances`` (N, K) float32 Euclidean VA distances, ordered nearest
+first with ties broken by the lower row index.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import DataError
+
+
+def neighbor_table_path(csv_path) -> Path:
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.stem + ".neighbors.npz")
+
+
+def build_neighbor_table(va: np.ndarray, k: int, algorithm: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """K nearest neighbours of each point of ``va`` (N, 2), self excluded, deterministic ties.
+
+    Returns ``(indices (N, k) int64, distances (N, k) float32)``. Uses faiss when installed and
+    ``algorithm='faiss'``, otherwise scikit-learn's KD-tree. Ties are broken by row index: we query
+    k + extra points and stable-sort by (distance, index).
+    """
+    va = np.asarray(va, dtype=np.float64)
+    n = len(va)
+    if va.ndim != 2 or va.shape[1] != 2:
+        raise DataError(f"VA must have shape (N, 2), got {va.shape}")
+    if not np.isfinite(va).all():
+        row = int(np.flatnonzero(~np.isfinite(va).all(axis=1))[0])
+        raise DataError(f"VA row {row + 1} is NaN or infinite; cannot build neighbours")
+    if n <= k:
+        raise DataError(f"cannot take K={k} neighbours from {n} samples (need more than K)")
+    extra = min(n, k + 1 + 8)  # query slack so equal-distance ties can be ordered by index
+    if algorithm == "faiss":
+        try:
+            import faiss  # type: ignore
+        except ImportError:
+            raise DataError("algorithm 'faiss' requested but faiss is not installed") from None
+        index = faiss.IndexFlatL2(2)
+        index.add(va.astype(np.float32))
+        dist2, idx = index.search(va.astype(np.float32), extra)
+        dist = np.sqrt(np.maximum(dist2, 0)).astype(np.float64)
+    else:
+        from sklearn.neighbors import NearestNeighbors
+
+        nn = NearestNeighbors(n_neighbors=extra, algorithm="kd_tree", leaf_size=40, n_jobs=-1).fit(va)
+        dist, idx = nn.kneighbors(va)
+    rows = np.arange(n)[:, None]
+    self_mask = idx == rows
+    # Exclude self even when a duplicate point sorts before it.
+    dist = np.where(self_mask, np.inf, dist)
+    order = np.lexsort((idx, np.round(dist, 12)), axis=1)
+    idx = np.take_along_axis(idx, order, axis=1)[:, :k]
+    dist = np.take_along_axis(dist, order, axis=1)[:, :k]
+    if not np.isfinite(dist).all():
+        raise DataError("neighbour search returned too few distinct neighbours (too many duplicate VA points)")
+    return idx.astype(np.int64), dist.astype(np.float32)
+
+
+def save_neighbor_table(path, indices: np.ndarray, distances: np.ndarray, force: bool = False) -> Path:
+    import io
+
+    from common.io import atomic_write_bytes
+
+    path = Path(path)
+    if path.exists() and not force:
+        raise DataError(f"{path} already exists; pass --force to overwrite it")
+    buffer = io.BytesIO()
+    np.savez(buffer, indices=np.asarray(indices, np.int64), distances=np.asarray(distances, np.float32))
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def validate_neighbor_indices(indices: np.ndarray, num_rows: int, k: int, source) -> np.ndarray:
+    """Check shape, range and self-neighbours; return the first ``k`` columns as int32."""
+    indices = np.asarray(indices)
+    if indices.ndim != 2:
+        raise DataError(f"{source}: neighbour table must be 2-D (N, K), got shape {indices.shape}")
+    if indices.shape[0] != num_rows:
+        raise DataError(f"{source}: neighbour table has {indices.shape[0]} rows but the training table has "
+                        f"{num_rows}; rebuild it with `python -m preprocess.knn`")
+    if indices.shape[1] < k:
+        raise DataError(f"{source}: neighbour table has {indices.shape[1]} columns but K={k} neighbours are requested")
+    indices = indices[:, :k]
+    bad = (indices < 0) | (indices >= num_rows)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise DataError(f"{source}, row {row + 1}: neighbour index {int(indices[row][bad[row]][0])} is out of range "
+                        f"0..{num_rows - 1}")
+    selfn = indices == np.arange(num_rows)[:, None]
+    if selfn.any():
+        row = int(np.flatnonzero(selfn.any(axis=1))[0])
+        raise DataError(f"{source}, row {row + 1}: the sample lists itself as a neighbour")
+    return indices.astype(np.int32)
+
+
+def load_neighbor_table(path, num_rows: int, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load and validate a ``.neighbors.npz`` table; returns (indices (N,k) int32, distances or None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: neighbour table not found; build it with `python -m preprocess.knn --table <train.csv>`")
+    try:
+        with np.load(path) as data:
+            indices = data["indices"]
+            distances = data["distances"] if "distances" in data.files else None
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: not a readable neighbour table ({exc})") from None
+    indices = validate_neighbor_indices(indices, num_rows, k, path)
+    if distances is not None:
+        distances = np.asarray(distances, np.float32)[:, :k]
+    return indices, distances
+
+
+def parse_knn_column(values, num_rows: int, k: int, source) -> np.ndarray:
+    """Parse the official release's ``knn`` column (``;``-separated 0-based row indices)."""
+    rows = []
+    for r, text in enumerate(values):
+        try:
+            parts = [int(v) for v in str(text).strip().split(";") if v.strip() != ""]
+        except ValueError:
+            raise DataError(f"{source}, row {r + 1}: 'knn' must be ';'-separated integers, got {str(text)[:40]!r}") from None
+        if len(parts) < k:
+            raise DataError(f"{source}, row {r + 1}: 'knn' lists {len(parts)} neighbours but K={k} are requested")
+        rows.append(parts[:k])
+    return validate_neighbor_indices(np.asarray(rows, dtype=np.int64), num_rows, k, source)
+
+
+def format_knn_column(indices: np.ndarray) -> list[str]:
+    return [";".join(str(int(v)) for v in row) for row in np.asarray(indices)]

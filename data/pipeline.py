@@ -1,0 +1,252 @@
+"""The tf.data pipeline: dict batches from a validated table.
+
+Every batch is a dict with ``image`` (B, S, S, 3) float32 in [-1, 1] ((x - 127.5) / 127.5, as the
+LDLVA release), ``label`` (B,) int32 and ``index`` (B,) int32 (the row in the table), plus what the
+method asked for: per-sample arrays given in ``extras`` (``va``, ``votes``...), ``landmarks``
+(B, L, 2) in pixels of the augmented image, and ``neighbor_images`` (B, K, S, S, 3) with
+``neighbors`` (B, K) for LDLVA's forward mode.
+
+Determinism and exact resume: the training stream is a pure function of (seed, step). Epoch ``e``
+visits the rows in ``stateless_shuffle(range(N), seed=(seed, e))`` order and every random
+augmentation draws from a stateless RNG keyed by (seed, e, row), so the stream can be restarted at any
+global step with ``skip`` and yields exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from data.images import load_image_array, raise_for_bad_images, scan_images
+from data.schema import AnnotationTable
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    image_size: int = 224  # network input side (the paper: 224)
+    pad: int = 16  # zero padding before the random crop (paper: 16 px; release: 8 for R18, 4 for R50@112)
+    flip: bool = True  # random horizontal flip
+    random_erasing: float = 0.0  # probability of random erasing on the central image (release: 0.5)
+    image_cache: str = "auto"  # "memory": decode once into RAM; "files": decode every step; "auto": memory if it fits
+    memory_budget_gb: float = 3.0  # "auto" keeps images in memory below this size
+    seed: int = 0
+    deterministic: bool = True  # keep element order fixed under parallel map (needed for exact resume)
+
+
+class ImageSource:
+    """Where a split's pixels come from: an in-memory uint8 array or the image files."""
+
+    def __init__(self, table: AnnotationTable, image_size: int, cache: str = "auto", memory_budget_gb: float = 3.0,
+                 check_files: bool = True):
+        self.table = table
+        self.size = image_size
+        n = len(table)
+        need_gb = n * image_size * image_size * 3 / 1e9
+        self.mode = cache if cache != "auto" else ("memory" if need_gb <= memory_budget_gb else "files")
+        if self.mode not in ("memory", "files"):
+            raise ValueError(f"image_cache must be memory, files or auto, got {cache}")
+        self.original_sizes = None
+        if self.mode == "memory":
+            self.array = load_image_array(table.image_root, table.paths, image_size, csv_path=table.csv_path)
+            self._tensor = tf.convert_to_tensor(self.array)
+            if table.landmarks is not None:
+                self.original_sizes = _original_sizes(table)
+        else:
+            if check_files:
+                raise_for_bad_images(scan_images(table.image_root, table.paths), table.csv_path, n)
+            self._paths = tf.constant(table.absolute_paths())
+
+    def load(self, index):
+        """index () int32 → (uint8 (S, S, 3), scale (2,) float32 from stored pixels to S)."""
+        if self.mode == "memory":
+            image = tf.gather(self._tensor, index)
+            if self.original_sizes is not None:
+                hw = tf.gather(tf.constant(self.original_sizes, tf.float32), index)
+                scale = tf.stack([self.size / hw[1], self.size / hw[0]])
+            else:
+                scale = tf.ones([2], tf.float32)
+            return image, scale
+        raw = tf.io.read_file(tf.gather(self._paths, index))
+        image = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
+        hw = tf.cast(tf.shape(image)[:2], tf.float32)
+        image = tf.image.resize(image, [self.size, self.size], antialias=True)
+        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        image.set_shape([self.size, self.size, 3])
+        return image, tf.stack([self.size / hw[1], self.size / hw[0]])
+
+
+def _original_sizes(table: AnnotationTable) -> np.ndarray:
+    import cv2
+
+    sizes = np.empty((len(table), 2), np.float32)
+    for i, path in enumerate(table.absolute_paths()):
+        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        sizes[i] = image.shape[:2]
+    return sizes
+
+
+def normalize(image_uint8):
+    return (tf.cast(image_uint8, tf.float32) - 127.5) / 127.5
+
+
+def _augment(image, seed, size, pad, flip, erase_prob, landmarks=None):
+    """Flip, zero-pad + random crop, random erasing; stateless in ``seed`` (2,) int32."""
+    seeds = tf.random.experimental.stateless_split(seed, num=5)
+    image = normalize(image)
+    if flip:
+        do_flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
+        image = tf.cond(do_flip, lambda: tf.image.flip_left_right(image), lambda: image)
+        if landmarks is not None:
+            landmarks = tf.cond(do_flip, lambda: tf.stack([size - landmarks[:, 0], landmarks[:, 1]], axis=1),
+                                lambda: landmarks)
+    if pad > 0:
+        # Zero padding in pixel space is -1 after normalisation.
+        image = tf.pad(image + 1.0, [[pad, pad], [pad, pad], [0, 0]]) - 1.0
+        offset = tf.random.stateless_uniform([2], seeds[1], 0, 2 * pad + 1, dtype=tf.int32)
+        image = tf.slice(image, [offset[0], offset[1], 0], [size, size, 3])
+        if landmarks is not None:
+            landmarks = landmarks + tf.cast(pad - tf.reverse(offset, [0]), tf.float32)[None, :]
+    if erase_prob > 0:
+        image = _random_erasing(image, seeds[2], erase_prob, size)
+    if landmarks is not None:
+        return image, landmarks
+    return image
+
+
+def _random_erasing(image, seed, prob, size):
+    """Random erasing (Zhong et al.): p, area in [0.02, 0.3], aspect in [0.3, 1/0.3], uniform noise fill."""
+    s = tf.random.experimental.stateless_split(seed, num=5)
+    area = tf.random.stateless_uniform([], s[0], 0.02, 0.3) * size * size
+    log_ratio = tf.random.stateless_uniform([], s[1], math.log(0.3), math.log(1 / 0.3))
+    ratio = tf.exp(log_ratio)
+    h = tf.minimum(tf.cast(tf.round(tf.sqrt(area * ratio)), tf.int32), size)
+    w = tf.minimum(tf.cast(tf.round(tf.sqrt(area / ratio)), tf.int32), size)
+    top = tf.random.stateless_uniform([], s[2], 0, size - h + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform([], s[3], 0, size - w + 1, dtype=tf.int32)
+    rows = tf.range(size)[:, None]
+    cols = tf.range(size)[None, :]
+    mask = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    noise = tf.random.stateless_uniform([size, size, 3], s[4], -1.0, 1.0)
+    erased = tf.where(mask[:, :, None], noise, image)
+    apply = tf.random.stateless_uniform([], tf.reverse(s[4], [0]), 0.0, 1.0) < prob
+    return tf.cond(apply, lambda: erased, lambda: image)
+
+
+def _gather_extras(extras, index):
+    return {name: tf.gather(tensor, index) for name, tensor in extras.items()}
+
+
+def _as_tensors(extras: dict | None) -> dict:
+    return {k: tf.constant(v) for k, v in (extras or {}).items()}
+
+
+def steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    return math.ceil(num_samples / batch_size)
+
+
+def make_train_dataset(source: ImageSource, config: PipelineConfig, batch_size: int, epochs: int,
+                       start_step: int = 0, extras: dict | None = None, landmarks: bool = False,
+                       neighbor_table: np.ndarray | None = None, neighbor_images: bool = False,
+                       epoch_indices=None) -> tf.data.Dataset:
+    """The whole training stream (all epochs), starting at global step ``start_step``.
+
+    ``epoch_indices(epoch) -> np.ndarray`` may replace the default uniform shuffle (e.g. LA-Net's
+    progressively balanced sampler); it must be deterministic in ``epoch``.
+    """
+    table = source.table
+    n = len(table)
+    size, pad = config.image_size, config.pad
+    labels = tf.constant(table.labels, tf.int32)
+    extra_tensors = _as_tensors(extras)
+    lm_tensor = tf.constant(table.landmarks) if landmarks else None
+    nb_tensor = tf.constant(neighbor_table, tf.int32) if neighbor_table is not None else None
+    seed = int(config.seed)
+
+    def load_one(epoch, index):
+        draw = tf.stack([tf.constant(seed, tf.int32), tf.cast(epoch * (n + 1) + index, tf.int32)])
+        image, scale = source.load(index)
+        out = {"label": tf.gather(labels, index), "index": index}
+        if landmarks:
+            points = tf.gather(lm_tensor, index) * scale[None, :]
+            out["image"], out["landmarks"] = _augment(image, draw, size, pad, config.flip, config.random_erasing, points)
+        else:
+            out["image"] = _augment(image, draw, size, pad, config.flip, config.random_erasing)
+        out.update(_gather_extras(extra_tensors, index))
+        if nb_tensor is not None:
+            neighbors = tf.gather(nb_tensor, index)
+            out["neighbors"] = neighbors
+            if neighbor_images:
+                def one_neighbor(args):
+                    k, nb = args
+                    nb_seed = tf.stack([draw[0] + 7919 * (k + 1), draw[1]])
+                    img, _ = source.load(nb)
+                    # The release augments neighbours with flip + pad/crop but no erasing.
+                    return _augment(img, nb_seed, size, pad, config.flip, 0.0)
+                out["neighbor_images"] = tf.map_fn(
+                    one_neighbor, (tf.range(tf.shape(neighbors)[0]), neighbors),
+                    fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return out
+
+    if epoch_indices is None:
+        counts = [n] * epochs
+        def order_of(epoch):
+            return tf.random.experimental.stateless_shuffle(
+                tf.range(n, dtype=tf.int32), seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]))
+    else:
+        orders = [np.asarray(epoch_indices(e), np.int32) for e in range(epochs)]
+        counts = [len(o) for o in orders]
+        flat = tf.constant(np.concatenate(orders), tf.int32)
+        offsets = tf.constant(np.concatenate([[0], np.cumsum(counts)]), tf.int64)
+        def order_of(epoch):
+            return flat[offsets[epoch]:offsets[epoch + 1]]
+
+    def epoch_dataset(epoch, skip_samples=0):
+        # Batches never straddle epochs; the last batch of an epoch may be smaller (as in the release).
+        epoch = tf.cast(epoch, tf.int32)
+        ds = tf.data.Dataset.from_tensor_slices(order_of(epoch))
+        if skip_samples:
+            ds = ds.skip(skip_samples)
+        ds = ds.map(lambda i: load_one(epoch, i), num_parallel_calls=AUTOTUNE, deterministic=config.deterministic)
+        return ds.batch(batch_size)
+
+    # Locate the global step: epoch and batch within it.
+    start_epoch, step = 0, int(start_step)
+    while start_epoch < epochs and step >= math.ceil(counts[start_epoch] / batch_size):
+        step -= math.ceil(counts[start_epoch] / batch_size)
+        start_epoch += 1
+    if start_epoch >= epochs:
+        raise ValueError(f"start_step {start_step} is past the end of training ({epochs} epochs)")
+    ds = epoch_dataset(start_epoch, step * batch_size)
+    if start_epoch + 1 < epochs:
+        ds = ds.concatenate(tf.data.Dataset.range(start_epoch + 1, epochs).flat_map(epoch_dataset))
+    return ds.prefetch(AUTOTUNE)
+
+
+def epoch_step_counts(num_samples_per_epoch: list[int], batch_size: int) -> list[int]:
+    return [math.ceil(c / batch_size) for c in num_samples_per_epoch]
+
+
+def make_eval_dataset(source: ImageSource, config: PipelineConfig, batch_size: int, extras: dict | None = None,
+                      landmarks: bool = False) -> tf.data.Dataset:
+    """Plain resize + normalise (the release's pad + centre crop is the identity), fixed order."""
+    table = source.table
+    labels = tf.constant(table.labels, tf.int32)
+    extra_tensors = _as_tensors(extras)
+    lm_tensor = tf.constant(table.landmarks) if landmarks else None
+
+    def load_one(index):
+        image, scale = source.load(index)
+        out = {"image": normalize(image), "label": tf.gather(labels, index), "index": index}
+        if landmarks:
+            out["landmarks"] = tf.gather(lm_tensor, index) * scale[None, :]
+        out.update(_gather_extras(extra_tensors, index))
+        return out
+
+    ds = tf.data.Dataset.range(len(table)).map(lambda i: tf.cast(i, tf.int32))
+    ds = ds.map(load_one, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

@@ -1,0 +1,1 @@
+"""Training orchestration: run directories, atomic checkpoints, callbacks, export and metrics."""

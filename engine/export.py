@@ -1,0 +1,68 @@
+"""SavedModel export for serving.
+
+The exported module contains only the inference path (backbone + classifier), not the training-time
+state (per-sample λ, banks, neighbour tables), so it is the size of a plain backbone. Signatures:
+
+* ``serving_default``: ``images`` uint8 (B, H, W, 3) RGB of any size → ``probabilities`` (B, C)
+  float32 and ``label`` (B,) int64; resizing and normalisation happen inside.
+* ``serve_bytes``: ``image_bytes`` string (B,) of encoded JPEG/PNG → the same outputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from common.io import atomic_directory
+
+
+class FERServingModule(tf.Module):
+    def __init__(self, model, image_size: int, class_names):
+        super().__init__()
+        images = keras.Input((image_size, image_size, 3), name="image")
+        features = model.backbone(images, training=False)
+        logits = model.classifier(keras.ops.cast(features, "float32"))
+        self.network = keras.Model(images, logits, name="fer_inference")
+        self.image_size = image_size
+        self.class_names = tf.constant(list(class_names))
+
+    def _predict_uint8(self, images):
+        x = tf.image.resize(tf.cast(images, tf.float32), [self.image_size, self.image_size])
+        x = (x - 127.5) / 127.5
+        logits = tf.cast(self.network(x, training=False), tf.float32)
+        probs = tf.nn.softmax(logits, axis=-1)
+        return {"probabilities": probs, "label": tf.argmax(probs, axis=-1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serve(self, images):
+        return self._predict_uint8(images)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_bytes(self, image_bytes):
+        def decode(data):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+            image = tf.image.resize(tf.cast(image, tf.float32), [self.image_size, self.image_size])
+            return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec(
+            [self.image_size, self.image_size, 3], tf.uint8))
+        return self._predict_uint8(images)
+
+
+def export_saved_model(model, out_dir, image_size: int, class_names, method: str = "") -> Path:
+    """Write the serving SavedModel atomically to ``out_dir`` (replacing an older export)."""
+    out_dir = Path(out_dir)
+    module = FERServingModule(model, image_size, class_names)
+    with atomic_directory(out_dir) as tmp:
+        tf.saved_model.save(module, str(tmp), signatures={
+            "serving_default": module.serve.get_concrete_function(),
+            "serve_bytes": module.serve_bytes.get_concrete_function(),
+        })
+        (tmp / "fer_export.json").write_text(json.dumps({
+            "image_size": image_size, "class_names": list(class_names), "method": method,
+            "input": "uint8 RGB images of any size (serving_default) or encoded JPEG/PNG bytes (serve_bytes)",
+        }, indent=2))
+    return out_dir

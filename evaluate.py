@@ -1,0 +1,107 @@
+"""Evaluate a checkpoint or SavedModel on a dataset split.
+
+    python evaluate.py --ckpt runs/synthetic_ce_seed0 [--dataset synthetic] [--split test] [--json OUT]
+
+``--ckpt`` is a run directory (its latest checkpoint), one checkpoint folder ``RUN/ckpt/step-*``, or
+a serving SavedModel directory. Prints accuracy, mean class accuracy, macro F1 and the confusion
+matrix with class names, and writes them as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common.cli import quiet_tensorflow, run_main
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="run directory, checkpoint folder or SavedModel directory")
+    p.add_argument("--dataset", help="dataset name (default: the run's)")
+    p.add_argument("--data-dir", help="prepared dataset directory (default: the run's)")
+    p.add_argument("--image-root")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--split", default="test", help="table name without .csv (test, val, train) or a CSV path")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", help="write the report here")
+    return p
+
+
+def _resolve_ckpt(path: Path):
+    """Return (kind, run_dir, checkpoint) with kind 'run' or 'savedmodel'."""
+    from common.errors import CheckpointError
+
+    if not path.exists():
+        raise CheckpointError(f"--ckpt {path}: does not exist")
+    if (path / "saved_model.pb").is_file():
+        return "savedmodel", None, path
+    if (path / "config.json").is_file():
+        return "run", path, None
+    if (path / "model.weights.h5").is_file() and (path.parent.parent / "config.json").is_file():
+        return "run", path.parent.parent, path
+    raise CheckpointError(f"--ckpt {path}: not a run directory, checkpoint folder or SavedModel")
+
+
+def _table_name(split: str) -> str:
+    return split if split.endswith(".csv") else f"{split}.csv"
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow()
+    from common.errors import CheckpointError
+    from engine.data import load_split, resolve_data_dir
+    from engine.metrics import format_report
+
+    kind, run_dir, ckpt = _resolve_ckpt(Path(args.ckpt))
+    if kind == "run":
+        from engine.run import evaluate_model, load_run_model
+
+        trainer, record = load_run_model(run_dir, ckpt)
+        cfg = trainer.cfg
+        if args.dataset and args.dataset != cfg.dataset:
+            from data.registry import get_dataset_spec
+
+            spec = get_dataset_spec(args.dataset, args.num_classes)
+            if spec.num_classes != cfg.num_classes:
+                raise CheckpointError(f"the checkpoint in {run_dir} has {cfg.num_classes} classes but dataset "
+                                      f"'{args.dataset}' has {spec.num_classes}")
+            trainer.spec = spec
+        data_dir = Path(args.data_dir) if args.data_dir else Path(record["data"]["data_dir"])
+        table = load_split(data_dir, _table_name(args.split), cfg.num_classes, args.image_root or cfg.image_root)
+        trainer.test_table = table
+        report = evaluate_model(trainer.model, trainer.eval_dataset(), table, trainer.spec.class_names)
+    else:
+        import numpy as np
+        import tensorflow as tf
+
+        from data.images import load_image_array
+        from data.registry import get_dataset_spec
+        from engine.metrics import classification_report
+
+        meta = json.loads((ckpt / "fer_export.json").read_text())
+        class_names = meta["class_names"]
+        spec = get_dataset_spec(args.dataset or "csv", args.num_classes or len(class_names))
+        if spec.num_classes != len(class_names):
+            raise CheckpointError(f"the SavedModel predicts {len(class_names)} classes but dataset "
+                                  f"'{spec.name}' has {spec.num_classes}")
+        data_dir = resolve_data_dir(spec, args.data_dir, None, 0)
+        table = load_split(data_dir, _table_name(args.split), spec.num_classes, args.image_root)
+        serve = tf.saved_model.load(str(ckpt)).signatures["serving_default"]
+        images = load_image_array(table.image_root, table.paths, meta["image_size"], table.csv_path)
+        probs = np.concatenate([serve(images=tf.constant(images[i:i + args.batch_size]))["probabilities"].numpy()
+                                for i in range(0, len(images), args.batch_size)])
+        report = classification_report(table.labels, probs, len(class_names), class_names)
+    print(format_report(report))
+    if args.json:
+        from common.io import atomic_write_json
+
+        atomic_write_json(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,222 @@
+"""LA-Net losses: landmark-aware label distributions, EL contrastive loss, Adaptive Wing (ICCV 2023).
+
+Follows the official code as described in reference §2.4–2.7:
+  * label-distribution estimation helpers: :func:`knn_adjacency`, :func:`normalize_contributions`,
+    :func:`kl_divergence_batchmean` (§2.4);
+  * the expression-landmark supervised contrastive loss :func:`el_contrastive_loss` (§2.5);
+  * the landmark heatmap targets and Adaptive Wing loss (§2.6);
+  * the progressively balanced sampler's per-class counts (§2.7, numpy).
+
+Shapes: B or N batch, C classes, d embedding dim, M queue length, L landmarks, H×W heatmap grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from losses.common import LOG_EPS, as_float
+
+# Stand-in for −∞ in masked log-sum-exps: finite, so rows with nothing left give 0 loss and 0
+# gradients instead of NaN (exp of it is exactly 0 in float32).
+_MASKED_LOGIT = -1e9
+
+
+def knn_adjacency(features, k) -> tf.Tensor:
+    """Hard kNN graph in cosine similarity, self excluded (reference §2.4 step 1).
+
+    Args:
+      features: ``(B, D)`` features (f or g); they are L2-normalised here.
+      k: neighbours per row (K = 8 in the release); clipped to B − 1 so self is never chosen.
+
+    Returns:
+      ``(B, B)`` float32 {0, 1} adjacency A with A_ij = 1 if j is among i's k most similar samples.
+      No gradient (the release builds it without grad). Exact similarity ties are broken by
+      ``tf.math.top_k`` (lower index first), which may differ from PyTorch.
+    """
+    x = tf.math.l2_normalize(tf.stop_gradient(as_float(features)), axis=-1)
+    sim = tf.matmul(x, x, transpose_b=True)
+    batch = tf.shape(sim)[0]
+    # The release sets self-similarity to −1; −2 lies below every cosine so self can never tie.
+    sim = tf.linalg.set_diag(sim, tf.fill([batch], -2.0))
+    k_eff = tf.minimum(tf.cast(k, tf.int32), batch - 1)
+    idx = tf.math.top_k(sim, k=k_eff).indices  # (B, k)
+    return tf.reduce_sum(tf.one_hot(idx, batch, dtype=tf.float32), axis=1)
+
+
+def normalize_contributions(weights, eps: float = 1e-8) -> tf.Tensor:
+    """Row-normalise contributions W as (W_ij + ε/B)/(Σ_j W_ij + ε) (reference §2.4 step 3).
+
+    B is the number of columns. Rows sum to exactly 1 and an all-zero row becomes uniform.
+
+    Args:
+      weights: ``(B, B)`` non-negative W = S ⊙ A.
+
+    Returns:
+      ``(B, B)`` float32.
+    """
+    weights = as_float(weights)
+    cols = tf.cast(tf.shape(weights)[-1], tf.float32)
+    return (weights + eps / cols) / (tf.reduce_sum(weights, axis=-1, keepdims=True) + eps)
+
+
+def kl_divergence_batchmean(target, probs, from_logits: bool = False, eps: float = LOG_EPS) -> tf.Tensor:
+    """KL(target ‖ p) summed over classes and divided by B (PyTorch ``kl_div(..., 'batchmean')``).
+
+    Used as 1.0·KL(ŷ ‖ softmax(logits)) in the total loss (reference §2.7). Zero target entries
+    contribute 0 (x·log x = 0 at 0, via ``xlogy``). The target is *not* detached: in the release the
+    gradient flows into the score nets through ŷ.
+
+    Args:
+      target: ``(B, C)`` target distribution ŷ.
+      probs: ``(B, C)`` probabilities, or logits with ``from_logits=True`` (exact log-softmax, the
+        release's form; with probabilities log(p + eps) guards exact zeros).
+
+    Returns:
+      Scalar float32.
+    """
+    target = as_float(target)
+    probs = as_float(probs)
+    log_p = tf.nn.log_softmax(probs, axis=-1) if from_logits else tf.math.log(probs + eps)
+    per_row = tf.reduce_sum(tf.math.xlogy(target, target) - target * log_p, axis=-1)
+    return tf.reduce_sum(per_row) / tf.cast(tf.shape(target)[0], tf.float32)
+
+
+def el_contrastive_loss(queries, keys, queue, labels, queue_labels, temperature: float = 0.1) -> tf.Tensor:
+    """Expression-landmark supervised contrastive loss (reference §2.5); scalar float32.
+
+    ℓ_ij = −log( exp(q_i·k_j/T) / (exp(q_i·k_j/T) + Σ_{m: ℓ^Q_m ≠ ℓ_i} exp(q_i·Q_m/T)) ),
+    L = mean_i [ Σ_j 1[ℓ_i = ℓ_j]·ℓ_ij / Σ_j 1[ℓ_i = ℓ_j] ].
+
+    In-batch keys are never negatives; negatives are the queue entries with a different label. The
+    positive set always contains j = i. Computed stably as ℓ_ij = softplus(LSE_m(neg_im) − s_ij); a row
+    with no negatives has ℓ_ij = 0.
+
+    Args:
+      queries: ``(N, d)`` L2-normalised queries q (one modality, query encoder).
+      keys: ``(N, d)`` keys k of the other modality from the momentum encoder (the caller stops their
+        gradient, as MoCo does).
+      queue: ``(M, d)`` queue of the other modality. NOTE: rows are entries, i.e. the transpose of
+        the release's (d, M) buffer.
+      labels: ``(N,)`` (pseudo-)labels ℓ; any numeric dtype (low-confidence samples carry −index).
+      queue_labels: ``(M,)`` labels ℓ^Q of the queue entries (the release fills empty slots with −1e10).
+      temperature: T (0.1).
+    """
+    q = as_float(queries)
+    pos_logits = tf.matmul(q, as_float(keys), transpose_b=True) / temperature  # (N, N)
+    neg_logits = tf.matmul(q, as_float(queue), transpose_b=True) / temperature  # (N, M)
+    # Labels can be large negative indices or −1e10 sentinels: compare in float64 to keep them exact.
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.float64)
+    queue_labels = tf.cast(tf.reshape(queue_labels, [-1]), tf.float64)
+    is_negative = tf.not_equal(labels[:, None], queue_labels[None, :])
+    neg_lse = tf.reduce_logsumexp(tf.where(is_negative, neg_logits, _MASKED_LOGIT), axis=-1, keepdims=True)
+    pair_loss = tf.nn.softplus(neg_lse - pos_logits)  # (N, N)
+    positive = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32)
+    per_query = tf.reduce_sum(positive * pair_loss, axis=-1) / tf.reduce_sum(positive, axis=-1)
+    return tf.reduce_mean(per_query)
+
+
+def adaptive_wing_loss(
+    pred, target, weight=None, alpha: float = 2.1, omega: float = 14.0, epsilon: float = 1.0, theta: float = 0.5
+) -> tf.Tensor:
+    """Weighted Adaptive Wing loss, mean over all elements (Wang et al., ICCV 2019; reference §2.6).
+
+    With e = |y − ŷ| and γ = α − y (y the target heatmap value):
+      e < θ:  ω·ln(1 + (e/ε)^γ);
+      e ≥ θ:  A·e − C, A = ω·(1/(1 + (θ/ε)^γ))·γ·(θ/ε)^(γ−1)·(1/ε), C = θ·A − ω·ln(1 + (θ/ε)^γ),
+    which is continuous at e = θ and 0 at e = 0.
+
+    Args:
+      pred: predicted heatmaps ŷ, any shape; target: same shape, values in [0, 1].
+      weight: broadcastable weight map (10 near landmarks, 1 elsewhere; see :func:`gaussian_heatmaps`),
+        or ``None`` for 1.
+
+    Returns:
+      Scalar float32 mean of weight·AWing.
+    """
+    pred = as_float(pred)
+    target = as_float(target)
+    err = tf.abs(target - pred)
+    gamma = alpha - target
+    ratio = theta / epsilon
+    a = omega * (1.0 / (1.0 + tf.pow(ratio, gamma))) * gamma * tf.pow(ratio, gamma - 1.0) / epsilon
+    c = theta * a - omega * tf.math.log1p(tf.pow(ratio, gamma))
+    small = omega * tf.math.log1p(tf.pow(err / epsilon, gamma))
+    loss = tf.where(err < theta, small, a * err - c)
+    if weight is not None:
+        loss = loss * as_float(weight)
+    return tf.reduce_mean(loss)
+
+
+def gaussian_heatmaps(
+    landmarks, heatmap_size, stride: float, sigma: float = 1.5, truncate: bool = True
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Gaussian landmark heatmaps and AWing weight maps on the stride-reduced grid (reference §2.6).
+
+    The centre of a landmark (x, y) in image pixels is (floor(x/stride + 0.5), floor(y/stride + 0.5)),
+    the release's ``int(·/4 + 0.5)`` for non-negative coordinates. The heatmap is
+    exp(−(dx² + dy²)/(2σ²)) with peak 1 at the centre. With ``truncate=True`` (default) it is cut to the
+    release's 10×10 window: size 2·3σ + 1 = 10 samples per axis with the peak at offset 5, i.e.
+    dx, dy ∈ [−5, 4] (for σ = 1.5; in general [−n//2, n − 1 − n//2] with n = int(6σ + 1)).
+    ``truncate=False`` keeps the Gaussian over the whole grid. A landmark whose centre falls outside
+    the grid gives an all-zero heatmap (and all-ones weights), even if part of its window would
+    overlap the grid; the reference (§2.6) states only this rule, so no finer border behaviour of the
+    release's window placement is reproduced.
+
+    The weight map is 10 where the 3×3 dilation (max filter) of the heatmap exceeds 0.2, else 1.
+
+    Args:
+      landmarks: ``(B, L, 2)`` (x, y) in image pixels (e.g. 224-px coordinates).
+      heatmap_size: H = W as an int, or ``(H, W)`` (56 for 224-px images with stride 4).
+      stride: image pixels per heatmap cell (4).
+      sigma: Gaussian std in cells (1.5).
+
+    Returns:
+      ``(heatmaps, weights)``, both ``(B, H, W, L)`` float32, channels-last.
+    """
+    height, width = (heatmap_size, heatmap_size) if np.isscalar(heatmap_size) else tuple(heatmap_size)
+    landmarks = tf.stop_gradient(as_float(landmarks))
+    centre = tf.floor(landmarks / stride + 0.5)  # (B, L, 2)
+    cx, cy = centre[..., 0:1], centre[..., 1:2]  # (B, L, 1)
+    dx = tf.range(width, dtype=tf.float32) - cx  # (B, L, W)
+    dy = tf.range(height, dtype=tf.float32) - cy  # (B, L, H)
+    gx = tf.exp(-tf.square(dx) / (2.0 * sigma * sigma))
+    gy = tf.exp(-tf.square(dy) / (2.0 * sigma * sigma))
+    if truncate:
+        size = int(6.0 * sigma + 1.0)  # release: 2·(3σ) + 1 truncated to an int (10 for σ = 1.5)
+        lo, hi = -(size // 2), size - 1 - size // 2
+        gx = gx * tf.cast((dx >= lo) & (dx <= hi), tf.float32)
+        gy = gy * tf.cast((dy >= lo) & (dy <= hi), tf.float32)
+    inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)  # (B, L, 1)
+    gx = gx * tf.cast(inside, tf.float32)
+    heat = gy[..., :, None] * gx[..., None, :]  # (B, L, H, W)
+    heat = tf.transpose(heat, [0, 2, 3, 1])  # (B, H, W, L)
+    dilated = tf.nn.max_pool2d(heat, ksize=3, strides=1, padding="SAME")
+    weights = tf.where(dilated > 0.2, 10.0, 1.0)
+    return heat, weights
+
+
+def balanced_sampler_counts(class_counts, epoch: int, total_epochs: int) -> np.ndarray:
+    """Per-class sample counts of the progressively balanced sampler at epoch e (reference §2.7).
+
+    p_c(e) = (1 − e/E)·n_c/N + (e/E)/C; the first C − 1 classes get ceil(p_c·N) samples and the last
+    class the remainder, so the counts sum to N. e is the 0-based epoch, so e = 0 reproduces the class
+    counts. p_c·N = ((E − e)·C·n_c + e·N)/(E·C) is evaluated in exact integer arithmetic, so the ceiling
+    never rounds up a value that is mathematically an integer (float evaluation could). In the
+    degenerate case where the ceilings leave a negative remainder, the last count is clipped to 0
+    (the total then exceeds N).
+
+    Args:
+      class_counts: ``(C,)`` ints n_c; epoch: e; total_epochs: E.
+
+    Returns:
+      ``(C,)`` int64 numpy counts.
+    """
+    counts = np.asarray(class_counts).astype(np.int64).reshape(-1)
+    num_classes, total = len(counts), int(counts.sum())
+    epoch, total_epochs = int(epoch), int(total_epochs)
+    numer = (total_epochs - epoch) * num_classes * counts[:-1] + epoch * total
+    denom = total_epochs * num_classes
+    first = -(-numer // denom)  # exact ceiling division
+    last = max(total - int(first.sum()), 0)
+    return np.append(first, last).astype(np.int64)

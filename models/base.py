@@ -1,0 +1,167 @@
+"""The base FER model: one short ``train_step`` that every method shares.
+
+A method subclasses :class:`FERModel`, overrides :meth:`compute_losses` (a dict of named scalar
+losses, weighted and summed here) and keeps its extra state on the model with ``add_weight`` so that
+checkpoints carry it. Non-gradient updates (class centres, EMA banks, per-sample λ by its own SGD)
+happen in :meth:`after_step`, which also receives the gradients of any per-batch tensors the method
+asked to watch (``watched_tensors``), e.g. the gathered rows of LDLVA's per-sample λ logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class CEConfig:
+    """Cross-entropy baseline."""
+
+    label_smoothing: float = 0.0  # 0 = plain CE (the baselines of all four papers)
+    l2_weight_decay: float = 0.0  # coupled L2 (PyTorch Adam(weight_decay)); 0 = off
+
+
+class FERModel(keras.Model):
+    """Backbone → pooled feature → linear classifier, with the shared train/test step skeleton."""
+
+    method_name = "base"
+    loss_names: tuple[str, ...] = ("ce",)  # trackers created for these keys of compute_losses
+    required_inputs: tuple[str, ...] = ()  # batch keys beyond image/label/index (e.g. "va", "landmarks")
+
+    def __init__(self, backbone: keras.Model, num_classes: int, num_train_samples: int, config,
+                 steps_per_epoch: int = 1, total_epochs: int = 1, **kwargs):
+        super().__init__(**kwargs)
+        # === Layers ===
+        self.backbone = backbone
+        self.classifier = layers.Dense(num_classes, dtype="float32", kernel_initializer="he_normal",
+                                       name="classifier")
+        # === Config ===
+        self.num_classes = int(num_classes)
+        self.num_train_samples = int(num_train_samples)
+        self.config = config
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.total_epochs = max(int(total_epochs), 1)
+        # === Trackers ===
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.acc_tracker = keras.metrics.SparseCategoricalAccuracy(name="acc")
+        self.term_trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
+
+    # --- inference -------------------------------------------------------------------------------
+    def embed(self, images, training=False):
+        """images (B,S,S,3) → (features (B,D) float32, logits (B,C) float32)."""
+        features = tf.cast(self.backbone(images, training=training), tf.float32)
+        return features, self.classifier(features)
+
+    def call(self, images, training=False):
+        return self.embed(images, training=training)[1]
+
+    def build_all(self, image_size: int) -> None:
+        """Create every variable (model, method state, optimizer slots) so a checkpoint can be loaded."""
+        self(tf.zeros((1, image_size, image_size, 3)), training=False)
+        self.build_extra(image_size)
+        self.optimizer.build(self.trainable_variables)
+
+    def build_extra(self, image_size: int) -> None:
+        """Build method-specific sub-layers that ``call`` does not touch (heads used only in training)."""
+
+    # --- what methods override -------------------------------------------------------------------
+    def compute_losses(self, batch, watched, training=True):
+        """Return ``(losses: dict name → scalar, outputs: dict)``; outputs must hold ``logits``."""
+        raise NotImplementedError
+
+    def loss_weight(self, name: str) -> float:
+        return 1.0
+
+    def watched_tensors(self, batch) -> dict:
+        """Per-batch tensors whose gradients :meth:`after_step` needs (watched by the tape)."""
+        return {}
+
+    def after_step(self, batch, outputs, watched, watched_grads) -> None:
+        """Non-gradient updates after the optimizer step (centres, EMA banks, per-sample λ...)."""
+
+    # --- per-sample / learned state helpers ----------------------------------------------------------
+    def add_state(self, name: str, shape, initializer="zeros", dtype="float32"):
+        """A non-trainable float32 state variable (λ, centres, banks...) that checkpoints carry.
+
+        Kept float32 under mixed precision; replicas keep identical copies because every update goes
+        through :meth:`scatter_rows` / :meth:`assign_state` with data gathered from all replicas.
+        """
+        return self.add_weight(name=name, shape=shape, initializer=initializer, dtype=dtype, trainable=False,
+                               aggregation="only_first_replica")
+
+    @staticmethod
+    def gather_replicas(tensor):
+        """Concatenate a per-replica tensor over all replicas (identity without a strategy)."""
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return tensor
+        return ctx.all_gather(tensor, axis=0)
+
+    def scatter_rows(self, variable, indices, values) -> None:
+        """Overwrite rows ``indices`` of ``variable`` with ``values`` (sparse: cost ∝ batch, not N)."""
+        indices = self.gather_replicas(tf.cast(indices, tf.int32))
+        values = self.gather_replicas(tf.cast(values, variable.dtype))
+        variable.value.scatter_update(tf.IndexedSlices(values, indices))
+
+    def per_sample_state(self) -> dict:
+        """Per-training-sample values worth logging (name → (N,) tensor), e.g. LDLVA's λ."""
+        return {}
+
+    def current_epoch(self):
+        """0-based epoch derived from the optimizer's step counter (exact after a resume)."""
+        return tf.cast(self.optimizer.iterations // self.steps_per_epoch, tf.int32)
+
+    # --- the shared skeleton -------------------------------------------------------------------------
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.acc_tracker, *self.term_trackers.values()]
+
+    def train_step(self, data):
+        batch = data if isinstance(data, dict) else keras.utils.unpack_x_y_sample_weight(data)[0]
+        watched = self.watched_tensors(batch)
+        with tf.GradientTape() as tape:
+            tape.watch(list(watched.values()))
+            losses, outputs = self.compute_losses(batch, watched, training=True)
+            total = tf.add_n([self.loss_weight(k) * tf.cast(v, tf.float32) for k, v in losses.items()])
+            scaled = self.optimizer.scale_loss(total)
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, [variables, list(watched.values())])
+        model_grads, extra_grads = grads
+        pairs = [(g, v) for g, v in zip(model_grads, variables) if g is not None]
+        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+        extra_grads = [self._unscale(g) for g in extra_grads]
+        self.after_step(batch, outputs, watched, dict(zip(watched.keys(), extra_grads)))
+        return self._update_trackers(total, losses, batch["label"], outputs["logits"])
+
+    def _unscale(self, grad):
+        if grad is None:
+            return None
+        grad = tf.convert_to_tensor(grad)
+        scale = getattr(self.optimizer, "dynamic_scale", None)
+        return grad if scale is None else grad / tf.cast(scale, grad.dtype)
+
+    def _update_trackers(self, total, losses, labels, logits):
+        self.loss_tracker.update_state(total)
+        self.acc_tracker.update_state(labels, logits)
+        for name, value in losses.items():
+            if name in self.term_trackers:
+                self.term_trackers[name].update_state(value)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        batch = data if isinstance(data, dict) else keras.utils.unpack_x_y_sample_weight(data)[0]
+        logits = self(batch["image"], training=False)
+        ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(batch["label"], logits, from_logits=True))
+        self.loss_tracker.update_state(ce)
+        self.acc_tracker.update_state(batch["label"], logits)
+        return {"loss": self.loss_tracker.result(), "acc": self.acc_tracker.result()}
+
+    def l2_penalty(self, weight_decay: float):
+        """Coupled L2 as PyTorch ``Adam(weight_decay=...)`` adds it (½·wd·‖θ‖² has gradient wd·θ)."""
+        if not weight_decay:
+            return tf.constant(0.0)
+        return 0.5 * weight_decay * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32)))
+                                              for v in self.trainable_variables if "kernel" in v.path])

@@ -1,0 +1,1 @@
+"""Dataset importers and generators that write the prepared-directory layout of ``data.registry``."""

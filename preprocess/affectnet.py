@@ -1,0 +1,242 @@
+"""Import AffectNet (manually annotated part) into a prepared dataset directory.
+
+Input (the official download)::
+
+    ROOT/Manually_Annotated_Images/<subDirectory_filePath>     (or --images)
+    ROOT/training.csv      -> train.csv
+    ROOT/validation.csv    -> test.csv  (the usual protocol: AffectNet's validation set is the test set)
+
+with columns ``subDirectory_filePath, face_x, face_y, face_width, face_height, facial_landmarks,
+expression, valence, arousal`` (a header-less validation.csv with these 9 columns is accepted too).
+
+Rows dropped and counted: expression 8/9/10 (None, Uncertain, No-face), Contempt (7) with ``--classes 7``,
+valence/arousal outside [-1, 1] (AffectNet writes -2 for "not annotated"), duplicated paths, and missing
+image files (``--strict`` makes a missing or unreadable image an error). Landmarks (68 x,y points) are kept,
+moved into the output image's pixels when ``--crop-faces`` crops the face box (x, y, width, height;
+plus ``--margin`` x its size on every side, optionally resized to ``--size``).
+
+Without ``--crop-faces`` nothing is copied: ``dataset.json``'s ``image_root`` is the original image folder
+and the tables' paths are ``subDirectory_filePath`` as given.
+
+Usage::
+
+    python -m preprocess.affectnet --root AFFECTNET --out DIR [--classes 7|8] [--crop-faces --margin 0.1 --size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.errors import DataError
+from data.classes import AFFECTNET8_CLASSES
+from data.schema import format_float_list
+from preprocess.common import (ImportReport, Progress, add_force_argument, check_can_write, crop_and_resize,
+                               expand_box, normalize_relpath, parse_float, parse_int, prepared_outputs,
+                               read_image, require_columns, run_cli, write_image, write_prepared)
+
+COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+           "expression", "valence", "arousal")
+NON_EMOTION = {8: "expression 8 (None)", 9: "expression 9 (Uncertain)", 10: "expression 10 (No-face)"}
+NUM_LANDMARK_VALUES = 136
+SPLIT_FILES = (("train", "training.csv"), ("test", "validation.csv"))
+
+
+def read_affectnet_csv(path) -> pd.DataFrame:
+    """Read training.csv / validation.csv as strings; a header-less 9-column file gets the official names."""
+    from preprocess.common import read_raw_csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: AffectNet annotation file not found")
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        first = handle.readline()
+    if "subDirectory_filePath" not in first and len(first.split(",")) == len(COLUMNS):
+        frame = read_raw_csv(path, "AffectNet annotation file", header=None, names=list(COLUMNS))
+    else:
+        frame = read_raw_csv(path, "AffectNet annotation file")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    require_columns(frame, ("subDirectory_filePath", "expression", "valence", "arousal"), path)
+    return frame
+
+
+def _prepare_rows(frame, csv_path, split, args, num_classes, report, seen_paths):
+    """Filter one annotation file; returns a list of dicts for the kept rows (crop done later)."""
+    need_box = args.crop_faces
+    if need_box:
+        require_columns(frame, ("face_x", "face_y", "face_width", "face_height"), csv_path)
+    has_landmarks = "facial_landmarks" in frame.columns
+    kept = []
+    progress = Progress(f"affectnet {split} ({Path(csv_path).name})", len(frame))
+    records = frame.to_dict("records")
+    for index, rec in enumerate(records):
+        row = index + 1
+        progress.update()
+        rel = normalize_relpath(rec["subDirectory_filePath"])
+        if not rel:
+            raise DataError(f"{csv_path}, row {row}: column 'subDirectory_filePath' is empty")
+        if rel.startswith("../") or os.path.isabs(rel):
+            raise DataError(f"{csv_path}, row {row}: subDirectory_filePath {rel!r} leaves the image folder")
+        expression = parse_int(rec["expression"], csv_path, row, "expression")
+        if expression in NON_EMOTION:
+            report.drop(split, NON_EMOTION[expression], csv_path, row, rel)
+            continue
+        if not 0 <= expression <= 10:
+            raise DataError(f"{csv_path}, row {row}: expression {expression} is not an AffectNet code (0..10)")
+        if expression >= num_classes:
+            report.drop(split, "Contempt (7) in a 7-class import", csv_path, row, rel)
+            continue
+        valence = parse_float(rec["valence"], csv_path, row, "valence")
+        arousal = parse_float(rec["arousal"], csv_path, row, "arousal")
+        if not (np.isfinite(valence) and np.isfinite(arousal)) or abs(valence) > 1 or abs(arousal) > 1:
+            report.drop(split, "valence/arousal not annotated or outside [-1, 1] (e.g. -2)", csv_path, row, rel)
+            continue
+        if rel in seen_paths:
+            report.drop(split, "duplicate path", csv_path, row, rel)
+            continue
+        source = Path(args.images) / rel
+        if not source.is_file():
+            if args.strict:
+                raise DataError(f"{csv_path}, row {row}: image file {source} does not exist")
+            report.drop(split, "missing image file", csv_path, row, rel)
+            continue
+        landmarks = None
+        if has_landmarks:
+            text = str(rec["facial_landmarks"]).strip()
+            try:
+                values = np.asarray([float(v) for v in text.split(";") if v.strip() != ""], np.float64)
+            except ValueError:
+                raise DataError(f"{csv_path}, row {row}: facial_landmarks is not a ';'-separated list of numbers: "
+                                f"{text[:40]!r}") from None
+            if len(values) != NUM_LANDMARK_VALUES or not np.isfinite(values).all():
+                raise DataError(f"{csv_path}, row {row}: facial_landmarks has {len(values)} values; expected "
+                                f"{NUM_LANDMARK_VALUES} (68 x;y points)")
+            landmarks = values.reshape(-1, 2)
+        box = None
+        if need_box:
+            box = tuple(parse_float(rec[c], csv_path, row, c) for c in ("face_x", "face_y", "face_width", "face_height"))
+            if not all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+                raise DataError(f"{csv_path}, row {row}: face box {box} is not a positive x, y, width, height")
+        seen_paths.add(rel)
+        kept.append(dict(row=row, rel=rel, source=source, expression=expression, valence=valence,
+                         arousal=arousal, landmarks=landmarks, box=box))
+    progress.close()
+    return kept
+
+
+def _crop_one(item, args, out_images):
+    """Crop one face; returns (item, out_rel, landmarks) or (item, None, reason)."""
+    import cv2
+
+    image = cv2.imread(str(item["source"]), cv2.IMREAD_COLOR)
+    if image is None:
+        return item, None, "unreadable image"
+    height, width = image.shape[:2]
+    box = expand_box(*item["box"], args.margin, width, height)
+    if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+        return item, None, "face box outside the image"
+    crop, points = crop_and_resize(image, box, args.size, item["landmarks"])
+    out_rel = str(Path(item["rel"]).with_suffix(".jpg"))
+    write_image(out_images / out_rel, crop, args.jpeg_quality)
+    return item, out_rel, points
+
+
+def import_affectnet(args) -> str:
+    root = Path(args.root) if args.root else None
+    if args.images is None:
+        if root is None:
+            raise DataError("pass --root (holding Manually_Annotated_Images/, training.csv, validation.csv) or --images")
+        args.images = root / "Manually_Annotated_Images"
+    args.images = Path(args.images)
+    if not args.images.is_dir():
+        raise DataError(f"image folder {args.images} does not exist (pass --images)")
+    files = {"train": Path(args.train_csv) if args.train_csv else (root / "training.csv" if root else None),
+             "test": Path(args.val_csv) if args.val_csv else (root / "validation.csv" if root else None)}
+    for split, path in files.items():
+        if path is None or not path.is_file():
+            raise DataError(f"{path}: AffectNet annotation file for the {split} split not found "
+                            f"(pass --train-csv / --val-csv)")
+    if args.margin < 0:
+        raise DataError(f"--margin must be >= 0, got {args.margin}")
+    out = Path(args.out)
+    outputs = prepared_outputs(out, files)
+    if args.crop_faces:
+        outputs.append(out / "images")
+    check_can_write(outputs, args.force)
+
+    num_classes = args.classes
+    class_names = AFFECTNET8_CLASSES[:num_classes]
+    report = ImportReport("affectnet" if num_classes == 7 else "affectnet8")
+    tables = {}
+    seen_by_split = {}
+    for split, path in files.items():
+        frame = read_affectnet_csv(path)
+        seen: set = set()
+        kept = _prepare_rows(frame, path, split, args, num_classes, report, seen)
+        seen_by_split[split] = seen
+        rows = []
+        if args.crop_faces:
+            progress = Progress(f"affectnet {split}: cropping faces", len(kept), unit="images")
+            with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+                for item, out_rel, extra in pool.map(lambda it: _crop_one(it, args, out / "images"), kept):
+                    progress.update()
+                    if out_rel is None:
+                        if args.strict:
+                            raise DataError(f"{path}, row {item['row']}: {extra} ({item['source']})")
+                        report.drop(split, extra, path, item["row"], item["rel"])
+                        continue
+                    rows.append((item, out_rel, extra))
+            progress.close()
+        else:
+            rows = [(item, item["rel"], item["landmarks"]) for item in kept]
+        table = pd.DataFrame({
+            "path": [r[1] for r in rows],
+            "expression": [r[0]["expression"] for r in rows],
+            "valence": [r[0]["valence"] for r in rows],
+            "arousal": [r[0]["arousal"] for r in rows],
+        })
+        if rows and all(r[2] is not None for r in rows):
+            table["landmarks"] = [format_float_list(r[2], 2) for r in rows]
+        table["source"] = "affectnet"
+        tables[split] = table
+    overlap = seen_by_split["train"] & seen_by_split["test"]
+    if overlap:
+        report.note(f"warning: {len(overlap)} image path(s) appear in both training.csv and validation.csv "
+                    f"(first: {sorted(overlap)[0]})")
+    image_root = "images" if args.crop_faces else str(args.images.resolve())
+    write_prepared(out, tables, dataset=report.name, class_names=class_names, image_root=image_root,
+                   report=report, force=args.force, command="preprocess.affectnet", args=args,
+                   extra={"cropped": bool(args.crop_faces)})
+    return report.format(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m preprocess.affectnet", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, help="AffectNet folder with Manually_Annotated_Images/, training.csv, validation.csv")
+    parser.add_argument("--images", type=Path, default=None, help="image folder (default ROOT/Manually_Annotated_Images)")
+    parser.add_argument("--train-csv", type=Path, default=None, help="default ROOT/training.csv")
+    parser.add_argument("--val-csv", type=Path, default=None, help="default ROOT/validation.csv (written as test.csv)")
+    parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory to write")
+    parser.add_argument("--classes", type=int, choices=(7, 8), default=7, help="7 drops Contempt (default 7)")
+    parser.add_argument("--crop-faces", action="store_true", help="crop the face boxes into OUT/images as JPEG")
+    parser.add_argument("--margin", type=float, default=0.0, help="extra border per side, as a fraction of the box size")
+    parser.add_argument("--size", type=int, default=None, help="resize crops to SIZE x SIZE (default: keep)")
+    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads for cropping")
+    parser.add_argument("--strict", action="store_true", help="a missing or unreadable image is an error")
+    add_force_argument(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    return run_cli(build_parser, import_affectnet, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
