@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float)
     g.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"])
     g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--lr-schedule", default="constant", choices=["constant", "step", "cosine", "exponential"])
+    g.add_argument("--lr-schedule", default="constant", choices=["constant", "step", "cosine", "exponential", "linear"])
     g.add_argument("--lr-steps", type=int, nargs="*", default=[], help="epochs where --lr-schedule step decays")
     g.add_argument("--lr-decay", type=float, default=0.1)
     g.add_argument("--seed", type=int, default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 
 from common.errors import ConfigError
@@ -11,6 +12,14 @@ from common.errors import ConfigError
 
 def _coerce(value: str, annotation, field_name: str):
     origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation):
+        # ``X | None`` fields (e.g. "None = take the default from a variant"): "none"/"null" → None.
+        if value.strip().lower() in ("none", "null"):
+            return None
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(inner) == 1:
+            return _coerce(value, inner[0], field_name)
+        return value
     if annotation in (bool, "bool"):
         lowered = value.strip().lower()
         if lowered in ("1", "true", "yes", "on"):

@@ -35,28 +35,55 @@ def build_neighbor_table(va: np.ndarray, k: int, algorithm: str = "auto") -> tup
         raise DataError(f"VA row {row + 1} is NaN or infinite; cannot build neighbours")
     if n <= k:
         raise DataError(f"cannot take K={k} neighbours from {n} samples (need more than K)")
-    extra = min(n, k + 1 + 8)  # query slack so equal-distance ties can be ordered by index
     if algorithm == "faiss":
         try:
             import faiss  # type: ignore
         except ImportError:
             raise DataError("algorithm 'faiss' requested but faiss is not installed") from None
-        index = faiss.IndexFlatL2(2)
-        index.add(va.astype(np.float32))
-        dist2, idx = index.search(va.astype(np.float32), extra)
-        dist = np.sqrt(np.maximum(dist2, 0)).astype(np.float64)
-    else:
-        from sklearn.neighbors import NearestNeighbors
 
-        nn = NearestNeighbors(n_neighbors=extra, algorithm="kd_tree", leaf_size=40, n_jobs=-1).fit(va)
-        dist, idx = nn.kneighbors(va)
-    rows = np.arange(n)[:, None]
-    self_mask = idx == rows
-    # Exclude self even when a duplicate point sorts before it.
-    dist = np.where(self_mask, np.inf, dist)
-    order = np.lexsort((idx, np.round(dist, 12)), axis=1)
-    idx = np.take_along_axis(idx, order, axis=1)[:, :k]
-    dist = np.take_along_axis(dist, order, axis=1)[:, :k]
+        def query(points, kq):
+            index = faiss.IndexFlatL2(2)
+            index.add(va.astype(np.float32))
+            d2, ii = index.search(points.astype(np.float32), kq)
+            return np.sqrt(np.maximum(d2, 0)).astype(np.float64), ii
+    else:
+        from scipy.spatial import cKDTree
+
+        tree = cKDTree(va, leafsize=16, balanced_tree=False, compact_nodes=False)
+
+        def query(points, kq):
+            d, ii = tree.query(points, k=kq, workers=-1)
+            return d, ii
+
+    def select(rows, kq):
+        """Nearest k of ``rows`` excluding self, ordered by (distance, index); also flags unresolved ties."""
+        dist, idx = query(va[rows], kq)
+        # Points outside the window are at least as far as the farthest returned one.
+        window_edge = np.round(np.max(dist, axis=1), 9)
+        dist = np.where(idx == rows[:, None], np.inf, dist)  # self never counts, even behind a duplicate
+        # Distances equal to 1e-9 count as ties (a KD-tree and a brute force differ in the last bits).
+        key = np.round(dist, 9)
+        order = np.lexsort((idx, key), axis=1)
+        key = np.take_along_axis(key, order, axis=1)
+        dist = np.take_along_axis(dist, order, axis=1)
+        idx = np.take_along_axis(idx, order, axis=1)
+        # The k-th kept distance must be strictly below the largest queried one; otherwise points just
+        # outside the query could tie with it and the lower-index rule would be unverified.
+        unresolved = (key[:, k - 1] >= window_edge) & (kq < n)
+        return idx[:, :k], dist[:, :k], unresolved
+
+    rows = np.arange(n)
+    kq = min(n, k + 1)
+    idx, dist, unresolved = select(rows, kq)
+    # Rows with ties at the boundary (duplicate VA points are common in annotated data) are re-queried
+    # with a wider window until the k-th neighbour is unambiguous.
+    while unresolved.any() and kq < n:
+        kq = min(n, kq * 2 + 8)
+        todo = rows[unresolved]
+        i2, d2, u2 = select(todo, kq)
+        idx[todo], dist[todo] = i2, d2
+        unresolved = np.zeros(n, bool)
+        unresolved[todo] = u2
     if not np.isfinite(dist).all():
         raise DataError("neighbour search returned too few distinct neighbours (too many duplicate VA points)")
     return idx.astype(np.int64), dist.astype(np.float32)

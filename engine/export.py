@@ -26,6 +26,9 @@ class FERServingModule(tf.Module):
         features = model.backbone(images, training=False)
         logits = model.classifier(keras.ops.cast(features, "float32"))
         self.network = keras.Model(images, logits, name="fer_inference")
+        # Track the underlying tf.Variables so the SavedModel's object graph (and the TF1 loader used by
+        # `saved_model_cli run`) restores them, not only the functions that capture them.
+        self.network_variables = [v.value for v in self.network.variables]
         self.image_size = image_size
         self.class_names = tf.constant(list(class_names))
 

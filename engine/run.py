@@ -50,7 +50,7 @@ class RunConfig:
     optimizer: str = "adam"  # adam | sgd | adamw
     momentum: float = 0.9  # SGD only
     weight_decay: float = 0.0  # decoupled (AdamW/SGD); coupled L2 is a method setting
-    lr_schedule: str = "constant"  # constant | step (×lr_decay at lr_steps epochs) | cosine | exponential (×lr_decay per epoch)
+    lr_schedule: str = "constant"  # constant | step (×lr_decay at lr_steps epochs) | cosine | exponential (×lr_decay per epoch) | linear (to 0 per iteration)
     lr_steps: tuple = ()
     lr_decay: float = 0.1
     image_size: int | None = None
@@ -97,7 +97,11 @@ def resolve(cfg: RunConfig):
         preset = presets[cfg.preset]
         method_cfg = dataclasses.replace(method_cfg, **preset.get("method", {}))
         defaults.update(preset.get("run", {}))
-    changes = {k: v for k, v in defaults.items() if getattr(cfg, k) is None}
+    # A preset's run settings replace unset (None) fields and fields still at their RunConfig default
+    # (lr_schedule, lr_steps, random_erasing... are not None by default).
+    run_defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    changes = {k: v for k, v in defaults.items()
+               if getattr(cfg, k) is None or (cfg.preset and getattr(cfg, k) == run_defaults.get(k))}
     cfg = dataclasses.replace(cfg, **changes, num_classes=spec.num_classes)
     method_cfg = apply_overrides(method_cfg, cfg.method_overrides)
     from models.backbones import BACKBONES
@@ -194,8 +198,11 @@ def make_optimizer(cfg: RunConfig, steps_per_epoch: int):
         schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(cfg.epochs * steps_per_epoch, 1))
     elif cfg.lr_schedule == "exponential":
         schedule = keras.optimizers.schedules.ExponentialDecay(lr, steps_per_epoch, cfg.lr_decay, staircase=True)
+    elif cfg.lr_schedule == "linear":
+        # Linear decay to 0 over the whole run, per iteration (LA-Net release: LinearLR(1 → 0)).
+        schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(cfg.epochs * steps_per_epoch, 1), 0.0, power=1.0)
     else:
-        raise ConfigError(f"unknown --lr-schedule '{cfg.lr_schedule}' (constant, step, cosine, exponential)")
+        raise ConfigError(f"unknown --lr-schedule '{cfg.lr_schedule}' (constant, step, cosine, exponential, linear)")
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=schedule)
     if cfg.optimizer == "adamw":
@@ -241,6 +248,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, log=print):
         self.log = log
         self.cfg, self.spec, self.model_cls, self.method_cfg = resolve(cfg)
+        self.train_table = None
+        self.test_table = None
 
     # --- data ----------------------------------------------------------------------------------------
     def load_data(self, need_train: bool = True):
@@ -386,11 +395,12 @@ class Trainer:
         if start_step < total_steps:
             self.make_sources()
             checkpoint = RunCheckpoint(manager, spe, cfg.checkpoint_every)
+            # Method callbacks run before the CSVLogger/TensorBoard so the keys they add to the epoch logs are recorded.
             callbacks = [NonFiniteGuard(manager), EpochTimer(), checkpoint,
+                         *(model.extra_callbacks(self) if hasattr(model, "extra_callbacks") else []),
                          keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
             if cfg.tensorboard:
                 callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tb"), write_graph=False, profile_batch=0))
-            callbacks.extend(model.extra_callbacks(self) if hasattr(model, "extra_callbacks") else [])
             epoch, in_epoch = divmod(start_step, spe)
             test_ds = self.eval_dataset()
             val = test_ds if cfg.val_every else None
@@ -398,12 +408,14 @@ class Trainer:
                 # Finish the interrupted epoch first (same batches an uninterrupted run sees), then whole epochs.
                 partial = self.train_dataset(method_data, start_step).take(spe - in_epoch)
                 model.fit(partial, initial_epoch=epoch, epochs=epoch + 1, steps_per_epoch=spe - in_epoch,
-                          validation_data=val, callbacks=callbacks, verbose=cfg.verbose)
+                          validation_data=val, callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
                 epoch += 1
             if epoch < cfg.epochs:
                 model.fit(self.train_dataset(method_data, epoch * spe), initial_epoch=epoch, epochs=cfg.epochs,
                           steps_per_epoch=spe, validation_data=val, validation_freq=max(cfg.val_every, 1),
-                          callbacks=callbacks, verbose=cfg.verbose)
+                          callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
+        if hasattr(model, "after_training"):
+            model.after_training(self)  # e.g. DDAF's SWA swap; idempotent, also runs when a resume finds training done
         return self.finish(run_dir)
 
     def finish(self, run_dir: Path) -> dict:

@@ -133,6 +133,43 @@ def build_backbone(name: str, image_size: int, weights: str | None = None, retur
     return model
 
 
+# Layers whose outputs are the stage maps of the in-house backbones (see _resnet18 / _small_cnn).
+_INHOUSE_STAGE_LAYERS = {
+    "resnet18": ("layer1_1_out", "layer2_1_out", "layer3_1_out", "layer4_1_out"),  # strides 4, 8, 16, 32
+    "small_cnn": ("s0_pool", "s1_pool", "s2_pool", "s3_pool"),  # strides 2, 4, 8, 16
+}
+
+
+def stage_models(backbone: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """Views of a built backbone (``return_stages=False``) that share its layers and weights.
+
+    Returns ``(stages, tail)``: ``stages`` maps the image to ``[pooled, s1, s2, s3, s4]`` (pooled equals
+    ``backbone(image)``), and ``tail`` maps a stage-1 map to ``[s2, s3, s4]``, i.e. stages 2–4 alone
+    (LA-Net clones it for its landmark branch). ResNet-18/50/101 and small_cnn only.
+    """
+    names = {layer.name for layer in backbone.layers}
+    inhouse = next((stage_names for stage_names in _INHOUSE_STAGE_LAYERS.values()
+                    if all(n in names for n in stage_names)), None)
+    if inhouse is not None:
+        maps = [backbone.get_layer(n).output for n in inhouse]
+        return keras.Model(backbone.input, [backbone.output, *maps]), keras.Model(maps[0], maps[1:])
+    base = next((layer for layer in backbone.layers if layer.name in _RESNET_STAGE_LAYERS), None)
+    if base is None:
+        raise ConfigError(f"stage outputs are only available for ResNet and small_cnn backbones, not {backbone.name}")
+    maps = [base.get_layer(n).output for n in _RESNET_STAGE_LAYERS[base.name]]
+    base_stages = keras.Model(base.input, maps)
+    # The keras.applications backbone is a chain image → [preprocess] → base → gap: replay it with
+    # the base replaced by its stage view.
+    x = backbone.input
+    for layer in backbone.layers[1:]:
+        if layer is base:
+            stage_maps = base_stages(x)
+            x = stage_maps[-1]
+        else:
+            x = layer(x)
+    return keras.Model(backbone.input, [x, *stage_maps]), keras.Model(maps[0], maps[1:])
+
+
 def load_backbone_weights(model: keras.Model, path: str) -> None:
     """Load weights from a ``.weights.h5`` file or a full ``.keras`` / ``.h5`` model file."""
     p = Path(path)

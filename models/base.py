@@ -126,7 +126,10 @@ class FERModel(keras.Model):
             tape.watch(list(watched.values()))
             losses, outputs = self.compute_losses(batch, watched, training=True)
             total = tf.add_n([self.loss_weight(k) * tf.cast(v, tf.float32) for k, v in losses.items()])
-            scaled = self.optimizer.scale_loss(total)
+            # Under tf.distribute the optimizer all-reduces gradients with SUM, so each replica
+            # differentiates its share of the global-batch mean (as Keras' own train_step does).
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(total / replicas if replicas > 1 else total)
         variables = self.trainable_variables
         grads = tape.gradient(scaled, [variables, list(watched.values())])
         model_grads, extra_grads = grads

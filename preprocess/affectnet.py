@@ -38,7 +38,7 @@ from data.classes import AFFECTNET8_CLASSES
 from data.schema import format_float_list
 from preprocess.common import (ImportReport, Progress, add_force_argument, check_can_write, crop_and_resize,
                                expand_box, normalize_relpath, parse_float, parse_int, prepared_outputs,
-                               read_image, require_columns, run_cli, write_image, write_prepared)
+                               require_columns, run_cli, write_image, write_prepared)
 
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
            "expression", "valence", "arousal")

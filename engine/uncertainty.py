@@ -1,0 +1,136 @@
+"""Per-sample uncertainty logging (LDLVA's λ, or any method whose ``per_sample_state()`` has ``uncertainty``).
+
+Each epoch :class:`UncertaintyLogger`
+
+* adds ``uncertainty_mean``, ``uncertainty_q10``, ``uncertainty_q50``, ``uncertainty_q90`` and, when
+  the training table knows the labels before synthetic noise (``clean_expression``), ``noise_auc`` (the
+  ROC-AUC of the uncertainty for detecting the flipped labels) to the epoch logs, so Keras' CSVLogger
+  records them in ``RUN/log.csv`` (the Trainer runs method callbacks before the CSVLogger);
+* writes a TensorBoard histogram to ``RUN/tb/uncertainty``;
+* writes ``RUN/uncertainty/epoch_XXX.csv`` (1-based epoch): ``index, path, label, label_name,
+  uncertainty`` and, with clean labels, ``clean_label, flipped``. ``tools/show_uncertain.py`` draws
+  the most and least uncertain images from the last one.
+
+:class:`NeighborBankInitializer` fills LDLVA's neighbour bank with one inference pass over the
+training set before the first step (``bank_init=inference``); a ``bank_filled`` flag in the
+checkpoint keeps it from running again on resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+
+QUANTILES = (10, 50, 90)
+
+
+def uncertainty_summary(values, train_table=None) -> dict:
+    """Mean and q10/q50/q90 of the per-sample ``values`` (N,), plus ``noise_auc`` when clean labels exist."""
+    from engine.metrics import noise_detection_auc
+
+    values = np.asarray(values, np.float64).reshape(-1)
+    summary = {"uncertainty_mean": float(values.mean())}
+    for q, v in zip(QUANTILES, np.percentile(values, QUANTILES)):
+        summary[f"uncertainty_q{q}"] = float(v)
+    if train_table is not None and train_table.clean_labels is not None and len(train_table) == len(values):
+        auc = noise_detection_auc(values, train_table.labels, train_table.clean_labels)
+        summary["noise_auc"] = None if np.isnan(auc) else float(auc)
+    return summary
+
+
+def write_uncertainty_csv(path, values, train_table, class_names) -> Path:
+    """The per-sample table of one epoch (atomic write)."""
+    import pandas as pd
+
+    from common.io import atomic_write_text
+
+    values = np.asarray(values, np.float64).reshape(-1)
+    labels = np.asarray(train_table.labels)
+    frame = pd.DataFrame({"index": np.arange(len(values)), "path": train_table.absolute_paths(), "label": labels,
+                          "label_name": [class_names[int(y)] for y in labels], "uncertainty": values})
+    if train_table.clean_labels is not None:
+        frame["clean_label"] = np.asarray(train_table.clean_labels)
+        frame["flipped"] = (frame["clean_label"] != frame["label"]).astype(int)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+    return path
+
+
+def latest_uncertainty_csv(run_dir) -> Path | None:
+    files = sorted((Path(run_dir) / "uncertainty").glob("epoch_*.csv"))
+    return files[-1] if files else None
+
+
+class UncertaintyLogger(keras.callbacks.Callback):
+    """Epoch-end λ statistics into the logs, a TensorBoard histogram and a per-sample CSV."""
+
+    def __init__(self, trainer, key: str = "uncertainty"):
+        super().__init__()
+        self.table = trainer.train_table
+        self.class_names = list(trainer.spec.class_names)
+        self.run_dir = Path(trainer.run_dir)
+        self.tensorboard = bool(trainer.cfg.tensorboard)
+        self.key = key
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = np.asarray(self.model.per_sample_state()[self.key]).reshape(-1)
+        summary = uncertainty_summary(values, self.table)
+        if logs is not None:
+            logs.update({k: (float("nan") if v is None else v) for k, v in summary.items()})
+        write_uncertainty_csv(self.run_dir / "uncertainty" / f"epoch_{epoch + 1:03d}.csv", values, self.table,
+                              self.class_names)
+        if self.tensorboard:
+            import tensorflow as tf
+
+            if self._writer is None:
+                self._writer = tf.summary.create_file_writer(str(self.run_dir / "tb" / "uncertainty"))
+            with self._writer.as_default():
+                tf.summary.histogram(self.key, values, step=epoch + 1)
+                for name, value in summary.items():
+                    if value is not None:
+                        tf.summary.scalar(name, value, step=epoch + 1)
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class NeighborBankInitializer(keras.callbacks.Callback):
+    """Fill ``bank_features``/``bank_probs`` with one inference pass over the training set (once per run)."""
+
+    def __init__(self, trainer):
+        super().__init__()
+        self.trainer = trainer
+
+    def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
+        from data.pipeline import make_eval_dataset
+
+        model = self.model
+        if float(model.bank_filled.numpy()) > 0:  # already filled (restored from a checkpoint)
+            return
+        trainer = self.trainer
+        trainer.make_sources()
+        dataset = make_eval_dataset(trainer.train_source, trainer.pipeline_config(), max(trainer.cfg.batch_size, 64))
+
+        @tf.function
+        def step(images):
+            features, logits = model.embed(images, training=False)
+            return features, tf.nn.softmax(logits)
+
+        features, probs = [], []
+        for batch in dataset:
+            f, p = step(batch["image"])
+            features.append(f.numpy())
+            probs.append(p.numpy())
+        model.bank_features.assign(np.concatenate(features))
+        model.bank_probs.assign(np.concatenate(probs))
+        model.bank_filled.assign(1.0)
+        trainer.log(f"ldlva: neighbour bank filled by one inference pass over {len(trainer.train_table)} training images")

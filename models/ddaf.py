@@ -1,0 +1,270 @@
+"""DDAF: dual-domain affect fusion for noisy labels (Large-Scale FER Using Dual-Domain Affect Fusion
+for Noisy Labels, CVPRW 2023, ABAW).
+
+Idea: a categorical label may be wrong, but the sample's valence-arousal (VA) annotation says where it
+lies in affect space. DDAF turns the VA point into a "mixed label" m over the classes, either the
+posterior of a per-class Gaussian mixture (GMM) or normalised inverse distances to the class centroids
+(Euclidean), both from *trimmed* per-class VA statistics (samples within one standard deviation of the
+class mean on both axes), and trains on the fused target t = α·e_y + (1 − α)·m. A VA regression head
+(tanh) is trained jointly, and all three terms are weighted per sample by the class weight
+w_y = N_max / N_y of the given label::
+
+    L = mean[w·(v̂ − v)²] + mean[w·(â − a)²]          (va)
+      + mean[−w·Σ_c t_c log p_c]                      (ce)
+      + mean[w·(1 − cos(p, t))]                       (cos)
+
+The paper trains with stochastic weight averaging (SWA); :mod:`engine.swa` implements it, with the
+running average as checkpointed model state.
+
+The paper's repository was not available; the authors' closest public code is FER_C ``train_scale.py``
+(reference §3). Maths in :mod:`losses.ddaf`.
+
+Deviations / choices (paper vs official code vs ours)
+-----------------------------------------------------
+=============================  =============================  =============================  ==========================================
+item                           paper                          official (FER_C ``faf883b``)   ours
+=============================  =============================  =============================  ==========================================
+fusion weight α of one-hot     0.5                            ``--fuse_factor`` default 1.0  ``alpha=0.5`` (paper)
+                                                              (= pure one-hot)
+mixed label                    GMM / Euclidean                ``--fuse_type GMM|VA``         ``fuse_type=gmm`` (default) | ``euclidean``
+EM-refined GMM labels          –                              ``generate_EM_labels`` option  not ported (posterior of the trimmed GMM)
+class statistics from          –                              labels **before** the noise    the given (possibly noisy) training labels:
+                                                              injection (clean labels leak)  a user has no clean labels
+class weights N_max/N_k        yes                            given labels                   given labels
+SWA                            yes                            none in the whole history      ``swa=True`` from epoch ⌊0.75·E⌋ (each epoch
+                                                                                             end), then BN update; ``swa=False`` = off
+face crop                      –                              PIL crop with w/h used as      not reproduced (prepared crops of the
+                                                              right/bottom (bug)             toolkit's importers)
+synthetic noise                –                              int(r·N) draws **with**        data/noise.py: exactly round(r·N) distinct
+                                                              replacement, may keep label    samples, always a different label
+log in CE                      –                              no guard                       log(p + 1e-10)
+Euclidean d = 0                –                              division by zero               distance clamped at 1e-8
+weight decay                   –                              Adam(weight_decay=1e-5):       ``l2_weight_decay`` (explicit coupled L2
+                                                              coupled L2                     via ``l2_penalty``): 0 by default so a
+                                                                                             comparison with CE shares optimisation;
+                                                                                             1e-5 in the ``official`` preset
+optimiser / schedule / batch   –                              Adam 2.5e-4, constant, 256,    dataset defaults; ``--preset official``:
+                                                              50 epochs                      Adam 2.5e-4, constant, 256, 50 epochs, R18
+backbone                       ResNet-18 (ImageNet)           torchvision R18 (ImageNet)     dataset default (``--weights imagenet``)
+augmentation                   –                              flip, affine ±30°, colour      toolkit pipeline (pad-crop, flip, optional
+                                                              jitter, random erasing         ``--random-erasing``)
+model selection                –                              best val macro-F1 (250/class   last (SWA) weights: no selection
+                                                              held out of train)
+VA metrics                     RMSE, CCC                      averaged over batches          whole evaluation set (``final_metrics``)
+=============================  =============================  =============================  ==========================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from common.errors import ConfigError
+from engine.data import MethodData
+from engine.swa import SWACallback, SWAState, swa_start_epoch, update_batch_norm
+from losses.ddaf import (
+    class_weights_max_over_count,
+    ddaf_losses,
+    euclidean_mixed_labels,
+    fuse_labels,
+    gmm_mixed_labels,
+    trimmed_class_stats,
+)
+from models.base import FERModel
+
+FUSE_TYPES = ("gmm", "euclidean")
+
+
+@dataclasses.dataclass(frozen=True)
+class DDAFConfig:
+    """DDAF hyperparameters (paper defaults unless marked)."""
+
+    # Weight of the one-hot label in t = α·e_y + (1 − α)·m. Paper α = 0.5; the official code's default
+    # is 1.0 (plain one-hot), so its paper results need the flag passed explicitly.
+    alpha: float = 0.5
+    # Mixed label m: "gmm" = posterior of the trimmed per-class Gaussian mixture, precomputed per training
+    # sample (the release's CSV ships these); "euclidean" = normalised inverse distance of the sample's VA
+    # to the trimmed class centroids, computed per batch.
+    fuse_type: str = "gmm"
+    va_weight: float = 1.0  # weight of the class-weighted VA L2 term (official: 1)
+    ce_weight: float = 1.0  # weight of the class-weighted soft-target CE (official: 1)
+    cos_weight: float = 1.0  # weight of the class-weighted (1 − cosine) term (official: 1)
+    # Stochastic weight averaging as the paper states. DEVIATION from the official code, which has none.
+    swa: bool = True
+    # Fraction of the epochs after which epoch-end weights are averaged: first averaged epoch (0-based)
+    # is floor(swa_start·E), e.g. 9 of 12. Not stated in the paper; 0.75 is the SWA paper's usual choice.
+    swa_start: float = 0.75
+    swa_bn_update: bool = True  # recompute BatchNorm statistics of the averaged weights (one training epoch)
+    # Coupled L2 (PyTorch Adam(weight_decay)); official 1e-5 (see the ``official`` preset). DEVIATION: 0 by
+    # default so that DDAF and the CE baseline share the same optimisation in comparisons.
+    l2_weight_decay: float = 0.0
+
+    def __post_init__(self):
+        if self.fuse_type not in FUSE_TYPES:
+            raise ConfigError(f"ddaf fuse_type must be one of {', '.join(FUSE_TYPES)}, got '{self.fuse_type}'")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"ddaf alpha must lie in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.swa_start <= 1.0:
+            raise ConfigError(f"ddaf swa_start is a fraction of the epochs in [0, 1], got {self.swa_start}")
+
+
+class DDAFModel(FERModel):
+    method_name = "ddaf"
+    loss_names = ("va", "ce", "cos")
+    required_inputs = ("va",)
+    presets = {
+        # The official code's optimisation (FER_C train_scale.py): Adam 2.5e-4 with coupled L2 1e-5, no LR
+        # schedule, batch 256, 50 epochs, ResNet-18, and no SWA (it has none). α stays at the paper's 0.5.
+        "official": {
+            "method": {"l2_weight_decay": 1e-5, "swa": False},
+            "run": {"lr": 2.5e-4, "batch_size": 256, "epochs": 50, "lr_schedule": "constant",
+                    "backbone": "resnet18", "image_size": 224},
+        },
+    }
+
+    def __init__(self, backbone, num_classes, num_train_samples, config: DDAFConfig, steps_per_epoch=1,
+                 total_epochs=1, class_means=None, class_covariances=None, class_priors=None, class_weights=None,
+                 **kwargs):
+        super().__init__(backbone, num_classes, num_train_samples, config, steps_per_epoch, total_epochs, **kwargs)
+        # === Layers ===
+        # VA regression head: Dense(2) → tanh (VA lies in [−1, 1]); float32 under mixed precision.
+        self.va_head = layers.Dense(2, activation="tanh", dtype="float32", name="va_head")
+        # Build both heads now: the SWA state below copies every trainable variable, and Keras refuses new
+        # state once the model is built.
+        feature_dim = backbone.output_shape[-1]
+        self.classifier.build((None, feature_dim))
+        self.va_head.build((None, feature_dim))
+        # === Constant state ===
+        # Trimmed per-class VA statistics and class weights of the training labels, kept in the checkpoint
+        # so evaluation and resume need no training data (zeros until prepare_data's values or a checkpoint).
+        c = self.num_classes
+        self.class_means = self._constant_state("class_means", (c, 2), class_means)
+        self.class_covariances = self._constant_state("class_covariances", (c, 2, 2), class_covariances)
+        self.class_priors = self._constant_state("class_priors", (c,), class_priors)
+        self.class_weights = self._constant_state("class_weights", (c,), class_weights)
+        # Running SWA average of the trainable weights (engine/swa.py), also checkpointed.
+        self.swa_state = SWAState(self) if config.swa else None
+
+    def _constant_state(self, name, shape, value):
+        variable = self.add_state(name, shape)
+        if value is not None:
+            variable.assign(np.asarray(value, np.float32).reshape(shape))
+        return variable
+
+    # --- data ----------------------------------------------------------------------------------------
+    @classmethod
+    def needs_va(cls, cfg) -> bool:
+        return True
+
+    @classmethod
+    def prepare_data(cls, cfg: DDAFConfig, train_table, data_dir, run_cfg) -> MethodData:
+        """Trimmed class statistics, class weights and (GMM) mixed labels from the training table, once."""
+        num_classes = train_table.num_classes
+        va = train_table.va.astype(np.float32)
+        stats = trimmed_class_stats(va, train_table.labels, num_classes)
+        extras = {"va": va}
+        if cfg.fuse_type == "gmm":
+            # The GMM posterior depends only on the sample's VA and the fixed statistics: precompute it.
+            extras["mixed_labels"] = gmm_mixed_labels(va, *stats).astype(np.float32)
+        return MethodData(extras=extras, model_kwargs={
+            "class_means": stats.means, "class_covariances": stats.covariances, "class_priors": stats.priors,
+            "class_weights": class_weights_max_over_count(train_table.labels, num_classes)})
+
+    @classmethod
+    def empty_method_data(cls, cfg, num_train_samples) -> MethodData:
+        """For evaluation: the statistics start at zero and come from the checkpoint."""
+        return MethodData()
+
+    # --- training ------------------------------------------------------------------------------------
+    def mixed_labels(self, batch):
+        """(B, C) mixed labels m of the batch: gathered GMM posteriors or online Euclidean ones."""
+        if self.config.fuse_type == "gmm":
+            return tf.cast(batch["mixed_labels"], tf.float32)
+        return euclidean_mixed_labels(batch["va"], tf.convert_to_tensor(self.class_means))
+
+    def compute_losses(self, batch, watched, training=True):
+        cfg: DDAFConfig = self.config
+        features, logits = self.embed(batch["image"], training=training)
+        pred_va = self.va_head(features)
+        targets = fuse_labels(batch["label"], self.mixed_labels(batch), cfg.alpha)
+        # Softmax in float32 (logits are float32 already); the CE/cosine terms take probabilities.
+        probs = tf.nn.softmax(logits, axis=-1)
+        losses = ddaf_losses(pred_va, batch["va"], probs, targets, batch["label"],
+                             tf.convert_to_tensor(self.class_weights))
+        if cfg.l2_weight_decay:
+            losses["l2"] = self.l2_penalty(cfg.l2_weight_decay)
+        return losses, {"logits": logits, "pred_va": pred_va, "targets": targets}
+
+    def loss_weight(self, name: str) -> float:
+        cfg: DDAFConfig = self.config
+        return {"va": cfg.va_weight, "ce": cfg.ce_weight, "cos": cfg.cos_weight}.get(name, 1.0)
+
+    # --- SWA -----------------------------------------------------------------------------------------
+    def extra_callbacks(self, trainer) -> list:
+        if self.swa_state is None:
+            return []
+        start = swa_start_epoch(self.config.swa_start, self.total_epochs)
+        return [SWACallback(self.swa_state, start, self.steps_per_epoch, self.total_epochs * self.steps_per_epoch,
+                            finalize=lambda: self.after_training(trainer))]
+
+    def after_training(self, trainer) -> None:
+        """Swap the SWA mean into the model, update BN, and re-save the last checkpoint (idempotent).
+
+        Called by the SWA callback when the last step is done, and by the Trainer before the final
+        evaluation (which covers a ``--resume`` that finds training already complete). The re-saved
+        checkpoint holds the averaged weights, so ``evaluate.py`` reproduces metrics.json.
+        """
+        state = self.swa_state
+        if state is None or state.is_applied:
+            return
+        if state.num_snapshots == 0:
+            trainer.log("SWA: no epoch-end snapshot was averaged (swa_start too late?); keeping the last weights")
+            return
+        state.swap_in()
+        batches = 0
+        if self.config.swa_bn_update:
+            # One pass over the (augmented) training stream of epoch 0; only images are needed.
+            stream = trainer.train_dataset(MethodData()).take(self.steps_per_epoch)
+            batches = update_batch_norm(self, (batch["image"] for batch in stream))
+        state.mark_applied()
+        trainer.log(f"SWA: averaged {state.num_snapshots} epoch-end weights; BN statistics from {batches} batches")
+        run_dir = getattr(trainer, "run_dir", None)
+        if run_dir is not None:
+            from engine.checkpoint import CheckpointManager
+
+            step = int(self.optimizer.iterations.numpy())
+            CheckpointManager(run_dir).save(self, {
+                "global_step": step, "epoch": step // self.steps_per_epoch,
+                "step_in_epoch": step % self.steps_per_epoch, "time": time.time(), "swa_applied": True})
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    def predict_va(self, dataset) -> np.ndarray:
+        """(N, 2) predicted (valence, arousal) over an evaluation dataset, in table row order."""
+
+        @tf.function
+        def step(images):
+            features, _ = self.embed(images, training=False)
+            return self.va_head(features)
+
+        preds, rows = [], []
+        for batch in dataset:
+            preds.append(step(batch["image"]).numpy())
+            rows.append(batch["index"].numpy())
+        preds, rows = np.concatenate(preds), np.concatenate(rows)
+        out = np.empty_like(preds)
+        out[rows] = preds
+        return out
+
+    def final_metrics(self, trainer) -> dict:
+        """VA RMSE and CCC over the whole test split (not averaged per batch, unlike the release)."""
+        from engine.metrics import va_metrics
+
+        table = trainer.test_table
+        if table is None or table.va is None:
+            return {}
+        return va_metrics(self.predict_va(trainer.eval_dataset()), table.va)

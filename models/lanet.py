@@ -1,0 +1,473 @@
+"""LA-Net: landmark-aware label distributions for facial expression recognition under label noise.
+
+Wu & Cui, "LA-Net: Landmark-Aware Learning for Reliable Facial Expression Recognition under Label
+Noise", ICCV 2023 (official PyTorch code: hw-tony/LA-Net, described in
+/work/shared/reference/peer-methods.md §2). Re-implemented from that description.
+
+A shared stem (stage 1 of the backbone) feeds two branches:
+
+* the **expression branch** (stages 2–4 → GAP → f → classifier), which is all that inference runs:
+  ``self.backbone`` is exactly this path, so ``call``/``embed`` and the SavedModel export never touch
+  the landmark branch and have the size of a plain backbone;
+* the **landmark branch** (its own copies lm_layer2..4 of stages 2–4, an FPN with bias-free 1×1
+  laterals to the stage-1 width d, summed top-down with bilinear upsampling, then ``lm_fc``, a 1×1
+  conv to L heatmaps, and GAP → g), supervised by Gaussian heatmaps of the table's landmarks.
+
+Per step, with p = softmax(logits) (reference §2.4–2.7):
+
+* **label-distribution estimation**: hard in-batch kNN graphs A^f, A^g (cosine, K = 8) in the
+  expression (f) and landmark (g) feature spaces, learned contribution scores S^f, S^g (one MLP per
+  space), W = normalise(S ⊙ A), t_cur = ½(W^f p + W^g p);
+* a per-sample target bank T (N, C), one-hot given labels at the start: ŷ_i = m·T_i + (1 − m)·t_cur,i and
+  T_i ← m·T_i + (1 − m)·sg(t_cur,i) (m = 0.9, per visit); L_KL = KL(ŷ ‖ p);
+* the **expression–landmark contrastive loss** (EL): MoCo-style momentum key encoders (a full copy of
+  stem + both branches + projection heads, EMA 0.999) and two queues of keys; pseudo-labels argmax ŷ
+  where max ŷ ≥ 0.7 (else a per-sample label); expression queries against landmark keys and vice versa;
+* L = CE(logits, y) + L_lm + 1.0·L_KL + 0.1·L_EL.
+
+A progressively balanced sampler (``epoch_indices``) moves the class proportions of each epoch from the
+data's to uniform, keeping N samples per epoch.
+
+Deviations/choices (official code = "release"):
+
+=============================  ==========================================  =============================================
+aspect                         release / paper                             here (default) — option
+=============================  ==========================================  =============================================
+landmark loss                  release: weighted Adaptive Wing (α 2.1,     awing as the release —
+                               ω 14, ε 1, θ 0.5); paper: MSE               ``landmark_loss=mse`` (unweighted, paper)
+landmarks                      19 HRNet points (AFLW layout) at 224 px     any L from the table's ``landmarks`` column
+                                                                           (68 iBUG in the fixtures); ``num_landmarks``
+                                                                           must match the table (DataError otherwise)
+heatmap grid                   stride 4 (56×56 at 224 px), σ 1.5 cells     stride of the stage-1 map (4 for ResNets, 2 for
+                                                                           small_cnn), σ 1.5 cells — ``heatmap_sigma``
+FPN upsampling                 ×2 bilinear                                 bilinear resize to the next lateral's exact size
+                                                                           (same at 224 px; also works for odd sizes)
+lm_layer2..4 init              copies of the pretrained layer2..4          copies of the expression stages at build time,
+                                                                           pretrained or not — ``copy_stage_weights=false``
+                                                                           for independent random init
+LDE batch                      all-gathered global batch (2 GPUs)          the per-replica batch
+ŷ in the KL                    not detached (score nets learn through it)  not detached — ``detach_target=true``
+target bank                    EMA per visit, m 0.9 (paper: no bank)       as release — ``target_momentum=0`` gives ŷ =
+                                                                           t_cur (no memory); a sample twice in one batch:
+                                                                           its last row is written (release: undefined)
+key encoder LDE                runs and updates its own, unused bank       skipped (no effect on training)
+key encoder BN                 shuffle-BN across GPUs; buffers copied      batch statistics of the key encoder's own batch
+                                                                           (no shuffle); BN moving stats copied each step
+momentum update                before the key forward                      in ``after_step`` (same sequence of weights)
+low-confidence pseudo-label    −index (index 0 collides with class 0)      −(index + 1)
+queue write                    size must be divisible by the batch         ring buffer with a pointer state variable: any
+                                                                           batch size, wraps around (``queue_size`` 8192)
+balanced sampler               numpy seed = epoch; per class without       seeded by (run seed, epoch); oversampled classes:
+                               replacement or repeated                     whole copies + a random remainder; exactly N
+                                                                           samples per epoch — ``balanced_sampler=false``
+                                                                           for the uniform shuffle
+augmentation                   RandomResizedCrop, ColorJitter, MS-Celeb    toolkit pipeline: flip (identities not swapped,
+                               normalisation, RandomErasing 0.2            as the release) + pad-crop with landmarks moved;
+                                                                           ``--random-erasing`` (0.2 in the preset)
+optimiser                      Adam 1e-3, LinearLR → 0 per iteration,      dataset defaults; ``--preset official`` sets
+                               batch 128, 80 epochs, SyncBN                Adam 1e-3, linear → 0, batch 128, 80 epochs, R18
+evaluation                     best test accuracy over epochs              the final model (toolkit convention)
+=============================  ==========================================  =============================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from common.errors import ConfigError, DataError
+from engine.data import MethodData
+from losses.lanet import (adaptive_wing_loss, balanced_sampler_counts, el_contrastive_loss, gaussian_heatmaps,
+                          kl_divergence_batchmean, knn_adjacency, normalize_contributions)
+from models.backbones import stage_models
+from models.base import FERModel
+
+LANDMARK_LOSSES = ("awing", "mse")
+
+
+@dataclasses.dataclass(frozen=True)
+class LANetConfig:
+    """LA-Net settings; defaults are the official code's (reference §2)."""
+
+    num_landmarks: int = 68  # L heatmap channels; must match the table (release: 19 HRNet points, toolkit: 68 iBUG)
+    landmark_loss: str = "awing"  # awing (release, α 2.1 ω 14 ε 1 θ 0.5, weighted) | mse (paper)
+    heatmap_sigma: float = 1.5  # Gaussian σ in heatmap cells (release 1.5, 10×10 window)
+    num_neighbors: int = 8  # K of the in-batch kNN graphs in both feature spaces (release 8)
+    target_momentum: float = 0.9  # m of the per-sample target bank EMA (release dis_momentum 0.9); 0 = no bank
+    detach_target: bool = False  # release: ŷ is not detached in the KL (the score nets learn only through it)
+    confidence_threshold: float = 0.7  # pseudo-label = argmax ŷ if max ŷ ≥ this (release 0.7)
+    temperature: float = 0.1  # EL contrastive temperature T (release 0.1)
+    queue_size: int = 8192  # M, keys per queue (release 8192); a ring buffer, any batch size works
+    encoder_momentum: float = 0.999  # EMA of the key encoders' weights (release 0.999)
+    lm_weight: float = 1.0  # weight of the landmark loss (release 1.0)
+    kl_weight: float = 1.0  # weight of KL(ŷ ‖ p) (release 1.0)
+    el_weight: float = 0.1  # weight of the EL contrastive loss (release 0.1)
+    balanced_sampler: bool = True  # progressively balanced sampling (release); false = uniform shuffle
+    copy_stage_weights: bool = True  # lm_layer2..4 start as copies of the expression stages (release: pretrained copies)
+    l2_weight_decay: float = 0.0  # coupled L2 (release Adam weight_decay 0)
+
+    def __post_init__(self):
+        if self.landmark_loss not in LANDMARK_LOSSES:
+            raise ConfigError(f"lanet: landmark_loss must be one of {', '.join(LANDMARK_LOSSES)}, got '{self.landmark_loss}'")
+        if self.num_landmarks < 1 or self.num_neighbors < 1 or self.queue_size < 1:
+            raise ConfigError("lanet: num_landmarks, num_neighbors and queue_size must be positive")
+        for name in ("target_momentum", "encoder_momentum", "confidence_threshold"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"lanet: {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.temperature <= 0 or self.heatmap_sigma <= 0:
+            raise ConfigError("lanet: temperature and heatmap_sigma must be positive")
+
+
+# --- data ----------------------------------------------------------------------------------------------
+
+def balanced_epoch_indices(labels, num_classes: int, epoch: int, total_epochs: int, seed: int = 0) -> np.ndarray:
+    """Row order of epoch ``epoch`` for the progressively balanced sampler (reference §2.7).
+
+    Class c gets ``balanced_sampler_counts`` rows: drawn without replacement when it has enough, else
+    all of its rows repeated plus a random remainder; the result is shuffled. Always exactly N rows
+    (so steps per epoch stay constant) and a pure function of (labels, epoch, seed).
+    """
+    labels = np.asarray(labels).reshape(-1)
+    n = len(labels)
+    class_counts = np.bincount(labels, minlength=num_classes)
+    wanted = balanced_sampler_counts(class_counts, epoch, total_epochs)
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    parts = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        if len(members) == 0 or wanted[c] == 0:
+            continue
+        repeats, remainder = divmod(int(wanted[c]), len(members))
+        parts.append(np.tile(members, repeats))
+        parts.append(rng.choice(members, remainder, replace=False))
+    order = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    if len(order) < n:  # only if a class has no rows: top up uniformly
+        order = np.concatenate([order, rng.choice(n, n - len(order))])
+    return rng.permutation(order)[:n].astype(np.int32)
+
+
+# --- network pieces ------------------------------------------------------------------------------------
+
+def _renamed_clone(prefix: str):
+    """clone_model function: a fresh copy of each layer, its name prefixed."""
+    return lambda layer: layer.__class__.from_config({**layer.get_config(), "name": prefix + layer.name})
+
+
+def _fresh_clone(layer):
+    """clone_model function: a new layer of the same config (a Lambda is rebuilt from its function, since
+    deserialising a Python lambda from its config needs unsafe mode)."""
+    if isinstance(layer, layers.Lambda):
+        return layers.Lambda(layer.function, name=layer.name)
+    return layer.__class__.from_config(layer.get_config())
+
+
+def build_landmark_branch(tail: keras.Model, num_landmarks: int, name: str):
+    """Stage-1 map → ``{heatmaps (B,H,W,L) float32, landmark_features g (B,d)}`` (reference §2.3).
+
+    lm_layer2..4 are a fresh clone of ``tail`` (stages 2–4); the FPN sums bias-free 1×1 laterals (to the
+    stage-1 width d) top-down with bilinear upsampling; ``lm_fc`` (1×1 conv) gives the heatmaps.
+    Returns ``(branch, lm_stages)`` so the caller can copy the expression stages' weights in.
+    """
+    lm_stages = keras.models.clone_model(tail, clone_function=_renamed_clone(f"{name}_"))
+    stage1 = keras.Input(tail.input.shape[1:], name=f"{name}_stage1")
+    maps = [stage1, *lm_stages(stage1)]
+    width = stage1.shape[-1]
+    laterals = [layers.Conv2D(width, 1, use_bias=False, name=f"{name}_lat{i + 1}")(m) for i, m in enumerate(maps)]
+    x = laterals[-1]
+    for i in range(len(laterals) - 2, -1, -1):
+        lateral = laterals[i]
+        x = layers.Resizing(lateral.shape[1], lateral.shape[2], interpolation="bilinear", name=f"{name}_up{i + 1}")(x)
+        x = layers.Add(name=f"{name}_fuse{i + 1}")([x, lateral])
+    heatmaps = layers.Conv2D(num_landmarks, 1, dtype="float32", name=f"{name}_lm_fc")(x)
+    features = layers.GlobalAveragePooling2D(name=f"{name}_gap")(x)
+    return keras.Model(stage1, {"heatmaps": heatmaps, "landmark_features": features}, name=name), lm_stages
+
+
+def projection_head(in_dim: int, dim: int, name: str) -> keras.Sequential:
+    """Linear → ReLU → Linear (the release's MoCo projection heads); outputs are L2-normalised by the caller."""
+    head = keras.Sequential([layers.Dense(dim, name=f"{name}_fc1"), layers.ReLU(name=f"{name}_relu"),
+                             layers.Dense(dim, name=f"{name}_fc2")], name=name)
+    head.build((None, in_dim))
+    return head
+
+
+class ContributionScore(layers.Layer):
+    """Learned contribution score S_ij ∈ (0, 1) of batch sample j to sample i (reference §2.4 step 2).
+
+    z = Linear(D, D)(x) = [z¹, z²]; S_ij = softmax(MLP([z¹_i ; z²_j]))_0 with the MLP
+    Linear(D, D/2) → ReLU → Linear(D/2, D/4) → ReLU → Linear(D/4, 2). The first pair layer acting on the
+    concatenation equals W₁z¹_i + W₂z²_j + b, computed by broadcasting without the (B, B, D) concat.
+    Float32 (it feeds the label distributions).
+    """
+
+    def __init__(self, dim: int, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        if dim % 4:
+            raise ConfigError(f"lanet: contribution-score input dim must be divisible by 4, got {dim}")
+        self.dim = dim
+        self.split = layers.Dense(dim, dtype="float32", name="split")
+        self.pair = layers.Dense(dim // 2, dtype="float32", name="pair")
+        self.hidden = layers.Dense(dim // 4, activation="relu", dtype="float32", name="hidden")
+        self.score = layers.Dense(2, dtype="float32", name="score")
+
+    def build(self, input_shape):
+        self.split.build((None, self.dim))
+        self.pair.build((None, self.dim))
+        self.hidden.build((None, self.dim // 2))
+        self.score.build((None, self.dim // 4))
+
+    def call(self, features):
+        z = self.split(tf.cast(features, tf.float32))
+        half = self.dim // 2
+        own = tf.matmul(z[:, :half], self.pair.kernel[:half])  # W₁ z¹_i
+        other = tf.matmul(z[:, half:], self.pair.kernel[half:])  # W₂ z²_j
+        pair = tf.nn.relu(own[:, None, :] + other[None, :, :] + self.pair.bias)  # (B, B, D/2)
+        return tf.nn.softmax(self.score(self.hidden(pair)), axis=-1)[..., 0]  # (B, B)
+
+
+def _unit_rows(seed: int):
+    """Initializer: random unit vectors per row (the release's queue initialisation)."""
+    def init(shape, dtype=None):
+        return tf.math.l2_normalize(keras.random.normal(shape, seed=seed), axis=-1)
+    return init
+
+
+# --- the model -----------------------------------------------------------------------------------------
+
+class LANetModel(FERModel):
+    method_name = "lanet"
+    loss_names = ("ce", "lm", "kl", "el")
+    required_inputs = ("landmarks",)
+
+    presets = {
+        # The release's recipe (RAF-DB, ResNet-18; pass --weights for an MS-Celeb backbone). The release
+        # uses 19 HRNet landmarks: set --set num_landmarks=19 when the table has them.
+        "official": {"run": {"backbone": "resnet18", "image_size": 224, "batch_size": 128, "epochs": 80, "lr": 1e-3,
+                             "optimizer": "adam", "lr_schedule": "linear", "random_erasing": 0.2}, "method": {}},
+        # The paper's landmark loss (MSE) instead of the release's Adaptive Wing.
+        "paper": {"run": {}, "method": {"landmark_loss": "mse"}},
+    }
+
+    def __init__(self, backbone, num_classes, num_train_samples, config: LANetConfig, steps_per_epoch=1,
+                 total_epochs=1, train_labels=None, **kwargs):
+        super().__init__(backbone, num_classes, num_train_samples, config, steps_per_epoch, total_epochs, **kwargs)
+        cfg = config
+        n = self.num_train_samples
+        # === Query (trained) network: stem + expression stages are self.backbone's own layers ===
+        stages, tail = stage_models(backbone)
+        self.stem_view = keras.Model(stages.input, stages.outputs[:2], name="lanet_stem_view")  # [f, stage-1 map]
+        self.landmark_branch, lm_stages = build_landmark_branch(tail, cfg.num_landmarks, "landmark_branch")
+        if cfg.copy_stage_weights:
+            lm_stages.set_weights(tail.get_weights())
+        stage1_shape = stages.outputs[1].shape
+        self.image_size = int(stages.input.shape[1])
+        self.heatmap_size = (int(stage1_shape[1]), int(stage1_shape[2]))
+        self.heatmap_stride = self.image_size / self.heatmap_size[1]
+        feature_dim, embed_dim = int(stages.outputs[0].shape[-1]), int(stage1_shape[-1])  # 512e, 64e in the release
+        self.expression_projection = projection_head(feature_dim, embed_dim, "expression_projection")
+        self.landmark_projection = projection_head(embed_dim, embed_dim, "landmark_projection")
+        self.expression_score = ContributionScore(feature_dim, name="expression_score")
+        self.landmark_score = ContributionScore(embed_dim, name="landmark_score")
+        # === Momentum key encoders: a full copy, moved only by EMA in after_step ===
+        key_backbone = keras.models.clone_model(backbone, clone_function=_fresh_clone)
+        key_stages, key_tail = stage_models(key_backbone)
+        self.key_stem_view = keras.Model(key_stages.input, key_stages.outputs[:2], name="lanet_key_stem_view")
+        self.key_landmark_branch, _ = build_landmark_branch(key_tail, cfg.num_landmarks, "key_landmark_branch")
+        self.key_expression_projection = projection_head(feature_dim, embed_dim, "key_expression_projection")
+        self.key_landmark_projection = projection_head(embed_dim, embed_dim, "key_landmark_projection")
+        self.key_backbone = key_backbone
+        for q, k in self.momentum_pairs():
+            k.assign(q)
+            k.trainable = False  # out of the optimizer; the layer stays trainable so its BN uses batch stats
+        # === State (checkpointed) ===
+        labels = None if train_labels is None else np.asarray(train_labels, np.int32).reshape(-1)
+        if labels is not None and len(labels) != n:
+            raise DataError(f"lanet: {len(labels)} train labels for {n} training samples")
+        self.train_labels = None if labels is None else tf.constant(labels)
+        bank_init = "zeros" if labels is None else (
+            lambda shape, dtype=None: tf.one_hot(labels, num_classes, dtype=tf.float32))
+        # T (N, C): the per-sample EMA target; an all-zero row (no labels given) is set on first visit.
+        self.target_bank = self.add_state("target_bank", (n, num_classes), bank_init)
+        self.expression_queue = self.add_state("expression_queue", (cfg.queue_size, embed_dim), _unit_rows(1))
+        self.landmark_queue = self.add_state("landmark_queue", (cfg.queue_size, embed_dim), _unit_rows(2))
+        # Pseudo-labels of the queued keys; −1e10 marks an empty slot (never equal to a label: a negative).
+        self.queue_labels = self.add_state("queue_labels", (cfg.queue_size,), keras.initializers.Constant(-1e10))
+        self.queue_pointer = self.add_state("queue_pointer", ())  # next slot to write (an integer in float32)
+
+    # --- data ------------------------------------------------------------------------------------------
+    @classmethod
+    def prepare_data(cls, cfg: LANetConfig, train_table, data_dir, run_cfg) -> MethodData:
+        if train_table.landmarks is None:
+            raise DataError(f"{train_table.csv_path}: --method lanet needs a 'landmarks' column "
+                            "(x;y pairs in pixels of the stored image)")
+        found = int(train_table.landmarks.shape[1])
+        if found != cfg.num_landmarks:
+            raise DataError(f"{train_table.csv_path}: the landmarks column has {found} points per row but lanet is "
+                            f"configured for num_landmarks={cfg.num_landmarks}; pass --set num_landmarks={found}")
+        epoch_indices = None
+        if cfg.balanced_sampler:
+            epoch_indices = functools.partial(balanced_epoch_indices, np.asarray(train_table.labels),
+                                              train_table.num_classes, total_epochs=run_cfg.epochs, seed=run_cfg.seed)
+        return MethodData(landmarks=True, epoch_indices=epoch_indices,
+                          model_kwargs={"train_labels": np.asarray(train_table.labels, np.int32)})
+
+    @classmethod
+    def empty_method_data(cls, cfg: LANetConfig, num_train_samples: int) -> MethodData:
+        """Zero labels of the right shape; the checkpoint restores the target bank."""
+        return MethodData(landmarks=True, model_kwargs={"train_labels": np.zeros(num_train_samples, np.int32)})
+
+    def build_extra(self, image_size: int) -> None:
+        self.expression_score.build((None, self.expression_score.dim))
+        self.landmark_score.build((None, self.landmark_score.dim))
+
+    # --- losses ----------------------------------------------------------------------------------------
+    def loss_weight(self, name: str) -> float:
+        cfg = self.config
+        return {"lm": cfg.lm_weight, "kl": cfg.kl_weight, "el": cfg.el_weight}.get(name, 1.0)
+
+    def landmark_loss(self, heatmaps, landmarks):
+        """Heatmap loss against Gaussian targets of the (augmented) landmarks (reference §2.6)."""
+        target, weight = gaussian_heatmaps(landmarks, self.heatmap_size, self.heatmap_stride,
+                                           sigma=self.config.heatmap_sigma)
+        if self.config.landmark_loss == "mse":
+            return tf.reduce_mean(tf.square(heatmaps - target))
+        return adaptive_wing_loss(heatmaps, target, weight)
+
+    def current_distribution(self, features, landmark_features, probs):
+        """t_cur = ½ (W^f p + W^g p): kNN- and score-weighted mix of the batch predictions (§2.4 steps 1–4)."""
+        k = self.config.num_neighbors
+        w_f = normalize_contributions(self.expression_score(features) * knn_adjacency(features, k))
+        w_g = normalize_contributions(self.landmark_score(landmark_features) * knn_adjacency(landmark_features, k))
+        return 0.5 * (tf.matmul(w_f, probs) + tf.matmul(w_g, probs))
+
+    def keys(self, images, training):
+        """L2-normalised expression and landmark keys from the momentum encoders (no gradient)."""
+        features, stage1 = self.key_stem_view(images, training=training)
+        landmark = self.key_landmark_branch(stage1, training=training)
+        expr = self.key_expression_projection(features, training=training)
+        lm = self.key_landmark_projection(landmark["landmark_features"], training=training)
+        return (tf.stop_gradient(tf.math.l2_normalize(tf.cast(expr, tf.float32), axis=-1)),
+                tf.stop_gradient(tf.math.l2_normalize(tf.cast(lm, tf.float32), axis=-1)))
+
+    def compute_losses(self, batch, watched, training=True):
+        cfg: LANetConfig = self.config
+        images, labels, index = batch["image"], batch["label"], batch["index"]
+        # Expression branch (self.backbone's layers) and landmark branch on the shared stage-1 map.
+        features, stage1 = self.stem_view(images, training=training)
+        features = tf.cast(features, tf.float32)
+        logits = self.classifier(features)
+        landmark = self.landmark_branch(stage1, training=training)
+        landmark_features = tf.cast(landmark["landmark_features"], tf.float32)
+        ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+        lm = self.landmark_loss(tf.cast(landmark["heatmaps"], tf.float32), batch["landmarks"])
+
+        # Label-distribution estimation and the EMA target (ŷ keeps its gradient unless detach_target).
+        probs = tf.nn.softmax(logits, axis=-1)
+        t_cur = self.current_distribution(features, landmark_features, probs)
+        onehot = tf.one_hot(labels, self.num_classes)
+        bank_rows = tf.gather(self.target_bank, index)
+        bank_rows = tf.where(tf.reduce_sum(bank_rows, -1, keepdims=True) > 0, bank_rows, onehot)  # first visit
+        m = cfg.target_momentum
+        target = m * bank_rows + (1.0 - m) * t_cur
+        if cfg.detach_target:
+            target = tf.stop_gradient(target)
+        kl = kl_divergence_batchmean(target, logits, from_logits=True)
+
+        # EL contrastive loss: confident pseudo-labels, else a label unique to the sample.
+        sure = tf.stop_gradient(target)
+        pseudo = tf.where(tf.reduce_max(sure, -1) >= cfg.confidence_threshold,
+                          tf.cast(tf.argmax(sure, -1), tf.float32), -tf.cast(index, tf.float32) - 1.0)
+        expr_q = tf.math.l2_normalize(tf.cast(self.expression_projection(features, training=training), tf.float32), -1)
+        lm_q = tf.math.l2_normalize(tf.cast(self.landmark_projection(landmark_features, training=training),
+                                            tf.float32), -1)
+        expr_k, lm_k = self.keys(images, training)
+        el = (el_contrastive_loss(expr_q, lm_k, self.landmark_queue, pseudo, self.queue_labels, cfg.temperature)
+              + el_contrastive_loss(lm_q, expr_k, self.expression_queue, pseudo, self.queue_labels, cfg.temperature))
+
+        losses = {"ce": ce, "lm": lm, "kl": kl, "el": el}
+        if cfg.l2_weight_decay:
+            losses["l2"] = self.l2_penalty(cfg.l2_weight_decay)
+        outputs = {"logits": logits, "bank_rows": m * bank_rows + (1.0 - m) * tf.stop_gradient(t_cur),
+                   "expression_keys": expr_k, "landmark_keys": lm_k, "pseudo_labels": pseudo}
+        return losses, outputs
+
+    # --- non-gradient updates --------------------------------------------------------------------------
+    def after_step(self, batch, outputs, watched, watched_grads) -> None:
+        self.update_target_bank(batch["index"], outputs["bank_rows"])
+        self.enqueue(outputs["expression_keys"], outputs["landmark_keys"], outputs["pseudo_labels"])
+        self.momentum_update()
+
+    def update_target_bank(self, index, rows) -> None:
+        """T_i ← rows_i for the batch rows only; a sample twice in the batch keeps its last row."""
+        index = tf.cast(index, tf.int32)
+        unique, position = tf.unique(index)
+        last = tf.math.unsorted_segment_max(tf.range(tf.shape(index)[0]), position, tf.shape(unique)[0])
+        self.scatter_rows(self.target_bank, unique, tf.gather(rows, last))
+
+    def enqueue(self, expression_keys, landmark_keys, pseudo_labels) -> None:
+        """Ring-buffer write of the (all-replica) keys at the pointer; the pointer wraps around."""
+        expr = self.gather_replicas(expression_keys)
+        lm = self.gather_replicas(landmark_keys)
+        labels = self.gather_replicas(pseudo_labels)
+        size = self.config.queue_size
+        count = tf.shape(expr)[0]
+        keep = tf.minimum(count, size)  # a batch larger than the queue: only its last `size` keys fit
+        start = tf.cast(self.queue_pointer, tf.int32)
+        slots = tf.math.floormod(start + tf.range(keep), size)
+        for queue, values in ((self.expression_queue, expr[count - keep:]), (self.landmark_queue, lm[count - keep:]),
+                              (self.queue_labels, labels[count - keep:])):
+            queue.value.scatter_update(tf.IndexedSlices(tf.cast(values, queue.dtype), slots))
+        self.queue_pointer.assign(tf.cast(tf.math.floormod(start + keep, size), tf.float32))
+
+    def momentum_pairs(self) -> list:
+        """(query variable, key variable) pairs of the momentum encoders, in matching order."""
+        pairs = []
+        for query, key in ((self.backbone, self.key_backbone), (self.landmark_branch, self.key_landmark_branch),
+                           (self.expression_projection, self.key_expression_projection),
+                           (self.landmark_projection, self.key_landmark_projection)):
+            for q, k in zip(query.weights, key.weights, strict=True):
+                if tuple(q.shape) != tuple(k.shape):
+                    raise RuntimeError(f"lanet key encoder mismatch: {q.path} {q.shape} vs {k.path} {k.shape}")
+                pairs.append((q, k))
+        return pairs
+
+    def momentum_update(self) -> None:
+        """Key weights ← m·key + (1 − m)·query; BN moving statistics are copied (as the release's buffers)."""
+        m = self.config.encoder_momentum
+        for query, key in self.momentum_pairs():
+            if query.trainable:
+                key.assign(m * key + (1.0 - m) * query)
+            else:
+                key.assign(query)
+
+    # --- logging ---------------------------------------------------------------------------------------
+    def uncertainty_values(self):
+        """(N,) 1 − T_i[y_i]: how much of the estimated distribution has left the given label."""
+        bank = tf.convert_to_tensor(self.target_bank)
+        if self.train_labels is None:
+            return 1.0 - tf.reduce_max(bank, axis=-1)
+        return 1.0 - tf.gather(bank, self.train_labels, axis=1, batch_dims=1)
+
+    def per_sample_state(self) -> dict:
+        return {"uncertainty": self.uncertainty_values()}
+
+    def extra_callbacks(self, trainer):
+        from engine.uncertainty import UncertaintyLogger
+
+        return [UncertaintyLogger(trainer)]
+
+    def final_metrics(self, trainer) -> dict:
+        from engine.uncertainty import uncertainty_summary
+
+        table = trainer.train_table
+        bank = self.target_bank.numpy()
+        report = {"noise_detection_auc": uncertainty_summary(self.uncertainty_values().numpy(), table).get("noise_auc"),
+                  "target_agrees_with_given": float(np.mean(bank.argmax(1) == table.labels))}
+        if table.clean_labels is not None:
+            report["target_agrees_with_clean"] = float(np.mean(bank.argmax(1) == table.clean_labels))
+        return report

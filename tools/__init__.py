@@ -1,0 +1,1 @@
+"""Small command-line tools that inspect finished runs (``python -m tools.<name>``)."""
