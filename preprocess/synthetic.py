@@ -856,11 +856,13 @@ def _write_dataset(root: Path, config: SyntheticConfig, progress: bool) -> None:
             bar.update(len(out))
     else:
         import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        # spawn, not fork: the caller may have TensorFlow (and its threads) loaded already.
+        # spawn, not fork: the caller may have TensorFlow (and its threads) loaded already. An executor,
+        # not multiprocessing.Pool: a worker that dies raises BrokenProcessPool instead of hanging.
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(workers, initializer=_worker_init) as pool:
-            for job, out in zip(jobs, pool.imap(_render_chunk, jobs)):
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+            for job, out in zip(jobs, pool.map(_render_chunk, jobs)):
                 rows[job[1]].extend(out)
                 bar.update(len(out))
 
