@@ -57,18 +57,23 @@ def _resnet18(inputs):
 
 
 def _small_cnn(inputs):
-    """A 4-stage VGG-style CNN (~0.7 M parameters) for CPU tests and the synthetic benchmark."""
-    x = inputs
+    """A light VGG-style CNN (~0.9 M parameters, ~40 M MACs at 64 px) for CPU tests and the synthetic benchmark.
+
+    Stem (16 ch, full resolution) then four stages whose pooled outputs ``s0_pool``..``s3_pool`` sit at
+    strides 4, 8, 16, 32 like a ResNet's, so LA-Net's landmark branch works on it unchanged.
+    """
+    def conv(x, filters, name):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # PyTorch default; short runs
+        return layers.ReLU(name=f"{name}_relu")(x)
+
+    x = conv(inputs, 16, "stem")
+    x = layers.MaxPooling2D(2, padding="same", name="stem_pool")(x)
     stages = []
-    for i, filters in enumerate((32, 64, 128, 256)):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"s{i}_conv1")(x)
-        x = layers.BatchNormalization(name=f"s{i}_bn1")(x)
-        x = layers.ReLU(name=f"s{i}_relu1")(x)
-        if i >= 2:
-            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"s{i}_conv2")(x)
-            x = layers.BatchNormalization(name=f"s{i}_bn2")(x)
-            x = layers.ReLU(name=f"s{i}_relu2")(x)
-        x = layers.MaxPooling2D(2, name=f"s{i}_pool")(x)
+    for i, (filters, depth) in enumerate(((32, 1), (64, 2), (128, 2), (256, 1))):
+        for j in range(depth):
+            x = conv(x, filters, f"s{i}_{j}")
+        x = layers.MaxPooling2D(2, padding="same", name=f"s{i}_pool")(x)
         stages.append(x)
     return stages
 
@@ -136,7 +141,7 @@ def build_backbone(name: str, image_size: int, weights: str | None = None, retur
 # Layers whose outputs are the stage maps of the in-house backbones (see _resnet18 / _small_cnn).
 _INHOUSE_STAGE_LAYERS = {
     "resnet18": ("layer1_1_out", "layer2_1_out", "layer3_1_out", "layer4_1_out"),  # strides 4, 8, 16, 32
-    "small_cnn": ("s0_pool", "s1_pool", "s2_pool", "s3_pool"),  # strides 2, 4, 8, 16
+    "small_cnn": ("s0_pool", "s1_pool", "s2_pool", "s3_pool"),  # strides 4, 8, 16, 32
 }
 
 
