@@ -249,6 +249,8 @@ def train_cell(cfg, run_dir: Path, lock, log):
 
     from engine.run import Trainer
 
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / ERROR_FILE).unlink()  # from an earlier failed attempt; would block a fresh start
     resume = (run_dir / "config.json").is_file()
     prior = (logged_seconds(run_dir) or 0.0) if resume else 0.0
     cfg = dataclasses.replace(cfg, resume=resume)
@@ -370,7 +372,7 @@ def metric_table(rows, methods, levels, key: str, protocol: str, seeds: int, sca
     stats = {}
     for method in methods:
         for level in levels:
-            stats[method, level] = mean_std([r[key] for r in rows if r["method"] == method and r["level"] == level])
+            stats[method, level] = mean_std([r.get(key) for r in rows if r["method"] == method and r["level"] == level])
     if all(n == 0 for _, _, n in stats.values()):
         return None
     best = {}
@@ -470,8 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone")
     g.add_argument("--weights", default="none")
     g.add_argument("--image-size", type=int)
-    g.add_argument("--val-every", type=int, default=0, help="test-set evaluation every N epochs during training "
-                   "(default 0: only the final evaluation, which is what the table reports)")
+    g.add_argument("--val-every", type=int, default=1, help="test-set evaluation every N epochs during training, "
+                   "for the curves in log.csv (0: only the final evaluation, which is what the table reports)")
     g.add_argument("--export", action="store_true", help="also write each run's SavedModel")
     g = p.add_argument_group("grid control")
     g.add_argument("--lock", help="flock this file around each cell's training (e.g. /tmp/cpu.lock)")
@@ -513,12 +515,15 @@ def main(argv=None) -> int:
     (out / "runs").mkdir(parents=True, exist_ok=True)
 
     cells = []
-    for method in methods:
+    # Seed-major order: after the first pass every method × level has one run, so a grid stopped
+    # early still gives a complete (n=1) table.
+    for seed in range(args.seeds):
         for value in levels:
-            for seed in range(args.seeds):
+            for method in methods:
                 label = level_label(args.protocol, value)
                 cfg = base_config(args, method, seed, out / "runs" / f"{method}_{label}_s{seed}", value, method_sets)
                 cells.append((Cell(method, label, seed, Path(cfg.out)), cfg))
+    _check_configs(cells)
     settings = _settings_line(args, cells)
     columns = list(tests) if args.protocol == "inconsistent" else [level_label(args.protocol, v) for v in levels]
 
@@ -583,6 +588,17 @@ def main(argv=None) -> int:
     if pending > 0:
         log(f"{pending} cell(s) not trained yet; rerun the same command to continue")
     return 1 if failed else 0
+
+
+def _check_configs(cells) -> None:
+    """Resolve one cell per method now, so a typo in --method-set fails before hours of training."""
+    from engine.run import resolve
+
+    seen = set()
+    for cell, cfg in cells:
+        if cell.method not in seen:
+            seen.add(cell.method)
+            resolve(cfg)
 
 
 def _settings_line(args, cells) -> str:

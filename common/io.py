@@ -81,12 +81,19 @@ def atomic_directory(final_path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     aside = None
-    if final_path.exists():
-        aside = final_path.with_name(f".{final_path.name}.old-{os.getpid()}")
-        if aside.exists():
-            shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final_path, aside)
-    os.replace(tmp, final_path)
+    try:
+        if final_path.exists():
+            aside = final_path.with_name(f".{final_path.name}.old-{os.getpid()}")
+            if aside.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final_path, aside)
+        os.replace(tmp, final_path)
+    except BaseException:
+        # A failed rename (disk full, interrupt) must not lose the old directory or leave the temporary one.
+        if aside is not None and aside.exists() and not final_path.exists():
+            os.replace(aside, final_path)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _fsync_dir(final_path.parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)

@@ -7,6 +7,7 @@ first with ties broken by the lower row index.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -108,11 +109,16 @@ def validate_neighbor_indices(indices: np.ndarray, num_rows: int, k: int, source
     indices = np.asarray(indices)
     if indices.ndim != 2:
         raise DataError(f"{source}: neighbour table must be 2-D (N, K), got shape {indices.shape}")
+    if indices.dtype.kind not in "iuf" or (indices.dtype.kind == "f" and indices.size and not (
+            np.isfinite(indices).all() and (indices == np.round(indices)).all())):
+        raise DataError(f"{source}: neighbour indices must be integers, got {indices.dtype} values")
     if indices.shape[0] != num_rows:
         raise DataError(f"{source}: neighbour table has {indices.shape[0]} rows but the training table has "
                         f"{num_rows}; rebuild it with `python -m preprocess.knn`")
     if indices.shape[1] < k:
         raise DataError(f"{source}: neighbour table has {indices.shape[1]} columns but K={k} neighbours are requested")
+    if k < 1:
+        raise DataError(f"{source}: K must be at least 1, got {k}")
     indices = indices[:, :k]
     bad = (indices < 0) | (indices >= num_rows)
     if bad.any():
@@ -135,8 +141,9 @@ def load_neighbor_table(path, num_rows: int, k: int) -> tuple[np.ndarray, np.nda
         with np.load(path) as data:
             indices = data["indices"]
             distances = data["distances"] if "distances" in data.files else None
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: not a readable neighbour table ({exc})") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable neighbour table ({type(exc).__name__}: {exc}); "
+                        "rebuild it with `python -m preprocess.knn`") from None
     indices = validate_neighbor_indices(indices, num_rows, k, path)
     if distances is not None:
         distances = np.asarray(distances, np.float32)[:, :k]
@@ -153,7 +160,13 @@ def parse_knn_column(values, num_rows: int, k: int, source) -> np.ndarray:
             raise DataError(f"{source}, row {r + 1}: 'knn' must be ';'-separated integers, got {str(text)[:40]!r}") from None
         if len(parts) < k:
             raise DataError(f"{source}, row {r + 1}: 'knn' lists {len(parts)} neighbours but K={k} are requested")
+        out_of_range = [v for v in parts[:k] if not 0 <= v < num_rows]  # checked here: huge values overflow int64
+        if out_of_range:
+            raise DataError(f"{source}, row {r + 1}: neighbour index {out_of_range[0]} is out of range "
+                            f"0..{num_rows - 1}")
         rows.append(parts[:k])
+    if not rows:
+        raise DataError(f"{source}: the 'knn' column is empty")
     return validate_neighbor_indices(np.asarray(rows, dtype=np.int64), num_rows, k, source)
 
 

@@ -55,24 +55,31 @@ class AnnotationTable:
         return np.bincount(self.labels, minlength=self.num_classes)
 
 
-def _parse_int_column(frame, column, csv_path, num_classes):
+def _raise(row, message, csv_path):
+    raise row_error(csv_path, row + 1, message)
+
+
+def _parse_int_column(frame, column, csv_path, num_classes, bad=None):
+    """Integer class indices; ``bad(row, message)`` (0-based row) is called for each invalid cell (default: raise)."""
+    bad = bad or (lambda row, message: _raise(row, message, csv_path))
     values = frame[column]
-    out = np.empty(len(frame), dtype=np.int32)
+    out = np.zeros(len(frame), dtype=np.int32)
     for row, value in enumerate(values.tolist()):
         if isinstance(value, str):
             value = value.strip()
         try:
             fvalue = float(value)
-        except (TypeError, ValueError):
-            raise row_error(csv_path, row + 1, f"column '{column}' must be an integer class index, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            bad(row, f"column '{column}' must be an integer class index, got {value!r}")
+            continue
         if not math.isfinite(fvalue) or fvalue != int(fvalue):
-            raise row_error(csv_path, row + 1, f"column '{column}' must be an integer class index, got {value!r}")
+            bad(row, f"column '{column}' must be an integer class index, got {value!r}")
+            continue
         ivalue = int(fvalue)
         if not 0 <= ivalue < num_classes:
-            raise row_error(
-                csv_path, row + 1,
-                f"column '{column}' = {ivalue} is out of range for a {num_classes}-class dataset (0..{num_classes - 1})",
-            )
+            bad(row, f"column '{column}' = {ivalue} is out of range for a {num_classes}-class dataset "
+                     f"(0..{num_classes - 1})")
+            continue
         out[row] = ivalue
     return out
 
@@ -80,7 +87,10 @@ def _parse_int_column(frame, column, csv_path, num_classes):
 def parse_float_list(text, csv_path, row, column) -> np.ndarray:
     """Parse a ``;``-separated (or space/comma-separated) list of floats."""
     if isinstance(text, (list, tuple, np.ndarray)):
-        arr = np.asarray(text, dtype=np.float64)
+        try:
+            arr = np.asarray(text, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise row_error(csv_path, row, f"column '{column}' is not a list of numbers: {str(text)[:60]!r}") from None
     else:
         if text is None or (isinstance(text, float) and math.isnan(text)):
             raise row_error(csv_path, row, f"column '{column}' is empty")
@@ -91,6 +101,8 @@ def parse_float_list(text, csv_path, row, column) -> np.ndarray:
             raise row_error(csv_path, row, f"column '{column}' is not a list of numbers: {str(text)[:60]!r}") from None
     if not np.all(np.isfinite(arr)):
         raise row_error(csv_path, row, f"column '{column}' has a NaN or infinite value")
+    if np.any(np.abs(arr) > np.finfo(np.float32).max):  # stored as float32: would become inf
+        raise row_error(csv_path, row, f"column '{column}' has a value too large for float32")
     return arr
 
 
@@ -99,9 +111,18 @@ def format_float_list(values, precision: int = 2) -> str:
 
 
 def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=None,
-                   require_va: bool = False, num_landmarks: int | None = None) -> AnnotationTable:
-    """Validate a schema frame and return an :class:`AnnotationTable`. Raises :class:`DataError`."""
+                   require_va: bool = False, num_landmarks: int | None = None,
+                   bad_rows: list | None = None) -> AnnotationTable:
+    """Validate a schema frame and return an :class:`AnnotationTable`. Raises :class:`DataError`.
+
+    With a list ``bad_rows`` (``--skip-bad``), rows with an invalid cell are not fatal: each is appended
+    as ``(0-based row of frame, message)`` and left out of the returned table (whose frame then has
+    ``attrs["kept_rows"]``, the frame rows it holds). Table-level problems (missing columns, nothing
+    left) still raise.
+    """
     csv_path = Path(csv_path)
+    if bad_rows is not None:
+        return _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num_landmarks, bad_rows)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(
@@ -124,7 +145,8 @@ def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=N
     va = None
     has_v, has_a = "valence" in frame.columns, "arousal" in frame.columns
     if has_v != has_a:
-        raise DataError(f"{csv_path}: has '{'valence' if has_v else 'arousal'}' but not the other; VA needs both columns")
+        raise DataError(f"{csv_path}: has a '{'valence' if has_v else 'arousal'}' column but no "
+                        f"'{'arousal' if has_v else 'valence'}' column; VA needs both")
     if has_v:
         va = np.stack([pd.to_numeric(frame["valence"], errors="coerce").to_numpy(np.float64),
                        pd.to_numeric(frame["arousal"], errors="coerce").to_numpy(np.float64)], axis=1)
@@ -145,13 +167,12 @@ def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=N
     landmarks = None
     if "landmarks" in frame.columns:
         parsed = [parse_float_list(v, csv_path, r + 1, "landmarks") for r, v in enumerate(frame["landmarks"].tolist())]
-        lengths = {len(p) for p in parsed}
-        expected = None if num_landmarks is None else 2 * num_landmarks
-        for r, p in enumerate(parsed):
-            if len(p) % 2 or len(p) == 0 or (expected is not None and len(p) != expected) or len(p) != len(parsed[0]):
-                want = expected or len(parsed[0])
-                raise row_error(csv_path, r + 1, f"landmarks have {len(p)} values; expected {want} (x,y pairs)")
-        del lengths
+        lengths = [len(p) for p in parsed]
+        # The table's length is the given one, else the most common one (so the odd row out is named).
+        want = 2 * num_landmarks if num_landmarks is not None else max(set(lengths), key=lengths.count)
+        for r, n in enumerate(lengths):
+            if n % 2 or n == 0 or n != want:
+                raise row_error(csv_path, r + 1, f"landmarks have {n} values; expected {want} (x,y pairs)")
         landmarks = np.stack(parsed).reshape(len(frame), -1, 2).astype(np.float32)
 
     votes = None
@@ -171,6 +192,64 @@ def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=N
     root = Path(image_root) if image_root is not None else csv_path.parent / "images"
     return AnnotationTable(csv_path=csv_path, image_root=root, frame=frame, num_classes=num_classes,
                            labels=labels, va=va, landmarks=landmarks, votes=votes, clean_labels=clean)
+
+
+def _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num_landmarks, bad_rows):
+    """``validate_frame`` that collects row-level problems into ``bad_rows`` and drops those rows."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing or len(frame) == 0:
+        return validate_frame(frame, csv_path, num_classes, image_root, require_va, num_landmarks)  # raises
+    frame = frame.reset_index(drop=True)
+    found: dict[int, str] = {}
+
+    def bad(row, message):
+        found.setdefault(int(row), str(row_error(csv_path, int(row) + 1, message)))
+
+    paths = frame["path"].tolist()
+    for row, value in enumerate(paths):
+        if not isinstance(value, str) or value.strip() == "":
+            bad(row, f"column 'path' is empty or not a string: {value!r}")
+    for row in np.flatnonzero(frame["path"].duplicated(keep="first").to_numpy()):
+        bad(row, f"duplicated path {paths[row]!r} (first seen earlier in the table)")
+    for column in ("expression", "clean_expression"):
+        if column in frame.columns:
+            _parse_int_column(frame, column, csv_path, num_classes, bad)
+    if "valence" in frame.columns and "arousal" in frame.columns:
+        va = np.stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
+                       for c in ("valence", "arousal")], axis=1)
+        with np.errstate(invalid="ignore"):
+            for row in np.flatnonzero(~np.isfinite(va).all(axis=1) | (np.abs(va) > 1.0 + 1e-6).any(axis=1)):
+                bad(row, f"valence/arousal ({frame['valence'].iloc[row]!r}, {frame['arousal'].iloc[row]!r}) "
+                         "is not a finite number in [-1, 1]")
+    for column, want in (("landmarks", None if num_landmarks is None else 2 * num_landmarks),
+                         ("votes", num_classes)):
+        if column not in frame.columns:
+            continue
+        lengths = {}
+        for row, text in enumerate(frame[column].tolist()):
+            try:
+                values = parse_float_list(text, csv_path, row + 1, column)
+            except DataError as exc:
+                found.setdefault(row, str(exc))
+                continue
+            if column == "votes" and ((values < 0).any() or values.sum() <= 0):
+                bad(row, "votes must be non-negative counts with a positive total")
+            lengths[row] = len(values)
+        if want is None and lengths:  # landmarks: the most common even length is the table's
+            even = [n for n in lengths.values() if n and n % 2 == 0]
+            want = max(set(even), key=even.count) if even else -1
+        for row, n in lengths.items():
+            if n != want:
+                bad(row, f"{column} have {n} values; expected {want}")
+    bad_rows.extend(sorted(found.items()))
+    kept = np.setdiff1d(np.arange(len(frame)), np.fromiter(found, int, len(found)))
+    if len(kept) == 0:
+        raise DataError(f"{csv_path}: no usable rows left (all {len(frame)} rows are invalid; first: "
+                        f"{found[min(found)]})")
+    table = validate_frame(frame.iloc[kept].reset_index(drop=True), csv_path, num_classes, image_root,
+                           require_va, num_landmarks)
+    table.frame.attrs["kept_rows"] = kept.tolist()
+    return table
 
 
 def read_csv(csv_path) -> pd.DataFrame:

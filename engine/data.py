@@ -61,24 +61,39 @@ def _image_root(data_dir: Path, image_root) -> Path:
 
 def load_split(data_dir: Path, table_name: str, num_classes: int, image_root=None, require_va=False,
                skip_bad: bool = False, log=print) -> AnnotationTable:
-    """Load, validate and image-check one split. ``skip_bad`` drops and counts bad images instead of failing."""
+    """Load, validate and image-check one split.
+
+    ``skip_bad`` drops rows with an invalid cell or a missing/unreadable image instead of failing; the
+    returned table's ``frame.attrs`` then hold ``dropped_rows`` (0-based rows of the CSV) and
+    ``skipped`` (one message per dropped row, naming file and row), and the count is logged.
+    """
     csv_path = Path(table_name) if Path(table_name).is_absolute() else data_dir / table_name
     frame = read_csv(csv_path)
-    table = validate_frame(frame, csv_path, num_classes, _image_root(data_dir, image_root), require_va=require_va)
+    root = _image_root(data_dir, image_root)
+    skipped: list[tuple[int, str]] = []  # (0-based CSV row, message)
+    table = validate_frame(frame, csv_path, num_classes, root, require_va=require_va,
+                           bad_rows=skipped if skip_bad else None)
+    origin = np.asarray(table.frame.attrs.get("kept_rows", range(len(table))), int)  # table row → CSV row
     check_image_root(table)
     bad = scan_images(table.image_root, table.paths)
-    if bad:
-        if not skip_bad:
-            from data.images import raise_for_bad_images
+    if bad and not skip_bad:
+        from data.images import raise_for_bad_images
 
-            raise_for_bad_images(bad, csv_path, len(table))
-        keep = np.ones(len(table), bool)
-        keep[[b.row for b in bad]] = False
-        log(f"--skip-bad: dropped {len(bad)} bad image row(s) from {csv_path} "
-            f"(first: row {bad[0].row + 1}, {bad[0].path}: {bad[0].reason})")
-        table = validate_frame(frame.iloc[np.flatnonzero(keep)].reset_index(drop=True), csv_path, num_classes,
-                               table.image_root, require_va=require_va)
-        table.frame.attrs["dropped_rows"] = [b.row for b in bad]
+        raise_for_bad_images(bad, csv_path, len(table))
+    skipped += [(int(origin[b.row]), f"{csv_path}, row {origin[b.row] + 1}: image {b.path}: {b.reason}") for b in bad]
+    if skipped:
+        skipped.sort()
+        dropped = {row for row, _ in skipped}
+        keep = [row for row in range(len(frame)) if row not in dropped]
+        if not keep:
+            raise DataError(f"{csv_path}: no usable rows left after --skip-bad dropped all {len(frame)} "
+                            f"(first: {skipped[0][1]})")
+        table = validate_frame(frame.iloc[keep].reset_index(drop=True), csv_path, num_classes, root,
+                               require_va=require_va)
+        table.frame.attrs["dropped_rows"] = sorted(dropped)
+        table.frame.attrs["skipped"] = [message for _, message in skipped]
+        log(f"--skip-bad: skipped {len(skipped)} bad row(s) of {csv_path} ({len(keep)} kept); first: "
+            + " | ".join(message for _, message in skipped[:3]))
     if len(table) == 0:
         raise DataError(f"{csv_path}: no usable rows left")
     return table

@@ -59,13 +59,21 @@ def export_saved_model(model, out_dir, image_size: int, class_names, method: str
     """Write the serving SavedModel atomically to ``out_dir`` (replacing an older export)."""
     out_dir = Path(out_dir)
     module = FERServingModule(model, image_size, class_names)
-    with atomic_directory(out_dir) as tmp:
-        tf.saved_model.save(module, str(tmp), signatures={
-            "serving_default": module.serve.get_concrete_function(),
-            "serve_bytes": module.serve_bytes.get_concrete_function(),
-        })
-        (tmp / "fer_export.json").write_text(json.dumps({
-            "image_size": image_size, "class_names": list(class_names), "method": method,
-            "input": "uint8 RGB images of any size (serving_default) or encoded JPEG/PNG bytes (serve_bytes)",
-        }, indent=2))
+    try:
+        with atomic_directory(out_dir) as tmp:
+            tf.saved_model.save(module, str(tmp), signatures={
+                "serving_default": module.serve.get_concrete_function(),
+                "serve_bytes": module.serve_bytes.get_concrete_function(),
+            })
+            (tmp / "fer_export.json").write_text(json.dumps({
+                "image_size": image_size, "class_names": list(class_names), "method": method,
+                "input": "uint8 RGB images of any size (serving_default) or encoded JPEG/PNG bytes (serve_bytes)",
+            }, indent=2))
+    except (OSError, tf.errors.OpError) as exc:  # disk full, read-only folder: any older export is untouched
+        from common.errors import CheckpointError
+
+        detail = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
+        raise CheckpointError(f"cannot write the SavedModel {out_dir} ({type(exc).__name__}: {str(detail)[:200]}); "
+                              "any previous export there is intact. Free space and rerun "
+                              "`python export.py --ckpt RUN --out DIR`") from None
     return out_dir

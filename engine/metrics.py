@@ -361,8 +361,8 @@ def _fmt(value, pct: bool = True) -> str:
 def format_report(report: dict) -> str:
     """Human-readable text of a :func:`classification_report` dict.
 
-    Headline numbers (accuracy, mean class accuracy, macro F1; plus ECE/NLL when present), per-class
-    accuracy, and the confusion matrix with class names as row (true) and column (predicted) headers.
+    Headline numbers (accuracy, mean class accuracy, macro F1; plus ECE/NLL, agreement with human votes,
+    VA RMSE/CCC and noise-detection AUC when present), per-class accuracy, and the confusion matrix with class names as row (true) and column (predicted) headers.
     """
     names = list(report["class_names"])
     lines = [
@@ -375,6 +375,14 @@ def format_report(report: dict) -> str:
         lines.append(f"ECE:                 {_fmt(report.get('ece'), pct=False)}")
     if "nll" in report:
         lines.append(f"NLL:                 {_fmt(report.get('nll'), pct=False)}")
+    human = report.get("human_agreement")
+    if human:
+        lines.append("human votes vs model: " + ", ".join(f"{k.upper() if k != 'jeffrey' else 'Jeffrey'} "
+                                                          f"{_fmt(human.get(k), pct=False)}" for k in ("kl", "js", "jeffrey")))
+    for key, label in (("valence_rmse", "valence RMSE"), ("arousal_rmse", "arousal RMSE"), ("valence_ccc", "valence CCC"),
+                       ("arousal_ccc", "arousal CCC"), ("noise_detection_auc", "noise-detection AUC")):
+        if report.get(key) is not None:
+            lines.append(f"{(label + ':').ljust(21)}{_fmt(report[key], pct=False)}")
     pca = report.get("per_class_accuracy") or {}
     if pca:
         lines.append("per-class accuracy:")

@@ -152,6 +152,8 @@ def compare_configs(old: dict, new: dict) -> list[str]:
 def prepare_run_dir(run_dir: Path, record: dict, resume: bool, force: bool) -> None:
     """Refuse to clobber another run; check a resumed run's config matches."""
     config_path = run_dir / "config.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output directory {run_dir} exists but is not a directory; choose another --out")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not config_path.is_file():
             if not force:
@@ -167,6 +169,8 @@ def prepare_run_dir(run_dir: Path, record: dict, resume: bool, force: bool) -> N
                 if diffs:
                     raise ConfigError(f"--resume refused: the configuration differs from the run in {run_dir}: "
                                       + "; ".join(diffs[:6]) + (" …" if len(diffs) > 6 else ""))
+                if not os.access(run_dir, os.W_OK):
+                    raise ConfigError(f"output directory {run_dir} is not writable; cannot resume into it")
                 return
             if not force:
                 what = "a different run" if diffs else "a run with the same configuration"
@@ -177,10 +181,17 @@ def prepare_run_dir(run_dir: Path, record: dict, resume: bool, force: bool) -> N
             shutil.rmtree(run_dir)
     elif resume:
         raise CheckpointError(f"--resume: {run_dir} holds no run to resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output directory {run_dir} ({exc.strerror or exc}); "
+                          "choose another --out") from None
     if not os.access(run_dir, os.W_OK):
-        raise ConfigError(f"output directory {run_dir} is not writable")
-    atomic_write_json(config_path, record)
+        raise ConfigError(f"output directory {run_dir} is not writable; choose another --out")
+    try:
+        atomic_write_json(config_path, record)
+    except OSError as exc:  # read-only mount, quota, disk full
+        raise ConfigError(f"cannot write {config_path} ({exc.strerror or exc}); choose another --out") from None
 
 
 def make_optimizer(cfg: RunConfig, steps_per_epoch: int):
@@ -259,9 +270,11 @@ class Trainer:
         self.data_dir = resolve_data_dir(self.spec, cfg.data_dir, cfg.synthetic, cfg.seed)
         require_va = self.model_cls.needs_va(self.method_cfg) if hasattr(self.model_cls, "needs_va") else False
         self.train_table = None
+        self.skipped_rows = {}  # table name → messages of the rows --skip-bad dropped (recorded in config.json)
         if need_train:
             table = load_split(self.data_dir, cfg.train_table, cfg.num_classes, cfg.image_root, require_va,
                                cfg.skip_bad, log=self.log)
+            self.skipped_rows[cfg.train_table] = table.frame.attrs.get("skipped", [])
             table = self._apply_protocols(table)
             counts = table.class_counts()
             absent = [self.spec.class_names[c] for c in range(cfg.num_classes) if counts[c] == 0]
@@ -271,6 +284,7 @@ class Trainer:
             self.train_table = table
         self.test_table = load_split(self.data_dir, cfg.test_table, cfg.num_classes, cfg.image_root, False,
                                      cfg.skip_bad, log=self.log)
+        self.skipped_rows[cfg.test_table] = self.test_table.frame.attrs.get("skipped", [])
 
     def _apply_protocols(self, table):
         from data.noise import apply_label_noise, imbalance_subsample
@@ -289,7 +303,8 @@ class Trainer:
             return table
         new = validate_frame(frame, table.csv_path, cfg.num_classes, table.image_root,
                              require_va=table.va is not None)
-        new.frame.attrs["rows_changed"] = cfg.imbalance_factor != 1.0
+        # Rows dropped by --skip-bad also make the table differ from the file (stored neighbour tables).
+        new.frame.attrs["rows_changed"] = cfg.imbalance_factor != 1.0 or bool(table.frame.attrs.get("dropped_rows"))
         return new
 
     def data_facts(self) -> dict:
@@ -297,6 +312,11 @@ class Trainer:
         facts = {"data_dir": str(self.data_dir), "num_test_samples": len(self.test_table)}
         if t is not None:
             facts.update({"num_train_samples": len(t), "train_class_counts": t.class_counts().tolist()})
+        skipped = getattr(self, "skipped_rows", {})
+        # Durable record of what --skip-bad dropped (count per table and the first reasons).
+        facts["skipped_rows"] = {"count": sum(len(v) for v in skipped.values()),
+                                 "by_table": {k: len(v) for k, v in skipped.items()},
+                                 "first": [m for v in skipped.values() for m in v][:10]}
         return facts
 
     # --- model ---------------------------------------------------------------------------------------
@@ -385,7 +405,7 @@ class Trainer:
         if cfg.resume:
             latest = manager.latest()
             if latest is not None:
-                manager.load_into(model, latest)
+                manager.load_into(model, latest, require_optimizer=True)
                 start_step = int(manager.read_state(latest)["global_step"])
                 self.log(f"resumed from {latest} (global step {start_step})")
             else:

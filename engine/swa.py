@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -125,22 +126,37 @@ def _batch_norm_layers(layer) -> list:
 def update_batch_norm(model, images) -> int:
     """Recompute BatchNorm moving statistics as the plain average of per-batch statistics.
 
-    Runs ``model(batch, training=True)`` eagerly over ``images`` (an iterable of image batches) with
-    momentum (n−1)/n for the n-th batch, so the moving mean/variance end up as the cumulative mean of the
-    batch statistics (what PyTorch's ``bn_update`` does with ``momentum=None``). Only BatchNorm statistics
-    change: the optimizer is not involved. Returns the number of batches used (0 if there is no BN).
+    Runs ``model(batch, training=True)`` over ``images`` (an iterable of image batches) and sets each BN
+    layer's moving mean/variance to the mean of the batch statistics (what PyTorch's ``bn_update`` does
+    with ``momentum=None``). The forward runs with momentum 0, so after each batch the moving statistics
+    *are* that batch's statistics; they are summed here and their mean is assigned at the end. Only BN
+    statistics change (no optimizer). Returns the number of batches used (0 if there is no BN layer).
     """
     bn_layers = _batch_norm_layers(model)
     if not bn_layers:
         return 0
     momenta = [layer.momentum for layer in bn_layers]
+    sums = [[np.zeros(layer.moving_mean.shape, np.float64), np.zeros(layer.moving_variance.shape, np.float64)]
+            for layer in bn_layers]
     count = 0
     try:
-        for batch in images:
-            count += 1
-            for layer in bn_layers:
-                layer.momentum = (count - 1.0) / count
+        for layer in bn_layers:
+            layer.momentum = 0.0
+
+        @tf.function  # traced after the momentum change, so the traced update is "moving ← batch statistic"
+        def forward(batch):
             model(batch, training=True)
+
+        for batch in images:
+            forward(batch)
+            count += 1
+            for layer, (mean_sum, var_sum) in zip(bn_layers, sums):
+                mean_sum += layer.moving_mean.numpy()
+                var_sum += layer.moving_variance.numpy()
+        if count:
+            for layer, (mean_sum, var_sum) in zip(bn_layers, sums):
+                layer.moving_mean.assign((mean_sum / count).astype(np.float32))
+                layer.moving_variance.assign((var_sum / count).astype(np.float32))
     finally:
         for layer, momentum in zip(bn_layers, momenta):
             layer.momentum = momentum

@@ -273,6 +273,8 @@ class LANetModel(FERModel):
         self.landmark_projection = projection_head(embed_dim, embed_dim, "landmark_projection")
         self.expression_score = ContributionScore(feature_dim, name="expression_score")
         self.landmark_score = ContributionScore(embed_dim, name="landmark_score")
+        self.expression_score.build((None, feature_dim))
+        self.landmark_score.build((None, embed_dim))
         # === Momentum key encoders: a full copy, moved only by EMA in after_step ===
         key_backbone = keras.models.clone_model(backbone, clone_function=_fresh_clone)
         key_stages, key_tail = stage_models(key_backbone)
@@ -320,10 +322,6 @@ class LANetModel(FERModel):
     def empty_method_data(cls, cfg: LANetConfig, num_train_samples: int) -> MethodData:
         """Zero labels of the right shape; the checkpoint restores the target bank."""
         return MethodData(landmarks=True, model_kwargs={"train_labels": np.zeros(num_train_samples, np.int32)})
-
-    def build_extra(self, image_size: int) -> None:
-        self.expression_score.build((None, self.expression_score.dim))
-        self.landmark_score.build((None, self.landmark_score.dim))
 
     # --- losses ----------------------------------------------------------------------------------------
     def loss_weight(self, name: str) -> float:

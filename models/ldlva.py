@@ -50,6 +50,11 @@ Neighbour outputs (features h_k, probabilities p_k) are constants (no gradient),
   d_i is the similarity-weighted mix of the neighbours' labels until the neighbours are visited);
   ``bank_init=inference`` fills it with one inference pass over the training set before training.
 
+λ is learned from L_cls only (``lambda_from_discriminative=false``), as the paper's eq. 8–9 derive its
+gradient and as the release does. DEVIATION from a literal reading of eq. 11: the pull term
+(1 − λ_i)‖v_i − μ_y‖² of eq. 10 would add −γ‖v_i − μ_y‖²/(2B) to every λ's gradient, which drives all
+λ to 1 within the first epoch (the pull and the given labels then vanish); ``true`` restores it.
+
 Ablations (paper Table 4): ``label_distribution=false`` (plain CE on the given label; no neighbours,
 no λ, the centre loss unweighted over the batch), ``adaptive_similarity=false`` (c_ik = a_ik),
 ``uncertainty_mode=fixed`` (one shared uncertainty ``fixed_uncertainty`` for every sample, never
@@ -98,6 +103,7 @@ class LDLVAConfig:
     center_loss: str | None = None  # paper (eq. 10) | release (λ-weighted over samples + neighbours, two-stage update)
     neighbor_training_mode: bool | None = None  # forward mode: BN in training mode for neighbours (release True)
     # --- shared settings -----------------------------------------------------------------------------
+    lambda_from_discriminative: bool = False  # paper eq. 10: also learn λ from ∂(γL_dis)/∂λ (see docstring)
     center_lr: float = 0.5  # centre SGD lr (release 0.5; paper: on ∂L_dis/∂μ, γ not included)
     center_repulsion_scale: float = 0.1  # release's extra factor on the repulsion step
     class_weights: str = "none"  # none | balanced (release AffectNet config: sklearn 'balanced' of the given label)
@@ -307,14 +313,18 @@ class LDLVAModel(FERModel):
         probs = tf.reshape(tf.nn.softmax(logits), [shape[0], shape[1], self.num_classes])
         return tf.stop_gradient(features), tf.stop_gradient(probs)
 
-    def calibration_scores(self, features, neighbor_features, training):
-        """s_ik = σ(g([h_i; h_k])) (eq. 3), (B, K); the release clamps the logit at −1.3 first."""
+    def calibration_log_scores(self, features, neighbor_features, training):
+        """log s_ik with s_ik = σ(g([h_i; h_k])) (eq. 3), (B, K); the release clamps the logit at −1.3 first."""
         k = tf.shape(neighbor_features)[1]
         anchors = tf.repeat(features[:, None, :], k, axis=1)
         logits = self.calibration(tf.concat([anchors, neighbor_features], axis=-1), training=training)[..., 0]
         if self.rcfg.clamp_calibration:
             logits = tf.maximum(logits, self.rcfg.calibration_clamp)  # zero gradient where the clamp is active
-        return tf.sigmoid(logits)
+        return tf.math.log_sigmoid(logits)
+
+    def calibration_scores(self, features, neighbor_features, training):
+        """s_ik ∈ (0, 1) (release: ≥ σ(−1.3) = 0.2142), (B, K)."""
+        return tf.exp(self.calibration_log_scores(features, neighbor_features, training))
 
     # --- losses --------------------------------------------------------------------------------------
     def watched_tensors(self, batch) -> dict:
@@ -351,21 +361,28 @@ class LDLVAModel(FERModel):
                                        cfg.va_delta, cfg.va_metric)  # eq. 2
             contributions = similarity  # eq. 4 without the adaptive part
             if cfg.adaptive_similarity:
-                contributions = similarity * self.calibration_scores(features, neighbor_features, training)
+                log_scores = self.calibration_log_scores(features, neighbor_features, training)
+                # eq. 4 up to a per-row factor exp(−max_k log s_ik), which eq. 5 normalises away: without the
+                # release's clamp every score of a row can underflow to 0 (we saw it after ~13 epochs), and
+                # the all-zero fallback d_i = e_y would then freeze λ_i for good.
+                row_max = tf.stop_gradient(tf.reduce_max(log_scores, axis=-1, keepdims=True))
+                contributions = similarity * tf.exp(log_scores - row_max)
             if cfg.uncertainty_mode == "fixed":
                 uncertainty = tf.fill([batch_size, 1], cfg.fixed_uncertainty)
             else:
                 uncertainty = self._uncertainty_from_param(watched["lambda_rows"])
             target = target_distribution(labels, neighbor_probs, contributions, uncertainty, self.num_classes)
-            outputs.update(uncertainty=uncertainty, target=target, contributions=contributions)
+            outputs.update(uncertainty=uncertainty, target=target, contributions=contributions, similarity=similarity)
         else:
             target = onehot(labels, self.num_classes)
             uncertainty = tf.zeros([batch_size, 1])
+            outputs["target"] = target
         losses = {"ce": soft_cross_entropy(target, probs, weights)}  # eq. 1
         if cfg.discriminative_loss:
             if cfg.center_loss == "paper":
-                # eq. 10; the gradient reaches λ (pull weight 1 − λ) and the centres (updated in after_step).
-                losses["dis"] = discriminative_loss(features, labels, watched["centers"], uncertainty)
+                # eq. 10; the gradient reaches the centres (moved in after_step) and, if asked, λ.
+                pull_uncertainty = uncertainty if cfg.lambda_from_discriminative else tf.stop_gradient(uncertainty)
+                losses["dis"] = discriminative_loss(features, labels, watched["centers"], pull_uncertainty)
             else:
                 center_features, center_labels, certainty = self._release_center_set(
                     batch, features, uncertainty, watched.get("neighbor_features"))

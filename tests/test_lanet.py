@@ -38,6 +38,8 @@ def test_two_steps_finite_losses_bank_queue_and_momentum(built):
     pairs = model.momentum_pairs()
     key_ids = {id(k) for _, k in pairs}
     assert not key_ids & {id(v) for v in model.trainable_variables}  # the optimizer never sees the key encoders
+    for q, k in pairs:  # the key encoders start as exact copies
+        np.testing.assert_array_equal(k.numpy(), q.numpy())
     bank0, queue0, labels0 = _copy(model.target_bank), _copy(model.expression_queue), _copy(model.queue_labels)
     lm_queue0 = _copy(model.landmark_queue)
 

@@ -78,10 +78,10 @@ def draw_grid(most, least, out: Path, title: str) -> Path:
 def show(args) -> Path:
     import pandas as pd
 
-    from engine.uncertainty import latest_uncertainty_csv
-
     run = Path(args.run)
-    csv_path = Path(args.csv) if args.csv else latest_uncertainty_csv(run)
+    # The newest epoch_XXX.csv of engine.uncertainty.UncertaintyLogger (not imported: it pulls in TensorFlow).
+    tables = sorted((run / "uncertainty").glob("epoch_*.csv"))
+    csv_path = Path(args.csv) if args.csv else (tables[-1] if tables else None)
     if csv_path is None or not csv_path.is_file():
         raise DataError(f"{run}: no per-sample uncertainty table (uncertainty/epoch_*.csv); train an ldlva run first")
     if args.n < 1:

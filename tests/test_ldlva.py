@@ -1,0 +1,391 @@
+"""LDLVA: training steps in both variants and neighbour modes, per-row λ updates, the release clamp,
+ablation switches, which variables move, neighbour-table sources, presets, exact resume, export,
+evaluate.py and the train.py CLI on a fixture."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_run_config, write_tiny_dataset
+
+RELEASE_CLAMP_FLOOR = 1.0 / (1.0 + math.exp(1.3))  # σ(−1.3) = 0.21417
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def build_model(data_dir, tmp_path, num_batches=2, **method_overrides):
+    """A built LDLVA model on the tiny dataset plus its first training batches (no fit, no run dir)."""
+    from engine.run import Trainer
+
+    cfg = tiny_run_config(data_dir, tmp_path / "unused", method="ldlva",
+                          method_overrides={k: str(v) for k, v in method_overrides.items()})
+    trainer = Trainer(cfg, log=_quiet)
+    trainer.load_data()
+    method_data = trainer.method_data()
+    model = trainer.build(len(trainer.train_table), method_data)
+    batches = list(trainer.train_dataset(method_data).take(num_batches))
+    return trainer, model, batches
+
+
+def snapshot(model):
+    return {v.path: np.array(v.numpy()) for v in model.variables}
+
+
+def changed(before, after):
+    return {k for k in before if not np.array_equal(before[k], after[k])}
+
+
+def state_path(model, variable):
+    return variable.path
+
+
+# --- training steps ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["paper", "release"])
+@pytest.mark.parametrize("source", ["forward", "bank"])
+def test_two_steps_finite_losses(tiny_dataset, tmp_path, variant, source):
+    _, model, batches = build_model(tiny_dataset, tmp_path, variant=variant, neighbor_source=source)
+    for batch in batches:
+        logs = model.train_step(batch)
+        for name in ("loss", "ce", "dis"):
+            assert np.isfinite(float(logs[name])), (name, logs)
+    lam = model.uncertainty_values().numpy()
+    assert np.all((lam >= 0) & (lam <= 1))
+    assert np.abs(model.class_centers.numpy()).sum() > 0  # the centres moved away from their zero init
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_lambda_moves_only_batch_rows(tiny_dataset, tmp_path, momentum):
+    _, model, batches = build_model(tiny_dataset, tmp_path, variant="release", neighbor_source="bank",
+                                    lambda_momentum=momentum)
+    n = model.num_train_samples
+    start = model.lambda_param.numpy().copy()
+    np.testing.assert_allclose(start, 0.5)  # release λ̂₀
+    rows1 = batches[0]["index"].numpy()
+    model.train_step(batches[0])
+    after1 = model.lambda_param.numpy().copy()
+    velocity1 = model.lambda_velocity.numpy().copy()
+    moved = np.flatnonzero(after1[:, 0] != start[:, 0])
+    assert set(moved) == set(rows1)  # every batch row moved (sigmoid: nonzero gradient), no other row
+    rows2 = batches[1]["index"].numpy()
+    model.train_step(batches[1])
+    after2 = model.lambda_param.numpy()
+    outside = np.setdiff1d(np.arange(n), rows2)
+    # Rows not in batch 2 keep their value even with momentum (Keras 3 sparse SGD momentum would move them).
+    np.testing.assert_array_equal(after2[outside], after1[outside])
+    velocity2 = model.lambda_velocity.numpy()
+    if momentum:
+        # v ← βv − lr·g, λ̂ ← λ̂ + v, per row: step 1 moved λ̂ by exactly the stored velocity.
+        np.testing.assert_allclose(after1 - start, velocity1, atol=1e-7)
+        assert set(np.flatnonzero(velocity2[:, 0])) == set(rows1) | set(rows2)
+        np.testing.assert_array_equal(velocity2[outside], velocity1[outside])
+    else:
+        assert not velocity2.any()
+
+
+def test_paper_lambda_is_projected_into_unit_interval(tiny_dataset, tmp_path):
+    _, model, batches = build_model(tiny_dataset, tmp_path, variant="paper", neighbor_source="bank", lambda_lr=1e4)
+    np.testing.assert_array_equal(model.lambda_param.numpy(), 0.0)  # paper λ₀ = 0
+    model.train_step(batches[0])
+    lam = model.lambda_param.numpy()
+    assert lam.min() >= 0.0 and lam.max() <= 1.0
+    outside = np.setdiff1d(np.arange(model.num_train_samples), batches[0]["index"].numpy())
+    assert not lam[outside].any()
+
+
+def test_release_clamp_lower_bound(tiny_dataset, tmp_path):
+    _, model, _ = build_model(tiny_dataset, tmp_path, num_batches=1, variant="release", neighbor_source="bank")
+    rng = np.random.default_rng(0)
+    features = tf.constant(rng.normal(size=(4, model.feature_dim)), tf.float32)
+    neighbors = tf.constant(rng.normal(size=(4, 8, model.feature_dim)), tf.float32)
+    scores = model.calibration_scores(features, neighbors, training=False).numpy()
+    assert scores.shape == (4, 8) and scores.min() >= RELEASE_CLAMP_FLOOR - 1e-6 and scores.max() < 1
+    score_layer = model.calibration.get_layer("calib_score")
+    score_layer.bias.assign([-100.0])  # every logit far below the clamp
+    scores = model.calibration_scores(features, neighbors, training=False).numpy()
+    np.testing.assert_allclose(scores, RELEASE_CLAMP_FLOOR, rtol=1e-6)
+    assert abs(RELEASE_CLAMP_FLOOR - 0.2142) < 1e-4
+    model.rcfg = dataclasses.replace(model.rcfg, clamp_calibration=False)  # the paper: no clamp
+    assert model.calibration_scores(features, neighbors, training=False).numpy().max() < 1e-6
+
+
+# --- ablations ---------------------------------------------------------------------------------------------
+
+def _losses(model, batch, **switches):
+    """Losses/outputs of one batch with some switches flipped on an already built model (the ablation
+    switches create no variables, so flipping them on the resolved config equals building with them)."""
+    resolved_cfg = model.rcfg
+    model.rcfg = dataclasses.replace(resolved_cfg, **switches)
+    try:
+        watched = model.watched_tensors(batch)
+        losses, outputs = model.compute_losses(batch, watched, training=False)
+    finally:
+        model.rcfg = resolved_cfg
+    return {k: float(v) for k, v in losses.items()}, outputs
+
+
+def test_ablation_switches_change_the_target(tiny_dataset, tmp_path):
+    _, model, batches = build_model(tiny_dataset, tmp_path, num_batches=1, variant="release", neighbor_source="bank")
+    batch = batches[0]
+    labels = batch["label"].numpy()
+    onehot = np.eye(7)[labels]
+
+    # Full method: the release's λ₀ = σ(0.5) puts 1 − 0.62 of the target on the neighbour mix.
+    full, outputs = _losses(model, batch)
+    target = outputs["target"].numpy()
+    on_label = target[np.arange(len(labels)), labels]
+    assert np.all(on_label >= 1 / (1 + math.exp(-0.5)) - 1e-5) and np.all(on_label < 1)
+    np.testing.assert_allclose(target.sum(axis=1), 1.0, rtol=1e-5)
+    assert set(full) == {"ce", "dis"}
+
+    # No label distribution: plain CE on the given label.
+    losses, outputs = _losses(model, batch, label_distribution=False)
+    np.testing.assert_array_equal(outputs["target"].numpy(), onehot)
+    plain = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, outputs["logits"], from_logits=True))
+    assert losses["ce"] == pytest.approx(float(plain), rel=1e-4) and losses["ce"] != pytest.approx(full["ce"])
+
+    # Fixed shared uncertainty: exactly λ = fixed_uncertainty for every sample.
+    _, outputs = _losses(model, batch, uncertainty_mode="fixed", fixed_uncertainty=0.25)
+    np.testing.assert_allclose(outputs["uncertainty"].numpy(), 0.25)
+    assert np.all(outputs["target"].numpy()[np.arange(len(labels)), labels] >= 0.75 - 1e-6)
+
+    # No adaptive similarity: contributions are the VA kernel alone (l1 in the release).
+    _, outputs = _losses(model, batch, adaptive_similarity=False)
+    np.testing.assert_array_equal(outputs["contributions"].numpy(), outputs["similarity"].numpy())
+    va = model.train_va.numpy()
+    l1 = np.abs(va[batch["index"].numpy()][:, None] - va[batch["neighbors"].numpy()]).sum(-1)
+    np.testing.assert_allclose(outputs["similarity"].numpy(), np.exp(-l1 / 0.5), rtol=1e-5)
+
+    # No discriminative loss: no "dis" term.
+    losses, _ = _losses(model, batch, discriminative_loss=False)
+    assert set(losses) == {"ce"}
+
+    # Paper variant: λ₀ = 0, so the initial target is the one-hot given label; the kernel is l2.
+    _, paper, batches = build_model(tiny_dataset, tmp_path, num_batches=1, variant="paper", neighbor_source="bank")
+    _, outputs = _losses(paper, batches[0])
+    np.testing.assert_array_equal(outputs["target"].numpy(), np.eye(7)[batches[0]["label"].numpy()])
+    va = paper.train_va.numpy()
+    l2 = np.square(va[batches[0]["index"].numpy()][:, None] - va[batches[0]["neighbors"].numpy()]).sum(-1)
+    np.testing.assert_allclose(outputs["similarity"].numpy(), np.exp(-l2 / 0.25), rtol=1e-5)
+
+
+@pytest.mark.parametrize("switch, expect_static", [
+    ({}, set()),
+    ({"adaptive_similarity": False}, {"calibration"}),
+    ({"discriminative_loss": False}, {"class_centers"}),
+    ({"uncertainty_mode": "fixed"}, {"lambda_param"}),
+])
+def test_exactly_the_expected_variables_change(tiny_dataset, tmp_path, switch, expect_static):
+    _, model, batches = build_model(tiny_dataset, tmp_path, num_batches=1, variant="release",
+                                    neighbor_source="forward", **switch)
+    before = snapshot(model)
+    model.train_step(batches[0])
+    after = snapshot(model)
+    moved = changed(before, after)
+    constants = {model.train_va.path, model.train_labels.path, model.neighbor_table.path,
+                 model.class_weight_table.path, model.lambda_velocity.path}  # momentum 0: buffer never written
+    assert not moved & constants
+    calibration = {v.path for v in model.calibration.variables}
+    expected_trainable = {v.path for v in model.trainable_variables}
+    if "calibration" in expect_static:
+        expected_trainable -= calibration
+        assert not moved & calibration  # the calibration MLP is not even called
+    assert expected_trainable <= moved  # every trainable variable with a gradient moved
+    for name, variable in (("class_centers", model.class_centers), ("lambda_param", model.lambda_param)):
+        assert (variable.path in moved) == (name not in expect_static), name
+    lam_moved = np.flatnonzero((before[model.lambda_param.path] != after[model.lambda_param.path])[:, 0])
+    assert set(lam_moved) <= set(batches[0]["index"].numpy())
+    # Forward mode in the release: the neighbours run in training mode, so BN moving statistics moved too.
+    assert any("moving_mean" in p for p in moved)
+
+
+def test_bank_rows_refreshed_only_for_the_batch(tiny_dataset, tmp_path):
+    _, model, batches = build_model(tiny_dataset, tmp_path, num_batches=1, variant="paper", neighbor_source="bank")
+    labels = model.train_labels.numpy()
+    np.testing.assert_array_equal(model.bank_probs.numpy(), np.eye(7)[labels])  # bank_init=labels
+    model.train_step(batches[0])
+    rows = batches[0]["index"].numpy()
+    probs = model.bank_probs.numpy()
+    outside = np.setdiff1d(np.arange(len(labels)), rows)
+    np.testing.assert_array_equal(probs[outside], np.eye(7)[labels[outside]])
+    assert not model.bank_features.numpy()[outside].any() and model.bank_features.numpy()[rows].any()
+    np.testing.assert_allclose(probs[rows].sum(axis=1), 1.0, rtol=1e-5)
+
+
+# --- config, presets, neighbour tables -----------------------------------------------------------------------
+
+def test_variant_resolution_and_overrides():
+    from common.config import apply_overrides
+    from common.errors import ConfigError
+    from models.ldlva import LDLVAConfig, resolved
+
+    paper = resolved(LDLVAConfig())
+    assert (paper.va_metric, paper.lambda_parametrization, paper.lambda_init, paper.mlp_norm, paper.gamma,
+            paper.clamp_calibration) == ("l2", "projected", 0.0, "layer", 0.1, False)
+    release = resolved(apply_overrides(LDLVAConfig(), {"variant": "release", "gamma": "0.05"}))
+    assert (release.va_metric, release.lambda_init, release.mlp_norm, release.clamp_calibration,
+            release.center_loss, release.gamma) == ("l1", 0.5, "batch", True, "release", 0.05)
+    with pytest.raises(ConfigError, match="variant"):
+        resolved(LDLVAConfig(variant="nope"))
+    with pytest.raises(ConfigError, match="neighbor_source"):
+        resolved(LDLVAConfig(neighbor_source="cache"))
+
+
+def test_release_presets_set_run_and_method(tiny_dataset):
+    from engine.run import RunConfig, resolve
+
+    cfg, _, _, method_cfg = resolve(RunConfig(dataset="affectnet", method="ldlva", preset="release-r18-affectnet"))
+    assert (cfg.backbone, cfg.image_size, cfg.pad, cfg.lr, cfg.lr_schedule, tuple(cfg.lr_steps), cfg.lr_decay,
+            cfg.epochs, cfg.random_erasing) == ("resnet18", 224, 8, 3e-4, "step", (5, 10, 20), 0.2, 60, 0.5)
+    assert (method_cfg.variant, method_cfg.lambda_init, method_cfg.lambda_momentum, method_cfg.class_weights) == (
+        "release", 0.8, 0.9, "balanced")
+    cfg, _, _, _ = resolve(RunConfig(dataset="rafdb", method="ldlva", preset="release-r50-raf", lr=5e-5))
+    assert (cfg.image_size, cfg.pad, cfg.lr, tuple(cfg.lr_steps)) == (112, 4, 5e-5, (10, 30))  # explicit --lr wins
+
+
+def test_neighbor_table_sources(tmp_path):
+    from common.errors import DataError
+    from data.neighbors import build_neighbor_table, format_knn_column, save_neighbor_table
+    from data.schema import load_table
+    from models.ldlva import training_neighbor_table
+
+    root = write_tiny_dataset(tmp_path / "ds", n_train=30, n_test=7, landmarks=False, votes=False)
+    table = load_table(root / "train.csv", 7, root / "images", require_va=True)
+    logs = []
+    built = training_neighbor_table(table, 4, log=logs.append)
+    assert built.shape == (30, 4) and logs and "not found" in logs[0]
+    np.testing.assert_array_equal(built, build_neighbor_table(table.va, 4)[0])
+
+    # The release's knn column (first K of more columns) is used when there is no .npz.
+    frame = pd.read_csv(root / "train.csv")
+    reversed_knn = build_neighbor_table(table.va, 6)[0][:, ::-1]
+    frame["knn"] = format_knn_column(reversed_knn)
+    frame.to_csv(root / "train.csv", index=False)
+    table = load_table(root / "train.csv", 7, root / "images", require_va=True)
+    np.testing.assert_array_equal(training_neighbor_table(table, 4, log=_quiet), reversed_knn[:, :4])
+
+    # A present .npz wins; a wrong row count or too few columns is an error naming the file.
+    save_neighbor_table(root / "train.neighbors.npz", built[:, :3], np.zeros((30, 3), np.float32))
+    with pytest.raises(DataError, match="columns"):
+        training_neighbor_table(table, 4, log=_quiet)
+    save_neighbor_table(root / "train.neighbors.npz", built[:20], np.zeros((20, 4), np.float32), force=True)
+    with pytest.raises(DataError, match="rows"):
+        training_neighbor_table(table, 4, log=_quiet)
+    # Subsampled rows (imbalance protocol): rebuilt from VA, the stale file is ignored.
+    table.frame.attrs["rows_changed"] = True
+    np.testing.assert_array_equal(training_neighbor_table(table, 4, log=logs.append), built)
+    assert "subsampled" in logs[-1]
+
+
+# --- full runs: resume, logs, export, evaluate.py, CLI ----------------------------------------------------------
+
+RESUME_SETTINGS = dict(noise_kind="symmetric", noise_rate=0.3, method_overrides={
+    "variant": "release", "neighbor_source": "bank", "bank_init": "inference", "lambda_momentum": "0.9"})
+
+
+class _Crash(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt("simulated kill after epoch 1")
+
+
+def _final_state(trainer):
+    """Every variable (weights, per-sample state, optimizer slots) in creation order; paths differ between
+    models built in one process (Keras uniquifies layer and model names), so the key is the position."""
+    model = trainer.model
+    variables = [*model.variables, *model.optimizer.variables]
+    return {i: np.array(v.numpy()) for i, v in enumerate(variables)}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_dataset, tmp_path_factory):
+    from engine.run import Trainer
+
+    out = tmp_path_factory.mktemp("ldlva_straight")
+    trainer = Trainer(tiny_run_config(tiny_dataset, out, method="ldlva", export=True, tensorboard=True,
+                                      **RESUME_SETTINGS), log=_quiet)
+    report = trainer.train()
+    return trainer, report, out
+
+
+def test_resume_matches_straight_run(straight_run, tiny_dataset, tmp_path, monkeypatch):
+    from engine.run import Trainer
+    from models.ldlva import LDLVAModel
+
+    straight, _, _ = straight_run
+    out = tmp_path / "resumed"
+    original = LDLVAModel.extra_callbacks
+    monkeypatch.setattr(LDLVAModel, "extra_callbacks", lambda self, trainer: [*original(self, trainer), _Crash()])
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_run_config(tiny_dataset, out, method="ldlva", **RESUME_SETTINGS), log=_quiet).train()
+    monkeypatch.setattr(LDLVAModel, "extra_callbacks", original)
+    messages = []
+    resumed = Trainer(tiny_run_config(tiny_dataset, out, method="ldlva", resume=True, **RESUME_SETTINGS),
+                      log=messages.append)
+    resumed.train()
+    assert any("resumed from" in m for m in messages)
+    assert not any("bank filled" in m for m in messages)  # bank_filled came back from the checkpoint
+    a, b = _final_state(straight), _final_state(resumed)
+    assert len(a) == len(b), sorted(set(a) ^ set(b))[:10]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert np.any(resumed.model.lambda_velocity.numpy())  # momentum state was part of what matched
+    assert int(resumed.model.optimizer.iterations.numpy()) == 2 * resumed.steps_per_epoch
+
+
+def test_run_logs_uncertainty_and_exports(straight_run, tmp_path):
+    trainer, report, out = straight_run
+    log = pd.read_csv(out / "log.csv")
+    for column in ("uncertainty_mean", "uncertainty_q10", "uncertainty_q50", "uncertainty_q90", "noise_auc"):
+        assert column in log.columns and log[column].notna().all(), column
+    per_sample = pd.read_csv(out / "uncertainty" / "epoch_002.csv")
+    assert len(per_sample) == len(trainer.train_table)
+    assert {"index", "path", "label", "uncertainty", "clean_label", "flipped"} <= set(per_sample.columns)
+    lam = trainer.model.uncertainty_values().numpy()
+    np.testing.assert_allclose(per_sample["uncertainty"], lam, rtol=1e-5)
+    assert 0 <= report["noise_detection_auc"] <= 1 and report["mean_uncertainty"] == pytest.approx(lam.mean(), rel=1e-5)
+    assert list((out / "tb" / "uncertainty").glob("events.*"))
+    # The serving SavedModel holds the inference path only and matches the Keras model.
+    loaded = tf.saved_model.load(str(out / "saved_model"))
+    images = np.random.default_rng(0).integers(0, 255, (3, 24, 24, 3), dtype=np.uint8)
+    served = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+    direct = tf.nn.softmax(trainer.model((images.astype(np.float32) - 127.5) / 127.5, training=False)).numpy()
+    np.testing.assert_allclose(served, direct, atol=1e-5)
+    # The grid tool reads the last per-sample table.
+    from tools.show_uncertain import main as show_main
+
+    assert show_main(["--run", str(out), "--n", "3", "--out", str(tmp_path / "grid.png")]) == 0
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_evaluate_cli_on_ldlva_run(straight_run, tmp_path):
+    import evaluate
+
+    _, report, out = straight_run
+    assert evaluate.main(["--ckpt", str(out), "--json", str(tmp_path / "eval.json")]) == 0
+    again = json.loads((tmp_path / "eval.json").read_text())
+    assert again["accuracy"] == pytest.approx(report["accuracy"])
+
+
+def test_train_cli_affectnet_fixture(tiny_dataset, tmp_path):
+    import train
+
+    out = tmp_path / "affectnet_run"
+    code = train.main(["--dataset", "affectnet", "--method", "ldlva", "--data-dir", str(tiny_dataset),
+                       "--backbone", "small_cnn", "--image-size", "24", "--pad", "2", "--epochs", "1",
+                       "--batch-size", "8", "--out", str(out), "--no-export", "--no-tensorboard", "--verbose", "0",
+                       "--val-every", "0", "--set", "neighbor_source=forward", "--set", "num_neighbors=4"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["mean_uncertainty"] is not None
+    record = json.loads((out / "config.json").read_text())
+    assert record["method_config"]["num_neighbors"] == 4 and record["method_config"]["variant"] == "paper"

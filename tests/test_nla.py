@@ -1,0 +1,138 @@
+"""NLA model: two training steps, epoch-scheduled weights, flip consistency on the right pair, options,
+export and reload."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_run_config
+
+QUIET = dict(log=lambda *a, **k: None)
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dataset, tmp_path_factory):
+    from engine.run import Trainer
+
+    trainer = Trainer(tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("nla_steps"), method="nla",
+                                      epochs=4), **QUIET)
+    trainer.load_data()
+    method_data = trainer.method_data()
+    model = trainer.build(len(trainer.train_table), method_data)
+    batches = list(trainer.train_dataset(method_data).take(2))
+    return trainer, model, batches
+
+
+def _with_config(model, **changes):
+    """Switch a built model's (frozen) config; compute_losses reads it on every eager call."""
+    model.config = dataclasses.replace(model.config, **changes)
+
+
+def _losses(model, batch, epoch):
+    model.optimizer.iterations.assign(epoch * model.steps_per_epoch)  # simulate being in epoch `epoch`
+    losses, outputs = model.compute_losses(batch, {}, training=False)
+    return {k: float(v) for k, v in losses.items()}, outputs
+
+
+def test_weights_follow_the_schedule_of_the_current_epoch(built):
+    from losses.nla import covariance_schedule, naw_cross_entropy, nla_total_loss
+
+    _, model, batches = built
+    batch = dict(batches[0])
+    logits = model(batch["image"], training=False)
+    # Labels = current predictions: every sample is "correct", so the scheduled kernel is the one used.
+    batch["label"] = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    seen = []
+    for epoch in (0, 1, 3):
+        losses, outputs = _losses(model, batch, epoch)
+        assert int(model.current_epoch()) == epoch
+        eps = covariance_schedule(epoch, 4, -15.0)
+        expected = tf.reduce_mean(naw_cross_entropy(outputs["logits"], batch["label"], eps))
+        assert losses["naw_ce"] == pytest.approx(float(expected), rel=1e-5)
+        total = 0.5 * losses["naw_ce"] + 0.5 * losses["jsd"]
+        assert total == pytest.approx(float(nla_total_loss(outputs["logits"], outputs["flipped_logits"],
+                                                           batch["label"], eps)), rel=1e-5)
+        seen.append(losses["naw_ce"])
+    assert seen[0] != pytest.approx(seen[1], rel=1e-4)  # ε(0) = 0, ε(1) = 1 − e^(−3.75)
+
+    # slope option: −10 (the paper) gives ε(1) = 1 − e^(−2.5) instead.
+    _with_config(model, slope=-10.0)
+    try:
+        losses, outputs = _losses(model, batch, 1)
+        assert float(model.schedule()) == pytest.approx(1 - np.exp(-10.0 / 4), rel=1e-6)
+        expected = tf.reduce_mean(naw_cross_entropy(outputs["logits"], batch["label"], 1 - np.exp(-2.5)))
+        assert losses["naw_ce"] == pytest.approx(float(expected), rel=1e-5)
+        assert losses["naw_ce"] != pytest.approx(seen[1], rel=1e-4)
+    finally:
+        _with_config(model, slope=-15.0)
+        model.optimizer.iterations.assign(0)
+
+
+def test_consistency_is_on_the_image_and_its_flip(built):
+    from losses.nla import jsd_consistency
+
+    _, model, batches = built
+    batch = batches[0]
+    for mode in ("official", "textbook"):
+        _with_config(model, jsd_mode=mode)
+        losses, _ = _losses(model, batch, 0)
+        plain = model(batch["image"], training=False)
+        flipped = model(tf.image.flip_left_right(batch["image"]), training=False)
+        assert losses["jsd"] == pytest.approx(float(jsd_consistency(plain, flipped, mode)), rel=1e-4, abs=1e-7)
+        assert losses["jsd"] > 1e-6
+        # A mirror-symmetric image is its own flip: the consistency term vanishes.
+        symmetric = dict(batch, image=0.5 * (batch["image"] + tf.image.flip_left_right(batch["image"])))
+        assert _losses(model, symmetric, 0)[0]["jsd"] == pytest.approx(0.0, abs=1e-5)
+    official = float(jsd_consistency(plain, flipped, "official"))
+    assert official != pytest.approx(losses["jsd"], rel=1e-3)  # the two forms differ (sum vs mean, KL direction)
+    _with_config(model, jsd_mode="official")
+
+
+def test_two_training_steps_finite_losses(built):
+    _, model, batches = built
+    before = [np.array(v.numpy(), copy=True) for v in model.trainable_variables]
+    for batch in batches:
+        logs = model.train_step(batch)
+        for name in ("naw_ce", "jsd", "loss"):
+            assert np.isfinite(float(logs[name])), name
+    assert any(not np.allclose(a, v.numpy()) for a, v in zip(before, model.trainable_variables))
+
+
+def test_config_validation_and_official_preset():
+    from common.errors import ConfigError
+    from engine.run import RunConfig, resolve
+    from models.nla import NLAConfig
+
+    with pytest.raises(ConfigError, match="jsd_mode"):
+        NLAConfig(jsd_mode="symmetric")
+    cfg, _, _, method_cfg = resolve(RunConfig(dataset="synthetic", method="nla", preset="official"))
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.lr_schedule, cfg.lr_decay) == (1e-4, 32, 60, "exponential", 0.9)
+    assert method_cfg.l2_weight_decay == 1e-4
+
+
+def test_train_export_and_reload(tiny_dataset, tmp_path):
+    from engine.run import Trainer, evaluate_model, load_run_model
+
+    out = tmp_path / "run"
+    report = Trainer(tiny_run_config(tiny_dataset, out, method="nla", export=True,
+                                     method_overrides={"jsd_mode": "textbook"}), **QUIET).train()
+    log = (out / "log.csv").read_text().splitlines()
+    header, last = log[0].split(","), log[-1].split(",")
+    for name in ("naw_ce", "jsd", "loss"):
+        assert np.isfinite(float(last[header.index(name)])), name
+    rebuilt, record = load_run_model(out, **QUIET)
+    assert rebuilt.method_cfg.jsd_mode == "textbook"
+    rebuilt.load_data(need_train=False)
+    again = evaluate_model(rebuilt.model, rebuilt.eval_dataset(), rebuilt.test_table, rebuilt.spec.class_names)
+    assert again["accuracy"] == pytest.approx(json.loads((out / "metrics.json").read_text())["accuracy"])
+    assert again["accuracy"] == pytest.approx(report["accuracy"])
+    images = next(iter(rebuilt.eval_dataset()))["image"].numpy()[:4]
+    served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    uint8 = np.clip(np.round(images * 127.5 + 127.5), 0, 255).astype(np.uint8)
+    np.testing.assert_allclose(served(images=tf.constant(uint8))["probabilities"].numpy(),
+                               tf.nn.softmax(rebuilt.model(images)).numpy(), atol=1e-4)

@@ -1,0 +1,106 @@
+"""predict.py on real photos shipped with installed packages, with and without face detection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import predict
+from conftest import tiny_run_config
+
+
+@pytest.fixture(scope="module")
+def saved_model(tiny_dataset, tmp_path_factory):
+    from engine.run import Trainer
+
+    cfg = tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("predict") / "run", export=True)
+    Trainer(cfg, log=lambda *a, **k: None).train()
+    return Path(cfg.out) / "saved_model"
+
+
+@pytest.fixture(scope="module")
+def grace_hopper():
+    import matplotlib.cbook
+
+    path = Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    assert path.is_file()
+    return path
+
+
+def _run(argv, tmp_path, capsys):
+    out_json = tmp_path / "pred.json"
+    assert predict.main([*argv, "--out-dir", str(tmp_path / "out"), "--json", str(out_json)]) == 0
+    return json.loads(out_json.read_text()), capsys.readouterr().out
+
+
+def _check_result(result, names):
+    import cv2
+
+    image = cv2.imread(result["annotated"], cv2.IMREAD_COLOR)
+    assert image is not None and min(image.shape[:2]) > 200 and image.std() > 5
+    for face in result["faces"]:
+        probs = np.array([face["probabilities"][n] for n in names])
+        assert probs.min() >= 0 and probs.sum() == pytest.approx(1, abs=1e-5)
+        assert face["label"] == names[int(probs.argmax())]
+
+
+def test_detected_face_on_grace_hopper(saved_model, grace_hopper, tmp_path, capsys):
+    pytest.importorskip("mtcnn")
+    report, out = _run([str(grace_hopper), "--model", str(saved_model)], tmp_path, capsys)
+    result = report["photos"][0]
+    assert result["detected"] and len(result["faces"]) == 1
+    x, y, w, h = result["faces"][0]["box"]
+    assert 100 < x + w / 2 < 420 and 50 < y + h / 2 < 420 and 80 < w < 400  # the face, not the whole 512x600 photo
+    assert result["faces"][0]["confidence"] > 0.9
+    assert "detected by MTCNN" in out and "face 1" in out
+    _check_result(result, report["class_names"])
+
+
+def test_without_mtcnn_the_centre_crop_is_used_and_said(saved_model, grace_hopper, tmp_path, capsys, monkeypatch):
+    import preprocess.align
+    from preprocess.common import OptionalDependencyError
+
+    def missing(*_args, **_kwargs):
+        raise OptionalDependencyError("face detection needs the optional package 'mtcnn' (import failed)")
+
+    monkeypatch.setattr(preprocess.align, "detect_faces", missing)
+    report, out = _run([str(grace_hopper), "--model", str(saved_model.parent)], tmp_path, capsys)  # run dir works too
+    result = report["photos"][0]
+    assert not result["detected"] and result["faces"][0]["box"] == [0, 44, 512, 512]  # 512x600: centre square
+    assert "face detection unavailable" in out and "centre square crop" in out
+    _check_result(result, report["class_names"])
+
+
+def test_fallback_matches_the_serving_model_on_the_crop(saved_model, grace_hopper, tmp_path, capsys):
+    import tensorflow as tf
+
+    report, _ = _run([str(grace_hopper), "--model", str(saved_model), "--no-detect"], tmp_path, capsys)
+    face = predict.centre_face(predict.read_photo(grace_hopper))
+    serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    expected = serve(images=tf.constant(face.crop[None]))["probabilities"].numpy()[0]
+    got = np.array([report["photos"][0]["faces"][0]["probabilities"][n] for n in report["class_names"]])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_astronaut(saved_model, tmp_path, capsys):
+    data = pytest.importorskip("skimage.data")
+    import cv2
+
+    path = tmp_path / "astronaut.png"
+    cv2.imwrite(str(path), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    report, _ = _run([str(path), "--model", str(saved_model)], tmp_path, capsys)
+    _check_result(report["photos"][0], report["class_names"])
+
+
+def test_bad_inputs_are_user_errors(saved_model, tmp_path, capsys):
+    from common.cli import run_main
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert run_main(predict.main, [str(broken), "--model", str(saved_model), "--out-dir", str(tmp_path)]) == 2
+    assert "broken.jpg: not a decodable image" in capsys.readouterr().err
+    assert run_main(predict.main, [str(broken), "--model", str(tmp_path)]) == 2
+    assert "no SavedModel" in capsys.readouterr().err

@@ -1,0 +1,224 @@
+"""Exact resume: atomic checkpoints/exports, SIGKILL-and-resume bit-identity, refusal of changed configs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers_cli import (ROOT, copy_dataset, h5_datasets, run_cli, subprocess_env, train_args, tree_digest)
+
+
+# --- atomic writes --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_model():
+    import keras
+
+    from models.backbones import build_backbone
+    from models.base import CEConfig
+    from models.ce import CEModel
+
+    keras.utils.set_random_seed(0)
+    model = CEModel(build_backbone("small_cnn", 24), 7, 10, CEConfig())
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.build_all(24)
+    return model
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize("crash", ["in_save_weights", "in_state_json", "before_latest"])
+def test_crash_during_save_keeps_previous_checkpoint(crash, small_model, tmp_path, monkeypatch):
+    import common.io
+    from engine.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(tmp_path)
+    first = manager.save(small_model, {"global_step": 1})
+    before = tree_digest(first)
+
+    class Killed(BaseException):  # not an Exception: nothing may swallow it, as with a real kill
+        pass
+
+    if crash == "in_save_weights":
+        def half_written(path, *args, **kwargs):
+            Path(path).write_bytes(b"\x89HDF\r\n\x1a\n partial")
+            raise Killed()
+        monkeypatch.setattr(small_model, "save_weights", half_written)
+    elif crash == "in_state_json":
+        def killed_json(path, obj):
+            Path(path).write_text('{"global_st')
+            raise Killed()
+        monkeypatch.setattr("engine.checkpoint.atomic_write_json", killed_json)
+    else:
+        real_replace = os.replace
+
+        def replace(src, dst, *a, **k):
+            if Path(dst).name == "latest":
+                raise Killed()
+            return real_replace(src, dst, *a, **k)
+        monkeypatch.setattr(common.io.os, "replace", replace)
+    with pytest.raises(Killed):
+        manager.save(small_model, {"global_step": 2})
+    monkeypatch.undo()
+    assert manager.latest() == first  # `latest` still names the previous complete checkpoint
+    assert tree_digest(first) == before
+    if crash != "before_latest":  # the half-written one never appears under a final name
+        assert _entries(tmp_path / "ckpt") == ["latest", "step-000000001"]
+    # The next successful save cleans up whatever the crash left behind.
+    manager.save(small_model, {"global_step": 3})
+    # (Killed after the rename, step 2 is complete but unreferenced; keep=2 then prunes step 1.)
+    kept = "step-000000002" if crash == "before_latest" else "step-000000001"
+    assert _entries(tmp_path / "ckpt") == ["latest", kept, "step-000000003"]
+    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".")]
+    CheckpointManager.load_into(small_model, manager.latest(), require_optimizer=True)
+
+
+@pytest.mark.parametrize("failure", ["crash", "disk_full"])
+def test_failed_export_keeps_previous_savedmodel(failure, small_model, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from common.errors import CheckpointError
+    from engine.export import export_saved_model
+
+    out = tmp_path / "saved_model"
+    export_saved_model(small_model, out, 24, [f"c{i}" for i in range(7)], "ce")
+    before = tree_digest(out)
+    real_save = tf.saved_model.save
+
+    def failing(module, path, *args, **kwargs):
+        real_save(module, path, *args, **kwargs)  # everything written, then the last write fails
+        (Path(path) / "variables" / "variables.index").write_bytes(b"trunc")
+        if failure == "crash":
+            raise KeyboardInterrupt()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", failing)
+    expected = KeyboardInterrupt if failure == "crash" else CheckpointError
+    with pytest.raises(expected) as info:
+        export_saved_model(small_model, out, 24, [f"c{i}" for i in range(7)], "ce")
+    if failure == "disk_full":
+        assert str(out) in str(info.value) and "intact" in str(info.value)
+    assert tree_digest(out) == before
+    assert _entries(tmp_path) == ["saved_model"]  # no temporary folder left
+
+
+# --- SIGKILL at three points, resume, compare with an uninterrupted run ----------------------------------
+EPOCHS = 3  # × 7 steps of 8 (56 training samples)
+KILL_AFTER = (2, 9, 15)  # global steps: mid epoch 0, mid epoch 1, early epoch 2
+METHOD_ARGS = {"ce": [], "ldlva": ["--method", "ldlva", "--set", "num_neighbors=2"]}
+
+
+def _run_args(ds, out, method):
+    return train_args(ds, out, "--epochs", EPOCHS, "--checkpoint-every", 1, "--seed", 3, *METHOD_ARGS[method])
+
+
+def _latest_step(run: Path) -> int:
+    try:
+        return int((run / "ckpt" / "latest").read_text().strip().split("-")[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _start_and_kill(argv, run: Path, at_step: int, timeout: float = 240) -> int:
+    """Start ``python train.py argv`` and SIGKILL it once ``latest`` names a step ≥ ``at_step``."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)], env=subprocess_env(),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while _latest_step(run) < at_step:
+            if proc.poll() is not None:
+                pytest.fail(f"train.py exited ({proc.returncode}) before step {at_step}: {proc.stderr.read()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no checkpoint of step {at_step} within {timeout} s")
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)  # wherever it is: mid-step, mid-save, mid-validation
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    return _latest_step(run)
+
+
+@pytest.mark.parametrize("method", ["ce", "ldlva"])
+def test_sigkill_three_times_then_resume_is_bit_identical(method, tiny_dataset, tmp_path, capsys):
+    import train
+
+    ds = copy_dataset(tiny_dataset, tmp_path / "ds")
+    run, reference = tmp_path / "killed", tmp_path / "reference"
+    killed_at = []
+    for i, step in enumerate(KILL_AFTER):
+        argv = _run_args(ds, run, method) + (["--resume"] if i else [])
+        killed_at.append(_start_and_kill(argv, run, step))
+    assert killed_at == sorted(set(killed_at)) and killed_at[-1] < EPOCHS * 7, killed_at
+    code, out, err = run_cli(train, _run_args(ds, run, method) + ["--resume"], capsys)
+    assert code == 0, err[-3000:]
+    assert f"global step {killed_at[-1]}" in out
+    code, _, err = run_cli(train, _run_args(ds, reference, method), capsys)
+    assert code == 0, err[-3000:]
+
+    final = "step-000000021"
+    assert (run / "ckpt" / "latest").read_text().strip() == final
+    resumed = h5_datasets(run / "ckpt" / final / "model.weights.h5")
+    uninterrupted = h5_datasets(reference / "ckpt" / final / "model.weights.h5")
+    assert sorted(resumed) == sorted(uninterrupted)
+    assert any(k.startswith("optimizer/") for k in resumed)
+    different = [k for k in uninterrupted if not np.array_equal(resumed[k], uninterrupted[k])]
+    assert not different, f"killed at {killed_at}; differ: {different[:10]}"
+    log = pd.read_csv(run / "log.csv")
+    assert not log["epoch"].duplicated().any() and log["epoch"].iloc[-1] == EPOCHS - 1
+    assert not [p for p in (run / "ckpt").iterdir() if p.name.startswith(".")]
+
+
+# --- resume refuses a changed configuration ------------------------------------------------------------
+@pytest.fixture
+def ldlva_run(tiny_dataset, tmp_path):
+    """A run directory as train.py leaves it before its first step (config.json written, K=2)."""
+    from engine.run import config_record, prepare_run_dir
+    from train import build_parser, config_from_args
+    from engine.run import Trainer
+
+    ds = copy_dataset(tiny_dataset, tmp_path / "ds")
+    run = tmp_path / "run"
+    args = build_parser().parse_args(train_args(ds, run, *METHOD_ARGS["ldlva"]))
+    trainer = Trainer(config_from_args(args), log=lambda *a: None)
+    trainer.load_data()
+    prepare_run_dir(run, config_record(trainer.cfg, trainer.method_cfg, trainer.data_facts()), False, False)
+    return ds, run
+
+
+def _drop_one_row_per_class(ds):
+    frame = pd.read_csv(ds / "train.csv")
+    frame.iloc[7:].to_csv(ds / "train.csv", index=False)
+
+
+CHANGES = {
+    "method": (lambda ds: ["--method", "ce"], "run.method: 'ldlva' → 'ce'"),
+    "dataset_size": (lambda ds: _drop_one_row_per_class(ds) or METHOD_ARGS["ldlva"],
+                     "data.num_train_samples: 56 → 49"),
+    "num_neighbors": (lambda ds: ["--method", "ldlva", "--set", "num_neighbors=3"],
+                      "method_config.num_neighbors: 2 → 3"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_resume_refuses_changed_configuration(change, ldlva_run, capsys):
+    import train
+
+    ds, run = ldlva_run
+    before = tree_digest(run)
+    mutate, expected = CHANGES[change]
+    extra = mutate(ds)
+    code, _, err = run_cli(train, train_args(ds, run, "--resume", *extra), capsys)
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert "--resume refused" in err and expected in err, err
+    assert tree_digest(run) == before

@@ -1,0 +1,107 @@
+"""visualize.py: every figure kind writes a decodable, non-blank PNG from a real (tiny) run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import visualize
+from common.errors import ConfigError, DataError
+from conftest import tiny_run_config
+
+
+def _train(cfg):
+    from engine.run import Trainer
+
+    Trainer(cfg, log=lambda *a, **k: None).train()
+    from pathlib import Path
+
+    return Path(cfg.out)
+
+
+@pytest.fixture(scope="module")
+def ce_run(tiny_dataset, tmp_path_factory):
+    return _train(tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("viz") / "ce", val_every=1))
+
+
+@pytest.fixture(scope="module")
+def ldlva_run(tiny_dataset, tmp_path_factory):
+    return _train(tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("viz") / "ldlva", method="ldlva",
+                                  noise_kind="symmetric", noise_rate=0.3, noise_seed=1))
+
+
+def assert_png(path, min_side=150):
+    import cv2
+
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image is not None, f"{path} is not a decodable image"
+    assert min(image.shape[:2]) >= min_side
+    assert image.std() > 5  # not a blank canvas
+    return image
+
+
+def _draw(kind, run, tmp_path, *extra):
+    out = tmp_path / f"{kind}.png"
+    assert visualize.main([kind, "--run", str(run), "--out", str(out), *extra]) == 0
+    return assert_png(out)
+
+
+@pytest.mark.parametrize("kind", ["confusion", "curves", "tsne", "gradcam", "votes"])
+def test_any_run_figures(kind, ce_run, tmp_path):
+    _draw(kind, ce_run, tmp_path, *(["--n", "4"] if kind in ("gradcam", "votes") else []))
+
+
+@pytest.mark.parametrize("kind", ["uncertain", "neighbors", "distributions", "curves"])
+def test_ldlva_figures(kind, ldlva_run, tmp_path):
+    _draw(kind, ldlva_run, tmp_path, *(["--n", "4"] if kind != "neighbors" else []))
+
+
+def test_default_output_goes_to_run_figures(ce_run):
+    assert visualize.main(["confusion", "--run", str(ce_run)]) == 0
+    assert_png(ce_run / "figures" / "confusion.png")
+
+
+def test_ldlva_figures_refuse_other_methods(ce_run, tmp_path):
+    with pytest.raises(ConfigError, match="needs an LDLVA run"):
+        visualize.main(["neighbors", "--run", str(ce_run), "--out", str(tmp_path / "x.png")])
+    with pytest.raises(DataError, match="uncertainty"):
+        visualize.main(["uncertain", "--run", str(ce_run), "--out", str(tmp_path / "x.png")])
+
+
+def test_gradcam_maps(ce_run):
+    trainer, _ = visualize.load_model(visualize.build_parser().parse_args(["gradcam", "--run", str(ce_run)]))
+    layer = visualize.gradcam_layer(trainer.model.backbone)
+    assert len(layer.output.shape) == 4 and "pool" not in layer.name
+    inputs = visualize.model_inputs(trainer.test_table, [0, 1, 2], trainer.cfg.image_size)
+    maps, probs = visualize.gradcam_maps(trainer.model, inputs, layer)
+    assert maps.shape[0] == 3 and maps.shape[1] > 1 and maps.ndim == 3
+    assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    # The predicted class's map equals the map of that class asked for explicitly; another class differs.
+    same, _ = visualize.gradcam_maps(trainer.model, inputs, layer, class_index=probs.argmax(1))
+    np.testing.assert_allclose(same, maps, atol=1e-5)
+    other, _ = visualize.gradcam_maps(trainer.model, inputs, layer, class_index=(probs.argmax(1) + 1) % 7)
+    assert not np.allclose(other, maps)
+
+
+def test_ldlva_explain_follows_the_target_definition(ldlva_run):
+    args = visualize.build_parser().parse_args(["neighbors", "--run", str(ldlva_run)])
+    trainer = visualize._ldlva_trainer(args)
+    rows = visualize.pick_training_rows(trainer, 3, args)
+    table = trainer.train_table
+    assert (table.clean_labels[rows] != table.labels[rows]).all()  # flipped samples by default
+    info = visualize.ldlva_explain(trainer, rows)
+    np.testing.assert_array_equal(info["neighbors"], trainer.model.neighbor_table.numpy()[rows])
+    np.testing.assert_array_equal(info["labels"], table.labels[rows])
+    assert ((info["similarity"] > 0) & (info["similarity"] <= 1)).all()
+    assert ((info["calibration"] > 0) & (info["calibration"] < 1)).all()
+    np.testing.assert_allclose(info["contributions"], info["similarity"] * info["calibration"], rtol=1e-6)
+    weights = info["contributions"] / info["contributions"].sum(axis=1, keepdims=True)
+    # d_i = Σ_k w_ik p_k from the neighbours' own predictions, recomputed here independently.
+    _, neighbor_probs = visualize.embed_rows(trainer.model, visualize.model_inputs(
+        table, info["neighbors"].ravel(), trainer.cfg.image_size))
+    mix = np.einsum("nk,nkc->nc", weights, neighbor_probs.reshape(len(rows), -1, 7))
+    np.testing.assert_allclose(info["neighbor_dist"], mix, atol=1e-5)
+    lam = info["uncertainty"][:, None]
+    np.testing.assert_allclose(info["target"], (1 - lam) * np.eye(7)[info["labels"]] + lam * mix, atol=1e-5)
+    np.testing.assert_allclose(info["target"].sum(axis=1), 1, atol=1e-5)
