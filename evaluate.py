@@ -73,7 +73,17 @@ def main(argv=None) -> int:
         data_dir = Path(args.data_dir) if args.data_dir else Path(record["data"]["data_dir"])
         table = load_split(data_dir, _table_name(args.split), cfg.num_classes, args.image_root or cfg.image_root)
         trainer.test_table = table
-        report = evaluate_model(trainer.model, trainer.eval_dataset(), table, trainer.spec.class_names)
+        import tensorflow as tf
+
+        try:
+            report = evaluate_model(trainer.model, trainer.eval_dataset(), table, trainer.spec.class_names)
+        except tf.errors.InvalidArgumentError:  # a file TensorFlow cannot decode (--image-cache files)
+            from engine.data import find_undecodable_image
+
+            error = find_undecodable_image([table])
+            if error is None:
+                raise
+            raise error from None
     else:
         import numpy as np
         import tensorflow as tf
@@ -82,7 +92,12 @@ def main(argv=None) -> int:
         from data.registry import get_dataset_spec
         from engine.metrics import classification_report
 
-        meta = json.loads((ckpt / "fer_export.json").read_text())
+        try:
+            meta = json.loads((ckpt / "fer_export.json").read_text())
+            meta["class_names"], meta["image_size"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"--ckpt {ckpt}: a SavedModel without a readable fer_export.json "
+                                  f"({type(exc).__name__}); export it with `python export.py`") from None
         class_names = meta["class_names"]
         spec = get_dataset_spec(args.dataset or "csv", args.num_classes or len(class_names))
         if spec.num_classes != len(class_names):
@@ -90,7 +105,11 @@ def main(argv=None) -> int:
                                   f"'{spec.name}' has {spec.num_classes}")
         data_dir = resolve_data_dir(spec, args.data_dir, None, 0)
         table = load_split(data_dir, _table_name(args.split), spec.num_classes, args.image_root)
-        serve = tf.saved_model.load(str(ckpt)).signatures["serving_default"]
+        try:
+            serve = tf.saved_model.load(str(ckpt)).signatures["serving_default"]
+        except (OSError, KeyError, ValueError, tf.errors.OpError) as exc:
+            raise CheckpointError(f"--ckpt {ckpt}: cannot load the SavedModel ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
         images = load_image_array(table.image_root, table.paths, meta["image_size"], table.csv_path)
         probs = np.concatenate([serve(images=tf.constant(images[i:i + args.batch_size]))["probabilities"].numpy()
                                 for i in range(0, len(images), args.batch_size)])

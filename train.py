@@ -101,7 +101,20 @@ def main(argv=None) -> int:
     from engine.run import Trainer
 
     trainer = Trainer(config_from_args(args))
-    report = trainer.train()
+    try:
+        report = trainer.train()
+    except Exception as exc:
+        # A file TensorFlow cannot decode mid-run (--image-cache files): name it instead of a traceback.
+        import tensorflow as tf
+
+        if not isinstance(exc, tf.errors.InvalidArgumentError):
+            raise
+        from engine.data import find_undecodable_image
+
+        error = find_undecodable_image([trainer.train_table, trainer.test_table])
+        if error is None:
+            raise
+        raise error from None
     headline = {k: report[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1") if k in report}
     print(f"test: {json.dumps(headline)}  ({trainer.run_dir / 'metrics.json'})")
     return 0

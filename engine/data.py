@@ -97,3 +97,30 @@ def load_split(data_dir: Path, table_name: str, num_classes: int, image_root=Non
     if len(table) == 0:
         raise DataError(f"{csv_path}: no usable rows left")
     return table
+
+
+def find_undecodable_image(tables) -> DataError | None:
+    """The first listed image TensorFlow's decoder rejects, as a DataError naming file and row (or None).
+
+    ``--image-cache files`` decodes lazily inside tf.data, and the cheap header check at start-up
+    cannot catch every broken file (a valid header around garbage, a TIFF); when training then fails
+    with TensorFlow's bare "InvalidArgumentError", the CLIs call this to name the culprit.
+    """
+    import tensorflow as tf
+
+    for table in tables:
+        if table is None:
+            continue
+        dropped = sorted(table.frame.attrs.get("dropped_rows", []))
+        for row, path in enumerate(table.absolute_paths()):
+            try:
+                tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+            except tf.errors.OpError as exc:
+                csv_row = row
+                for d in dropped:  # back to the CSV's numbering when --skip-bad dropped rows
+                    csv_row += d <= csv_row
+                return DataError(
+                    f"{table.csv_path}, row {csv_row + 1}: image {path} cannot be decoded by TensorFlow "
+                    f"({exc.message.splitlines()[0][:120]}); replace the file or use --image-cache memory "
+                    "(OpenCV decoding), then rerun (with --resume for a run that has checkpoints)")
+    return None

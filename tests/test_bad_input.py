@@ -202,6 +202,9 @@ CASES = {
     "truncated_jpeg": Case(_truncated_jpeg, (TRAIN, "row 3", "00002.jpg", "truncated JPEG")),
     "non_image_file": Case(_non_image_file, (TRAIN, "row 10", "00009.png", "not an image")),
     "undecodable_png": Case(_undecodable_png, (TRAIN, "row 11", "00010.png", "cannot be decoded")),
+    # Lazy decoding inside tf.data: TensorFlow's own error is turned into one naming file and row.
+    "undecodable_png_file_cache": Case(_undecodable_png, (TRAIN, "row 11", "00010.png", "cannot be decoded"),
+                                       args=("--image-cache", "files")),
     "missing_column_expression": Case(_drop_column("expression"), (TRAIN, "missing required column", "expression")),
     "missing_column_path": Case(_drop_column("path"), (TRAIN, "missing required column", "path")),
     "duplicated_path": Case(_duplicated_path, (TRAIN, "row 5", "duplicated path", "00001.png")),

@@ -20,7 +20,7 @@ def built(tiny_dataset, tmp_path_factory):
     from engine.run import Trainer
 
     trainer = Trainer(tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("nla_steps"), method="nla",
-                                      epochs=4), **QUIET)
+                                      epochs=60), **QUIET)
     trainer.load_data()
     method_data = trainer.method_data()
     model = trainer.build(len(trainer.train_table), method_data)
@@ -39,35 +39,49 @@ def _losses(model, batch, epoch):
     return {k: float(v) for k, v in losses.items()}, outputs
 
 
+def _weighted_part(model, batch, epoch):
+    """mean(w·CE) = NAW-CE − mean(CE) as the model computes it at ``epoch``, plus its logits."""
+    losses, outputs = _losses(model, batch, epoch)
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["label"], logits=outputs["logits"])
+    return losses["naw_ce"] - float(tf.reduce_mean(ce)), losses, outputs
+
+
+def _expected_weighted_part(outputs, labels, eps):
+    from losses.nla import naw_weights
+
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs["logits"])
+    return float(tf.reduce_mean(naw_weights(outputs["logits"], labels, eps) * ce))
+
+
 def test_weights_follow_the_schedule_of_the_current_epoch(built):
-    from losses.nla import covariance_schedule, naw_cross_entropy, nla_total_loss
+    from losses.nla import covariance_schedule, nla_total_loss
 
     _, model, batches = built
+    total_epochs = model.total_epochs  # 60
     batch = dict(batches[0])
-    logits = model(batch["image"], training=False)
     # Labels = current predictions: every sample is "correct", so the scheduled kernel is the one used.
-    batch["label"] = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    seen = []
-    for epoch in (0, 1, 3):
-        losses, outputs = _losses(model, batch, epoch)
+    batch["label"] = tf.argmax(model(batch["image"], training=False), axis=-1, output_type=tf.int32)
+    for epoch in (0, 1, 30):
+        part, losses, outputs = _weighted_part(model, batch, epoch)
         assert int(model.current_epoch()) == epoch
-        eps = covariance_schedule(epoch, 4, -15.0)
-        expected = tf.reduce_mean(naw_cross_entropy(outputs["logits"], batch["label"], eps))
-        assert losses["naw_ce"] == pytest.approx(float(expected), rel=1e-5)
+        eps = covariance_schedule(epoch, total_epochs, -15.0)
+        assert part == pytest.approx(_expected_weighted_part(outputs, batch["label"], eps), rel=1e-4)
+        for other in {0, 1, 30} - {epoch}:  # and not the weights of another epoch's schedule
+            wrong = _expected_weighted_part(outputs, batch["label"], covariance_schedule(other, total_epochs, -15.0))
+            assert abs(part - wrong) > 1e-3 * abs(wrong)
         total = 0.5 * losses["naw_ce"] + 0.5 * losses["jsd"]
         assert total == pytest.approx(float(nla_total_loss(outputs["logits"], outputs["flipped_logits"],
                                                            batch["label"], eps)), rel=1e-5)
-        seen.append(losses["naw_ce"])
-    assert seen[0] != pytest.approx(seen[1], rel=1e-4)  # ε(0) = 0, ε(1) = 1 − e^(−3.75)
 
-    # slope option: −10 (the paper) gives ε(1) = 1 − e^(−2.5) instead.
+    # slope option: −10 (the paper) instead of −15 changes ε(1) from 1 − e^(−15/60) to 1 − e^(−10/60).
     _with_config(model, slope=-10.0)
     try:
-        losses, outputs = _losses(model, batch, 1)
-        assert float(model.schedule()) == pytest.approx(1 - np.exp(-10.0 / 4), rel=1e-6)
-        expected = tf.reduce_mean(naw_cross_entropy(outputs["logits"], batch["label"], 1 - np.exp(-2.5)))
-        assert losses["naw_ce"] == pytest.approx(float(expected), rel=1e-5)
-        assert losses["naw_ce"] != pytest.approx(seen[1], rel=1e-4)
+        part, _, outputs = _weighted_part(model, batch, 1)
+        assert float(model.schedule()) == pytest.approx(1 - np.exp(-10.0 / total_epochs), rel=1e-6)
+        expected = _expected_weighted_part(outputs, batch["label"], 1 - np.exp(-10.0 / total_epochs))
+        official = _expected_weighted_part(outputs, batch["label"], 1 - np.exp(-15.0 / total_epochs))
+        assert part == pytest.approx(expected, rel=1e-4)
+        assert abs(part - official) > 1e-3 * abs(official)
     finally:
         _with_config(model, slope=-15.0)
         model.optimizer.iterations.assign(0)

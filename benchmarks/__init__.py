@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.speed`` (training/serving/input/kNN speed of every method)."""
