@@ -308,12 +308,14 @@ def join_sources(args, out: Path, log) -> tuple[Path, dict[str, tuple[Path, str]
 
     sources = parse_data_dirs(args.data_dirs)
     if not sources:
-        raise ConfigError("--protocol inconsistent needs --data-dirs NAME=DIR ... (e.g. rafdb=DIR affectnet=DIR sfew=DIR)")
+        raise ConfigError("--protocol inconsistent needs --data-dirs NAME=DIR ... "
+                          "(e.g. rafdb=DIR affectnet=DIR sfew=DIR)")
     train_sources = args.train_sources or [n for n in ("rafdb", "affectnet") if n in sources]
     missing = [n for n in train_sources if n not in sources]
     if missing or len(train_sources) < 2:
+        unknown = f"; unknown: {', '.join(missing)}" if missing else ""
         raise ConfigError(f"--train-sources {' '.join(train_sources) or '(none)'}: need at least two of the "
-                          f"--data-dirs names ({', '.join(sources)})" + (f"; unknown: {', '.join(missing)}" if missing else ""))
+                          f"--data-dirs names ({', '.join(sources)}){unknown}")
     for name, folder in sources.items():
         if not (folder / "test.csv").is_file():
             raise ConfigError(f"--data-dirs {name}={folder}: no test.csv there (not a prepared dataset directory)")

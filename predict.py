@@ -99,7 +99,8 @@ def centre_face(image: np.ndarray) -> Face:
 def find_faces(image: np.ndarray, min_confidence: float, detect: bool) -> tuple[list[Face], str]:
     """Detected and aligned faces, or the centre-crop fallback; plus a note on how they were found."""
     if not detect:
-        return [centre_face(image)], "face detection off (--no-detect): whole image (centre square crop) used as one face"
+        return [centre_face(image)], ("face detection off (--no-detect): whole image (centre square crop) used as "
+                                      "one face")
     try:
         from preprocess.align import align_face, detect_faces
 

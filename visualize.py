@@ -132,7 +132,9 @@ def fig_confusion(args):
     if "confusion_matrix" not in report:
         raise DataError(f"{path}: no confusion_matrix")
     acc, mca = report.get("accuracy"), report.get("mean_class_accuracy")
-    text = f"{path.name}, accuracy {100 * acc:.1f}%, mean class accuracy {100 * mca:.1f}%" if acc is not None else path.name
+    text = path.name
+    if acc is not None and mca is not None:
+        text += f", accuracy {100 * acc:.1f}%, mean class accuracy {100 * mca:.1f}%"
     return confusion_figure(report["confusion_matrix"], report["class_names"], _title(args, text))
 
 
@@ -416,7 +418,8 @@ def fig_neighbors(args):
                   "weight": float(weights[j])} for j, nb in enumerate(info["neighbors"][0])]
     cfg = trainer.model.rcfg
     return neighbors_figure(anchor, neighbors, trainer.spec.class_names, _title(
-        args, f"training sample {row} and its {len(neighbors)} VA neighbours ({cfg.va_metric} kernel, δ={cfg.va_delta:g}); "
+        args, f"training sample {row} and its {len(neighbors)} VA neighbours ({cfg.va_metric} kernel, "
+              f"δ={cfg.va_delta:g}); "
               "a = VA similarity, s = calibration score, border = neighbour's label"))
 
 

@@ -333,7 +333,12 @@ class Trainer:
         import keras
 
         keras.utils.set_random_seed(cfg.seed)
-        self.strategy = make_strategy(cfg.strategy)
+        self.strategy = self.make_strategy()
+        replicas = self.strategy.num_replicas_in_sync
+        if cfg.batch_size % replicas:
+            # Keras splits each global batch across replicas and cannot build from an uneven first split.
+            raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch; under --strategy {cfg.strategy} "
+                              f"it must be a multiple of the {replicas} replicas")
         self.steps_per_epoch = steps_per_epoch(num_train_samples, cfg.batch_size)
         with self.strategy.scope():
             backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights)
@@ -343,6 +348,12 @@ class Trainer:
             self.model.compile(optimizer=make_optimizer(cfg, self.steps_per_epoch), jit_compile=cfg.jit)
             self.model.build_all(cfg.image_size)
         return self.model
+
+    def make_strategy(self):
+        """The run's tf.distribute strategy, made once (MultiWorkerMirroredStrategy must precede every TF op)."""
+        if getattr(self, "strategy", None) is None:
+            self.strategy = make_strategy(self.cfg.strategy)
+        return self.strategy
 
     def method_data(self):
         from engine.data import MethodData
@@ -394,6 +405,7 @@ class Trainer:
         cfg = self.cfg
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
         self.run_dir = run_dir
+        self.make_strategy()  # before any TensorFlow op: a multi-worker strategy configures the runtime
         self.load_data()
         method_data = self.method_data()
         record = config_record(cfg, self.method_cfg, self.data_facts())

@@ -80,7 +80,12 @@ class FERModel(keras.Model):
         return {}
 
     def after_step(self, batch, outputs, watched, watched_grads) -> None:
-        """Non-gradient updates after the optimizer step (centres, EMA banks, per-sample λ...)."""
+        """Non-gradient updates after the optimizer step (centres, EMA banks, per-sample λ...).
+
+        Under tf.distribute each replica's ``watched_grads`` are its share of the gradient of the
+        global-batch loss: exact for per-batch rows (λ rows of this replica's samples); for a tensor
+        every replica shares (e.g. class centres) sum the shares over replicas (``ctx.all_reduce("sum")``).
+        """
 
     # --- per-sample / learned state helpers ----------------------------------------------------------
     def add_state(self, name: str, shape, initializer="zeros", dtype="float32"):
@@ -127,17 +132,36 @@ class FERModel(keras.Model):
             losses, outputs = self.compute_losses(batch, watched, training=True)
             total = tf.add_n([self.loss_weight(k) * tf.cast(v, tf.float32) for k, v in losses.items()])
             # Under tf.distribute the optimizer all-reduces gradients with SUM, so each replica
-            # differentiates its share of the global-batch mean (as Keras' own train_step does).
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(total / replicas if replicas > 1 else total)
+            # differentiates its share of the global-batch mean loss.
+            share = self._replica_share(batch)
+            scaled = self.optimizer.scale_loss(total if share is None else tf.where(share > 0, total * share, 0.0))
         variables = self.trainable_variables
         grads = tape.gradient(scaled, [variables, list(watched.values())])
         model_grads, extra_grads = grads
         pairs = [(g, v) for g, v in zip(model_grads, variables) if g is not None]
-        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
+        # Unscale with this step's loss scale, before apply() adjusts it.
         extra_grads = [self._unscale(g) for g in extra_grads]
+        if pairs and getattr(self.optimizer, "dynamic_scale", None) is not None:
+            # float16 loss scaling skips a step whose gradients overflowed; skip the per-sample updates too.
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g))
+                                    for g, _ in pairs])
+            extra_grads = [None if g is None else tf.where(finite, g, tf.zeros_like(g)) for g in extra_grads]
+        self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
         self.after_step(batch, outputs, watched, dict(zip(watched.keys(), extra_grads)))
-        return self._update_trackers(total, losses, batch["label"], outputs["logits"])
+        return self._update_trackers(total, losses, batch["label"], outputs["logits"], share)
+
+    @staticmethod
+    def _replica_share(batch):
+        """This replica's fraction of the step's global batch; None without a strategy.
+
+        Usually 1/replicas, but an epoch's last batch may split unevenly or leave a replica empty (its
+        mean loss is then NaN and must contribute nothing).
+        """
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return None
+        local = tf.cast(tf.shape(batch["label"])[0], tf.float32)
+        return local / ctx.all_reduce("sum", local)
 
     def _unscale(self, grad):
         if grad is None:
@@ -146,19 +170,27 @@ class FERModel(keras.Model):
         scale = getattr(self.optimizer, "dynamic_scale", None)
         return grad if scale is None else grad / tf.cast(scale, grad.dtype)
 
-    def _update_trackers(self, total, losses, labels, logits):
-        self.loss_tracker.update_state(total)
+    def _update_trackers(self, total, losses, labels, logits, share=None):
+        self._track(self.loss_tracker, total, share)
         self.acc_tracker.update_state(labels, logits)
         for name, value in losses.items():
             if name in self.term_trackers:
-                self.term_trackers[name].update_state(value)
+                self._track(self.term_trackers[name], value, share)
         return {m.name: m.result() for m in self.metrics}
+
+    @staticmethod
+    def _track(tracker, value, share):
+        """Add a batch-mean value; replicas add their shares so an epoch mean counts steps as on one device."""
+        if share is None:
+            tracker.update_state(value)
+        else:
+            tracker.update_state(tf.where(share > 0, tf.cast(value, tf.float32), 0.0), sample_weight=share)
 
     def test_step(self, data):
         batch = data if isinstance(data, dict) else keras.utils.unpack_x_y_sample_weight(data)[0]
         logits = self(batch["image"], training=False)
         ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(batch["label"], logits, from_logits=True))
-        self.loss_tracker.update_state(ce)
+        self._track(self.loss_tracker, ce, self._replica_share(batch))
         self.acc_tracker.update_state(batch["label"], logits)
         return {"loss": self.loss_tracker.result(), "acc": self.acc_tracker.result()}
 

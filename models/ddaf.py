@@ -19,39 +19,37 @@ running average as checkpointed model state.
 The paper's repository was not available; the authors' closest public code is FER_C ``train_scale.py``
 (reference §3). Maths in :mod:`losses.ddaf`.
 
-Deviations / choices (paper vs official code vs ours)
------------------------------------------------------
-=============================  =============================  =============================  ==========================================
-item                           paper                          official (FER_C ``faf883b``)   ours
-=============================  =============================  =============================  ==========================================
-fusion weight α of one-hot     0.5                            ``--fuse_factor`` default 1.0  ``alpha=0.5`` (paper)
-                                                              (= pure one-hot)
-mixed label                    GMM / Euclidean                ``--fuse_type GMM|VA``         ``fuse_type=gmm`` (default) | ``euclidean``
-EM-refined GMM labels          –                              ``generate_EM_labels`` option  not ported (posterior of the trimmed GMM)
-class statistics from          –                              labels **before** the noise    the given (possibly noisy) training labels:
-                                                              injection (clean labels leak)  a user has no clean labels
-class weights N_max/N_k        yes                            given labels                   given labels
-SWA                            yes                            none in the whole history      ``swa=True`` from epoch ⌊0.75·E⌋ (each epoch
-                                                                                             end), then BN update; ``swa=False`` = off
-face crop                      –                              PIL crop with w/h used as      not reproduced (prepared crops of the
-                                                              right/bottom (bug)             toolkit's importers)
-synthetic noise                –                              int(r·N) draws **with**        data/noise.py: exactly round(r·N) distinct
-                                                              replacement, may keep label    samples, always a different label
-log in CE                      –                              no guard                       log(p + 1e-10)
-Euclidean d = 0                –                              division by zero               distance clamped at 1e-8
-weight decay                   –                              Adam(weight_decay=1e-5):       ``l2_weight_decay`` (explicit coupled L2
-                                                              coupled L2                     via ``l2_penalty``): 0 by default so a
-                                                                                             comparison with CE shares optimisation;
-                                                                                             1e-5 in the ``official`` preset
-optimiser / schedule / batch   –                              Adam 2.5e-4, constant, 256,    dataset defaults; ``--preset official``:
-                                                              50 epochs                      Adam 2.5e-4, constant, 256, 50 epochs, R18
-backbone                       ResNet-18 (ImageNet)           torchvision R18 (ImageNet)     dataset default (``--weights imagenet``)
-augmentation                   –                              flip, affine ±30°, colour      toolkit pipeline (pad-crop, flip, optional
-                                                              jitter, random erasing         ``--random-erasing``)
-model selection                –                              best val macro-F1 (250/class   last (SWA) weights: no selection
-                                                              held out of train)
-VA metrics                     RMSE, CCC                      averaged over batches          whole evaluation set (``final_metrics``)
-=============================  =============================  =============================  ==========================================
+Deviations / choices (paper vs official code FER_C ``faf883b`` vs ours; – = not stated in reference §3)
+-----------------------------------------------------------------------------------------------------
+====================  ================  ============================  ==========================================
+item                  paper             official code                 ours (default) — option
+====================  ================  ============================  ==========================================
+α (one-hot weight)    0.5               ``--fuse_factor`` default     ``alpha=0.5`` (paper)
+                                        1.0 (pure one-hot)
+mixed label           –                 ``--fuse_type GMM|VA``        ``fuse_type=gmm`` — ``euclidean``
+EM-refined GMM        –                 ``generate_EM_labels``        not ported (posterior of the trimmed GMM)
+class statistics      –                 labels before the noise is    the given (possibly noisy) training
+                                        injected (clean labels leak)  labels: a user has no clean labels
+class weights         –                 given labels                  given labels
+SWA                   yes               none in the whole history     ``swa=True``: epoch ends from
+                                                                      ⌊0.75·E⌋, then BN update — ``swa=false``
+face crop             –                 PIL crop with w/h used as     not reproduced (the importers' crops)
+                                        right/bottom (bug)
+synthetic noise       –                 int(r·N) draws with           data/noise.py: exactly round(r·N)
+                                        replacement, may keep label   distinct samples, always a new label
+log in CE             –                 no guard                      log(p + 1e-10)
+Euclidean d = 0       –                 division by zero              distance clamped at 1e-8
+weight decay          –                 Adam(weight_decay=1e-5),      ``l2_weight_decay`` (explicit coupled
+                                        i.e. coupled L2               L2): 0, as CE; 1e-5 in ``official``
+optimisation          –                 Adam 2.5e-4, constant LR,     dataset defaults — ``--preset official``
+                                        batch 256, 50 epochs          (Adam 2.5e-4, constant, 256, 50, R18)
+backbone              –                 torchvision R18 (ImageNet)    dataset default (``--weights imagenet``)
+augmentation          –                 flip, affine ±30°, colour     toolkit pipeline (pad-crop, flip,
+                                        jitter, random erasing        ``--random-erasing``)
+model selection       –                 best val macro-F1 (250/class  last (SWA) weights, no selection
+                                        held out of train)
+VA metrics            RMSE, CCC         averaged over batches         whole test split (``final_metrics``)
+====================  ================  ============================  ==========================================
 """
 
 from __future__ import annotations

@@ -12,37 +12,33 @@ through w). A consistency term between the image and its horizontal flip regular
 
 Maths in :mod:`losses.nla` (reference §4.4).
 
-Deviations / choices (paper vs official code vs ours)
------------------------------------------------------
-=============================  =============================  =============================  ==========================================
-item                           paper                          official (``b86f31f``)         ours
-=============================  =============================  =============================  ==========================================
-scheduler slope                −10                            ``--slope`` default −15        ``slope=-15`` (official); −10 via ``--set``
-scheduled parameters           means and covariances          off-diagonal of the correct    as official (fixed means, wrong kernel
-                               (as summarised)                kernel only                    fixed)
-consistency J                  Jensen-Shannon divergence      mixture in logit space,        ``jsd_mode=official`` (default) |
-                                                              reversed KL, summed over the   ``textbook`` (probability mixture, mean
-                                                              batch                          over the batch, ≤ ln 2)
-second view                    horizontal flip                exact flip of the augmented    exact flip of the augmented batch tensor
-                                                              tensor, separate forward       (same crop/erasing), **one** forward of
-                                                                                             the 2B concatenation: BN batch statistics
-                                                                                             pool both views (faster; DEVIATION)
-weight w                       (1 + w*)·CE                    normalised pdf, not detached   same (gradient through w)
-"correct" flag                 –                              max p == p_GT (ties correct)   same
-per-sample weight bug          –                              B×B matrix until 2025-05-14    per-sample vector (the fixed version)
-schedule epoch                 –                              epoch counter of the loop      ``current_epoch()`` from the optimizer
-                                                                                             step (exact after ``--resume``)
-weight decay                   –                              Adam(weight_decay=1e-4):       ``l2_weight_decay`` explicit coupled L2;
-                                                              coupled L2                     0 by default (same optimisation as CE),
-                                                                                             1e-4 in the ``official`` preset
-optimiser / schedule / batch   –                              Adam 1e-4, ExponentialLR 0.9   dataset defaults; ``--preset official``:
-                                                              per epoch, batch 32, 60 ep.    Adam 1e-4, exponential 0.9/epoch, 32, 60
-backbone                       MS-Celeb ResNet-18             MS-Celeb R18 (EAC checkpoint)  dataset default (a converted MS-Celeb R18
-                                                                                             can be passed with ``--weights PATH``)
-augmentation                   –                              Gaussian noise (p 0.5),        toolkit pipeline (pad-crop, flip, optional
-                                                              flip, erasing (p 0.5)          ``--random-erasing``); no Gaussian noise
-model selection                –                              best **test** accuracy         last weights (no test-set selection)
-=============================  =============================  =============================  ==========================================
+Deviations / choices (paper vs official code ``b86f31f`` vs ours; – = not stated in reference §4)
+---------------------------------------------------------------------------------------------
+====================  ================  ============================  ==========================================
+item                  paper             official code                 ours (default) — option
+====================  ================  ============================  ==========================================
+scheduler slope       −10               ``--slope`` default −15       ``slope=-15`` — ``slope=-10``
+scheduled parameters  means and         off-diagonal of the correct   as official (fixed means, fixed wrong
+                      covariances       kernel only                   kernel)
+consistency J         Jensen-Shannon    mixture in logit space,       ``jsd_mode=official`` — ``textbook``
+                                        reversed KL, batch sum        (probability mixture, batch mean)
+second view           horizontal flip   exact flip of the augmented   the same flip, but **one** forward of
+                                        tensor, separate forward      the 2B concatenation: BN batch
+                                                                      statistics pool both views (faster)
+weight w              (1 + w*)·CE       normalised pdf, not detached  same (gradient flows through w)
+"correct" flag        –                 max p == p_GT (ties correct)  same
+per-sample weight     –                 B×B matrix until 2025-05-14   per-sample vector (the fixed version)
+schedule epoch        –                 loop counter                  ``current_epoch()`` from the optimizer
+                                                                      step (exact after ``--resume``)
+weight decay          –                 Adam(weight_decay=1e-4),      ``l2_weight_decay`` (explicit coupled
+                                        i.e. coupled L2               L2): 0, as CE; 1e-4 in ``official``
+optimisation          –                 Adam 1e-4, ExponentialLR 0.9  dataset defaults — ``--preset official``
+                                        per epoch, batch 32, 60 ep.   (Adam 1e-4, exponential 0.9, 32, 60)
+backbone              –                 MS-Celeb R18 (EAC file)       dataset default (``--weights PATH``)
+augmentation          –                 Gaussian noise p 0.5, flip,   toolkit pipeline (pad-crop, flip,
+                                        random erasing p 0.5          ``--random-erasing``), no noise
+model selection       –                 best **test** accuracy        last weights, no selection
+====================  ================  ============================  ==========================================
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ def fit_regressor(table, cfg: RegressorConfig, verbose: int = 2):
     ccc_weight = float(cfg.ccc_weight)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
                   loss=lambda t, p: va_regression_loss(t, p, ccc_weight), metrics=_metric_fns())
-    history = model.fit(stream, epochs=cfg.epochs, steps_per_epoch=spe, verbose=verbose)
+    history = model.fit(stream, epochs=cfg.epochs, steps_per_epoch=spe, verbose=verbose, shuffle=False)
     epochs = [{k: float(v[e]) for k, v in history.history.items()} for e in range(len(history.history["loss"]))]
     if not all(math.isfinite(row["loss"]) for row in epochs):
         from common.errors import TrainingError

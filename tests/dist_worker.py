@@ -168,6 +168,8 @@ def run_multiworker(args) -> int:
     cfg = tiny_run_config(args.data, Path(args.out) / f"worker-{task}", method=method, strategy="multiworker",
                           epochs=args.epochs, batch_size=args.batch, method_overrides=dict(overrides))
     trainer = Trainer(cfg, log=lambda *a, **k: None)
+    if args.method == "state":
+        trainer.model_cls = state_model_class()
     report = trainer.train()
     model = trainer.model
     checksum = float(sum(np.sum(np.abs(np.asarray(v.numpy(), np.float64))) for v in model.trainable_variables))

@@ -228,3 +228,16 @@ def test_swa_average_survives_an_interrupted_resume(trained_run, tiny_dataset, t
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     assert resumed_report["accuracy"] == report["accuracy"]
     assert resumed_report["valence_rmse"] == report["valence_rmse"]
+
+
+def test_config_validation_and_official_preset():
+    from common.errors import ConfigError
+    from engine.run import RunConfig, resolve
+    from models.ddaf import DDAFConfig
+
+    with pytest.raises(ConfigError, match="fuse_type"):
+        DDAFConfig(fuse_type="va")
+    cfg, _, _, method_cfg = resolve(RunConfig(dataset="synthetic", method="ddaf", preset="official"))
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.lr_schedule) == (2.5e-4, 256, 50, "constant")
+    assert (method_cfg.l2_weight_decay, method_cfg.swa, method_cfg.alpha) == (1e-5, False, 0.5)
+    assert DDAFConfig().swa and DDAFConfig().alpha == 0.5

@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 from common.errors import DataError, FERError
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 C = 7
 
 # --- annotation tables -------------------------------------------------------------------------------------

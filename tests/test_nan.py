@@ -46,7 +46,7 @@ def test_nan_loss_stops_naming_step_and_intact_checkpoint(tiny_dataset, tmp_path
     monkeypatch.setattr(CEModel, "compute_losses", poisoned)
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     out = tmp_path / "run"
-    code, _, err = run_cli(train, train_args(ds, out, "--checkpoint-every", "2"), capsys)
+    code, _, err = run_cli(train, train_args(ds, out, "--checkpoint-every", "2", "--val-every", "0"), capsys)
     assert code == 2 and "Traceback" not in err, err[-3000:]
     message = err.splitlines()[0]
     assert "non-finite loss" in message and "global step 5" in message
@@ -60,7 +60,7 @@ def test_nan_loss_stops_naming_step_and_intact_checkpoint(tiny_dataset, tmp_path
 
     # The message's advice works: with the cause gone, --resume continues from step 4 and finishes.
     monkeypatch.setattr(CEModel, "compute_losses", real_losses)
-    code, out_text, err = run_cli(train, train_args(ds, out, "--checkpoint-every", "2", "--resume"), capsys)
+    code, out_text, err = run_cli(train, train_args(ds, out, "--checkpoint-every", "2", "--val-every", "0", "--resume"), capsys)
     assert code == 0, err[-3000:]
     assert "global step 4" in out_text
     assert json.loads((ckpt / "step-000000007" / "state.json").read_text())["global_step"] == 7
@@ -72,7 +72,7 @@ def test_exploding_learning_rate_is_caught(tiny_dataset, tmp_path, capsys, recor
 
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     out = tmp_path / "run"
-    argv = train_args(ds, out, "--optimizer", "sgd", "--lr", "1e12", "--checkpoint-every", "1", "--epochs", "2")
+    argv = train_args(ds, out, "--optimizer", "sgd", "--lr", "1e12", "--checkpoint-every", "1", "--epochs", "2", "--val-every", "0")
     code, _, err = run_cli(train, argv, capsys)
     assert code == 2 and "Traceback" not in err, err[-3000:]
     message = err.splitlines()[0]

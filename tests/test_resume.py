@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def test_failed_export_keeps_previous_savedmodel(failure, small_model, tmp_path,
 
 # --- SIGKILL at three points, resume, compare with an uninterrupted run ----------------------------------
 EPOCHS = 3  # × 7 steps of 8 (56 training samples)
-KILL_AFTER = (2, 9, 15)  # global steps: mid epoch 0, mid epoch 1, early epoch 2
+KILL_AFTER = (2, 7, 15)  # global steps: mid epoch 0, the end of epoch 0 (killed during validation, it resumes exactly at the epoch boundary), early epoch 2
 METHOD_ARGS = {"ce": [], "ldlva": ["--method", "ldlva", "--set", "num_neighbors=2"]}
 
 
@@ -129,24 +130,46 @@ def _latest_step(run: Path) -> int:
         return -1
 
 
-def _start_and_kill(argv, run: Path, at_step: int, timeout: float = 240) -> int:
-    """Start ``python train.py argv`` and SIGKILL it once ``latest`` names a step ≥ ``at_step``."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)], env=subprocess_env(),
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while _latest_step(run) < at_step:
-            if proc.poll() is not None:
-                pytest.fail(f"train.py exited ({proc.returncode}) before step {at_step}: {proc.stderr.read()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no checkpoint of step {at_step} within {timeout} s")
-            time.sleep(0.002)
-        os.kill(proc.pid, signal.SIGKILL)  # wherever it is: mid-step, mid-save, mid-validation
-    finally:
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
-    return _latest_step(run)
+class KillAt(threading.Thread):
+    """Runs ``python train.py argv`` and SIGKILLs it once ``latest`` names a step ≥ ``at_step``.
+
+    A thread, so the test can train the uninterrupted reference in-process meanwhile (2 cores: the
+    subprocess spends its first seconds importing TensorFlow on one of them).
+    """
+
+    def __init__(self, argv, run: Path, at_step: int, log: Path, timeout: float = 300):
+        super().__init__(daemon=True)
+        self.argv, self.run_dir, self.at_step, self.log, self.timeout = argv, run, at_step, log, timeout
+        self.failure = None
+        self.killed_at = self.returncode = None
+
+    def run(self):
+        with open(self.log, "w") as log:
+            proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, self.argv)],
+                                    env=subprocess_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.timeout
+        try:
+            while _latest_step(self.run_dir) < self.at_step:
+                if proc.poll() is not None:
+                    self.failure = f"train.py exited ({proc.returncode}) before step {self.at_step}"
+                    return
+                if time.monotonic() > deadline:
+                    self.failure = f"no checkpoint of step {self.at_step} within {self.timeout} s"
+                    return
+                time.sleep(0.002)
+            os.kill(proc.pid, signal.SIGKILL)  # wherever it is: mid-step, mid-save, mid-validation
+        finally:
+            if proc.poll() is None and self.failure:
+                proc.kill()
+            self.returncode = proc.wait()
+        self.killed_at = _latest_step(self.run_dir)
+
+    def result(self) -> int:
+        self.join()
+        if self.failure:
+            pytest.fail(f"{self.failure}: {self.log.read_text()[-3000:]}")
+        assert self.returncode == -signal.SIGKILL
+        return self.killed_at
 
 
 @pytest.mark.parametrize("method", ["ce", "ldlva"])
@@ -155,16 +178,19 @@ def test_sigkill_three_times_then_resume_is_bit_identical(method, tiny_dataset, 
 
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     run, reference = tmp_path / "killed", tmp_path / "reference"
-    killed_at = []
-    for i, step in enumerate(KILL_AFTER):
-        argv = _run_args(ds, run, method) + (["--resume"] if i else [])
-        killed_at.append(_start_and_kill(argv, run, step))
+    first = KillAt(_run_args(ds, run, method), run, KILL_AFTER[0], tmp_path / "segment0.log")
+    first.start()
+    code, _, err = run_cli(train, _run_args(ds, reference, method), capsys)  # uninterrupted, meanwhile
+    assert code == 0, err[-3000:]
+    killed_at = [first.result()]
+    for i, step in enumerate(KILL_AFTER[1:], start=1):
+        segment = KillAt(_run_args(ds, run, method) + ["--resume"], run, step, tmp_path / f"segment{i}.log")
+        segment.start()
+        killed_at.append(segment.result())
     assert killed_at == sorted(set(killed_at)) and killed_at[-1] < EPOCHS * 7, killed_at
     code, out, err = run_cli(train, _run_args(ds, run, method) + ["--resume"], capsys)
     assert code == 0, err[-3000:]
     assert f"global step {killed_at[-1]}" in out
-    code, _, err = run_cli(train, _run_args(ds, reference, method), capsys)
-    assert code == 0, err[-3000:]
 
     final = "step-000000021"
     assert (run / "ckpt" / "latest").read_text().strip() == final

@@ -230,6 +230,11 @@ def tsne_figure(embedding, labels, class_names: Sequence[str], predictions=None,
 
 # ---------------------------------------------------------------------------------- LDLVA neighbours
 
+def _short(value: float) -> str:
+    """Two decimals, or one significant digit in e-notation for tiny values (a collapsed score stays visible)."""
+    return f"{value:.2f}" if value >= 0.005 or value == 0 else f"{value:.0e}"
+
+
 def neighbors_figure(anchor: dict, neighbors: list[dict], class_names: Sequence[str], title: str = ""):
     """Fig. 4 of LDLVA: a training sample, its K VA-neighbours and what each contributes.
 
@@ -250,8 +255,8 @@ def neighbors_figure(anchor: dict, neighbors: list[dict], class_names: Sequence[
     _image_axis(fig.add_subplot(grid[0, 0]), anchor["image"], text, GIVEN_COLOR if flipped else "black")
     for j, nb in enumerate(neighbors):
         ax = fig.add_subplot(grid[0, j + 1])
-        _image_axis(ax, nb["image"], f"#{j + 1} {class_names[nb['label']]}\na={nb['similarity']:.2f} "
-                    f"s={nb['calibration']:.2f}", fontsize=7)
+        _image_axis(ax, nb["image"], f"#{j + 1} {class_names[nb['label']]}\na={_short(nb['similarity'])} "
+                    f"s={_short(nb['calibration'])}", fontsize=7)
         for side in ax.spines.values():
             side.set_edgecolor(class_color(nb["label"]))
             side.set_linewidth(2.5)

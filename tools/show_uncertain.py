@@ -44,7 +44,7 @@ def draw_grid(most, least, out: Path, title: str) -> Path:
     from common.io import atomic_write_bytes
 
     n = max(len(most), len(least), 1)
-    fig, axes = plt.subplots(2, n, figsize=(1.7 * n, 4.3), squeeze=False)
+    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 5.0), squeeze=False)
     for row, (rows, name) in enumerate(((most, "most uncertain"), (least, "least uncertain"))):
         for col in range(n):
             ax = axes[row][col]
