@@ -43,6 +43,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -126,25 +127,23 @@ def machine_description() -> dict:
 
 
 # --- training step ---------------------------------------------------------------------------------------
-class StepTimer:
-    """Keras callback recording each step's wall time (the logs are read, so the step has finished)."""
+def step_timer():
+    """A Keras callback recording each step's wall time (the logs are read, so the step has finished)."""
+    import keras
 
-    def __new__(cls):
-        import keras
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = []
 
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.times = []
+        def on_train_batch_begin(self, batch, logs=None):
+            self._start = time.perf_counter()
 
-            def on_train_batch_begin(self, batch, logs=None):
-                self._start = time.perf_counter()
+        def on_train_batch_end(self, batch, logs=None):
+            float((logs or {}).get("loss", 0.0))  # the step's outputs exist: it has finished
+            self.times.append(time.perf_counter() - self._start)
 
-            def on_train_batch_end(self, batch, logs=None):
-                float((logs or {}).get("loss", 0.0))  # make sure the step's outputs exist
-                self.times.append(time.perf_counter() - self._start)
-
-        return _Timer()
+    return StepTimer()
 
 
 def _synthetic_overrides(items: list[str]) -> dict:
@@ -169,7 +168,7 @@ def make_trainer(args, method: str, overrides: dict, shared=None):
                     backbone=args.backbone, image_size=args.image_size, batch_size=args.batch,
                     mixed_precision=args.mixed_precision, jit=args.jit, method_overrides=overrides,
                     synthetic=_synthetic_overrides(args.synthetic) if args.dataset == "synthetic" else {},
-                    export=False, tensorboard=False, verbose=0, out=tempfile.mkdtemp(prefix="fer-speed-"))
+                    export=False, tensorboard=False, verbose=0, out=str(Path(tempfile.gettempdir()) / "fer-speed"))
     trainer = Trainer(cfg, log=lambda *a, **k: None)
     if shared is None:
         trainer.load_data()
@@ -212,7 +211,7 @@ class MethodRun:
     def run(self, steps: int, drop: int) -> None:
         start_step = int(self.model.optimizer.iterations.numpy())
         dataset = self.trainer.train_dataset(self.method_data, start_step)
-        timer = StepTimer()
+        timer = step_timer()
         self.model.fit(dataset, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0)
         if self.first_step_s is None:
             self.first_step_s = timer.times[0]
@@ -312,9 +311,13 @@ def bench_pipeline(args, trainer, log) -> dict:
 
     table = trainer.train_table
     config = trainer.pipeline_config()
-    sources = {"memory": ImageSource(table, args.image_size, "memory") if trainer.train_source.mode != "memory"
-               else trainer.train_source,
-               "files": ImageSource(table, args.image_size, "files")}
+    sources = {"files": ImageSource(table, args.image_size, "files")}
+    if trainer.train_source.mode == "memory":
+        sources["memory"] = trainer.train_source
+    elif len(table) * args.image_size ** 2 * 3 <= 3e9:  # what --image-cache auto would keep in RAM
+        sources["memory"] = ImageSource(table, args.image_size, "memory")
+    spe = math.ceil(len(table) / args.batch)
+    epochs = math.ceil((args.pipeline_batches + 2) / spe) + 1
     streams = {"ce": {}}
     if table.va is not None:
         streams["ldlva-forward"] = {"neighbor_table": build_neighbor_table(table.va, 8)[0].astype("int32"),
@@ -323,7 +326,7 @@ def bench_pipeline(args, trainer, log) -> dict:
     for stream, kwargs in streams.items():
         for mode, source in sources.items():
             for threads in (1, 0):
-                dataset = make_train_dataset(source, config, args.batch, epochs=2, **kwargs)
+                dataset = make_train_dataset(source, config, args.batch, epochs=epochs, **kwargs)
                 if threads:
                     options = tf.data.Options()
                     options.threading.private_threadpool_size = threads
@@ -370,6 +373,7 @@ def bench_serving(args, trainer, model, log) -> dict:
         serve_t.append(_median_seconds(lambda: serve(images=images)["probabilities"].numpy(),
                                        max(args.serving_runs // 3, 3)))
     keras_s, serve_s = statistics.median(keras_t), statistics.median(serve_t)
+    shutil.rmtree(export_dir.parent, ignore_errors=True)
     out = {"batch": args.batch, "keras_forward_images_per_s": args.batch / keras_s,
            "saved_model_images_per_s": args.batch / serve_s, "fraction": keras_s / serve_s, "export_s": export_s}
     log(f"[serving] keras {out['keras_forward_images_per_s']:.0f} img/s, SavedModel "

@@ -179,34 +179,34 @@ def test_ablation_switches_change_the_target(tiny_dataset, tmp_path):
     np.testing.assert_allclose(outputs["similarity"].numpy(), np.exp(-l2 / 0.25), rtol=1e-5)
 
 
-@pytest.mark.parametrize("switch, expect_static", [
-    ({}, set()),
-    ({"adaptive_similarity": False}, {"calibration"}),
-    ({"discriminative_loss": False}, {"class_centers"}),
-    ({"uncertainty_mode": "fixed"}, {"lambda_param"}),
-])
-def test_exactly_the_expected_variables_change(tiny_dataset, tmp_path, switch, expect_static):
+def test_exactly_the_expected_variables_change(tiny_dataset, tmp_path):
+    """One release/forward model; each ablation switch is flipped on its resolved config for one step."""
     _, model, batches = build_model(tiny_dataset, tmp_path, num_batches=1, variant="release",
-                                    neighbor_source="forward", **switch)
-    before = snapshot(model)
-    model.train_step(batches[0])
-    after = snapshot(model)
-    moved = changed(before, after)
+                                    neighbor_source="forward")
     constants = {model.train_va.path, model.train_labels.path, model.neighbor_table.path,
                  model.class_weight_table.path, model.lambda_velocity.path}  # momentum 0: buffer never written
-    assert not moved & constants
     calibration = {v.path for v in model.calibration.variables}
-    expected_trainable = {v.path for v in model.trainable_variables}
-    if "calibration" in expect_static:
-        expected_trainable -= calibration
-        assert not moved & calibration  # the calibration MLP is not even called
-    assert expected_trainable <= moved  # every trainable variable with a gradient moved
-    for name, variable in (("class_centers", model.class_centers), ("lambda_param", model.lambda_param)):
-        assert (variable.path in moved) == (name not in expect_static), name
-    lam_moved = np.flatnonzero((before[model.lambda_param.path] != after[model.lambda_param.path])[:, 0])
-    assert set(lam_moved) <= set(batches[0]["index"].numpy())
-    # Forward mode in the release: the neighbours run in training mode, so BN moving statistics moved too.
-    assert any("moving_mean" in p for p in moved)
+    resolved_cfg = model.rcfg
+    cases = [({}, set()), ({"adaptive_similarity": False}, {"calibration"}),
+             ({"discriminative_loss": False}, {"class_centers"}), ({"uncertainty_mode": "fixed"}, {"lambda_param"})]
+    for switch, expect_static in cases:
+        model.rcfg = dataclasses.replace(resolved_cfg, **switch)
+        before = snapshot(model)
+        model.train_step(batches[0])
+        moved = changed(before, snapshot(model))
+        assert not moved & constants, switch
+        expected_trainable = {v.path for v in model.trainable_variables}
+        if "calibration" in expect_static:
+            expected_trainable -= calibration
+            assert not moved & calibration, switch  # the calibration MLP is not even called
+        assert expected_trainable <= moved, switch  # every trainable variable with a gradient moved
+        for name, variable in (("class_centers", model.class_centers), ("lambda_param", model.lambda_param)):
+            assert (variable.path in moved) == (name not in expect_static), (switch, name)
+        lam_moved = np.flatnonzero((before[model.lambda_param.path] != model.lambda_param.numpy())[:, 0])
+        assert set(lam_moved) <= set(batches[0]["index"].numpy()), switch
+        # Release forward mode: the neighbours run in training mode, so BN moving statistics moved too.
+        assert any("moving_mean" in p for p in moved), switch
+    model.rcfg = resolved_cfg
 
 
 def test_bank_rows_refreshed_only_for_the_batch(tiny_dataset, tmp_path):
