@@ -39,7 +39,7 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "synthetic": DatasetSpec(
         "synthetic", BASIC7_CLASSES, "built-in procedurally rendered FER benchmark (generated on first use)",
-        backbone="small_cnn", image_size=64, pad=4, epochs=12, batch_size=64, learning_rate=1e-3, has_va=True),
+        backbone="small_cnn", image_size=64, pad=4, epochs=10, batch_size=64, learning_rate=1e-3, has_va=True),
     "affectnet": DatasetSpec(
         "affectnet", BASIC7_CLASSES, "AffectNet, 7 basic classes (Contempt dropped); validation set = test",
         has_va=True, import_command="python -m preprocess.affectnet --classes 7"),
