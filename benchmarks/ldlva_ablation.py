@@ -75,9 +75,10 @@ def run_one(args, name: str, seed: int, out: Path) -> dict:
         overrides = {**parse_set_args(args.set), **overrides}
     synthetic = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in parse_set_args(args.synthetic).items()}
     cfg = RunConfig(dataset="synthetic", method=method, seed=seed, noise_kind=args.noise, noise_rate=args.noise_rate,
-                    noise_seed=seed, image_size=args.image_size, pad=args.pad, epochs=args.epochs, lr_schedule=args.lr_schedule,
-                    batch_size=args.batch_size, backbone=args.backbone, method_overrides=overrides,
-                    synthetic=synthetic, out=str(out), force=True, export=False, tensorboard=False, verbose=0)
+                    noise_seed=seed, image_size=args.image_size, pad=args.pad, epochs=args.epochs,
+                    lr_schedule=args.lr_schedule, batch_size=args.batch_size, backbone=args.backbone,
+                    method_overrides=overrides, synthetic=synthetic, out=str(out), force=True, export=False,
+                    tensorboard=False, verbose=0)
     keras.backend.clear_session()
     start = time.perf_counter()
     report = Trainer(cfg, log=lambda *a: None).train()
@@ -105,9 +106,10 @@ def main(argv=None) -> int:
             results.setdefault(name, []).append(report)
             print(f"[{name} seed {seed}] acc {report['accuracy']:.4f} mean-class {report['mean_class_accuracy']:.4f} "
                   f"noise AUC {report.get('noise_detection_auc')} ({report.get('train_seconds', 0):.0f} s)", flush=True)
-    lines = [f"Synthetic benchmark, {args.noise} noise {args.noise_rate:.0%}, {args.image_size}px, {args.epochs} epochs, "
-             f"{args.lr_schedule} lr, "
-             f"seeds {', '.join(map(str, args.seeds))}; LDLVA overrides: {', '.join(args.set) or 'none (defaults)'}", "",
+    settings = ", ".join(args.synthetic) or "default size"
+    lines = [f"Synthetic benchmark ({settings}), {args.noise} noise {args.noise_rate:.0%}, {args.image_size}px, "
+             f"{args.epochs} epochs, {args.lr_schedule} lr, seeds {', '.join(map(str, args.seeds))}; "
+             f"LDLVA overrides: {', '.join(args.set) or 'none (defaults)'}", "",
              "| method | test accuracy (%) | mean-class accuracy (%) | noise-detection AUC (%) | s/run |",
              "|---|---|---|---|---|"]
     for name in names:

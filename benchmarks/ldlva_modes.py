@@ -53,7 +53,8 @@ def make_trainer(args, method, overrides, shared=None):
     if shared is None:
         trainer.load_data()
     else:  # same tables and decoded images for every model
-        trainer.data_dir, trainer.train_table, trainer.test_table = shared.data_dir, shared.train_table, shared.test_table
+        trainer.data_dir, trainer.train_table = shared.data_dir, shared.train_table
+        trainer.test_table = shared.test_table
         trainer.train_source = shared.train_source
     trainer.make_sources()
     return trainer
@@ -65,7 +66,8 @@ def main(argv=None) -> int:
 
     count = args.warmup + args.steps
     setups = {"ce": ("ce", {}),
-              "ldlva-bank": ("ldlva", {"variant": args.variant, "neighbor_source": "bank", "num_neighbors": str(args.k)}),
+              "ldlva-bank": ("ldlva", {"variant": args.variant, "neighbor_source": "bank",
+                                       "num_neighbors": str(args.k)}),
               "ldlva-forward": ("ldlva", {"variant": args.variant, "neighbor_source": "forward",
                                           "num_neighbors": str(args.k)})}
     shared = None

@@ -133,4 +133,5 @@ class NeighborBankInitializer(keras.callbacks.Callback):
         model.bank_features.assign(np.concatenate(features))
         model.bank_probs.assign(np.concatenate(probs))
         model.bank_filled.assign(1.0)
-        trainer.log(f"ldlva: neighbour bank filled by one inference pass over {len(trainer.train_table)} training images")
+        trainer.log(f"ldlva: neighbour bank filled by one inference pass over {len(trainer.train_table)} "
+                    "training images")
