@@ -96,7 +96,7 @@ def embed_rows(model, inputs: np.ndarray, batch_size: int = 128):
     return np.concatenate(features), np.concatenate(probs)
 
 
-def test_features(trainer):
+def split_predictions(trainer):
     """Features, probabilities and labels of the whole test split (in table order)."""
     import tensorflow as tf
 
@@ -158,7 +158,7 @@ def fig_tsne(args):
     from tools.figures import tsne_figure
 
     trainer, _ = load_model(args)
-    features, probs, labels = test_features(trainer)
+    features, probs, labels = split_predictions(trainer)
     rng = np.random.default_rng(args.seed)
     keep = np.sort(rng.choice(len(labels), size=min(args.max_samples, len(labels)), replace=False))
     features, probs, labels = features[keep], probs[keep], labels[keep]
@@ -266,7 +266,7 @@ def fig_votes(args):
     table = trainer.test_table
     if table.votes is None:
         raise DataError(f"{table.csv_path} has no 'votes' column: nothing to compare the model with")
-    _features, probs, labels = test_features(trainer)
+    _features, probs, labels = split_predictions(trainer)
     human = table.votes / table.votes.sum(axis=1, keepdims=True)
     js = np.array([distribution_divergences(probs[i:i + 1], table.votes[i:i + 1])["js"] for i in range(len(probs))])
     if args.index:

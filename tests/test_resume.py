@@ -116,7 +116,9 @@ def test_failed_export_keeps_previous_savedmodel(failure, small_model, tmp_path,
 # --- SIGKILL at three points, resume, compare with an uninterrupted run ----------------------------------
 EPOCHS = 3  # × 7 steps of 8 (56 training samples)
 KILL_AFTER = (2, 7, 15)  # global steps: mid epoch 0, the end of epoch 0 (killed during validation, it resumes exactly at the epoch boundary), early epoch 2
-METHOD_ARGS = {"ce": [], "ldlva": ["--method", "ldlva", "--set", "num_neighbors=2"]}
+LDLVA_ARGS = ["--method", "ldlva", "--set", "num_neighbors=2"]
+# LDLVA with its per-sample neighbour bank: weights, λ, centres, banks and optimizer must all come back.
+METHOD_ARGS = {"ce": [], "ldlva": [*LDLVA_ARGS, "--set", "neighbor_source=bank"]}
 
 
 def _run_args(ds, out, method):
@@ -215,7 +217,7 @@ def ldlva_run(tiny_dataset, tmp_path):
 
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     run = tmp_path / "run"
-    args = build_parser().parse_args(train_args(ds, run, *METHOD_ARGS["ldlva"]))
+    args = build_parser().parse_args(train_args(ds, run, *LDLVA_ARGS))
     trainer = Trainer(config_from_args(args), log=lambda *a: None)
     trainer.load_data()
     prepare_run_dir(run, config_record(trainer.cfg, trainer.method_cfg, trainer.data_facts()), False, False)
@@ -229,7 +231,7 @@ def _drop_one_row_per_class(ds):
 
 CHANGES = {
     "method": (lambda ds: ["--method", "ce"], "run.method: 'ldlva' → 'ce'"),
-    "dataset_size": (lambda ds: _drop_one_row_per_class(ds) or METHOD_ARGS["ldlva"],
+    "dataset_size": (lambda ds: _drop_one_row_per_class(ds) or LDLVA_ARGS,
                      "data.num_train_samples: 56 → 49"),
     "num_neighbors": (lambda ds: ["--method", "ldlva", "--set", "num_neighbors=3"],
                       "method_config.num_neighbors: 2 → 3"),
