@@ -339,6 +339,12 @@ class Trainer:
             # Keras splits each global batch across replicas and cannot build from an uneven first split.
             raise ConfigError(f"--batch-size {cfg.batch_size} is the global batch; under --strategy {cfg.strategy} "
                               f"it must be a multiple of the {replicas} replicas")
+        remainder = num_train_samples % cfg.batch_size
+        if replicas > 1 and 0 < remainder < replicas:
+            # An epoch's last batch would leave a replica with no samples (NaN BatchNorm statistics).
+            raise ConfigError(f"with {replicas} replicas the last batch of each epoch ({remainder} of {num_train_samples} "
+                              f"samples) leaves a replica empty; choose a --batch-size for which "
+                              f"{num_train_samples} mod batch is 0 or at least {replicas}")
         self.steps_per_epoch = steps_per_epoch(num_train_samples, cfg.batch_size)
         with self.strategy.scope():
             backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights)

@@ -99,7 +99,9 @@ class LDLVAConfig:
     mlp_norm: str | None = None  # calibration MLP normalisation: layer (paper) | batch (release)
     clamp_calibration: bool | None = None  # release: max(score logit, calibration_clamp) before the sigmoid
     calibration_clamp: float = -1.3  # the release's clamp value (s ≥ σ(−1.3) = 0.2142)
-    gamma: float | None = None  # weight of L_dis (eq. 11): 0.1 (paper) | 0.01 (release)
+    # Weight of L_dis (eq. 11): 0.1 (paper) | 0.01 (release). 0.1 suits pretrained backbones; on a from-scratch
+    # small_cnn its centre pull collapses the features and training stalls (synthetic: use 0.01).
+    gamma: float | None = None
     center_loss: str | None = None  # paper (eq. 10) | release (λ-weighted over samples + neighbours, two-stage update)
     neighbor_training_mode: bool | None = None  # forward mode: BN in training mode for neighbours (release True)
     # --- shared settings -----------------------------------------------------------------------------

@@ -30,9 +30,9 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
-    """One regressor trained for 4 epochs on the tiny set (VA correlates with the class there)."""
+    """A 2-fold cross-fitted regressor (3 epochs per member) on the tiny set, where VA correlates with the class."""
     out = tmp_path_factory.mktemp("pva_model") / "model"
-    code = pseudo_va.main(["train", "--source", str(dataset), "--out", str(out), "--epochs", "4", *FAST])
+    code = pseudo_va.main(["train", "--source", str(dataset), "--out", str(out), "--epochs", "3", "--folds", "2", *FAST])
     assert code == 0
     return out
 
@@ -62,14 +62,16 @@ def test_loss_matches_metric_and_hand_cases():
 
 def test_train_writes_model_and_report(trained, dataset, capsys):
     report = json.loads((trained / "report.json").read_text())
-    holdout = report["holdout"]
-    for key in ("valence_rmse", "arousal_rmse", "valence_ccc", "arousal_ccc"):
-        assert math.isfinite(holdout[key]), (key, holdout)
-    assert holdout["rows"] == 28 and 0 <= holdout["valence_rmse"] < 2
+    for part, rows in (("holdout", 28), ("out_of_fold", 56)):
+        for key in ("valence_rmse", "arousal_rmse", "valence_ccc", "arousal_ccc"):
+            assert math.isfinite(report[part][key]), (part, key, report[part])
+        assert report[part]["rows"] == rows and 0 <= report[part]["valence_rmse"] < 2
+    assert len(report["holdout_per_member"]) == 2 and len(report["history"]) == 2
     config = json.loads((trained / "config.json").read_text())
-    assert config["backbone"] == "small_cnn" and config["image_size"] == 24 and config["members"] == ["member-0.weights.h5"]
-    assert (trained / "member-0.weights.h5").is_file()
-    assert len(pd.read_csv(trained / "train_images.csv")) == 56
+    assert config["backbone"] == "small_cnn" and config["image_size"] == 24 and config["folds"] == 2
+    assert all((trained / name).is_file() for name in config["members"])
+    folds = pd.read_csv(trained / "train_images.csv")["fold"].to_numpy()
+    assert sorted(np.bincount(folds).tolist()) == [28, 28]
     # An existing model directory is not replaced without --force.
     before = (trained / "report.json").read_bytes()
     code, _, err = run(["train", "--source", dataset, "--out", trained, "--epochs", "1", *FAST], capsys)
@@ -80,10 +82,13 @@ def test_train_writes_model_and_report(trained, dataset, capsys):
 def test_predict_writes_va_in_range_and_uses_flip_average(trained, dataset, tmp_path, capsys):
     import tensorflow as tf
 
+    from data.images import load_image_array
+
     out_csv = tmp_path / "test_pva.csv"
     code, summary, err = run(["predict", "--model", trained, "--table", dataset / "test.csv", "--out", out_csv], capsys)
     assert code == 0, err
     assert "preprocess.knn" in summary and "warning" in summary
+    assert "trained on" not in summary  # test images: no member saw them
     original, written = pd.read_csv(dataset / "test.csv"), pd.read_csv(out_csv)
     assert len(written) == len(original) and written["path"].tolist() == original["path"].tolist()
     assert written["expression"].tolist() == original["expression"].tolist()
@@ -91,28 +96,44 @@ def test_predict_writes_va_in_range_and_uses_flip_average(trained, dataset, tmp_
     va = written[["valence", "arousal"]].to_numpy()
     assert np.isfinite(va).all() and (np.abs(va) <= 1).all()
     assert va.std(axis=0).min() > 0  # not one constant output
-    # The written values are the mean over the image and its mirror image.
-    cfg, models, _ = pseudo_va.load_regressors(trained)
+    # Unseen images: the mean over both members of the mean over the image and its mirror image.
+    cfg, members, _ = pseudo_va.load_regressors(trained)
     table, _ = pseudo_va.load_image_table(dataset / "test.csv", dataset / "images", False, "table")
-    from data.images import load_image_array
-
     images = (load_image_array(table.image_root, table.paths, cfg.image_size).astype(np.float32) - 127.5) / 127.5
-    manual = 0.5 * (models[0](images, training=False).numpy() + models[0](tf.reverse(images, [2]), training=False).numpy())
+    manual = np.mean([0.5 * (m(images, training=False).numpy() + m(tf.reverse(images, [2]), training=False).numpy())
+                      for m in members], axis=0)
     np.testing.assert_allclose(va, np.clip(manual, -1, 1), atol=2e-4)
 
 
-def test_predict_refuses_to_overwrite_without_force(trained, dataset, tmp_path, capsys):
+def test_predict_training_rows_out_of_fold_and_refuses_overwrite(trained, dataset, tmp_path, capsys):
     copy = tmp_path / "ds"
-    shutil.copytree(dataset, copy)
+    shutil.copytree(dataset, copy)  # moved dataset: images are matched by content, not path
     before = (copy / "train.csv").read_bytes()
     code, _, err = run(["predict", "--model", trained, "--table", copy / "train.csv"], capsys)
     assert code == 2 and err.startswith("error: ") and "--force" in err
     assert (copy / "train.csv").read_bytes() == before
-    # In place with --force: the VA columns are replaced, and in-sample rows are flagged as optimistic.
     code, summary, err = run(["predict", "--model", trained, "--table", copy / "train.csv", "--force"], capsys)
     assert code == 0, err
-    assert "optimistic" in summary and "56 row(s)" in summary
-    assert (copy / "train.csv").read_bytes() != before
+    assert "56 row(s) are images the regressor trained on" in summary and "optimistic" not in summary
+    written = pd.read_csv(copy / "train.csv")
+    assert written["path"].tolist() == pd.read_csv(dataset / "train.csv")["path"].tolist()
+    # Each row got the member that did not train on it: member f predicts fold f.
+    folds = pd.read_csv(trained / "train_images.csv")["fold"].to_numpy()
+    cfg, members, _ = pseudo_va.load_regressors(trained)
+    table, _ = pseudo_va.load_image_table(copy / "train.csv", copy / "images", False, "table")
+    for f in (0, 1):
+        rows = np.flatnonzero(folds == f)[:3]
+        expected = pseudo_va.predict_va([members[f]], pseudo_va.subset(table, rows), cfg.image_size)
+        np.testing.assert_allclose(written[["valence", "arousal"]].to_numpy()[rows], expected, atol=2e-5)
+
+
+def test_member_of_rows_hand_case(tmp_path):
+    pd.DataFrame({"path": ["a", "b", "c", "d"], "image_sha1": ["h0", "h1", "h2", "h2"], "fold": [0, 1, 0, 1]}
+                 ).to_csv(tmp_path / "train_images.csv", index=False)
+    # h0 only in fold 0 → member 0; h1 → member 1; h2 in both folds → seen by all (-2); h9 → new (-1).
+    assert pseudo_va._member_of_rows(tmp_path, ["h0", "h1", "h2", "h9"], 2).tolist() == [0, 1, -2, -1]
+    # One member trained on everything: every known image is in-sample.
+    assert pseudo_va._member_of_rows(tmp_path, ["h0", "h9"], 1).tolist() == [-2, -1]
 
 
 def test_source_without_va_is_a_clear_error(dataset, tmp_path, capsys):
@@ -127,30 +148,9 @@ def test_source_without_va_is_a_clear_error(dataset, tmp_path, capsys):
     assert code == 2 and "not a pseudo-VA model directory" in err
 
 
-def test_cross_fit_gives_out_of_fold_predictions(dataset, tmp_path, capsys):
-    model = tmp_path / "folds"
-    code, summary, err = run(["train", "--source", dataset, "--out", model, "--epochs", "2", "--folds", "2", *FAST], capsys)
-    assert code == 0, err
-    report = json.loads((model / "report.json").read_text())
-    assert report["out_of_fold"]["rows"] == 56 and math.isfinite(report["out_of_fold"]["valence_ccc"])
-    assert len(report["holdout_per_member"]) == 2 and "out-of-fold" in summary
-    folds = pd.read_csv(model / "train_images.csv")["fold"].to_numpy()
-    assert sorted(np.bincount(folds).tolist()) == [28, 28]
-    code, summary, err = run(["predict", "--model", model, "--table", dataset / "train.csv",
-                              "--out", tmp_path / "train_oof.csv"], capsys)
-    assert code == 0, err
-    assert "56 row(s) are images the regressor trained on" in summary and "optimistic" not in summary
-    # Each row got the member that did not train on it: member f predicts fold f.
-    cfg, members, _ = pseudo_va.load_regressors(model)
-    table, _ = pseudo_va.load_image_table(dataset / "train.csv", dataset / "images", False, "table")
-    rows = np.flatnonzero(folds == 1)[:4]
-    expected = pseudo_va.predict_va([members[1]], pseudo_va.subset(table, rows), cfg.image_size)
-    written = pd.read_csv(tmp_path / "train_oof.csv")[["valence", "arousal"]].to_numpy()[rows]
-    np.testing.assert_allclose(written, expected, atol=2e-5)
-
-
 def test_end_to_end_pseudo_va_knn_ldlva(trained, tmp_path, capsys):
     """A dataset without VA → pseudo-VA → neighbour table → one LDLVA epoch."""
+    from common.errors import DataError
     from engine.run import Trainer
     from preprocess import knn
 
@@ -158,11 +158,11 @@ def test_end_to_end_pseudo_va_knn_ldlva(trained, tmp_path, capsys):
     for split in ("train", "test"):
         frame = pd.read_csv(data / f"{split}.csv").drop(columns=["valence", "arousal"])
         frame.to_csv(data / f"{split}.csv", index=False)
-    with pytest.raises(Exception, match="valence"):  # LDLVA refuses a table without VA
+    with pytest.raises(DataError, match="valence"):  # LDLVA refuses a table without VA
         Trainer(tiny_run_config(data, tmp_path / "run0", method="ldlva", epochs=1)).train()
     code, summary, err = run(["predict", "--model", trained, "--table", data / "train.csv", "--force"], capsys)
     assert code == 0, err
-    assert "optimistic" not in summary and "trained on" not in summary  # new images: no fold match
+    assert "trained on" not in summary  # new images: no fold match
     assert knn.main(["--table", str(data / "train.csv"), "--k", "8"]) == 0
     report = Trainer(tiny_run_config(data, tmp_path / "run", method="ldlva", epochs=1)).train()
     assert 0.0 <= report["accuracy"] <= 1.0
