@@ -74,7 +74,7 @@ def build_neighbor_table(va: np.ndarray, k: int, algorithm: str = "auto") -> tup
         return idx[:, :k], dist[:, :k], unresolved
 
     rows = np.arange(n)
-    kq = min(n, k + 1)
+    kq = min(n, k + 2)  # self + k neighbours + one more, so the k-th neighbour has a strict boundary
     idx, dist, unresolved = select(rows, kq)
     # Rows with ties at the boundary (duplicate VA points are common in annotated data) are re-queried
     # with a wider window until the k-th neighbour is unambiguous.
