@@ -207,26 +207,32 @@ def fit_regressor(table, cfg: RegressorConfig, verbose: int = 2):
     return model, epochs
 
 
+def _flip_averaged(model, image_size: int):
+    """``images → ½·(model(images) + model(mirrored images))`` as a tf.function, one trace per model."""
+    import tensorflow as tf
+
+    step = getattr(model, "_flip_averaged_va", None)
+    if step is None:
+        @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
+        def step(images):
+            flipped = tf.reverse(images, axis=[2])  # (B, H, W, C): mirror the width axis
+            return 0.5 * (tf.cast(model(images, training=False), tf.float32)
+                          + tf.cast(model(flipped, training=False), tf.float32))
+        object.__setattr__(model, "_flip_averaged_va", step)  # cached, outside Keras' attribute tracking
+    return step
+
+
 def predict_va(models, table, image_size: int, batch_size: int = 64):
     """(N, 2) VA of every row: each model averaged over the image and its horizontal flip, then over models.
 
     The whole image is resized to ``image_size`` (no crop), as at evaluation time in training; the result
     is clipped to [-1, 1] as EmoNet's protocol does.
     """
-    import tensorflow as tf
-
     from data.pipeline import ImageSource, PipelineConfig, make_eval_dataset
 
     source = ImageSource(table, image_size)
     dataset = make_eval_dataset(source, PipelineConfig(image_size=image_size, pad=0), batch_size)
-    steps = []
-    for model in models:
-        @tf.function
-        def step(images, model=model):
-            flipped = tf.reverse(images, axis=[2])  # (B, H, W, C): mirror the width axis
-            return 0.5 * (tf.cast(model(images, training=False), tf.float32)
-                          + tf.cast(model(flipped, training=False), tf.float32))
-        steps.append(step)
+    steps = [_flip_averaged(model, image_size) for model in models]
     out = []
     for batch in dataset:
         out.append(np.mean([step(batch["image"]).numpy() for step in steps], axis=0))
@@ -301,7 +307,8 @@ def _resolve_in(directory: Path, name: str) -> Path:
 
 
 def _rounded(metrics: dict) -> dict:
-    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+    """Floats to 6 decimals; an undefined metric (NaN, e.g. CCC of a constant split) to None (JSON null)."""
+    return {k: ((round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v) for k, v in metrics.items()}
 
 
 def _format_metrics(name: str, m: dict) -> str:
@@ -476,12 +483,17 @@ def predict_command(args) -> str:
             out[column] = values
         else:
             out.insert(min(out.columns.get_loc("expression") + 1 + j, len(out.columns)), column, values)
+    stale_knn = "knn" in out.columns  # the release layout's neighbour column, computed from the old VA
+    if stale_knn:
+        out = out.drop(columns=["knn"])
     write_table(out, target, force=args.force)
 
     lines = [f"pseudo_va: wrote valence/arousal for {len(out)} rows to {target}"
              + (" (replacing the existing VA columns)" if had_va else ""),
              f"predicted VA: valence mean {va[:, 0].mean():+.3f} std {va[:, 0].std():.3f}, "
              f"arousal mean {va[:, 1].mean():+.3f} std {va[:, 1].std():.3f}"]
+    if stale_knn:
+        lines.append("removed the 'knn' column (neighbours of the old VA)")
     out_of_fold, in_sample = int((member >= 0).sum()), int((member == -2).sum())
     if out_of_fold:
         lines.append(f"{out_of_fold} row(s) are images the regressor trained on: each got the prediction of the "

@@ -30,9 +30,9 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
-    """A 2-fold cross-fitted regressor (3 epochs per member) on the tiny set, where VA correlates with the class."""
+    """A 2-fold cross-fitted regressor (2 epochs per member) on the tiny set, where VA correlates with the class."""
     out = tmp_path_factory.mktemp("pva_model") / "model"
-    code = pseudo_va.main(["train", "--source", str(dataset), "--out", str(out), "--epochs", "3", "--folds", "2", *FAST])
+    code = pseudo_va.main(["train", "--source", str(dataset), "--out", str(out), "--epochs", "2", "--folds", "2", *FAST])
     assert code == 0
     return out
 
