@@ -24,8 +24,9 @@ Resuming
 --------
 Rerun the same command. A cell whose ``metrics.json`` exists is read, not retrained; a cell with a run
 directory but no metrics is resumed from its last checkpoint (``resume=True``). A finished cell whose
-saved configuration differs from what the command asks for (e.g. another ``--epochs``) is reported as
-stale rather than silently mixed into the table (``--force-stale`` retrains it).
+saved configuration differs from what the command asks for (e.g. another ``--epochs``, or a dataset
+default that changed since) is reported as stale rather than silently mixed into the table
+(``--force-stale`` retrains it); pin ``--epochs`` etc. for a grid that must survive default changes.
 
 Output
 ------
@@ -551,6 +552,8 @@ def main(argv=None) -> int:
                     finished = False
                 elif reason:
                     stale[cell.name] = reason
+                    log(f"[{index}/{len(cells)}] {cell.name}: finished with other settings ({reason}); left out of "
+                        "the table (--force-stale retrains it)")
                     continue
             if not finished:
                 if args.report_only or (args.max_cells is not None and trained >= args.max_cells):
