@@ -154,6 +154,8 @@ def base_config(args, method: str, seed: int, out: Path, level: float | None, me
         dataset=args.dataset, method=method, data_dir=args.data_dir, num_classes=args.num_classes,
         backbone=args.backbone, weights=args.weights, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         optimizer=args.optimizer, image_size=args.image_size, seed=seed, noise_seed=seed,
+        **({"lr_schedule": args.lr_schedule} if args.lr_schedule else {}),
+        **({"pad": args.pad} if args.pad is not None else {}),
         val_every=args.val_every, preset=(args.preset or {}).get(method),
         method_overrides=dict(method_sets.get(method, {})),
         synthetic={k: _number(v) for k, v in _pairs(args.synthetic, "--synthetic").items()},
@@ -475,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone")
     g.add_argument("--weights", default="none")
     g.add_argument("--image-size", type=int)
+    g.add_argument("--pad", type=int, help="random-crop padding in pixels (default: the dataset's)")
+    g.add_argument("--lr-schedule", choices=["constant", "step", "cosine", "exponential", "linear"],
+                   help="learning-rate schedule for every cell (default: the run default)")
     g.add_argument("--val-every", type=int, default=1, help="test-set evaluation every N epochs during training, "
                    "for the curves in log.csv (0: only the final evaluation, which is what the table reports)")
     g.add_argument("--export", action="store_true", help="also write each run's SavedModel")
@@ -614,7 +619,7 @@ def _settings_line(args, cells) -> str:
         try:
             cfg = resolve(cells[0][1])[0]
             parts.append(f"backbone {cfg.backbone} @ {cfg.image_size} px, {cfg.epochs} epochs, batch "
-                         f"{cfg.batch_size}, lr {cfg.lr:g} ({cfg.optimizer})")
+                         f"{cfg.batch_size}, lr {cfg.lr:g} ({cfg.optimizer}, {cfg.lr_schedule} schedule)")
         except FERError:
             pass
     if args.protocol == "noise":

@@ -8,7 +8,9 @@ Runs the grid sequentially (one training at a time) through ``engine.run.Trainer
 * ``ce``: cross-entropy baseline;
 * ``full``: LDLVA (``--set`` overrides apply to every LDLVA row, e.g. ``variant=release``);
 * ``no_label_distribution``, ``no_adaptive_similarity``, ``fixed_uncertainty``, ``no_discriminative``: the
-  full method with one Table-4 switch turned off.
+  full method with one Table-4 switch turned off;
+* ``paper_gamma``: the full method with the paper's discriminative weight γ = 0.1 (useful when the grid runs
+  with ``--set gamma=0.01``, the release's weight).
 
 Every run writes its own run directory under ``--out``; a finished run (``metrics.json`` present) is
 not trained again, so an interrupted grid continues where it stopped. Prints a markdown table of
@@ -37,10 +39,12 @@ GRID = {
     "no_adaptive_similarity": ("ldlva", {"adaptive_similarity": "false"}),
     "fixed_uncertainty": ("ldlva", {"uncertainty_mode": "fixed"}),
     "no_discriminative": ("ldlva", {"discriminative_loss": "false"}),
+    # Not a Table-4 row: the paper's γ = 0.1 (the release uses 0.01), to show the weight's effect here.
+    "paper_gamma": ("ldlva", {"gamma": "0.1"}),
 }
 LABELS = {"ce": "CE baseline", "full": "LDLVA (full)", "no_label_distribution": "w/o label distribution",
           "no_adaptive_similarity": "w/o adaptive similarity", "fixed_uncertainty": "fixed uncertainty λ = 0.5",
-          "no_discriminative": "w/o discriminative loss"}
+          "no_discriminative": "w/o discriminative loss", "paper_gamma": "full, γ = 0.1 (the paper's weight)"}
 
 
 def build_parser():

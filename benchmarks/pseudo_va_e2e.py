@@ -14,7 +14,8 @@ classifier stage stopped by a time limit resumes from its last epoch checkpoint 
    pointing ``image_root`` at the synthetic images (absolute path, nothing copied), and the neighbour table
    built by ``preprocess.knn``.
 3. ``ce`` and ``ldlva``: ``engine.run.Trainer`` on ``OUT/data`` with symmetric label noise (30 %), the
-   synthetic defaults (small_cnn, 64 px, pad 4, 12 epochs, batch 64, Adam 1e-3).
+   synthetic defaults (small_cnn, 64 px, pad 4, 12 epochs, batch 64, Adam 1e-3; ``--image-size``,
+   ``--pad``, ``--lr-schedule`` and ``--epochs`` change them).
 4. ``ldlva_annotated`` (optional): LDLVA on the annotated VA (the synthetic set itself), the reference
    pseudo-VA is compared with.
 
@@ -45,6 +46,9 @@ def build_parser():
     p.add_argument("--regressor-epochs", type=int, default=8,
                    help="per member (default 8: two members fit in one 10-minute command on 2 CPU cores)")
     p.add_argument("--epochs", type=int, default=12, help="classifier epochs")
+    p.add_argument("--image-size", type=int, default=64, help="classifier input side (32 fits the CPU budget)")
+    p.add_argument("--pad", type=int, default=4, help="classifier random-crop padding")
+    p.add_argument("--lr-schedule", default="constant", help="classifier schedule (constant | cosine | ...)")
     p.add_argument("--noise", default="symmetric")
     p.add_argument("--noise-rate", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
@@ -113,7 +117,8 @@ def stage_train(args, out: Path, name: str, data_dir: Path) -> None:
     resume = (run_dir / "config.json").is_file()
     method = "ce" if name == "ce" else "ldlva"
     cfg = RunConfig(dataset="csv", num_classes=7, data_dir=str(data_dir), method=method, backbone="small_cnn",
-                    image_size=64, pad=4, epochs=args.epochs, batch_size=64, lr=1e-3, seed=args.seed,
+                    image_size=args.image_size, pad=args.pad, lr_schedule=args.lr_schedule, epochs=args.epochs,
+                    batch_size=64, lr=1e-3, seed=args.seed,
                     noise_kind=args.noise, noise_rate=args.noise_rate, noise_seed=args.seed,
                     method_overrides=parse_set_args(args.set) if method == "ldlva" else {},
                     out=str(run_dir), resume=resume, force=not resume, export=False, tensorboard=False, verbose=2)
@@ -141,8 +146,9 @@ def summary(args, out: Path) -> str:
     holdout, oof = report.get("holdout", {}), report.get("out_of_fold", {})
     runs = {name: _read(out / "runs" / name / "metrics.json") or {} for name in ("ce", "ldlva", "ldlva_annotated")}
     cfg = report.get("config", {})
-    lines = [f"Synthetic benchmark (6000 train / 1500 test), small_cnn 64 px; regressor {cfg.get('epochs', '?')} epochs, "
-             f"{cfg.get('folds', '?')}-fold cross-fit; classifiers {args.epochs} epochs, {args.noise} noise "
+    lines = [f"Synthetic benchmark (6000 train / 1500 test), regressor small_cnn 64 px, {cfg.get('epochs', '?')} "
+             f"epochs, {cfg.get('folds', '?')}-fold cross-fit; classifiers small_cnn {args.image_size} px, {args.epochs} "
+             f"epochs, {args.lr_schedule} lr, {args.noise} noise "
              f"{args.noise_rate:.0%}, seed {args.seed}; LDLVA overrides: {', '.join(args.set) or 'none'}", "",
              "| quantity | valence | arousal |", "|---|---|---|",
              f"| pseudo-VA CCC, test split (mean of members) | {num(holdout.get('valence_ccc'))} | {num(holdout.get('arousal_ccc'))} |",
