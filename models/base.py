@@ -84,7 +84,7 @@ class FERModel(keras.Model):
 
         Under tf.distribute each replica's ``watched_grads`` are its share of the gradient of the
         global-batch loss: exact for per-batch rows (λ rows of this replica's samples); for a tensor
-        every replica shares (e.g. class centres) sum the shares over replicas (``ctx.all_reduce("sum")``).
+        every replica shares (e.g. class centres) sum the shares over replicas (:meth:`sum_replicas`).
         """
 
     # --- per-sample / learned state helpers ----------------------------------------------------------
@@ -103,7 +103,25 @@ class FERModel(keras.Model):
         ctx = tf.distribute.get_replica_context()
         if ctx is None or ctx.num_replicas_in_sync == 1:
             return tensor
+        tensor = tf.convert_to_tensor(tensor)
+        if not tensor.device:
+            # A tensor with no device (e.g. batch["index"] straight from the input iterator) cannot be a
+            # gather destination when a worker holds a single replica (MultiWorkerMirroredStrategy on
+            # one CPU each: "destinations can not be empty"); a copy made here lands on this replica's device.
+            tensor = tf.identity(tensor)
         return ctx.all_gather(tensor, axis=0)
+
+    @staticmethod
+    def sum_replicas(tensor):
+        """Sum a per-replica tensor over replicas (identity without a strategy).
+
+        The way to combine ``watched_grads`` of a tensor every replica shares (e.g. class centres): each
+        replica's is its share of the global-batch gradient, so their sum is the one-device gradient.
+        """
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return tensor
+        return ctx.all_reduce("sum", tensor)
 
     def scatter_rows(self, variable, indices, values) -> None:
         """Overwrite rows ``indices`` of ``variable`` with ``values`` (sparse: cost ∝ batch, not N)."""
@@ -120,6 +138,28 @@ class FERModel(keras.Model):
         return tf.cast(self.optimizer.iterations // self.steps_per_epoch, tf.int32)
 
     # --- the shared skeleton -------------------------------------------------------------------------
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras' pre-``fit``/``evaluate`` build from one peeked batch, without a cross-replica reduce.
+
+        Under a strategy Keras first averages the peeked batch over replicas with
+        ``strategy.reduce("MEAN", batch)``, only to read its shapes and dtypes. MultiWorkerMirroredStrategy's
+        reduce does not accept a nested batch (our batches are dicts: "Attempt to convert a value
+        ({'label': PerReplica...}) with an unsupported type (<class 'dict'>) to a Tensor"), so every
+        multi-worker ``fit`` failed before its first step. This replica's local batch has the same
+        structure and dtypes; no values change and no collective runs. (Private Keras hook: if a later
+        Keras renames it, this override is simply not called.)
+        """
+        if iterator is not None and getattr(self, "_distribute_strategy", None) is not None:
+            strategy = self._distribute_strategy
+            for _, _, batches in iterator:
+                peeked = next(batches)
+                data_batch = tf.nest.map_structure(
+                    lambda x: strategy.experimental_local_results(x)[0]
+                    if isinstance(x, tf.distribute.DistributedValues) else x, peeked)
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def metrics(self):
         return [self.loss_tracker, self.acc_tracker, *self.term_trackers.values()]
@@ -148,7 +188,7 @@ class FERModel(keras.Model):
             extra_grads = [None if g is None else tf.where(finite, g, tf.zeros_like(g)) for g in extra_grads]
         self.optimizer.apply([g for g, _ in pairs], [v for _, v in pairs])
         self.after_step(batch, outputs, watched, dict(zip(watched.keys(), extra_grads)))
-        return self._update_trackers(total, losses, batch["label"], outputs["logits"], share)
+        return self._step_logs(self._update_trackers(total, losses, batch["label"], outputs["logits"], share))
 
     @staticmethod
     def _replica_share(batch):
@@ -192,7 +232,21 @@ class FERModel(keras.Model):
         ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(batch["label"], logits, from_logits=True))
         self._track(self.loss_tracker, ce, self._replica_share(batch))
         self.acc_tracker.update_state(batch["label"], logits)
-        return {"loss": self.loss_tracker.result(), "acc": self.acc_tracker.result()}
+        return self._step_logs({"loss": self.loss_tracker.result(), "acc": self.acc_tracker.result()})
+
+    @staticmethod
+    def _step_logs(logs: dict) -> dict:
+        """Step logs as Keras can reduce them over workers (unchanged except across several workers).
+
+        Across workers Keras averages every log value with ``strategy.reduce("MEAN", v, axis=0)``, which
+        fails on a scalar ("Invalid reduction dimension 0 for input with 0 dimensions"); a (1,) value
+        reduces to the same scalar mean. Same test as Keras' own (``_collective_all_reduce_multi_worker``).
+        """
+        strategy = tf.distribute.get_strategy()
+        if (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                and getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)()):
+            return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
     def l2_penalty(self, weight_decay: float):
         """Coupled L2 as PyTorch ``Adam(weight_decay=...)`` adds it (½·wd·‖θ‖² has gradient wd·θ)."""

@@ -441,22 +441,15 @@ class LDLVAModel(FERModel):
             grad = watched_grads.get("centers")
             if grad is None or not cfg.gamma:
                 return
-            # The watched gradient is of γ·L_dis; center_lr applies to ∂L_dis/∂μ.
-            self.class_centers.assign(self.class_centers - cfg.center_lr * self.gather_replicas_mean(grad) / cfg.gamma)
+            # The watched gradient is of γ·L_dis; center_lr applies to ∂L_dis/∂μ. Each replica holds its share
+            # of the global-batch gradient: their sum (not mean) is the one-device gradient.
+            self.class_centers.assign(self.class_centers - cfg.center_lr * self.sum_replicas(grad) / cfg.gamma)
             return
         features = self.gather_replicas(outputs["center_features"])
         labels = self.gather_replicas(outputs["center_labels"])
         certainty = self.gather_replicas(outputs["center_certainty"])
         centers = release_center_attraction(features, labels, self.class_centers, certainty, cfg.center_lr)
         self.class_centers.assign(release_center_repulsion(centers, cfg.center_lr, cfg.center_repulsion_scale))
-
-    @staticmethod
-    def gather_replicas_mean(tensor):
-        """Mean of a per-replica tensor over replicas (identity without a strategy), for shared state."""
-        ctx = tf.distribute.get_replica_context()
-        if ctx is None or ctx.num_replicas_in_sync == 1:
-            return tensor
-        return ctx.all_reduce("mean", tensor)
 
     # --- trackers, callbacks, final metrics ----------------------------------------------------------
     @property

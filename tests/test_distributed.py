@@ -48,7 +48,6 @@ def _losses(log_lines: list[str]) -> list[float]:
     return [float(line.split(",")[column]) for line in log_lines[1:]]
 
 
-@pytest.mark.xfail(reason="known bug (issue 7 open): under MirroredStrategy on 2 logical CPU devices the per-row state all-gather in FERModel.scatter_rows and the gradient all-reduce are issued in different orders on the two replicas (collective type mismatch)", strict=False)
 def test_mirrored_equals_single_device(tiny_dataset, tmp_path):
     """Same global batch on 1 device and on 2 mirrored replicas → same weights, per-sample state and losses.
 
@@ -80,7 +79,6 @@ def test_mirrored_equals_single_device(tiny_dataset, tmp_path):
     assert any("last_probs" in name for name in results["state"]["relative_diffs"])
 
 
-@pytest.mark.xfail(reason="known bug (issue 7 open): under MirroredStrategy on 2 logical CPU devices the per-row state all-gather in FERModel.scatter_rows and the gradient all-reduce are issued in different orders on the two replicas (collective type mismatch)", strict=False)
 def test_multiworker_two_processes(tiny_dataset, tmp_path):
     """Two MultiWorkerMirroredStrategy workers on localhost train, evaluate and checkpoint to the end."""
     method = "ldlva-bank"
