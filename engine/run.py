@@ -239,12 +239,22 @@ def setup_precision(mode: str) -> str:
     return policy
 
 
+_MIRRORED_STRATEGIES = [0]
+
+
 def make_strategy(name: str):
     import tensorflow as tf
 
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
+        # Every MirroredStrategy numbers its collectives from the same base, and TensorFlow remembers each
+        # (group, instance) key's op type per process: a second strategy in one process (benchmark.py
+        # trains several runs in one process) would reuse a key for another collective type and fail.
+        # Give each strategy its own key range (TensorFlow's own tests do the same).
+        _MIRRORED_STRATEGIES[0] += 1
+        if hasattr(tf.distribute.MirroredStrategy, "_collective_key_base"):
+            tf.distribute.MirroredStrategy._collective_key_base = 100_000 * _MIRRORED_STRATEGIES[0]
         return tf.distribute.MirroredStrategy()
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:

@@ -83,35 +83,14 @@ def state_model_class():
     return PerSampleStateModel
 
 
-_MIRRORED_RUNS = [0]
-
-
-def fresh_collective_keys() -> None:
-    """Give the next MirroredStrategy its own collective group key (several strategies, one process).
-
-    Every MirroredStrategy numbers its collectives from the same group key (1) and instance key (100),
-    but the process's collective runtime remembers each (group, instance) it has run: the second
-    strategy's instance 102 (e.g. an all-gather of per-sample rows) then meets the first strategy's
-    instance 102 (a float all-reduce) and aborts with "Collective instance 102 expected type 0 and
-    data_type 1 but got type 2 and data_type 3". TensorFlow's own tests set this class attribute for
-    the same reason. (engine/run.py makes one strategy per Trainer; any process that trains several
-    mirrored runs one after another would need the same.)
-    """
-    import tensorflow as tf
-
-    _MIRRORED_RUNS[0] += 1
-    tf.distribute.MirroredStrategy._collective_key_base = 1000 * _MIRRORED_RUNS[0]
-
-
 def train_once(label, strategy, data_dir, out_dir, epochs, batch_size):
     import keras
 
     from conftest import tiny_run_config
     from engine.run import Trainer
 
-    if strategy == "mirrored":
-        fresh_collective_keys()
-
+    # Several mirrored Trainers run in this one process: engine.run.make_strategy gives each strategy its
+    # own collective key range (without it the second run aborts with a collective type mismatch).
     method, overrides = SETUPS[label]
     cfg = tiny_run_config(data_dir, Path(out_dir) / f"{label}-{strategy}", method=method, strategy=strategy,
                           epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=0.05,
