@@ -3,7 +3,7 @@
     python -m benchmarks.compare_table "CE=benchmark_runs/small:ce" "NLA (textbook)=benchmark_runs/small_nla:nla" \
         --columns "30 % noise=0.3" "IF 100=100" [--extra "IF 100=benchmark_runs/small_imbalance"]
 
-Each row is ``LABEL=DIR:METHOD[,DIR2:METHOD2...]``: the method's runs in those grid directories (a row may
+Each row is ``LABEL=DIR:METHOD[,DIR2:METHOD2...]`` (DIR may also be a ``runs.csv`` path): the method's runs in those grid directories (a row may
 draw its noise and its imbalance cells from different grids). Each column is ``TITLE=LEVEL``. A cell is
 the mean ± sample std over the seeds found, of overall and mean-class test accuracy, with ``n`` seeds.
 """
@@ -16,8 +16,10 @@ import statistics
 from pathlib import Path
 
 
-def read_runs(directory: str) -> list[dict]:
-    path = Path(directory) / "runs.csv"
+def read_runs(source: str) -> list[dict]:
+    """Rows of a grid's ``runs.csv`` (``source`` is the grid directory or the CSV file itself)."""
+    path = Path(source)
+    path = path if path.suffix == ".csv" else path / "runs.csv"
     if not path.is_file():
         return []
     with path.open() as f:
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
     header = "| method | " + " | ".join(f"{t}: accuracy | {t}: mean-class acc." for t, _ in columns) + " |"
     lines = [header, "|---|" + "---:|" * (2 * len(columns))]
     for row in args.rows:
-        label, sources = row.split("=", 1)
+        label, sources = row.rsplit("=", 1)
         runs_by_source = [(read_runs(src.rsplit(":", 1)[0]), src.rsplit(":", 1)[1]) for src in sources.split(",")]
         cells = []
         for _title, level in columns:
