@@ -168,3 +168,46 @@ def test_inconsistent_protocol_trains_on_the_join_and_tests_each_source(tmp_path
     after = json.loads((run_dir / "metrics_sfew.json").read_text())
     assert after["confusion_matrix"] == before["confusion_matrix"]
     assert after["nll"] == pytest.approx(before["nll"], rel=1e-4)
+
+
+def test_pseudo_va_e2e_small_regime_splits_disjoint_faces_and_averages_seeds(tmp_path):
+    """--train-size: classifiers get the first N faces (annotated VA + neighbour table), the regressor the
+    others; the summary is a mean ± std over the seeds that finished."""
+    import argparse
+
+    import numpy as np
+
+    from benchmarks import pseudo_va_e2e as e2e
+
+    syn = tmp_path / "syn"
+    syn.mkdir()
+    rng = np.random.default_rng(0)
+    n = 40
+    frame = pd.DataFrame({"path": [f"img_{i:03d}.png" for i in range(n)], "expression": rng.integers(0, 7, n),
+                          "valence": rng.uniform(-1, 1, n), "arousal": rng.uniform(-1, 1, n)})
+    frame.to_csv(syn / "train.csv", index=False)
+    frame.iloc[:5].to_csv(syn / "test.csv", index=False)
+    out = tmp_path / "out"
+    args = e2e.build_parser().parse_args(["--out", str(out), "--train-size", "30", "--seeds", "0", "1"])
+    rest = e2e._split_source(args, out, syn, rest=True)
+    mine = e2e._split_source(args, out, syn, rest=False)
+    rest_paths = set(pd.read_csv(rest / "train.csv").path)
+    mine_paths = pd.read_csv(mine / "train.csv").path.tolist()
+    assert mine_paths == frame.path.iloc[:30].tolist() and len(rest_paths) == 10
+    assert not rest_paths & set(mine_paths)
+    assert (mine / "train.neighbors.npz").is_file() and not (rest / "train.neighbors.npz").exists()
+    assert json.loads((mine / "dataset.json").read_text())["image_root"] == str((syn / "images").resolve())
+
+    bad = argparse.Namespace(**{**vars(args), "train_size": n})
+    with pytest.raises(SystemExit, match="--train-size must be in 1..39"):
+        e2e._split_source(bad, tmp_path / "other", syn, rest=True)
+
+    for seed, acc in ((0, 0.5), (1, 0.6)):
+        run = out / "runs" / f"ce-s{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"accuracy": acc, "mean_class_accuracy": acc - 0.1}))
+    table = e2e.summary(args, out)
+    ce_row = next(line for line in table.splitlines() if line.startswith("| CE |"))
+    assert ce_row == "| CE | 2 | 55.00 ± 7.07 | 45.00 ± 7.07 | s0 50.00, s1 60.00 |"
+    assert "| LDLVA on pseudo-VA | 0 | — |" in table and "annotated VA (reference)" not in table
+    assert "first 30 train faces, regressor on the other 10" in table
