@@ -38,7 +38,7 @@ landmark loss                  release: weighted Adaptive Wing (α 2.1,     awin
 landmarks                      19 HRNet points (AFLW layout) at 224 px     any L from the table's ``landmarks`` column
                                                                            (68 iBUG in the fixtures); ``num_landmarks``
                                                                            must match the table (DataError otherwise)
-heatmap grid                   stride 4 (56×56 at 224 px), σ 1.5 cells     stride of the stage-1 map (4 for ResNets, 2 for
+heatmap grid                   stride 4 (56×56 at 224 px), σ 1.5 cells     stride of the stage-1 map (4 for ResNets and
                                                                            small_cnn), σ 1.5 cells — ``heatmap_sigma``
 FPN upsampling                 ×2 bilinear                                 bilinear resize to the next lateral's exact size
                                                                            (same at 224 px; also works for odd sizes)
