@@ -89,7 +89,8 @@ def resolve(cfg: RunConfig):
     model_cls, config_cls = get_method(cfg.method)
     defaults = {"backbone": spec.backbone, "epochs": spec.epochs, "batch_size": spec.batch_size,
                 "lr": spec.learning_rate, "image_size": spec.image_size, "pad": spec.pad}
-    method_cfg = config_cls()
+    # Precedence: the method's own defaults < the dataset's method defaults < --preset < --set.
+    method_cfg = dataclasses.replace(config_cls(), **spec.method_defaults.get(cfg.method, {}))
     if cfg.preset:
         presets = getattr(model_cls, "presets", {})
         if cfg.preset not in presets:
