@@ -133,5 +133,6 @@ class NeighborBankInitializer(keras.callbacks.Callback):
         model.bank_features.assign(np.concatenate(features))
         model.bank_probs.assign(np.concatenate(probs))
         model.bank_filled.assign(1.0)
+        model.bank_visited.assign(np.ones(model.bank_visited.shape, np.float32))
         trainer.log(f"ldlva: neighbour bank filled by one inference pass over {len(trainer.train_table)} "
                     "training images")

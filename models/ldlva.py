@@ -49,6 +49,9 @@ Neighbour outputs (features h_k, probabilities p_k) are constants (no gradient),
   read from it. ``bank_init=labels`` starts it with the one-hot given labels and zero features (so
   d_i is the similarity-weighted mix of the neighbours' labels until the neighbours are visited);
   ``bank_init=inference`` fills it with one inference pass over the training set before training.
+  ``bank_momentum=m`` > 0 makes a revisited row an EMA over the sample's visits (m·old + (1 − m)·new;
+  the first visit of a labels-initialised row replaces the one-hot label, an inference-filled row counts
+  as visited).
 
 λ is learned from L_cls only (``lambda_from_discriminative=false``), as the paper's eq. 8–9 derive its
 gradient and as the release does. DEVIATION from a literal reading of eq. 11: the pull term
@@ -89,6 +92,10 @@ class LDLVAConfig:
     num_neighbors: int = 8  # K (paper and release); the first K columns of the neighbour table
     neighbor_source: str = "forward"  # forward (release: K extra forward passes per sample) | bank (per-sample bank)
     bank_init: str = "labels"  # bank mode: labels (one-hot given labels, zero features) | inference (one pass)
+    # Bank mode: a revisited row becomes m·old + (1 − m)·new (an EMA over the sample's visits, which averages
+    # out augmentation and random-erasing noise); 0 = keep the latest visit only. A row's first visit replaces
+    # its initial value (the one-hot label) whatever m is.
+    bank_momentum: float = 0.0
     # --- paper/release switches (None → from variant) ----------------------------------------------
     va_metric: str | None = None  # eq. 2 kernel: l2 exp(−‖Δ‖²/δ²) (paper) | l1 exp(−‖Δ‖₁/δ) (release)
     va_delta: float | None = None  # δ = 0.5 (both)
@@ -143,6 +150,8 @@ def resolved(config: LDLVAConfig) -> LDLVAConfig:
             raise ConfigError(f"ldlva: {name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
     if config.num_neighbors < 1:
         raise ConfigError(f"ldlva: num_neighbors must be >= 1, got {config.num_neighbors}")
+    if not 0.0 <= config.bank_momentum < 1.0:
+        raise ConfigError(f"ldlva: bank_momentum must lie in [0, 1), got {config.bank_momentum}")
     if not 0.0 <= config.fixed_uncertainty <= 1.0:
         raise ConfigError(f"ldlva: fixed_uncertainty must lie in [0, 1], got {config.fixed_uncertainty}")
     if config.lambda_parametrization == "projected" and not 0.0 <= config.lambda_init <= 1.0:
@@ -251,6 +260,7 @@ class LDLVAModel(FERModel):
             self.bank_probs = self.add_state("bank_probs", (n, c))
             self.bank_features = self.add_state("bank_features", (n, d))
             self.bank_filled = self.add_state("bank_filled", ())  # 1 once bank_init=inference has run
+            self.bank_visited = self.add_state("bank_visited", (n, 1))  # 1 once a row holds a network output
             if train_labels is not None:
                 self.bank_probs.assign(tf.one_hot(np.asarray(train_labels, np.int32), c))
 
@@ -419,10 +429,22 @@ class LDLVAModel(FERModel):
         if cfg.discriminative_loss:
             self._update_centers(outputs, watched_grads)
         if cfg.neighbor_source == "bank":
-            self.scatter_rows(self.bank_probs, index, tf.stop_gradient(outputs["probs"]))
-            self.scatter_rows(self.bank_features, index, tf.stop_gradient(outputs["features"]))
+            self._refresh_bank_rows(index, outputs)
         if "uncertainty" in outputs:
             self.uncertainty_tracker.update_state(outputs["uncertainty"])
+
+    def _refresh_bank_rows(self, index, outputs):
+        """Write the batch's outputs into its bank rows: replace, or EMA with ``bank_momentum`` once visited."""
+        probs = tf.stop_gradient(tf.cast(outputs["probs"], tf.float32))
+        features = tf.stop_gradient(tf.cast(outputs["features"], tf.float32))
+        momentum = self.rcfg.bank_momentum
+        if momentum:
+            keep = momentum * tf.gather(self.bank_visited, index)  # (B, 1): 0 on a row's first visit
+            probs = keep * tf.gather(self.bank_probs, index) + (1.0 - keep) * probs
+            features = keep * tf.gather(self.bank_features, index) + (1.0 - keep) * features
+        self.scatter_rows(self.bank_probs, index, probs)
+        self.scatter_rows(self.bank_features, index, features)
+        self.scatter_rows(self.bank_visited, index, tf.ones_like(probs[:, :1]))
 
     def _update_lambda_rows(self, index, rows, grad):
         """Per-row SGD with momentum on λ (only the batch rows move): v ← βv − lr·g; λ ← λ + v."""

@@ -226,6 +226,43 @@ def test_bank_rows_refreshed_only_for_the_batch(tiny_dataset, tmp_path):
     np.testing.assert_allclose(probs[rows].sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_bank_momentum_replaces_on_first_visit_then_averages(tiny_dataset, tmp_path):
+    _, model, batches = build_model(tiny_dataset, tmp_path, num_batches=1, variant="paper", neighbor_source="bank",
+                                    bank_momentum=0.75)
+    labels = model.train_labels.numpy()
+    n, d = len(labels), model.feature_dim
+    rows = tf.constant([3, 0, 5], tf.int32)
+    rng = np.random.default_rng(0)
+    first = {"probs": tf.constant(rng.dirichlet(np.ones(7), 3), tf.float32),
+             "features": tf.constant(rng.normal(size=(3, d)), tf.float32)}
+    second = {"probs": tf.constant(rng.dirichlet(np.ones(7), 3), tf.float32),
+              "features": tf.constant(rng.normal(size=(3, d)), tf.float32)}
+    model._refresh_bank_rows(rows, first)  # first visit: the one-hot initial value is replaced, not averaged
+    np.testing.assert_allclose(model.bank_probs.numpy()[[3, 0, 5]], first["probs"].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(model.bank_features.numpy()[[3, 0, 5]], first["features"].numpy(), rtol=1e-6)
+    model._refresh_bank_rows(rows, second)  # revisit: m·old + (1 − m)·new
+    np.testing.assert_allclose(model.bank_probs.numpy()[[3, 0, 5]],
+                               0.75 * first["probs"].numpy() + 0.25 * second["probs"].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(model.bank_features.numpy()[[3, 0, 5]],
+                               0.75 * first["features"].numpy() + 0.25 * second["features"].numpy(), rtol=1e-5, atol=1e-6)
+    others = np.setdiff1d(np.arange(n), [0, 3, 5])
+    np.testing.assert_array_equal(model.bank_probs.numpy()[others], np.eye(7)[labels[others]])
+    np.testing.assert_array_equal(model.bank_visited.numpy()[:, 0], np.isin(np.arange(n), [0, 3, 5]).astype(np.float32))
+    # Through a real step, too: the batch rows are marked visited, the others are not.
+    model.bank_visited.assign(np.zeros((n, 1), np.float32))
+    model.train_step(batches[0])
+    batch_rows = batches[0]["index"].numpy()
+    np.testing.assert_array_equal(model.bank_visited.numpy()[:, 0], np.isin(np.arange(n), batch_rows).astype(np.float32))
+
+
+def test_bank_momentum_out_of_range_is_a_config_error():
+    from common.errors import ConfigError
+    from models.ldlva import LDLVAConfig, resolved
+
+    with pytest.raises(ConfigError, match="bank_momentum"):
+        resolved(LDLVAConfig(bank_momentum=1.0))
+
+
 # --- config, presets, neighbour tables -----------------------------------------------------------------------
 
 def test_variant_resolution_and_overrides():
