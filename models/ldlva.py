@@ -51,7 +51,8 @@ Neighbour outputs (features h_k, probabilities p_k) are constants (no gradient),
   ``bank_init=inference`` fills it with one inference pass over the training set before training.
   ``bank_momentum=m`` > 0 makes a revisited row an EMA over the sample's visits (m·old + (1 − m)·new;
   the first visit of a labels-initialised row replaces the one-hot label, an inference-filled row counts
-  as visited).
+  as visited). ``bank_probs=head`` re-applies the current classifier to a visited row's banked features
+  instead of reading its stored probabilities, so only the backbone features are stale.
 
 λ is learned from L_cls only (``lambda_from_discriminative=false``), as the paper's eq. 8–9 derive its
 gradient and as the release does. DEVIATION from a literal reading of eq. 11: the pull term
@@ -96,6 +97,10 @@ class LDLVAConfig:
     # out augmentation and random-erasing noise); 0 = keep the latest visit only. A row's first visit replaces
     # its initial value (the one-hot label) whatever m is.
     bank_momentum: float = 0.0
+    # Bank mode, the neighbours' probabilities: stored (softmax output of the row's last visit) | head (the
+    # *current* classifier applied to the banked features, so only the backbone features are stale; rows not
+    # yet visited keep their initial one-hot label).
+    bank_probs: str = "stored"
     # --- paper/release switches (None → from variant) ----------------------------------------------
     va_metric: str | None = None  # eq. 2 kernel: l2 exp(−‖Δ‖²/δ²) (paper) | l1 exp(−‖Δ‖₁/δ) (release)
     va_delta: float | None = None  # δ = 0.5 (both)
@@ -136,6 +141,7 @@ VARIANT_DEFAULTS = {
 _CHOICES = {"va_metric": ("l2", "l1"), "lambda_parametrization": ("projected", "sigmoid_certainty"),
             "mlp_norm": ("layer", "batch"), "center_loss": ("paper", "release"),
             "neighbor_source": ("forward", "bank"), "bank_init": ("labels", "inference"),
+            "bank_probs": ("stored", "head"),
             "uncertainty_mode": ("per_instance", "fixed"), "class_weights": ("none", "balanced")}
 
 
@@ -315,7 +321,15 @@ class LDLVAModel(FERModel):
         """Constant neighbour features (B, K, D) and probabilities (B, K, C), from the bank or a forward pass."""
         neighbors = batch["neighbors"]
         if self.rcfg.neighbor_source == "bank":
-            return tf.gather(self.bank_features, neighbors), tf.gather(self.bank_probs, neighbors)
+            features, probs = tf.gather(self.bank_features, neighbors), tf.gather(self.bank_probs, neighbors)
+            if self.rcfg.bank_probs == "head":
+                # The classifier moves fastest late in training (it memorises the noisy labels); re-applying
+                # the current one to the banked features removes that part of the staleness (B·K·D·C flops).
+                logits = self.classifier(tf.reshape(features, [-1, self.feature_dim]))
+                head_probs = tf.reshape(tf.nn.softmax(tf.cast(logits, tf.float32)), tf.shape(probs))
+                visited = tf.gather(self.bank_visited, neighbors)  # (B, K, 1)
+                probs = visited * head_probs + (1.0 - visited) * probs
+            return tf.stop_gradient(features), tf.stop_gradient(probs)
         images = batch["neighbor_images"]  # (B, K, S, S, 3)
         size = images.shape[2]
         features, logits = self.embed(tf.reshape(images, [-1, size, size, 3]),

@@ -255,6 +255,27 @@ def test_bank_momentum_replaces_on_first_visit_then_averages(tiny_dataset, tmp_p
     np.testing.assert_array_equal(model.bank_visited.numpy()[:, 0], np.isin(np.arange(n), batch_rows).astype(np.float32))
 
 
+def test_bank_probs_head_reapplies_the_current_classifier_to_visited_rows(tiny_dataset, tmp_path):
+    _, model, batches = build_model(tiny_dataset, tmp_path, num_batches=1, variant="paper", neighbor_source="bank",
+                                    bank_probs="head")
+    labels = model.train_labels.numpy()
+    model.train_step(batches[0])  # visits (and banks) the batch rows; the classifier then moves again below
+    model.classifier.kernel.assign(model.classifier.kernel.numpy() * 3.0 + 0.1)
+    visited = model.bank_visited.numpy()[:, 0] > 0
+    batch = dict(batches[0])
+    features, probs = model.neighbor_outputs(batch)
+    neighbors = batch["neighbors"].numpy()
+    banked = model.bank_features.numpy()[neighbors]
+    np.testing.assert_allclose(features.numpy(), banked)
+    expected_head = tf.nn.softmax(model.classifier(banked.reshape(-1, model.feature_dim))).numpy().reshape(probs.shape)
+    stored = model.bank_probs.numpy()[neighbors]
+    mask = visited[neighbors]
+    assert mask.any() and (~mask).any()  # the tiny batch reaches both kinds of neighbour rows
+    np.testing.assert_allclose(probs.numpy()[mask], expected_head[mask], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected_head[mask], stored[mask], atol=1e-3)  # not the stored softmax
+    np.testing.assert_array_equal(probs.numpy()[~mask], np.eye(7)[labels[neighbors][~mask]])  # one-hot label
+
+
 def test_bank_momentum_out_of_range_is_a_config_error():
     from common.errors import ConfigError
     from models.ldlva import LDLVAConfig, resolved
