@@ -95,7 +95,8 @@ class LDLVAConfig:
     bank_init: str = "labels"  # bank mode: labels (one-hot given labels, zero features) | inference (one pass)
     # Bank mode: a revisited row becomes m·old + (1 − m)·new (an EMA over the sample's visits, which averages
     # out augmentation and random-erasing noise); 0 = keep the latest visit only. A row's first visit replaces
-    # its initial value (the one-hot label) whatever m is.
+    # its initial value (the one-hot label) whatever m is. Measured: 0.5 costs 2.6–2.9 points on the noisy
+    # synthetic benchmark (staler rows; BENCHMARKS.md), so 0 is the default.
     bank_momentum: float = 0.0
     # Bank mode, the neighbours' probabilities: stored (softmax output of the row's last visit) | head (the
     # *current* classifier applied to the banked features, so only the backbone features are stale; rows not
