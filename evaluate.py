@@ -1,9 +1,9 @@
 """Evaluate a checkpoint or SavedModel on a dataset split.
 
-    python evaluate.py --ckpt runs/synthetic_ce_seed0 [--dataset synthetic] [--split test] [--json OUT]
+    python evaluate.py --run runs/synthetic_ce_seed0 [--dataset synthetic] [--split test] [--json OUT]
 
-``--ckpt`` is a run directory (its latest checkpoint), one checkpoint folder ``RUN/ckpt/step-*``, or
-a serving SavedModel directory. Prints accuracy, mean class accuracy, macro F1 and the confusion
+``--run`` (alias ``--ckpt``) is a run directory (its latest checkpoint), one checkpoint folder
+``RUN/ckpt/step-*``, or a serving SavedModel directory. Prints accuracy, mean class accuracy, macro F1 and the confusion
 matrix with class names, and writes them as JSON with ``--json``.
 """
 
@@ -19,7 +19,8 @@ from common.cli import quiet_tensorflow, run_main
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="run directory, checkpoint folder or SavedModel directory")
+    p.add_argument("--run", "--ckpt", dest="run", required=True,
+                   help="run directory, checkpoint folder RUN/ckpt/step-* or SavedModel directory")
     p.add_argument("--dataset", help="dataset name (default: the run's)")
     p.add_argument("--data-dir", help="prepared dataset directory (default: the run's)")
     p.add_argument("--image-root")
@@ -35,14 +36,14 @@ def _resolve_ckpt(path: Path):
     from common.errors import CheckpointError
 
     if not path.exists():
-        raise CheckpointError(f"--ckpt {path}: does not exist")
+        raise CheckpointError(f"--run {path}: does not exist")
     if (path / "saved_model.pb").is_file():
         return "savedmodel", None, path
     if (path / "config.json").is_file():
         return "run", path, None
     if (path / "model.weights.h5").is_file() and (path.parent.parent / "config.json").is_file():
         return "run", path.parent.parent, path
-    raise CheckpointError(f"--ckpt {path}: not a run directory, checkpoint folder or SavedModel")
+    raise CheckpointError(f"--run {path}: not a run directory, checkpoint folder or SavedModel")
 
 
 def _table_name(split: str) -> str:
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     from engine.data import load_split, resolve_data_dir
     from engine.metrics import format_report
 
-    kind, run_dir, ckpt = _resolve_ckpt(Path(args.ckpt))
+    kind, run_dir, ckpt = _resolve_ckpt(Path(args.run))
     if kind == "run":
         from engine.run import evaluate_model, load_run_model
 
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
             trainer.spec = spec
         data_dir = Path(args.data_dir) if args.data_dir else Path(record["data"]["data_dir"])
         table = load_split(data_dir, _table_name(args.split), cfg.num_classes, args.image_root or cfg.image_root)
-        trainer.test_table = table
+        trainer.use_test_table(table)
         import tensorflow as tf
 
         try:
@@ -96,19 +97,19 @@ def main(argv=None) -> int:
             meta = json.loads((ckpt / "fer_export.json").read_text())
             meta["class_names"], meta["image_size"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"--ckpt {ckpt}: a SavedModel without a readable fer_export.json "
+            raise CheckpointError(f"--run {ckpt}: a SavedModel without a readable fer_export.json "
                                   f"({type(exc).__name__}); export it with `python export.py`") from None
         class_names = meta["class_names"]
         spec = get_dataset_spec(args.dataset or "csv", args.num_classes or len(class_names))
         if spec.num_classes != len(class_names):
             raise CheckpointError(f"the SavedModel predicts {len(class_names)} classes but dataset "
                                   f"'{spec.name}' has {spec.num_classes}")
-        data_dir = resolve_data_dir(spec, args.data_dir, None, 0)
+        data_dir = resolve_data_dir(spec, args.data_dir)
         table = load_split(data_dir, _table_name(args.split), spec.num_classes, args.image_root)
         try:
             serve = tf.saved_model.load(str(ckpt)).signatures["serving_default"]
         except (OSError, KeyError, ValueError, tf.errors.OpError) as exc:
-            raise CheckpointError(f"--ckpt {ckpt}: cannot load the SavedModel ({type(exc).__name__}: "
+            raise CheckpointError(f"--run {ckpt}: cannot load the SavedModel ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
         images = load_image_array(table.image_root, table.paths, meta["image_size"], table.csv_path)
         probs = np.concatenate([serve(images=tf.constant(images[i:i + args.batch_size]))["probabilities"].numpy()

@@ -1,4 +1,4 @@
-"""Export a run's model as a serving SavedModel: ``python export.py --ckpt RUN --out DIR``."""
+"""Export a run's model as a serving SavedModel: ``python export.py --run RUN --out DIR``."""
 
 from __future__ import annotations
 
@@ -11,17 +11,18 @@ from common.cli import quiet_tensorflow, run_main
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--ckpt", required=True, help="run directory or RUN/ckpt/step-* folder")
+    p.add_argument("--run", "--ckpt", dest="run", required=True, help="run directory or RUN/ckpt/step-* folder")
     p.add_argument("--out", required=True, help="SavedModel directory to write (replaced atomically)")
     args = p.parse_args(argv)
     quiet_tensorflow()
     from engine.export import export_saved_model
     from engine.run import load_run_model
 
-    path = Path(args.ckpt)
+    path = Path(args.run)
     run_dir, ckpt = (path, None) if (path / "config.json").is_file() else (path.parent.parent, path)
     trainer, _ = load_run_model(run_dir, ckpt)
-    export_saved_model(trainer.model, args.out, trainer.cfg.image_size, trainer.spec.class_names, trainer.cfg.method)
+    export_saved_model(trainer.model, args.out, trainer.cfg.image_size, trainer.spec.class_names, trainer.cfg.method,
+                       input_norm=trainer.cfg.input_norm)
     print(f"exported {args.out}")
     return 0
 

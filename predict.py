@@ -1,6 +1,6 @@
 """Predict the facial expression of every face in photos with an exported model.
 
-    python predict.py PHOTO [PHOTO ...] --model RUN/saved_model [--out-dir predictions] [--json FILE]
+    python predict.py PHOTO [PHOTO ...] --run RUN [--out-dir predictions] [--json FILE]
 
 For each photo:
 
@@ -16,7 +16,7 @@ When ``mtcnn`` is not installed (or with ``--no-detect``, or when no face is fou
 of the photo is used as the single face, and the output says so: a tightly cropped face photo still
 gives a meaningful answer, a wide shot will not.
 
-``--model`` takes a SavedModel directory or a run directory holding ``saved_model/``.
+``--run`` (alias ``--model``) takes a run directory holding ``saved_model/`` or a SavedModel directory.
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ def load_model(path):
     if (path / "saved_model" / "saved_model.pb").is_file():
         path = path / "saved_model"
     if not (path / "saved_model.pb").is_file():
-        raise CheckpointError(f"--model {path}: no SavedModel there (export one with `python export.py` or train "
+        raise CheckpointError(f"--run {path}: no SavedModel there (export one with `python export.py` or train "
                               "without --no-export)")
     meta_path = path / "fer_export.json"
     if not meta_path.is_file():
-        raise CheckpointError(f"--model {path}: fer_export.json missing (not a FER toolkit export)")
+        raise CheckpointError(f"--run {path}: fer_export.json missing (not a FER toolkit export)")
     meta = json.loads(meta_path.read_text())
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     return serve, meta
@@ -203,7 +203,8 @@ def predict_photo(path, serve, meta, args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("photos", nargs="+", metavar="PHOTO", help="JPEG/PNG photos")
-    p.add_argument("--model", required=True, help="SavedModel directory (or a run directory with saved_model/)")
+    p.add_argument("--run", "--model", dest="run", required=True,
+                   help="run directory with saved_model/ (or a SavedModel directory)")
     p.add_argument("--out-dir", default="predictions", help="where the annotated images go (default ./predictions)")
     p.add_argument("--json", help="also write every face's distribution to this JSON file")
     p.add_argument("--min-confidence", type=float, default=0.9, help="MTCNN face confidence threshold (default 0.9)")
@@ -214,12 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
-    serve, meta = load_model(args.model)
+    serve, meta = load_model(args.run)
     results = [predict_photo(photo, serve, meta, args) for photo in args.photos]
     if args.json:
         from common.io import atomic_write_json
 
-        atomic_write_json(args.json, {"model": str(args.model), "class_names": meta["class_names"], "photos": results})
+        atomic_write_json(args.json, {"model": str(args.run), "class_names": meta["class_names"], "photos": results})
     return 0
 
 

@@ -75,45 +75,30 @@ def display_image(table, row: int) -> np.ndarray:
 
 
 def model_inputs(table, rows, image_size: int) -> np.ndarray:
-    """Network inputs (n, S, S, 3) float32 in [-1, 1] for table rows, resized as at training time."""
+    """Network inputs (n, S, S, 3) float32 in [-1, 1] for table rows, resized as at evaluation time."""
     from data.images import load_image_array
+    from data.pipeline import normalize
 
     rows = np.asarray(rows, dtype=np.int64).reshape(-1)
     paths = [table.paths[int(r)] for r in rows]
     images = load_image_array(table.image_root, paths, image_size, csv_path=table.csv_path)
-    return (images.astype(np.float32) - 127.5) / 127.5
-
-
-def embed_rows(model, inputs: np.ndarray, batch_size: int = 128):
-    """(features (n, D), probabilities (n, C)) of network inputs, inference mode."""
-    import tensorflow as tf
-
-    features, probs = [], []
-    for start in range(0, len(inputs), batch_size):
-        f, logits = model.embed(tf.constant(inputs[start:start + batch_size]), training=False)
-        features.append(f.numpy())
-        probs.append(tf.nn.softmax(tf.cast(logits, tf.float32)).numpy())
-    return np.concatenate(features), np.concatenate(probs)
+    return np.asarray(normalize(images))
 
 
 def split_predictions(trainer):
     """Features, probabilities and labels of the whole test split (in table order)."""
     import tensorflow as tf
 
+    from data.pipeline import collect_outputs
+
     model = trainer.model
 
-    @tf.function
-    def step(images):
-        f, logits = model.embed(images, training=False)
-        return f, tf.nn.softmax(tf.cast(logits, tf.float32))
+    def features_and_probs(images):
+        features, logits = model.embed(images, training=False)
+        return {"features": features, "probabilities": tf.nn.softmax(tf.cast(logits, tf.float32))}
 
-    features, probs, labels = [], [], []
-    for batch in trainer.eval_dataset():
-        f, p = step(batch["image"])
-        features.append(f.numpy())
-        probs.append(p.numpy())
-        labels.append(batch["label"].numpy())
-    return np.concatenate(features), np.concatenate(probs), np.concatenate(labels)
+    out = collect_outputs(features_and_probs, trainer.eval_dataset(), keep=("label",))
+    return out["features"], out["probabilities"], out["label"]
 
 
 def _title(args, extra: str = "") -> str:
@@ -172,57 +157,8 @@ def fig_tsne(args):
                        _title(args, f"t-SNE of {len(labels)} test features (accuracy {100 * accuracy:.1f}%)"))
 
 
-def gradcam_layer(backbone, name: str | None = None, min_side: int = 4):
-    """The backbone layer Grad-CAM differentiates: ``name``, or the last non-pooling layer with a spatial
-    (4-D) output of at least ``min_side``² (the last conv stage at the usual input sizes, e.g. ResNet-50's
-    7×7 at 224 px; on a small input whose last stage has shrunk below that, the stage before it, so the
-    map still localises something). Nested Keras applications count as one layer (their last stage)."""
-    def spatial(layer):
-        try:
-            shape = layer.output.shape
-        except (AttributeError, ValueError):  # layers with several outputs
-            return None
-        return shape if len(shape) == 4 and type(layer).__name__ != "InputLayer" else None
-
-    if name:
-        try:
-            return backbone.get_layer(name)
-        except ValueError:
-            raise ConfigError(f"--layer {name}: no such layer in {backbone.name}; 4-D layers: "
-                              + ", ".join(l.name for l in backbone.layers if spatial(l) is not None)) from None
-    candidates = [l for l in backbone.layers if spatial(l) is not None and "pool" not in type(l).__name__.lower()]
-    if not candidates:
-        raise ConfigError(f"{backbone.name} has no convolutional (4-D) layer for Grad-CAM")
-    large = [l for l in candidates if min(spatial(l)[1] or 0, spatial(l)[2] or 0) >= min_side]
-    return (large or candidates)[-1]
-
-
-def gradcam_maps(model, inputs: np.ndarray, layer, class_index=None):
-    """Grad-CAM (Selvaraju et al. 2017): ReLU(Σ_k mean_xy(∂y_c/∂A_k)·A_k), each map scaled to [0, 1].
-
-    ``class_index`` (n,) picks the class per image (default: the predicted one). Returns (maps (n, h, w),
-    probabilities (n, C)).
-    """
-    import keras
-    import tensorflow as tf
-
-    backbone = model.backbone
-    grad_model = keras.Model(backbone.inputs, [layer.output, backbone.output])
-    with tf.GradientTape() as tape:
-        activations, pooled = grad_model(tf.constant(inputs), training=False)
-        logits = tf.cast(model.classifier(tf.cast(pooled, tf.float32)), tf.float32)
-        chosen = tf.argmax(logits, axis=-1, output_type=tf.int32) if class_index is None else \
-            tf.constant(np.asarray(class_index, np.int32))
-        score = tf.gather(logits, chosen, batch_dims=1)
-    grads = tape.gradient(score, activations)
-    weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2))
-    cam = tf.nn.relu(tf.einsum("bhwk,bk->bhw", tf.cast(activations, tf.float32), weights)).numpy()
-    peak = cam.reshape(len(cam), -1).max(axis=1)
-    cam = cam / np.where(peak > 0, peak, 1.0)[:, None, None]
-    return cam, tf.nn.softmax(logits).numpy()
-
-
 def fig_gradcam(args):
+    from engine.inspect import gradcam_layer, gradcam_maps
     from tools.figures import gradcam_figure
 
     trainer, _ = load_model(args)
@@ -286,95 +222,33 @@ def fig_votes(args):
 
 
 def fig_uncertain(args):
-    """Reads the per-sample CSV of ``engine.uncertainty`` and picks rows with ``tools.show_uncertain``."""
-    import pandas as pd
+    """The per-sample uncertainty grid (``tools.show_uncertain`` draws the same figure)."""
+    from tools.show_uncertain import uncertain_figure_of_run
 
-    from tools.figures import uncertain_figure
-    from tools.show_uncertain import pick_extremes
-
-    run = Path(args.run)
-    tables = sorted((run / "uncertainty").glob("epoch_*.csv"))
-    path = Path(args.csv) if args.csv else (tables[-1] if tables else None)
-    if path is None or not path.is_file():
-        raise DataError(f"{run}: no per-sample uncertainty table (uncertainty/epoch_*.csv); only LDLVA runs write one")
-    frame = pd.read_csv(path)
-    missing = {"index", "path", "label_name", "uncertainty"} - set(frame.columns)
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    names = dict(zip(frame["label"], frame["label_name"])) if "label" in frame else {}
-    most, least = pick_extremes(frame, args.n or 8)
-
-    def items(rows):
-        out = []
-        for _, row in rows.iterrows():
-            from data.images import decode_rgb
-
-            try:
-                image = decode_rgb(Path(row["path"]).read_bytes())
-            except OSError:
-                image = None
-            if image is None:
-                raise DataError(f"{path}: cannot read image {row['path']} (training row {int(row['index'])})")
-            flipped = "flipped" in row and int(row["flipped"]) == 1
-            out.append({"image": image, "label_name": row["label_name"], "uncertainty": float(row["uncertainty"]),
-                        "clean_name": names.get(row["clean_label"], str(row["clean_label"])) if flipped else None})
-        return out
-
-    text = f"{path.stem}: λ of every training sample; orange = label flipped by the noise protocol"
-    if "flipped" in frame and frame["flipped"].any():
-        from engine.metrics import noise_detection_auc
-
-        auc = noise_detection_auc(frame["uncertainty"], frame["label"], frame["clean_label"])
-        text += f" ({100 * frame['flipped'].mean():.0f}% flipped; noise-detection AUC of λ {auc:.3f})"
-    return uncertain_figure(items(most), items(least), _title(args, text))
+    figure, _, _ = uncertain_figure_of_run(args.run, args.csv, args.n or 8, f"{_title(args)}: ")
+    return figure
 
 
 # ------------------------------------------------------------------------------ LDLVA explanation
 
 def ldlva_explain(trainer, rows) -> dict:
-    """What LDLVA constructs for training ``rows``: neighbours, a_ik, s_ik, c_ik, d_i, λ_i and t_i.
-
-    Uses the model's public state (``neighbor_table``, ``train_va``, ``train_labels``, ``rcfg``,
-    ``calibration_scores``, ``uncertainty_values``) and the pure functions of ``losses.ldlva``.
-    """
-    import tensorflow as tf
-
-    from losses.ldlva import neighbor_distribution, target_distribution, va_similarity
-
+    """What LDLVA constructs for training ``rows`` (the model's own ``explain``: one target construction)."""
     model, table = trainer.model, trainer.train_table
     rows = np.asarray(rows, dtype=np.int64)
-    cfg = model.rcfg
-    neighbors = model.neighbor_table.numpy()[rows]  # (n, K)
-    n, k = neighbors.shape
-    features, probs = embed_rows(model, model_inputs(table, np.concatenate([rows, neighbors.ravel()]),
-                                                     trainer.cfg.image_size))
-    anchor_features, neighbor_features = features[:n], features[n:].reshape(n, k, -1)
-    neighbor_probs = probs[n:].reshape(n, k, -1)
-    va = model.train_va.numpy()
-    similarity = va_similarity(tf.constant(va[rows]), tf.constant(va[neighbors]), cfg.va_delta, cfg.va_metric).numpy()
-    if cfg.adaptive_similarity:
-        calibration = model.calibration_scores(tf.constant(anchor_features), tf.constant(neighbor_features),
-                                               training=False).numpy()
-    else:
-        calibration = np.ones_like(similarity)
-    contributions = similarity * calibration
-    labels = model.train_labels.numpy()[rows].astype(np.int32)
-    uncertainty = model.uncertainty_values().numpy()[rows]
-    num_classes = model.num_classes
-    mix = neighbor_distribution(tf.constant(neighbor_probs), tf.constant(contributions),
-                                tf.one_hot(labels, num_classes)).numpy()
-    target = target_distribution(tf.constant(labels), tf.constant(neighbor_probs), tf.constant(contributions),
-                                 tf.constant(uncertainty[:, None]), num_classes).numpy()
-    return {"rows": rows, "neighbors": neighbors, "labels": labels, "similarity": similarity,
-            "calibration": calibration, "contributions": contributions, "neighbor_dist": mix, "target": target,
-            "uncertainty": uncertainty, "prediction": probs[:n], "va": va}
+    neighbors = model.neighbor_table.numpy()[rows]
+    size = trainer.cfg.image_size
+    anchors = model_inputs(table, rows, size)
+    neighbor_images = model_inputs(table, neighbors.ravel(), size).reshape(len(rows), neighbors.shape[1], size, size, 3)
+    info = model.explain(rows, anchors, neighbor_images)
+    info["va"] = model.train_va.numpy()
+    return info
 
 
 def _ldlva_trainer(args):
     trainer, record = load_model(args, need_train=True)
     model = trainer.model
-    if not hasattr(model, "neighbor_table") or not hasattr(model, "calibration_scores"):
-        raise ConfigError(f"visualize {args.kind} needs an LDLVA run; {args.run} is a '{record['run']['method']}' run")
+    if trainer.cfg.method != "ldlva":
+        raise ConfigError(f"visualize {args.kind} needs an LDLVA run; {args.run} is a '{trainer.cfg.method}' run")
     if not model.rcfg.label_distribution:
         raise ConfigError(f"{args.run}: this LDLVA run has label_distribution=false (no neighbours, no targets)")
     stored = model.train_labels.numpy()
@@ -412,7 +286,7 @@ def fig_neighbors(args):
     anchor = {"index": row, "image": display_image(table, row), "label": int(info["labels"][0]), "clean_label": clean,
               "va": info["va"][row], "uncertainty": float(info["uncertainty"][0]), "target": info["target"][0],
               "neighbor_dist": info["neighbor_dist"][0]}
-    weights = info["contributions"][0] / max(float(info["contributions"][0].sum()), 1e-12)
+    weights = info["weights"][0]
     neighbors = [{"image": display_image(table, nb), "label": int(table.labels[nb]), "va": info["va"][nb],
                   "similarity": float(info["similarity"][0, j]), "calibration": float(info["calibration"][0, j]),
                   "weight": float(weights[j])} for j, nb in enumerate(info["neighbors"][0])]

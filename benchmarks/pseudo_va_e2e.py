@@ -38,9 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 STAGES = ("regressor", "data", "ce", "ldlva", "ldlva_annotated")
 
@@ -67,7 +64,7 @@ def build_parser():
 
 
 def synthetic_dir() -> Path:
-    from preprocess.synthetic import SyntheticConfig, ensure_synthetic
+    from data.synthetic import SyntheticConfig, ensure_synthetic
 
     return ensure_synthetic(SyntheticConfig())
 

@@ -1,8 +1,8 @@
 """Speed of every method side by side, plus the input pipeline, serving and the neighbour table.
 
     python -m benchmarks.speed                                  # small_cnn @ 64 px, batch 32 (minutes on 2 cores)
-    python -m benchmarks.speed --backbone resnet50 --image-size 112 --batch 32 --steps 20 --warmup 5
-    python -m benchmarks.speed --methods ce,ldlva-bank --skip serving,knn --jit
+    python -m benchmarks.speed --backbone resnet50 --image-size 112 --batch-size 32 --steps 20 --warmup 5
+    python -m benchmarks.speed --methods ce ldlva-bank --skip serving knn --jit
 
 What it measures, in one process, on the same data (the built-in synthetic benchmark unless
 ``--dataset``/``--data-dir`` say otherwise), backbone, image size and batch:
@@ -51,20 +51,27 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-# Benchmark label → (--method, --set overrides). LDLVA appears per neighbour source (and bank probabilities).
-METHODS = {
-    "ce": ("ce", {}),
-    "ldlva-forward": ("ldlva", {"neighbor_source": "forward"}),
-    "ldlva-bank": ("ldlva", {"neighbor_source": "bank"}),
-    "ldlva-bank-head": ("ldlva", {"neighbor_source": "bank", "bank_probs": "head"}),
-    "lanet": ("lanet", {}),
-    "ddaf": ("ddaf", {}),
-    "nla": ("nla", {}),
+# LDLVA is timed per neighbour source (and bank probabilities); every other method once, as registered.
+LDLVA_VARIANTS = {
+    "ldlva-forward": {"neighbor_source": "forward"},
+    "ldlva-bank": {"neighbor_source": "bank"},
+    "ldlva-bank-head": {"neighbor_source": "bank", "bank_probs": "head"},
 }
+
+
+def speed_methods() -> dict:
+    """Benchmark label → (--method, --set overrides), from the method registry."""
+    from models.registry import method_names
+
+    out = {}
+    for name in method_names():
+        if name == "ldlva":
+            out.update({label: ("ldlva", sets) for label, sets in LDLVA_VARIANTS.items()})
+        else:
+            out[name] = (name, {})
+    return out
+
+
 SECTIONS = ("train", "pipeline", "serving", "knn")
 
 # Goals of the speed issue (checked at the end; "ratio" goals are upper bounds, the others lower bounds).
@@ -84,16 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic benchmark setting (default train_size=2000, test_size=500)")
     p.add_argument("--backbone", default="small_cnn", help="resnet50 | resnet18 | resnet101 | mobilenetv2 | small_cnn")
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch", type=int, default=32, help="global batch size")
+    p.add_argument("--batch-size", type=int, default=32, help="global batch size")
     p.add_argument("--steps", type=int, default=20, help="timed steps per method (per round)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (tracing, caches)")
     p.add_argument("--rounds", type=int, default=1, help="time every method this many times, round-robin")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", help="benchmark labels (default: every registered method, "
+                   "LDLVA per neighbour source: ldlva-forward ldlva-bank ldlva-bank-head)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra method setting for the methods that have it (e.g. num_neighbors=16)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train steps (slower on CPU)")
     p.add_argument("--mixed-precision", default="auto", help="auto | off | mixed_float16 | mixed_bfloat16")
-    p.add_argument("--skip", default="", help=f"comma list of sections to skip: {', '.join(SECTIONS)}")
+    p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to skip")
     p.add_argument("--pipeline-batches", type=int, default=20, help="batches timed per input-pipeline setting")
     p.add_argument("--serving-runs", type=int, default=20, help="timed forward passes per serving setting")
     p.add_argument("--knn-points", type=int, default=1_000_000)
@@ -162,20 +170,17 @@ def _synthetic_overrides(items: list[str]) -> dict:
 
 
 def make_trainer(args, method: str, overrides: dict, shared=None):
-    """A Trainer for ``method`` on the benchmark data; ``shared`` reuses another trainer's tables and pixels."""
+    """A Trainer for ``method`` on the benchmark data; ``shared`` (a Trainer) lends its tables and pixels."""
     from engine.run import RunConfig, Trainer
 
     cfg = RunConfig(dataset=args.dataset, data_dir=args.data_dir, num_classes=args.num_classes, method=method,
-                    backbone=args.backbone, image_size=args.image_size, batch_size=args.batch,
+                    backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
                     mixed_precision=args.mixed_precision, jit=args.jit, method_overrides=overrides,
                     synthetic=_synthetic_overrides(args.synthetic) if args.dataset == "synthetic" else {},
                     export=False, tensorboard=False, verbose=0, out=str(Path(tempfile.gettempdir()) / "fer-speed"))
-    trainer = Trainer(cfg, log=lambda *a, **k: None)
+    trainer = Trainer(cfg, log=lambda *a, **k: None, data=None if shared is None else shared.data)
     if shared is None:
         trainer.load_data()
-    else:
-        trainer.data_dir, trainer.train_table, trainer.test_table = shared.data_dir, shared.train_table, shared.test_table
-        trainer.train_source, trainer.test_source = shared.train_source, shared.test_source
     trainer.make_sources()
     return trainer
 
@@ -235,15 +240,16 @@ def bench_training(args, log) -> tuple[dict, dict, object]:
     from common.config import parse_set_args
     from common.errors import ConfigError
 
-    labels = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in labels if m not in METHODS]
+    methods = speed_methods()
+    labels = list(dict.fromkeys(args.methods or methods))
+    unknown = [m for m in labels if m not in methods]
     if unknown:
-        raise SystemExit(f"unknown --methods {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown --methods {', '.join(unknown)}; known: {', '.join(methods)}")
     extra = parse_set_args(args.set)
     results, skipped, runs = {}, {}, []
     shared, ce_run = None, None
     for label in labels:
-        method, base = METHODS[label]
+        method, base = methods[label]
         try:
             overrides = _method_overrides(method, base, extra)
             trainer = make_trainer(args, method, overrides, shared)
@@ -257,7 +263,7 @@ def bench_training(args, log) -> tuple[dict, dict, object]:
             run = MethodRun(label, trainer, trainer.method_data())
             if args.rounds == 1:
                 _time_run(run, args, 0, log)
-                results[label] = run.summary(args.batch)
+                results[label] = run.summary(args.batch_size)
                 if label == "ce":
                     ce_run = run
                 else:
@@ -274,7 +280,7 @@ def bench_training(args, log) -> tuple[dict, dict, object]:
         for run in runs:
             _time_run(run, args, r, log)
     for run in runs:
-        results[run.label] = run.summary(args.batch)
+        results[run.label] = run.summary(args.batch_size)
     if "ce" in results:
         for res in results.values():
             res["ratio_to_ce"] = res["median_step_s"] / results["ce"]["median_step_s"]
@@ -317,7 +323,7 @@ def bench_pipeline(args, trainer, log) -> dict:
         sources["memory"] = trainer.train_source
     elif len(table) * args.image_size ** 2 * 3 <= 3e9:  # what --image-cache auto would keep in RAM
         sources["memory"] = ImageSource(table, args.image_size, "memory")
-    spe = math.ceil(len(table) / args.batch)
+    spe = math.ceil(len(table) / args.batch_size)
     epochs = math.ceil((args.pipeline_batches + 2) / spe) + 1
     streams = {"ce": {}}
     if table.va is not None:
@@ -327,7 +333,7 @@ def bench_pipeline(args, trainer, log) -> dict:
     for stream, kwargs in streams.items():
         for mode, source in sources.items():
             for threads in (1, 0):
-                dataset = make_train_dataset(source, config, args.batch, epochs=epochs, **kwargs)
+                dataset = make_train_dataset(source, config, args.batch_size, epochs=epochs, **kwargs)
                 if threads:
                     options = tf.data.Options()
                     options.threading.private_threadpool_size = threads
@@ -359,7 +365,7 @@ def bench_serving(args, trainer, model, log) -> dict:
 
     size = args.image_size
     rng = np.random.default_rng(0)
-    images = tf.constant(rng.integers(0, 256, (args.batch, size, size, 3), dtype=np.uint8))
+    images = tf.constant(rng.integers(0, 256, (args.batch_size, size, size, 3), dtype=np.uint8))
     normalised = (tf.cast(images, tf.float32) - 127.5) / 127.5
     forward = tf.function(lambda x: model(x, training=False), jit_compile=bool(args.jit))
     export_dir = Path(tempfile.mkdtemp(prefix="fer-speed-export-")) / "saved_model"
@@ -375,8 +381,8 @@ def bench_serving(args, trainer, model, log) -> dict:
                                        max(args.serving_runs // 3, 3)))
     keras_s, serve_s = statistics.median(keras_t), statistics.median(serve_t)
     shutil.rmtree(export_dir.parent, ignore_errors=True)
-    out = {"batch": args.batch, "keras_forward_images_per_s": args.batch / keras_s,
-           "saved_model_images_per_s": args.batch / serve_s, "fraction": keras_s / serve_s, "export_s": export_s}
+    out = {"batch": args.batch_size, "keras_forward_images_per_s": args.batch_size / keras_s,
+           "saved_model_images_per_s": args.batch_size / serve_s, "fraction": keras_s / serve_s, "export_s": export_s}
     log(f"[serving] keras {out['keras_forward_images_per_s']:.0f} img/s, SavedModel "
         f"{out['saved_model_images_per_s']:.0f} img/s ({100 * out['fraction']:.1f} %)")
     return out
@@ -411,7 +417,7 @@ def markdown_report(args, machine, results, skipped, pipeline, serving, knn, arg
     gpu = ", ".join(machine["gpus"]) if machine["gpus"] else "none (CPU only)"
     lines.append(f"Machine: {machine['cpu']}, {machine['cpu_count']} cores; GPU: {gpu}; TF {machine['tensorflow']}, "
                  f"Keras {machine['keras']}, Python {machine['python']}  ")
-    lines.append(f"Setting: {args.dataset} data, backbone {args.backbone} @ {args.image_size} px, batch {args.batch}, "
+    lines.append(f"Setting: {args.dataset} data, backbone {args.backbone} @ {args.image_size} px, batch {args.batch_size}, "
                  f"median of {args.steps}×{args.rounds} steps after {args.warmup} warm-up, "
                  f"{'XLA (--jit)' if args.jit else 'graph mode, no XLA'}, precision {args.mixed_precision}\n")
     if results:
@@ -501,9 +507,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if skip - set(SECTIONS):
-        raise SystemExit(f"unknown --skip {', '.join(sorted(skip - set(SECTIONS)))}; known: {', '.join(SECTIONS)}")
+    skip = set(args.skip)
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
@@ -514,7 +518,7 @@ def main(argv=None) -> int:
     results, skipped, ce_run = {}, {}, None
     pipeline = serving = knn = None
     if "train" in skip:
-        args.methods = "ce"  # the pipeline and serving sections still need the CE model
+        args.methods = ["ce"]  # the pipeline and serving sections still need the CE model
         args.steps, args.warmup = 1, 0
     results, skipped, ce_run = bench_training(args, log)
     if "train" in skip:
@@ -537,4 +541,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common.cli import run_main
+
+    sys.exit(run_main(main))

@@ -1,17 +1,49 @@
-"""Command-line plumbing: quiet TensorFlow, and user errors printed without a traceback."""
+"""Command-line plumbing shared by every entry point.
+
+* :func:`run_main` — the one runner: a user error (:class:`common.errors.FERError`, or an ``OSError``
+  naming a file) becomes ``error: <message>`` on stderr with exit code 2, never a traceback; Ctrl-C
+  exits 130 with a hint.
+* :func:`quiet_tensorflow` — silence TensorFlow's C++ logging before TensorFlow is imported.
+* :func:`add_dataclass_options` / :func:`dataclass_kwargs` — command-line options generated from a
+  config dataclass's field metadata, so a setting is declared once (its type, flag, choices, help).
+  Every option defaults to "unset" (``None``): only what the user typed reaches the dataclass, so
+  defaults from datasets and presets never override an explicit flag.
+
+Conventions of every command: the run directory is ``--run``; lists are space-separated
+(``--levels 0.1 0.2``, ``--methods ce ldlva``, ``--seeds 0 1 2``); ``--batch-size``; settings are
+``--set KEY=VALUE`` (repeatable).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import types
+import typing
 
 
 def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def describe_os_error(exc: OSError) -> str:
+    """``<file>: <what is wrong>`` for an OS error (disk full named as such)."""
+    import errno
+
+    where = exc.filename or "(file)"
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"{where}: disk full ({reason}); free space and rerun (with --resume for a training run)"
+    return f"{where}: {reason}"
+
+
 def run_main(main, argv=None) -> int:
-    """Run ``main(argv)``; a :class:`FERError` becomes ``error: ...`` on stderr and exit code 2."""
+    """Run ``main(argv)``; user errors become ``error: ...`` on stderr and exit code 2.
+
+    A :class:`~common.errors.FERError` carries its own message; an ``OSError`` (permission denied, disk
+    full, a file that vanished) is reported with the file it names.
+    """
     from common.errors import FERError
 
     try:
@@ -19,6 +51,101 @@ def run_main(main, argv=None) -> int:
     except FERError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+
+
+def run_command(build_parser, run, argv=None) -> int:
+    """``main`` of a subcommand-style tool: parse ``argv``, call ``run(args)`` (→ summary text or None),
+    print the summary on stdout; errors as :func:`run_main` reports them."""
+    def main(argv):
+        summary = run(build_parser().parse_args(argv))
+        if summary:
+            print(str(summary).rstrip("\n"))
+        return 0
+
+    return run_main(main, argv)
+
+
+def parse_pairs(items, flag: str = "--set") -> dict[str, str]:
+    """``["a=1", "b=x"]`` → ``{"a": "1", "b": "x"}``, with a clear error naming ``flag``."""
+    from common.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE, got '{item}'")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _inner_type(annotation):
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return annotation
+
+
+def option_flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+
+
+def add_dataclass_options(parser, cls, exclude=(), groups: dict | None = None) -> None:
+    """Add one option per field of dataclass ``cls`` that has ``cli`` metadata (all fields by default).
+
+    Field metadata: ``help``; ``flag`` (default ``--field-name``); ``aliases``; ``choices``;
+    ``group`` (argparse group title); ``negate`` (a bool whose flag turns it off, e.g.
+    ``--no-export``); ``pairs`` (a dict field given as repeatable ``KEY=VALUE``); ``cli=False`` to leave a
+    field out. Every option's argparse default is ``None`` (unset).
+    """
+    hints = typing.get_type_hints(cls)
+    groups = {} if groups is None else groups
+    for field in dataclasses.fields(cls):
+        meta = field.metadata
+        if field.name in exclude or not meta.get("cli", True):
+            continue
+        title = meta.get("group")
+        target = parser
+        if title:
+            if title not in groups:
+                groups[title] = parser.add_argument_group(title)
+            target = groups[title]
+        flags = [option_flag(field), *meta.get("aliases", ())]
+        kind = _inner_type(hints[field.name])
+        common = {"dest": field.name, "default": None, "help": meta.get("help")}
+        if meta.get("metavar") and kind is not bool:
+            common["metavar"] = meta["metavar"]
+        if kind is bool:
+            const = not meta.get("negate", False)
+            target.add_argument(*flags, action="store_const", const=const, **common)
+        elif meta.get("pairs"):
+            target.add_argument(*flags, action="append", metavar="KEY=VALUE", **common)
+        elif typing.get_origin(kind) in (tuple, list) or kind in (tuple, list):
+            item = (typing.get_args(kind) or (str,))[0]
+            target.add_argument(*flags, nargs="*", type=item if item is not Ellipsis else str, **common)
+        else:
+            target.add_argument(*flags, type=kind if kind in (int, float) else str,
+                                choices=meta.get("choices"), **common)
+
+
+def dataclass_kwargs(args, cls, exclude=()) -> dict:
+    """The fields of ``cls`` the user set on the command line (``None`` = unset is left out)."""
+    out = {}
+    for field in dataclasses.fields(cls):
+        if field.name in exclude or not field.metadata.get("cli", True):
+            continue
+        value = getattr(args, field.name, None)
+        if value is None:
+            continue
+        if field.metadata.get("pairs"):
+            value = parse_pairs(value, option_flag(field))
+        elif isinstance(value, list):
+            value = tuple(value)
+        out[field.name] = value
+    return out

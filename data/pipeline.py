@@ -91,6 +91,11 @@ def _original_sizes(table: AnnotationTable) -> np.ndarray:
 
 
 def normalize(image_uint8):
+    """uint8 pixels → the network input range [-1, 1] ((x − 127.5)/127.5, as the LDLVA release).
+
+    The one normalisation of the project: training, evaluation, the figures and the SavedModel all use
+    it. A backbone whose pretrained weights expect another range maps [-1, 1] to it in its first layer.
+    """
     return (tf.cast(image_uint8, tf.float32) - 127.5) / 127.5
 
 
@@ -227,10 +232,6 @@ def make_train_dataset(source: ImageSource, config: PipelineConfig, batch_size: 
     return ds.prefetch(AUTOTUNE)
 
 
-def epoch_step_counts(num_samples_per_epoch: list[int], batch_size: int) -> list[int]:
-    return [math.ceil(c / batch_size) for c in num_samples_per_epoch]
-
-
 def make_eval_dataset(source: ImageSource, config: PipelineConfig, batch_size: int, extras: dict | None = None,
                       landmarks: bool = False) -> tf.data.Dataset:
     """Plain resize + normalise (the release's pad + centre crop is the identity), fixed order."""
@@ -250,3 +251,21 @@ def make_eval_dataset(source: ImageSource, config: PipelineConfig, batch_size: i
     ds = tf.data.Dataset.range(len(table)).map(lambda i: tf.cast(i, tf.int32))
     ds = ds.map(load_one, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def collect_outputs(fn, dataset, keep: tuple[str, ...] = (), input_key: str = "image") -> dict[str, np.ndarray]:
+    """Run ``fn(batch[input_key]) → {name: tensor}`` over every batch and concatenate each output.
+
+    The one inference loop of the project (evaluation, figures, bank initialisation, pseudo-VA):
+    ``fn`` is compiled once as a ``tf.function``; ``keep`` names batch fields to return too (e.g.
+    ``label``, ``index``). Batches come in the dataset's order (table order for evaluation datasets).
+    """
+    step = tf.function(fn, reduce_retracing=True)
+    parts: dict[str, list] = {}
+    for batch in dataset:
+        outputs = step(batch[input_key])
+        for name, value in outputs.items():
+            parts.setdefault(name, []).append(np.asarray(value))
+        for name in keep:
+            parts.setdefault(name, []).append(np.asarray(batch[name]))
+    return {name: np.concatenate(values) for name, values in parts.items()}

@@ -32,9 +32,8 @@ def model_signature(model) -> dict:
     compares it first. Shapes only (not names: Keras numbers layer names per process).
     """
     shapes = json.dumps([[int(d) for d in v.shape] for v in model.weights])
-    return {"method": getattr(model, "method_name", type(model).__name__),
-            "num_classes": getattr(model, "num_classes", None),
-            "num_train_samples": getattr(model, "num_train_samples", None),
+    return {"method": model.method_name, "num_classes": model.num_classes,
+            "num_train_samples": model.num_train_samples,
             "num_variables": len(model.weights),
             "variables_sha1": hashlib.sha1(shapes.encode()).hexdigest()[:16]}
 

@@ -1,62 +1,33 @@
-"""Loading a dataset for a run: the prepared directory, the synthetic benchmark, noise and imbalance."""
+"""Loading a dataset for a run: the prepared directory (or a generated one) and its validated splits."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import DataError
 from data.images import scan_images
-from data.registry import DatasetSpec, default_data_dir
+from data.prepared import resolve_image_root
+from data.registry import DatasetSpec, default_data_dir, provide_dataset
 from data.schema import AnnotationTable, check_image_root, read_csv, validate_frame
 
 
-@dataclass
-class MethodData:
-    """What a method asks the pipeline and the model constructor for."""
-
-    extras: dict = field(default_factory=dict)  # batch key → (N, ...) array gathered by row index
-    landmarks: bool = False  # add augmented ``landmarks`` to batches
-    neighbor_table: np.ndarray | None = None  # (N, K) rows → ``neighbors`` in batches
-    neighbor_images: bool = False  # also load the K neighbour images (LDLVA forward mode)
-    epoch_indices: object = None  # callable epoch → row order (custom sampler)
-    model_kwargs: dict = field(default_factory=dict)  # passed to the model constructor
-
-
-def resolve_data_dir(spec: DatasetSpec, data_dir, synthetic_overrides: dict | None, seed: int) -> Path:
+def resolve_data_dir(spec: DatasetSpec, data_dir, options: dict | None = None) -> Path:
+    """The prepared directory of a run: ``--data-dir``, a provider's (generated) one, or the default."""
     if data_dir:
         path = Path(data_dir)
         if not path.is_dir():
             raise DataError(f"--data-dir {path} does not exist; prepare the dataset with `{spec.import_command or 'an importer'}`")
         return path
-    if spec.name == "synthetic":
-        from preprocess.synthetic import SyntheticConfig, ensure_synthetic
-
-        return ensure_synthetic(SyntheticConfig(**(synthetic_overrides or {})))
+    if spec.provider:
+        return provide_dataset(spec, options)
     path = default_data_dir(spec.name)
     if not path.is_dir():
         raise DataError(
             f"dataset '{spec.name}' is not prepared: {path} does not exist. Prepare it with "
             f"`{spec.import_command} --out {path}` (or pass --data-dir)")
     return path
-
-
-def _image_root(data_dir: Path, image_root) -> Path:
-    if image_root:
-        return Path(image_root)
-    meta = data_dir / "dataset.json"
-    if meta.is_file():
-        try:
-            root = json.loads(meta.read_text()).get("image_root")
-        except json.JSONDecodeError:
-            raise DataError(f"{meta}: not valid JSON") from None
-        if root:
-            root = Path(root)
-            return root if root.is_absolute() else data_dir / root
-    return data_dir / "images"
 
 
 def load_split(data_dir: Path, table_name: str, num_classes: int, image_root=None, require_va=False,
@@ -69,7 +40,7 @@ def load_split(data_dir: Path, table_name: str, num_classes: int, image_root=Non
     """
     csv_path = Path(table_name) if Path(table_name).is_absolute() else data_dir / table_name
     frame = read_csv(csv_path)
-    root = _image_root(data_dir, image_root)
+    root = resolve_image_root(data_dir, image_root)
     skipped: list[tuple[int, str]] = []  # (0-based CSV row, message)
     table = validate_frame(frame, csv_path, num_classes, root, require_va=require_va,
                            bad_rows=skipped if skip_bad else None)

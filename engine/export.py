@@ -17,6 +17,8 @@ import keras
 import tensorflow as tf
 
 from common.io import atomic_directory
+from data.pipeline import normalize
+from models.backbones import input_norm_spec
 
 
 class FERServingModule(tf.Module):
@@ -33,8 +35,7 @@ class FERServingModule(tf.Module):
         self.class_names = tf.constant(list(class_names))
 
     def _predict_uint8(self, images):
-        x = tf.image.resize(tf.cast(images, tf.float32), [self.image_size, self.image_size])
-        x = (x - 127.5) / 127.5
+        x = normalize(tf.image.resize(tf.cast(images, tf.float32), [self.image_size, self.image_size]))
         logits = tf.cast(self.network(x, training=False), tf.float32)
         probs = tf.nn.softmax(logits, axis=-1)
         return {"probabilities": probs, "label": tf.argmax(probs, axis=-1)}
@@ -55,7 +56,7 @@ class FERServingModule(tf.Module):
         return self._predict_uint8(images)
 
 
-def export_saved_model(model, out_dir, image_size: int, class_names, method: str = "") -> Path:
+def export_saved_model(model, out_dir, image_size: int, class_names, method: str = "", input_norm: str = "none") -> Path:
     """Write the serving SavedModel atomically to ``out_dir`` (replacing an older export)."""
     out_dir = Path(out_dir)
     module = FERServingModule(model, image_size, class_names)
@@ -67,6 +68,10 @@ def export_saved_model(model, out_dir, image_size: int, class_names, method: str
             })
             (tmp / "fer_export.json").write_text(json.dumps({
                 "image_size": image_size, "class_names": list(class_names), "method": method,
+                # Inside the graph: uint8 → resize → [-1, 1] → the backbone's own first layer maps that to what
+                # its pretrained weights expect.
+                "preprocessing": {"resize": [image_size, image_size], "network_input": "(x - 127.5) / 127.5",
+                                  "backbone_input_norm": input_norm_spec(input_norm)},
                 "input": "uint8 RGB images of any size (serving_default) or encoded JPEG/PNG bytes (serve_bytes)",
             }, indent=2))
     except (OSError, tf.errors.OpError) as exc:  # disk full, read-only folder: any older export is untouched

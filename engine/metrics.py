@@ -197,21 +197,18 @@ def rmse(pred, target) -> float:
 
 
 def ccc(pred, target) -> float:
-    """Lin's concordance correlation coefficient with population (1/N) moments.
+    """Lin's concordance correlation coefficient with population (1/N) moments (float64).
 
-    ``CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2)``. 1 for identical non-constant
-    inputs; NaN when the denominator is 0 (both inputs constant and equal) or the input is empty.
+    ``CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2)`` (:func:`losses.common.concordance_correlation`).
+    1 for identical non-constant inputs; NaN when the denominator is 0 (both inputs constant and equal)
+    or the input is empty.
     """
+    from losses.common import concordance_correlation
+
     x, y = _regression_pair(pred, target)
-    if x.size == 0:
+    if x.size == 0 or (np.ptp(x) == 0 and np.ptp(y) == 0 and x[0] == y[0]):
         return float("nan")
-    mx, my = x.mean(), y.mean()
-    vx, vy = np.mean((x - mx) ** 2), np.mean((y - my) ** 2)
-    cov = np.mean((x - mx) * (y - my))
-    denom = vx + vy + (mx - my) ** 2
-    if denom <= 0:
-        return float("nan")
-    return float(2.0 * cov / denom)
+    return float(concordance_correlation(x, y))
 
 
 def va_metrics(pred_va, true_va) -> dict:

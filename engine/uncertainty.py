@@ -1,6 +1,7 @@
-"""Per-sample uncertainty logging (LDLVA's λ, or any method whose ``per_sample_state()`` has ``uncertainty``).
+"""Per-sample uncertainty logging, for every method whose ``per_sample_state()`` has ``uncertainty``.
 
-Each epoch :class:`UncertaintyLogger`
+The engine attaches :class:`UncertaintyLogger` to such a method's runs (LDLVA's λ, LA-Net's target drift,
+SCN's importance, ...). Each epoch it
 
 * adds ``uncertainty_mean``, ``uncertainty_q10``, ``uncertainty_q50``, ``uncertainty_q90`` and, when
   the training table knows the labels before synthetic noise (``clean_expression``), ``noise_auc`` (the
@@ -10,10 +11,6 @@ Each epoch :class:`UncertaintyLogger`
 * writes ``RUN/uncertainty/epoch_XXX.csv`` (1-based epoch): ``index, path, label, label_name,
   uncertainty`` and, with clean labels, ``clean_label, flipped``. ``tools/show_uncertain.py`` draws
   the most and least uncertain images from the last one.
-
-:class:`NeighborBankInitializer` fills LDLVA's neighbour bank with one inference pass over the
-training set before the first step (``bank_init=inference``); a ``bank_filled`` flag in the
-checkpoint keeps it from running again on resume.
 """
 
 from __future__ import annotations
@@ -67,12 +64,12 @@ def latest_uncertainty_csv(run_dir) -> Path | None:
 class UncertaintyLogger(keras.callbacks.Callback):
     """Epoch-end λ statistics into the logs, a TensorBoard histogram and a per-sample CSV."""
 
-    def __init__(self, trainer, key: str = "uncertainty"):
+    def __init__(self, train_table, class_names, run_dir, tensorboard: bool, key: str = "uncertainty"):
         super().__init__()
-        self.table = trainer.train_table
-        self.class_names = list(trainer.spec.class_names)
-        self.run_dir = Path(trainer.run_dir)
-        self.tensorboard = bool(trainer.cfg.tensorboard)
+        self.table = train_table
+        self.class_names = list(class_names)
+        self.run_dir = Path(run_dir)
+        self.tensorboard = bool(tensorboard)
         self.key = key
         self._writer = None
 
@@ -99,40 +96,3 @@ class UncertaintyLogger(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-class NeighborBankInitializer(keras.callbacks.Callback):
-    """Fill ``bank_features``/``bank_probs`` with one inference pass over the training set (once per run)."""
-
-    def __init__(self, trainer):
-        super().__init__()
-        self.trainer = trainer
-
-    def on_train_begin(self, logs=None):
-        import tensorflow as tf
-
-        from data.pipeline import make_eval_dataset
-
-        model = self.model
-        if float(model.bank_filled.numpy()) > 0:  # already filled (restored from a checkpoint)
-            return
-        trainer = self.trainer
-        trainer.make_sources()
-        dataset = make_eval_dataset(trainer.train_source, trainer.pipeline_config(), max(trainer.cfg.batch_size, 64))
-
-        @tf.function
-        def step(images):
-            features, logits = model.embed(images, training=False)
-            return features, tf.nn.softmax(logits)
-
-        features, probs = [], []
-        for batch in dataset:
-            f, p = step(batch["image"])
-            features.append(f.numpy())
-            probs.append(p.numpy())
-        model.bank_features.assign(np.concatenate(features))
-        model.bank_probs.assign(np.concatenate(probs))
-        model.bank_filled.assign(1.0)
-        model.bank_visited.assign(np.ones(model.bank_visited.shape, np.float32))
-        trainer.log(f"ldlva: neighbour bank filled by one inference pass over {len(trainer.train_table)} "
-                    "training images")

@@ -1,7 +1,12 @@
 """DDAF losses: dual-domain affect fusion of one-hot labels with valence-arousal mixed labels.
 
-Follows the authors' closest public code (FER_C ``train_scale.py``/``GMM.py``, reference §3.3–3.4),
-which is near, but not guaranteed to be, the paper's code.
+Paper: D. Neo, T. Chen, S. Winkler, "Large-Scale Facial Expression Recognition Using Dual-Domain Affect
+Fusion for Noisy Labels", CVPR Workshops (ABAW) 2023, pp. 5692-5700. Its own repository was not available;
+this follows the authors' closest public code, ``dexterdley/FER_C`` at commit faf883b (MIT):
+``train_scale.py`` (``get_centroids``, ``get_weights``, ``compute_losses``, ``run_training``), ``utils.py``
+(``get_va_labels``) and ``GMM.py`` (``learn_params``, ``generate_GMM_labels``, ``generate_EM_labels``).
+It is near, but not guaranteed to be, the paper's code. The paper is cited by component name, not by
+equation number: the mixed labels and their fusion are its dual-domain label fusion module.
 
 * Offline (numpy, float64): trimmed per-class VA statistics (:func:`trimmed_class_stats`), GMM
   posterior mixed labels (:func:`gmm_mixed_labels`), class weights, and the CCC metric.
@@ -44,13 +49,16 @@ class ClassStats(NamedTuple):
 
 
 def trimmed_class_stats(va, labels, num_classes: int) -> ClassStats:
-    """Trimmed per-class VA means and covariances plus class priors (reference §3.3).
+    """Trimmed per-class VA means and covariances plus class priors.
+
+    Official counterparts: ``GMM.py`` ``learn_params`` (π, μ, Σ) and ``train_scale.py`` ``get_centroids``
+    (the same trimmed μ for the Euclidean labels).
 
     The trimmed set of class k is the class's samples whose valence lies within one population std of
     the class mean valence **and** whose arousal lies within one population std of the class mean
-    arousal (inclusive bounds, so a class whose samples are all equal keeps them all). Its mean and
-    population covariance (``bias=True``) are the class statistics; priors are n_k/N over **all**
-    samples.
+    arousal (inclusive bounds, so a class whose samples are all equal keeps them all; the official
+    ``filter_using_std`` compares with a strict ``<``). Its mean and population covariance
+    (``bias=True``) are the class statistics; priors are n_k/N over **all** samples.
 
     Fallbacks (documented deviations, the official code would crash or produce NaN):
       * fewer than 2 trimmed samples → the untrimmed class samples are used;
@@ -90,9 +98,11 @@ def trimmed_class_stats(va, labels, num_classes: int) -> ClassStats:
 
 
 def gmm_mixed_labels(va, means, covariances, priors) -> np.ndarray:
-    """GMM posterior mixed labels m_k = π_k N(v; μ_k, Σ_k) / Σ_j π_j N(v; μ_j, Σ_j) (reference §3.3).
+    """GMM posterior mixed labels m_k = π_k N(v; μ_k, Σ_k) / Σ_j π_j N(v; μ_j, Σ_j).
 
-    Computed in log space (log-sum-exp normalisation) so far-away points do not underflow to 0/0.
+    Official counterpart: ``GMM.py`` ``generate_GMM_labels`` (its EM-refined variant
+    ``generate_EM_labels`` is not ported). Computed in log space (log-sum-exp normalisation) so
+    far-away points do not underflow to 0/0.
 
     Args:
       va: ``(N, 2)`` VA points; means ``(C, 2)``; covariances ``(C, 2, 2)`` (positive definite);
@@ -118,11 +128,15 @@ def gmm_mixed_labels(va, means, covariances, priors) -> np.ndarray:
 
 
 def euclidean_mixed_labels(va, means, eps: float = DISTANCE_EPS):
-    """Euclidean ("VA") mixed labels m_k = (1/d_k) / Σ_l (1/d_l), d_k = ‖v − μ_k‖₂ (reference §3.3).
+    """Euclidean ("VA") mixed labels m_k = (1/d_k) / Σ_l (1/d_l), d_k = ‖v − μ_k‖₂.
 
-    Equal to the official (max_j d_j / d_k) / Σ_l (max_j d_j / d_l). Distances are clamped to ``eps``
-    so a point on a centroid gets (almost) all of that class's mass instead of dividing by zero; the
-    ratio is computed as (d_min/d_k)/Σ_l(d_min/d_l) to stay in [0, 1] before normalising.
+    Equal to the official ``utils.py`` ``get_va_labels``, (max_j d_j / d_k) / Σ_l (max_j d_j / d_l),
+    with the centroids of ``train_scale.py`` ``get_centroids``. NOTE: the paper's formula is reported to
+    square the distances (1/d_k²); the official code, and this function, use unsquared ones.
+
+    Distances are clamped to ``eps`` so a point on a centroid gets (almost) all of that class's mass
+    instead of dividing by zero; the ratio is computed as (d_min/d_k)/Σ_l(d_min/d_l) to stay in [0, 1]
+    before normalising.
 
     Args:
       va: ``(B, 2)`` ground-truth VA of the batch; means: ``(C, 2)`` trimmed class centroids.
@@ -145,7 +159,9 @@ def euclidean_mixed_labels(va, means, eps: float = DISTANCE_EPS):
 
 
 def fuse_labels(labels, mixed, alpha):
-    """Fused target α·e_y + (1 − α)·m (reference §3.3; paper α = 0.5, code default 1.0).
+    """Fused target α·e_y + (1 − α)·m (paper α = 0.5, code default 1.0).
+
+    Official: ``train_scale.py`` ``run_training``, β·onehot + (1 − β)·m with β = ``--fuse_factor``.
 
     Args:
       labels: ``(B,)`` int given labels; mixed: ``(B, C)`` mixed labels; alpha: scalar weight of the
@@ -164,7 +180,10 @@ def fuse_labels(labels, mixed, alpha):
 
 
 def ddaf_losses(pred_va, va, probs, targets, labels, class_weights) -> dict[str, tf.Tensor]:
-    """The three class-weighted DDAF losses (reference §3.4); total = va + ce + cos (all weights 1).
+    """The three class-weighted DDAF losses; total = va + ce + cos (all weights 1).
+
+    Official: ``train_scale.py`` ``compute_losses`` (``weighted_mse``, ``weighted_negative_log_likelihood``
+    and FER_C's ``cosine_loss``), summed in ``run_training``.
 
     With w = class_weights[y] per sample:
       * ``va``:  mean_b[w(v̂ − v)²] + mean_b[w(â − a)²];
@@ -192,7 +211,9 @@ def ddaf_losses(pred_va, va, probs, targets, labels, class_weights) -> dict[str,
 
 
 def class_weights_max_over_count(labels, num_classes: int) -> np.ndarray:
-    """Class weights w_k = max_j n_j / n_k from the given labels (reference §3.4); ``(C,)`` float32.
+    """Class weights w_k = max_j n_j / n_k from the given labels; ``(C,)`` float32.
+
+    Official: ``train_scale.py`` ``get_weights``.
 
     A class with no samples gets 0 (the official code would divide by zero); it never occurs as a
     given label, so the value is never used.

@@ -1,11 +1,19 @@
 """LA-Net losses: landmark-aware label distributions, EL contrastive loss, Adaptive Wing (ICCV 2023).
 
-Follows the official code as described in reference §2.4–2.7:
-  * label-distribution estimation helpers: :func:`knn_adjacency`, :func:`normalize_contributions`,
-    :func:`kl_divergence_batchmean` (§2.4);
-  * the expression-landmark supervised contrastive loss :func:`el_contrastive_loss` (§2.5);
-  * the landmark heatmap targets and Adaptive Wing loss (§2.6);
-  * the progressively balanced sampler's per-class counts (§2.7, numpy).
+Paper: Z. Wu, J. Cui, "LA-Net: Landmark-Aware Learning for Reliable Facial Expression Recognition under
+Label Noise", ICCV 2023 (arXiv:2307.09023). Official code (PyTorch): ``hw-tony/LA-Net`` (commit 74bb121).
+The paper is cited by component name, not by equation number.
+
+Follows the official code:
+  * label-distribution estimation (the paper's neighbourhood aggregation in the expression and landmark
+    spaces; code ``layers.py`` ``Label_Distribution_Estimation``): :func:`knn_adjacency`,
+    :func:`normalize_contributions`, :func:`kl_divergence_batchmean`;
+  * the expression-landmark contrastive loss :func:`el_contrastive_loss` (code ``resnet.py``
+    ``MoCo_ResNet.forward`` / ``MoCo_ResNet._cal``);
+  * the landmark heatmap targets and Adaptive Wing loss (code ``utils.py`` ``generate_target``,
+    ``AWingLoss``; used in ``loss.py`` ``MyLoss``);
+  * the progressively balanced sampler's per-class counts (code ``dataloader.py``
+    ``MySampler.set_num``; numpy).
 
 Shapes: B or N batch, C classes, d embedding dim, M queue length, L landmarks, H×W heatmap grid.
 """
@@ -23,7 +31,9 @@ _MASKED_LOGIT = -1e9
 
 
 def knn_adjacency(features, k) -> tf.Tensor:
-    """Hard kNN graph in cosine similarity, self excluded (reference §2.4 step 1).
+    """Hard kNN graph in cosine similarity, self excluded.
+
+    As the release's ``layers.py`` ``Label_Distribution_Estimation._neighbor``.
 
     Args:
       features: ``(B, D)`` features (f or g); they are L2-normalised here.
@@ -45,7 +55,9 @@ def knn_adjacency(features, k) -> tf.Tensor:
 
 
 def normalize_contributions(weights, eps: float = 1e-8) -> tf.Tensor:
-    """Row-normalise contributions W as (W_ij + ε/B)/(Σ_j W_ij + ε) (reference §2.4 step 3).
+    """Row-normalise contributions W as (W_ij + ε/B)/(Σ_j W_ij + ε).
+
+    As in ``layers.py`` ``Label_Distribution_Estimation.forward`` (ε = 1e-8).
 
     B is the number of columns. Rows sum to exactly 1 and an all-zero row becomes uniform.
 
@@ -63,7 +75,8 @@ def normalize_contributions(weights, eps: float = 1e-8) -> tf.Tensor:
 def kl_divergence_batchmean(target, probs, from_logits: bool = False, eps: float = LOG_EPS) -> tf.Tensor:
     """KL(target ‖ p) summed over classes and divided by B (PyTorch ``kl_div(..., 'batchmean')``).
 
-    Used as 1.0·KL(ŷ ‖ softmax(logits)) in the total loss (reference §2.7). Zero target entries
+    Used as 1.0·KL(ŷ ‖ softmax(logits)) in the total loss (``loss.py`` ``MyLoss``, weight
+    ``lam_kl``). Zero target entries
     contribute 0 (x·log x = 0 at 0, via ``xlogy``). The target is *not* detached: in the release the
     gradient flows into the score nets through ŷ.
 
@@ -83,7 +96,7 @@ def kl_divergence_batchmean(target, probs, from_logits: bool = False, eps: float
 
 
 def el_contrastive_loss(queries, keys, queue, labels, queue_labels, temperature: float = 0.1) -> tf.Tensor:
-    """Expression-landmark supervised contrastive loss (reference §2.5); scalar float32.
+    """Expression-landmark supervised contrastive loss (``resnet.py`` ``MoCo_ResNet._cal``); scalar float32.
 
     ℓ_ij = −log( exp(q_i·k_j/T) / (exp(q_i·k_j/T) + Σ_{m: ℓ^Q_m ≠ ℓ_i} exp(q_i·Q_m/T)) ),
     L = mean_i [ Σ_j 1[ℓ_i = ℓ_j]·ℓ_ij / Σ_j 1[ℓ_i = ℓ_j] ].
@@ -119,7 +132,9 @@ def el_contrastive_loss(queries, keys, queue, labels, queue_labels, temperature:
 def adaptive_wing_loss(
     pred, target, weight=None, alpha: float = 2.1, omega: float = 14.0, epsilon: float = 1.0, theta: float = 0.5
 ) -> tf.Tensor:
-    """Weighted Adaptive Wing loss, mean over all elements (Wang et al., ICCV 2019; reference §2.6).
+    """Weighted Adaptive Wing loss, mean over all elements (Wang et al., ICCV 2019).
+
+    As LA-Net's official ``utils.py`` ``AWingLoss``, weighted and averaged as in ``loss.py`` ``MyLoss``.
 
     With e = |y − ŷ| and γ = α − y (y the target heatmap value):
       e < θ:  ω·ln(1 + (e/ε)^γ);
@@ -151,7 +166,10 @@ def adaptive_wing_loss(
 def gaussian_heatmaps(
     landmarks, heatmap_size, stride: float, sigma: float = 1.5, truncate: bool = True
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Gaussian landmark heatmaps and AWing weight maps on the stride-reduced grid (reference §2.6).
+    """Gaussian landmark heatmaps and AWing weight maps on the stride-reduced grid.
+
+    Official counterpart: ``utils.py`` ``generate_target``, called per landmark from ``dataloader.py``
+    ``RAF_DB.__getitem__``.
 
     The centre of a landmark (x, y) in image pixels is (floor(x/stride + 0.5), floor(y/stride + 0.5)),
     the release's ``int(·/4 + 0.5)`` for non-negative coordinates. The heatmap is
@@ -160,8 +178,9 @@ def gaussian_heatmaps(
     dx, dy ∈ [−5, 4] (for σ = 1.5; in general [−n//2, n − 1 − n//2] with n = int(6σ + 1)).
     ``truncate=False`` keeps the Gaussian over the whole grid. A landmark whose centre falls outside
     the grid gives an all-zero heatmap (and all-ones weights), even if part of its window would
-    overlap the grid; the reference (§2.6) states only this rule, so no finer border behaviour of the
-    release's window placement is reproduced.
+    overlap the grid. DEVIATION: the release's ``generate_target`` zeroes a heatmap only when the
+    whole window lies off the grid and otherwise draws the clipped window; that border behaviour is not
+    reproduced.
 
     The weight map is 10 where the 3×3 dilation (max filter) of the heatmap exceeds 0.2, else 1.
 
@@ -197,7 +216,9 @@ def gaussian_heatmaps(
 
 
 def balanced_sampler_counts(class_counts, epoch: int, total_epochs: int) -> np.ndarray:
-    """Per-class sample counts of the progressively balanced sampler at epoch e (reference §2.7).
+    """Per-class sample counts of the progressively balanced sampler at epoch e.
+
+    As the release's ``dataloader.py`` ``MySampler.set_num``.
 
     p_c(e) = (1 − e/E)·n_c/N + (e/E)/C; the first C − 1 classes get ceil(p_c·N) samples and the last
     class the remainder, so the counts sum to N. e is the 0-based epoch, so e = 0 reproduces the class

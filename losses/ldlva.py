@@ -1,10 +1,17 @@
 """LDLVA losses: label distributions from valence-arousal neighbours (Le et al., WACV 2023).
 
+Paper: N. Le, K. Nguyen, Q. Tran, E. Tjiputra, B. Le, A. Nguyen, "Uncertainty-Aware Label Distribution
+Learning for Facial Expression Recognition", WACV 2023, pp. 6088-6097. Official code (TF 2):
+``minhnhatvt/label-distribution-learning-fer-tf`` (commit a741b36): ``src/utils.py``
+(``construct_target_distribution``, ``CELoss``, ``create_sample_weights``, ``DiscriminativeLoss``),
+``src/models.py`` (``AdaptiveSimNet``, ``ExpNet``) and ``src/train.py`` (``train_step``, ``train``).
+"eq. N" below is the paper's equation N; "release" is the official code.
+
 Paper notation (used by the main functions here): λ_i ∈ [0, 1] is the *uncertainty* of sample i, and
 the target is t_i = (1 − λ_i)·e_{y_i} + λ_i·d_i (eq. 5–6) with d_i the contribution-weighted mix of
 the neighbours' predictions.
 
-The official TF release (reference §1.4) stores the opposite quantity, a label *certainty*
+The official TF release (``src/train.py`` ``train_step``) stores the opposite quantity, a label *certainty*
 σ(λ̂_i) (the weight on the given label). Its target is therefore
 ``target_distribution(..., uncertainty=1 - sigmoid(lambda_logits))``; its centre loss weights each
 sample by that certainty (:func:`release_center_loss`) and moves the centres with the two-stage rule
@@ -36,7 +43,8 @@ def va_similarity(anchor_va, neighbor_va, delta: float = 0.5, metric: str = "l2"
       neighbor_va: ``(B, K, 2)`` (valence, arousal) of their K neighbours.
       delta: kernel width δ.
       metric: ``"l2"`` → ``exp(−‖a − n‖²₂ / δ²)`` (paper eq. 2);
-        ``"l1"`` → ``exp(−‖a − n‖₁ / δ)`` (official release §1.4 step 3, with δ = 0.5).
+        ``"l1"`` → ``exp(−‖a − n‖₁ / δ)`` (official release: the ``knn_weights`` of ``src/data_utils.py``
+        ``get_train_dataset``, from the training CSV's VA; δ = 0.5).
 
     Returns:
       ``(B, K)`` float32 similarities in (0, 1].
@@ -98,7 +106,7 @@ def target_distribution(labels, neighbor_probs, contributions, uncertainty, num_
 
 
 def soft_cross_entropy(targets, probs, sample_weights=None, eps: float = LOG_EPS) -> tf.Tensor:
-    """Soft-target cross-entropy (paper eq. 1; release ``CELoss``, §1.4 step 7).
+    """Soft-target cross-entropy (paper eq. 1; release ``src/utils.py`` ``CELoss``).
 
     ``L = mean_i ω_i Σ_c −t_ic·log(p_ic + eps)``.
 
@@ -160,7 +168,7 @@ def discriminative_loss(features, labels, centers, uncertainty) -> tf.Tensor:
 
 
 def release_center_loss(features, labels, centers, weights) -> tf.Tensor:
-    """Release centre loss (reference §1.4 step 8): ``(1/(2|S|))·Σ_n λ_n‖h_n − c_{y_n}‖²``.
+    """Release centre loss ``(1/(2|S|))·Σ_n λ_n‖h_n − c_{y_n}‖²`` (``src/utils.py`` ``DiscriminativeLoss.call``).
 
     S is the set of central samples plus their neighbours (the caller concatenates them and stops the
     gradient of the neighbour features). ``weights`` λ_n are the release's *certainties* σ(λ̂_n) and
@@ -175,7 +183,7 @@ def release_center_loss(features, labels, centers, weights) -> tf.Tensor:
       weights: ``(S,)`` or ``(S, 1)`` certainties λ_n.
 
     Returns:
-      Scalar float32 (to be scaled by γ = 0.01 in the total loss, step 9).
+      Scalar float32 (to be scaled by γ = 0.01 in the total loss of ``src/train.py`` ``train_step``).
     """
     weights = tf.stop_gradient(tf.reshape(as_float(weights), [-1]))
     count = tf.cast(tf.shape(weights)[0], tf.float32)
@@ -184,7 +192,10 @@ def release_center_loss(features, labels, centers, weights) -> tf.Tensor:
 
 
 def release_center_attraction(features, labels, centers, weights, lr: float = 0.5) -> tf.Tensor:
-    """Release centre update, stage (a) attraction (reference §1.4 step 10a); returns the new centres.
+    """Release centre update, stage (a) attraction; returns the new centres.
+
+    Release: ``src/utils.py`` ``DiscriminativeLoss.compute_grads``, then the first SGD step of
+    ``DiscriminativeLoss.update_centers``.
 
     ``G_c = −(1/|S|)·Σ_{n: y_n = c} λ_n (h_n − c_c) / (n_c + 1)`` with n_c the number of samples of
     class c in S, then ``c ← c − lr·G_c``. The double normalisation by (n_c + 1) and |S| is the
@@ -214,14 +225,19 @@ def release_center_attraction(features, labels, centers, weights, lr: float = 0.
 
 
 def release_center_repulsion_energy(centers) -> tf.Tensor:
-    """``SB = Σ_{i<j} exp(−‖c_i − c_j‖² / D)`` for ``(C, D)`` centres (reference §1.4 step 10b); scalar."""
+    """``SB = Σ_{i<j} exp(−‖c_i − c_j‖² / D)`` for ``(C, D)`` centres; scalar.
+
+    The energy whose gradient the release's ``src/utils.py`` ``DiscriminativeLoss.update_centers`` follows.
+    """
     centers = as_float(centers)
     dim = tf.cast(tf.shape(centers)[1], tf.float32)
     return 0.5 * tf.reduce_sum(_pairwise_center_kernel(centers, dim))
 
 
 def release_center_repulsion(centers, lr: float = 0.5, scale: float = 0.1) -> tf.Tensor:
-    """Release centre update, stage (b) repulsion (reference §1.4 step 10b); returns the new centres.
+    """Release centre update, stage (b) repulsion; returns the new centres.
+
+    Release: the second SGD step of ``src/utils.py`` ``DiscriminativeLoss.update_centers``.
 
     ``c ← c − lr·scale·∇_c SB`` with SB from :func:`release_center_repulsion_energy`, using the closed
     form ``∇_{c_i} SB = −(2/D)·Σ_{j≠i} exp(−‖c_i − c_j‖²/D)·(c_i − c_j)``. The step is exactly zero
@@ -245,7 +261,9 @@ def release_center_repulsion(centers, lr: float = 0.5, scale: float = 0.1) -> tf
 def balanced_class_weights(labels, num_classes: int) -> np.ndarray:
     """sklearn's 'balanced' class weights ``N / (C·n_c)`` as a numpy ``(C,)`` float32 array.
 
-    Used by the release's AffectNet config (§1.4 step 7, ω_i = weight of the given label). A class
+    Used by the release's AffectNet config (``cfg_files/config_resnet18_affnet.py``; ``src/train.py``
+    ``train`` computes them, ``src/utils.py`` ``create_sample_weights`` sets ω_i = weight of the given
+    label). A class
     with no samples gets weight 0 (sklearn raises instead); it never occurs as a given label, so the
     value is never used.
     """

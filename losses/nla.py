@@ -1,6 +1,13 @@
 """NLA losses: noise-aware Gaussian weighting and a logit-space JSD consistency (AAAI 2025).
 
-Follows the official code as described in reference §4.4. For logits z (B, C), p = softmax(z), the
+Paper: J. Lee, Y. Choi, H. Kim, I.-J. Kim, G. P. Nam, "Navigating Label Ambiguity for Facial Expression
+Recognition in the Wild", AAAI 2025 (doi:10.1609/aaai.v39i4.32476; arXiv:2502.09993); its two components
+are Noise-aware Adaptive Weighting (NAW) and consistency regularization. The paper is cited by component
+name, not by equation number. Official code (PyTorch): ``jungyu0413/NLA`` (commit b86f31f):
+``src/loss.py`` (``NAW``, ``NAW.co_gau``, ``jensen_shannon_divergence``, ``exponential_scheduler``) and
+``main_rafdb.py`` (hyperparameters, ``lam_a``/``lam_b``/``lam_c``, ``--slope``).
+
+Follows the official code. For logits z (B, C), p = softmax(z), the
 sample's position x = (p_GT, p_NN) is scored with a normalised 2-D Gaussian density: a "correct"
 kernel whose covariance off-diagonal is scheduled over the epochs, or a fixed "wrong" kernel. The
 weight w is *not* detached, so the gradient of (1 + w)·CE also flows through w into the logits.
@@ -16,7 +23,7 @@ import tensorflow as tf
 
 from losses.common import as_float, as_labels
 
-# Kernel shape parameters of the official code (reference §4.4).
+# Kernel shape parameters of the official code (``main_rafdb.py`` ``--mu_x_t`` … ``--f_std_ratio``).
 CORRECT_MEAN = (0.5, 0.5)
 CORRECT_S, CORRECT_R = 0.8, 2.0
 WRONG_MEAN = (0.30, 0.15)
@@ -33,7 +40,7 @@ def kernel_covariance_terms(s: float, r: float) -> tuple[float, float]:
 
 
 def covariance_schedule(epoch, total_epochs, slope: float = -15.0):
-    """Covariance scheduler ε(e) = 1 − exp(slope·e/E) (reference §4.4; official ``--slope`` −15).
+    """Covariance scheduler ε(e) = 1 − exp(slope·e/E) (``src/loss.py`` ``exponential_scheduler``; ``--slope`` −15).
 
     ``epoch`` is 0-based, so ε = 0 in the first epoch and ε → 1 later. Python numbers give a Python
     float; if any argument is a tensor (e.g. an epoch variable inside ``tf.function``) a float32
@@ -68,7 +75,7 @@ def gaussian_density_2d(x, mean, diag, offdiag) -> tf.Tensor:
 
 
 def naw_position(logits, labels) -> tuple[tf.Tensor, tf.Tensor]:
-    """Position x = (p_GT, p_NN) of each sample and its "correct" flag (reference §4.4).
+    """Position x = (p_GT, p_NN) of each sample and its "correct" flag (``src/loss.py`` ``NAW.forward``).
 
     p = softmax(logits); p_GT = p_y; correct = (max p == p_GT), an exact float equality, so a tie
     between the given class and another class counts as correct; p_NN is the 2nd-largest probability
@@ -86,7 +93,9 @@ def naw_position(logits, labels) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def naw_weights(logits, labels, schedule) -> tf.Tensor:
-    """Noise-aware weights w (reference §4.4): Gaussian density of x = (p_GT, p_NN).
+    """Noise-aware weights w (paper: NAW): Gaussian density of x = (p_GT, p_NN).
+
+    Official: ``src/loss.py`` ``NAW.forward`` with the densities of ``NAW.co_gau``.
 
     Correct samples use μ = (0.5, 0.5), Σ = [[a, ε·b], [ε·b, a]] with a = 0.8, b = −0.48 (s = 0.8,
     r = 2) and ε = ``schedule`` (:func:`covariance_schedule`); peak density 0.199 at ε = 0, 0.249 at
@@ -110,7 +119,7 @@ def naw_weights(logits, labels, schedule) -> tf.Tensor:
 
 
 def naw_cross_entropy(logits, labels, schedule) -> tf.Tensor:
-    """Noise-aware weighted CE per sample, ``(1 + w_i)·CE_i`` → ``(B,)`` (reference §4.4).
+    """Noise-aware weighted CE per sample, ``(1 + w_i)·CE_i`` → ``(B,)`` (``src/loss.py`` ``NAW.forward``).
 
     The paper's L_NAW-CE = (1 + w)·CE; the official code computes the same thing as CE + w·CE.
     CE is the numerically stable sparse softmax cross-entropy of the logits.
@@ -127,7 +136,9 @@ def _kl_from_log_probs(log_p, log_q) -> tf.Tensor:
 
 
 def jsd_consistency(logits_a, logits_b, mode: str = "official") -> tf.Tensor:
-    """Consistency between two views' logits (reference §4.4); scalar float32.
+    """Consistency between two views' logits (paper: consistency regularization); scalar float32.
+
+    Official: ``src/loss.py`` ``jensen_shannon_divergence``.
 
     ``"official"``: m = ½(z_a + z_b) in logit space, P_m = softmax(m),
     J = ½[KL(P_m‖softmax(z_a)) + KL(P_m‖softmax(z_b))] **summed over the batch** (so it grows
@@ -153,7 +164,9 @@ def jsd_consistency(logits_a, logits_b, mode: str = "official") -> tf.Tensor:
 def nla_total_loss(
     logits, flipped_logits, labels, schedule, lam: float = 0.5, jsd_mode: str = "official"
 ) -> tf.Tensor:
-    """NLA total loss ``λ·mean((1 + w)·CE) + (1 − λ)·J`` (reference §4.4, λ = 0.5); scalar.
+    """NLA total loss ``λ·mean((1 + w)·CE) + (1 − λ)·J`` (λ = 0.5); scalar.
+
+    Official: the loss of ``src/train.py`` ``train`` with ``main_rafdb.py``'s ``lam_a = lam_b = lam_c = 0.5``.
 
     With λ = 0.5 this equals the release's 0.5·mean(CE) + 0.5·mean(w·CE) + 0.5·J (J summed over the
     batch in ``"official"`` mode). The NAW-CE term uses the unflipped view's logits only.

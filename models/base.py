@@ -1,17 +1,50 @@
-"""The base FER model: one short ``train_step`` that every method shares.
+"""The method contract: :class:`FERModel`, the data a method asks for, and the run context its hooks see.
 
-A method subclasses :class:`FERModel`, overrides :meth:`compute_losses` (a dict of named scalar
-losses, weighted and summed here) and keeps its extra state on the model with ``add_weight`` so that
-checkpoints carry it. Non-gradient updates (class centres, EMA banks, per-sample λ by its own SGD)
-happen in :meth:`after_step`, which also receives the gradients of any per-batch tensors the method
-asked to watch (``watched_tensors``), e.g. the gathered rows of LDLVA's per-sample λ logits.
+A method is one ``keras.Model`` subclass of :class:`FERModel` (``models/<method>.py``) plus its maths
+(``losses/<method>.py``) and one line in :mod:`models.registry`. The base class owns the short
+``train_step`` every method shares: it sums the method's named losses (:meth:`FERModel.compute_losses`)
+with their weights, differentiates, applies the optimizer, and then calls :meth:`FERModel.after_step`
+for the non-gradient updates (class centres, EMA banks, per-sample λ by its own SGD), handing it the
+gradients of any per-batch tensors the method asked to watch (:meth:`FERModel.watched_tensors`).
+
+Every other hook is a documented no-op here, and the engine calls each of them unconditionally:
+
+==========================  ======================================================================
+hook                        when / what
+==========================  ======================================================================
+``needs_va(cfg)``           class method: the training table must have valence/arousal
+``dataset_defaults``        class attribute {dataset: {setting: value}}: method settings a dataset
+                            needs, below ``--preset`` and ``--set``
+``presets``                 class attribute {name: {"method": {...}, "run": {...}}}
+``prepare_data(cfg, t, c)`` class method, once before the model is built: per-sample arrays, the
+                            neighbour table, a sampler, constructor arguments (:class:`MethodData`)
+``empty_method_data(cfg,n)`` class method: zero-filled constructor arguments for rebuilding a trained
+                            model (the checkpoint then restores the real values)
+``compute_losses``          every step: named scalar losses and the outputs ``after_step`` needs
+``loss_weight(name)``       the weight of one named loss in the total
+``watched_tensors(batch)``  per-batch tensors whose gradients ``after_step`` needs
+``after_step(...)``         non-gradient updates after the optimizer step
+``per_sample_state()``      per-training-sample values to log; key ``uncertainty`` is logged every
+                            epoch (``RUN/uncertainty/``) and scored for noise detection (ROC-AUC)
+``predict_outputs(images)`` inference outputs: ``logits`` and ``probabilities``, plus e.g. ``va``
+``callbacks(context)``      extra Keras callbacks for ``fit`` (e.g. SWA)
+``before_training(ctx)``    once before the first step of every ``fit`` (idempotent; e.g. a bank fill)
+``after_training(ctx)``     once training is complete, before the final evaluation (idempotent)
+``final_metrics(ctx)``      method-specific entries of ``metrics.json``
+==========================  ======================================================================
+
+Methods never import the engine: what a hook may use of the run is in :class:`RunContext`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import layers
 
@@ -24,12 +57,55 @@ class CEConfig:
     l2_weight_decay: float = 0.0  # coupled L2 (PyTorch Adam(weight_decay)); 0 = off
 
 
+@dataclass
+class MethodData:
+    """What a method asks the input pipeline and its model constructor for (from ``prepare_data``)."""
+
+    extras: dict = field(default_factory=dict)  # batch key → (N, ...) array gathered by row index
+    landmarks: bool = False  # add augmented ``landmarks`` (B, L, 2) to training batches
+    neighbor_table: np.ndarray | None = None  # (N, K) rows → ``neighbors`` in batches
+    neighbor_images: bool = False  # also load the K neighbour images (LDLVA forward mode)
+    epoch_indices: object = None  # callable epoch → row order of that epoch (a custom sampler)
+    model_kwargs: dict = field(default_factory=dict)  # passed to the model constructor
+
+
+def _unavailable(what: str):
+    def fail(*_args, **_kwargs):
+        raise RuntimeError(f"{what} is not available in this run context")
+    return fail
+
+
+@dataclass
+class RunContext:
+    """The part of a run a method's hooks may use (built by the engine; never the engine itself).
+
+    ``eval_dataset(split)`` gives inference-mode batches (resize + normalise, table order) of the
+    ``"train"`` or ``"test"`` split; ``train_images()`` yields the augmented training images of one
+    epoch (e.g. for a BatchNorm update); ``save_checkpoint(extra_state)`` writes an atomic checkpoint of
+    the model as it is now (the run's checkpoint writer).
+    """
+
+    run_dir: Path | None = None
+    train_table: object = None  # data.schema.AnnotationTable of the training split (after noise/imbalance)
+    test_table: object = None
+    class_names: tuple = ()
+    epochs: int = 1
+    batch_size: int = 1
+    seed: int = 0
+    log: Callable = print
+    tensorboard: bool = False
+    eval_dataset: Callable = _unavailable("eval_dataset")
+    train_images: Callable = _unavailable("train_images")
+    save_checkpoint: Callable = _unavailable("save_checkpoint")
+
+
 class FERModel(keras.Model):
     """Backbone → pooled feature → linear classifier, with the shared train/test step skeleton."""
 
     method_name = "base"
     loss_names: tuple[str, ...] = ("ce",)  # trackers created for these keys of compute_losses
-    required_inputs: tuple[str, ...] = ()  # batch keys beyond image/label/index (e.g. "va", "landmarks")
+    presets: dict = {}  # name → {"method": {setting: value}, "run": {RunConfig field: value}}
+    dataset_defaults: dict = {}  # dataset name → {setting: value}, below --preset and --set
 
     def __init__(self, backbone: keras.Model, num_classes: int, num_train_samples: int, config,
                  steps_per_epoch: int = 1, total_epochs: int = 1, **kwargs):
@@ -58,19 +134,44 @@ class FERModel(keras.Model):
     def call(self, images, training=False):
         return self.embed(images, training=training)[1]
 
+    def predict_outputs(self, images) -> dict:
+        """Inference outputs of a batch: ``logits`` and ``probabilities`` (float32), plus method extras.
+
+        What evaluation, the figures and the SavedModel read; a method that predicts more (e.g. DDAF's
+        valence–arousal head, key ``va``) adds it here.
+        """
+        logits = tf.cast(self(images, training=False), tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+
     def build_all(self, image_size: int) -> None:
-        """Create every variable (model, method state, optimizer slots) so a checkpoint can be loaded."""
+        """Create every variable (model, method state, optimizer slots) so a checkpoint can be loaded.
+
+        Methods create every sub-layer they train in ``__init__`` (Keras locks a model's state once it
+        is built), so one forward pass and the optimizer build are all that is left.
+        """
         self(tf.zeros((1, image_size, image_size, 3)), training=False)
-        self.build_extra(image_size)
         self.optimizer.build(self.trainable_variables)
 
-    def build_extra(self, image_size: int) -> None:
-        """Build method-specific sub-layers that ``call`` does not touch (heads used only in training)."""
+    # --- data hooks (class methods: called before the model exists) -------------------------------
+    @classmethod
+    def needs_va(cls, config) -> bool:
+        """Whether the training table must have ``valence`` and ``arousal``."""
+        return False
+
+    @classmethod
+    def prepare_data(cls, config, train_table, context: RunContext) -> MethodData:
+        """Everything the method derives from the training table once (see :class:`MethodData`)."""
+        return MethodData()
+
+    @classmethod
+    def empty_method_data(cls, config, num_train_samples: int) -> MethodData:
+        """Constructor arguments of the right shapes for a rebuilt model (the checkpoint restores them)."""
+        return MethodData()
 
     # --- what methods override -------------------------------------------------------------------
     def compute_losses(self, batch, watched, training=True):
         """Return ``(losses: dict name → scalar, outputs: dict)``; outputs must hold ``logits``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_losses")
 
     def loss_weight(self, name: str) -> float:
         return 1.0
@@ -130,7 +231,26 @@ class FERModel(keras.Model):
         variable.value.scatter_update(tf.IndexedSlices(values, indices))
 
     def per_sample_state(self) -> dict:
-        """Per-training-sample values worth logging (name → (N,) tensor), e.g. LDLVA's λ."""
+        """Per-training-sample values worth logging (name → (N,) tensor), e.g. LDLVA's λ.
+
+        The key ``uncertainty`` (higher = the given label is more likely wrong) is logged every epoch and
+        scored for noise detection by the engine.
+        """
+        return {}
+
+    # --- run hooks (the engine calls every one of them) ------------------------------------------
+    def callbacks(self, context: RunContext) -> list:
+        """Extra Keras callbacks for ``fit`` (run before the CSV logger, so keys they log are recorded)."""
+        return []
+
+    def before_training(self, context: RunContext) -> None:
+        """Called before every ``fit`` of a run (also after a resume): must be idempotent."""
+
+    def after_training(self, context: RunContext) -> None:
+        """Called once all training steps are done, before the final evaluation: must be idempotent."""
+
+    def final_metrics(self, context: RunContext) -> dict:
+        """Method-specific entries for ``metrics.json`` (the engine adds the uncertainty ones)."""
         return {}
 
     def current_epoch(self):

@@ -1,5 +1,8 @@
-"""DDAF: dual-domain affect fusion for noisy labels (Large-Scale FER Using Dual-Domain Affect Fusion
-for Noisy Labels, CVPRW 2023, ABAW).
+"""DDAF: dual-domain affect fusion for noisy labels.
+
+D. Neo, T. Chen, S. Winkler, "Large-Scale Facial Expression Recognition Using Dual-Domain Affect Fusion
+for Noisy Labels", CVPR Workshops (ABAW) 2023, pp. 5692-5700. The paper is cited by component name (its
+dual-domain label fusion module and mixed labels), not by equation number.
 
 Idea: a categorical label may be wrong, but the sample's valence-arousal (VA) annotation says where it
 lies in affect space. DDAF turns the VA point into a "mixed label" m over the classes, either the
@@ -13,20 +16,28 @@ w_y = N_max / N_y of the given label::
       + mean[−w·Σ_c t_c log p_c]                      (ce)
       + mean[w·(1 − cos(p, t))]                       (cos)
 
-The paper trains with stochastic weight averaging (SWA); :mod:`engine.swa` implements it, with the
+The paper trains with stochastic weight averaging (SWA); :mod:`models.swa` implements it, with the
 running average as checkpointed model state.
 
-The paper's repository was not available; the authors' closest public code is FER_C ``train_scale.py``
-(reference §3). Maths in :mod:`losses.ddaf`.
+The paper's own repository was not available; the authors' closest public code is ``dexterdley/FER_C``
+at commit faf883b (MIT): ``train_scale.py`` (``run_training``, ``compute_losses``, ``get_centroids``,
+``get_weights``, ``Res18Feature``), ``utils.py`` (``get_va_labels``), ``GMM.py``
+(``generate_GMM_labels``, ``generate_EM_labels``) and ``affectnet_dataloader.py``; it is called the
+"official code" below. Maths in :mod:`losses.ddaf`.
 
-Deviations / choices (paper vs official code FER_C ``faf883b`` vs ours; – = not stated in reference §3)
+Deviations / choices (paper vs official code FER_C ``faf883b`` vs ours)
 -----------------------------------------------------------------------------------------------------
+In the paper column, – = no paper value recorded here; (rep.) = what the paper states according to the
+maintainers' report, not re-checked against the paper text.
+
 ====================  ================  ============================  ==========================================
 item                  paper             official code                 ours (default) — option
 ====================  ================  ============================  ==========================================
 α (one-hot weight)    0.5               ``--fuse_factor`` default     ``alpha=0.5`` (paper)
                                         1.0 (pure one-hot)
 mixed label           –                 ``--fuse_type GMM|VA``        ``fuse_type=gmm`` — ``euclidean``
+Euclidean weights     1/d_k² (rep.)     1/d_k, unsquared              as official (unsquared)
+                                        (``utils.py get_va_labels``)
 EM-refined GMM        –                 ``generate_EM_labels``        not ported (posterior of the trimmed GMM)
 class statistics      –                 labels before the noise is    the given (possibly noisy) training
                                         injected (clean labels leak)  labels: a user has no clean labels
@@ -41,30 +52,28 @@ log in CE             –                 no guard                      log(p + 
 Euclidean d = 0       –                 division by zero              distance clamped at 1e-8
 weight decay          –                 Adam(weight_decay=1e-5),      ``l2_weight_decay`` (explicit coupled
                                         i.e. coupled L2               L2): 0, as CE; 1e-5 in ``official``
-optimisation          –                 Adam 2.5e-4, constant LR,     dataset defaults — ``--preset official``
-                                        batch 256, 50 epochs          (Adam 2.5e-4, constant, 256, 50, R18)
+optimisation          lr 2.5e-4, ×0.5   Adam 2.5e-4, constant LR,     dataset defaults — ``--preset official``
+                      every 30 epochs,  batch 256, 50 epochs          (Adam 2.5e-4, constant, 256, 50, R18)
+                      batch 256, 50
+                      epochs (rep.)
 backbone              –                 torchvision R18 (ImageNet)    dataset default (``--weights imagenet``)
-augmentation          –                 flip, affine ±30°, colour     toolkit pipeline (pad-crop, flip,
-                                        jitter, random erasing        ``--random-erasing``)
+augmentation          colour jitter,    flip, affine ±30°, colour     toolkit pipeline (pad-crop, flip,
+                      affine (rep.)     jitter, random erasing        ``--random-erasing``)
 model selection       –                 best val macro-F1 (250/class  last (SWA) weights, no selection
                                         held out of train)
-VA metrics            RMSE, CCC         averaged over batches         whole test split (``final_metrics``)
+VA metrics            RMSE, CCC         averaged over batches         whole test split (``predict_outputs``)
 ====================  ================  ============================  ==========================================
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
 
 from common.errors import ConfigError
-from engine.data import MethodData
-from engine.swa import SWACallback, SWAState, swa_start_epoch, update_batch_norm
 from losses.ddaf import (
     class_weights_max_over_count,
     ddaf_losses,
@@ -73,7 +82,8 @@ from losses.ddaf import (
     gmm_mixed_labels,
     trimmed_class_stats,
 )
-from models.base import FERModel
+from models.base import FERModel, MethodData
+from models.swa import SWACallback, SWAState, swa_start_epoch, update_batch_norm
 
 FUSE_TYPES = ("gmm", "euclidean")
 
@@ -114,10 +124,10 @@ class DDAFConfig:
 class DDAFModel(FERModel):
     method_name = "ddaf"
     loss_names = ("va", "ce", "cos")
-    required_inputs = ("va",)
     presets = {
         # The official code's optimisation (FER_C train_scale.py): Adam 2.5e-4 with coupled L2 1e-5, no LR
         # schedule, batch 256, 50 epochs, ResNet-18, and no SWA (it has none). α stays at the paper's 0.5.
+        # (The paper reportedly halves the lr every 30 epochs; see the module docstring's table.)
         "official": {
             "method": {"l2_weight_decay": 1e-5, "swa": False},
             "run": {"lr": 2.5e-4, "batch_size": 256, "epochs": 50, "lr_schedule": "constant",
@@ -145,7 +155,7 @@ class DDAFModel(FERModel):
         self.class_covariances = self._constant_state("class_covariances", (c, 2, 2), class_covariances)
         self.class_priors = self._constant_state("class_priors", (c,), class_priors)
         self.class_weights = self._constant_state("class_weights", (c,), class_weights)
-        # Running SWA average of the trainable weights (engine/swa.py), also checkpointed.
+        # Running SWA average of the trainable weights (models/swa.py), also checkpointed.
         self.swa_state = SWAState(self) if config.swa else None
 
     def _constant_state(self, name, shape, value):
@@ -160,7 +170,7 @@ class DDAFModel(FERModel):
         return True
 
     @classmethod
-    def prepare_data(cls, cfg: DDAFConfig, train_table, data_dir, run_cfg) -> MethodData:
+    def prepare_data(cls, cfg: DDAFConfig, train_table, context) -> MethodData:
         """Trimmed class statistics, class weights and (GMM) mixed labels from the training table, once."""
         num_classes = train_table.num_classes
         va = train_table.va.astype(np.float32)
@@ -172,11 +182,6 @@ class DDAFModel(FERModel):
         return MethodData(extras=extras, model_kwargs={
             "class_means": stats.means, "class_covariances": stats.covariances, "class_priors": stats.priors,
             "class_weights": class_weights_max_over_count(train_table.labels, num_classes)})
-
-    @classmethod
-    def empty_method_data(cls, cfg, num_train_samples) -> MethodData:
-        """For evaluation: the statistics start at zero and come from the checkpoint."""
-        return MethodData()
 
     # --- training ------------------------------------------------------------------------------------
     def mixed_labels(self, batch):
@@ -203,17 +208,17 @@ class DDAFModel(FERModel):
         return {"va": cfg.va_weight, "ce": cfg.ce_weight, "cos": cfg.cos_weight}.get(name, 1.0)
 
     # --- SWA -----------------------------------------------------------------------------------------
-    def extra_callbacks(self, trainer) -> list:
+    def callbacks(self, context) -> list:
         if self.swa_state is None:
             return []
         start = swa_start_epoch(self.config.swa_start, self.total_epochs)
         return [SWACallback(self.swa_state, start, self.steps_per_epoch, self.total_epochs * self.steps_per_epoch,
-                            finalize=lambda: self.after_training(trainer))]
+                            finalize=lambda: self.after_training(context))]
 
-    def after_training(self, trainer) -> None:
+    def after_training(self, context) -> None:
         """Swap the SWA mean into the model, update BN, and re-save the last checkpoint (idempotent).
 
-        Called by the SWA callback when the last step is done, and by the Trainer before the final
+        Called by the SWA callback when the last step is done, and by the engine before the final
         evaluation (which covers a ``--resume`` that finds training already complete). The re-saved
         checkpoint holds the averaged weights, so ``evaluate.py`` reproduces metrics.json.
         """
@@ -221,48 +226,17 @@ class DDAFModel(FERModel):
         if state is None or state.is_applied:
             return
         if state.num_snapshots == 0:
-            trainer.log("SWA: no epoch-end snapshot was averaged (swa_start too late?); keeping the last weights")
+            context.log("SWA: no epoch-end snapshot was averaged (swa_start too late?); keeping the last weights")
             return
         state.swap_in()
-        batches = 0
-        if self.config.swa_bn_update:
-            # One pass over the (augmented) training stream of epoch 0; only images are needed.
-            stream = trainer.train_dataset(MethodData()).take(self.steps_per_epoch)
-            batches = update_batch_norm(self, (batch["image"] for batch in stream))
+        batches = update_batch_norm(self, context.train_images()) if self.config.swa_bn_update else 0
         state.mark_applied()
-        trainer.log(f"SWA: averaged {state.num_snapshots} epoch-end weights; BN statistics from {batches} batches")
-        run_dir = getattr(trainer, "run_dir", None)
-        if run_dir is not None:
-            from engine.checkpoint import CheckpointManager
+        context.log(f"SWA: averaged {state.num_snapshots} epoch-end weights; BN statistics from {batches} batches")
+        context.save_checkpoint({"swa_applied": True})
 
-            step = int(self.optimizer.iterations.numpy())
-            CheckpointManager(run_dir).save(self, {
-                "global_step": step, "epoch": step // self.steps_per_epoch,
-                "step_in_epoch": step % self.steps_per_epoch, "time": time.time(), "swa_applied": True})
-
-    # --- evaluation ----------------------------------------------------------------------------------
-    def predict_va(self, dataset) -> np.ndarray:
-        """(N, 2) predicted (valence, arousal) over an evaluation dataset, in table row order."""
-
-        @tf.function
-        def step(images):
-            features, _ = self.embed(images, training=False)
-            return self.va_head(features)
-
-        preds, rows = [], []
-        for batch in dataset:
-            preds.append(step(batch["image"]).numpy())
-            rows.append(batch["index"].numpy())
-        preds, rows = np.concatenate(preds), np.concatenate(rows)
-        out = np.empty_like(preds)
-        out[rows] = preds
-        return out
-
-    def final_metrics(self, trainer) -> dict:
-        """VA RMSE and CCC over the whole test split (not averaged per batch, unlike the release)."""
-        from engine.metrics import va_metrics
-
-        table = trainer.test_table
-        if table is None or table.va is None:
-            return {}
-        return va_metrics(self.predict_va(trainer.eval_dataset()), table.va)
+    # --- inference -----------------------------------------------------------------------------------
+    def predict_outputs(self, images) -> dict:
+        """Class probabilities and the VA head's (valence, arousal) prediction, key ``va``."""
+        features, logits = self.embed(images, training=False)
+        logits = tf.cast(logits, tf.float32)
+        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1), "va": self.va_head(features)}

@@ -1,8 +1,13 @@
 """LA-Net: landmark-aware label distributions for facial expression recognition under label noise.
 
-Wu & Cui, "LA-Net: Landmark-Aware Learning for Reliable Facial Expression Recognition under Label
-Noise", ICCV 2023 (official PyTorch code: hw-tony/LA-Net, described in
-/work/shared/reference/peer-methods.md §2). Re-implemented from that description.
+Z. Wu, J. Cui, "LA-Net: Landmark-Aware Learning for Reliable Facial Expression Recognition under Label
+Noise", ICCV 2023 (arXiv:2307.09023). Official PyTorch code: ``hw-tony/LA-Net`` (commit 74bb121):
+``resnet.py`` (``Landmark_ResNet``, ``MoCo_ResNet``), ``layers.py`` (``score``,
+``Label_Distribution_Estimation``), ``loss.py`` (``MyLoss``), ``utils.py`` (``generate_target``,
+``AWingLoss``), ``dataloader.py`` (``RAF_DB``, ``MySampler``) and ``train.py`` (``train``, arguments).
+Re-implemented from a description of that code (no code copied). The paper is cited by component name
+(label distribution estimation by neighbourhood aggregation, expression-landmark contrastive loss), not
+by equation number.
 
 A shared stem (stage 1 of the backbone) feeds two branches:
 
@@ -13,7 +18,7 @@ A shared stem (stage 1 of the backbone) feeds two branches:
   laterals to the stage-1 width d, summed top-down with bilinear upsampling, then ``lm_fc``, a 1×1
   conv to L heatmaps, and GAP → g), supervised by Gaussian heatmaps of the table's landmarks.
 
-Per step, with p = softmax(logits) (reference §2.4–2.7):
+Per step, with p = softmax(logits) (official ``resnet.py`` ``MoCo_ResNet.forward`` and ``loss.py`` ``MyLoss``):
 
 * **label-distribution estimation**: hard in-batch kNN graphs A^f, A^g (cosine, K = 8) in the
   expression (f) and landmark (g) feature spaces, learned contribution scores S^f, S^g (one MLP per
@@ -81,18 +86,17 @@ import tensorflow as tf
 from keras import layers
 
 from common.errors import ConfigError, DataError
-from engine.data import MethodData
 from losses.lanet import (adaptive_wing_loss, balanced_sampler_counts, el_contrastive_loss, gaussian_heatmaps,
                           kl_divergence_batchmean, knn_adjacency, normalize_contributions)
 from models.backbones import stage_models
-from models.base import FERModel
+from models.base import FERModel, MethodData
 
 LANDMARK_LOSSES = ("awing", "mse")
 
 
 @dataclasses.dataclass(frozen=True)
 class LANetConfig:
-    """LA-Net settings; defaults are the official code's (reference §2)."""
+    """LA-Net settings; defaults are the official code's (``hw-tony/LA-Net`` ``train.py`` arguments)."""
 
     num_landmarks: int = 68  # L heatmap channels; must match the table (release: 19 HRNet points, toolkit: 68 iBUG)
     landmark_loss: str = "awing"  # awing (release, α 2.1 ω 14 ε 1 θ 0.5, weighted) | mse (paper)
@@ -126,7 +130,7 @@ class LANetConfig:
 # --- data ----------------------------------------------------------------------------------------------
 
 def balanced_epoch_indices(labels, num_classes: int, epoch: int, total_epochs: int, seed: int = 0) -> np.ndarray:
-    """Row order of epoch ``epoch`` for the progressively balanced sampler (reference §2.7).
+    """Row order of epoch ``epoch`` for the progressively balanced sampler (``dataloader.py`` ``MySampler``).
 
     Class c gets ``balanced_sampler_counts`` rows: drawn without replacement when it has enough, else
     all of its rows repeated plus a random remainder; the result is shuffled. Always exactly N rows
@@ -167,7 +171,10 @@ def _fresh_clone(layer):
 
 
 def build_landmark_branch(tail: keras.Model, num_landmarks: int, name: str):
-    """Stage-1 map → ``{heatmaps (B,H,W,L) float32, landmark_features g (B,d)}`` (reference §2.3).
+    """Stage-1 map → ``{heatmaps (B,H,W,L) float32, landmark_features g (B,d)}``.
+
+    Official counterpart: ``resnet.py`` ``Landmark_ResNet.extract_lm`` plus ``lm_fc`` and the GAP in
+    ``Landmark_ResNet.forward``.
 
     lm_layer2..4 are a fresh clone of ``tail`` (stages 2–4); the FPN sums bias-free 1×1 laterals (to the
     stage-1 width d) top-down with bilinear upsampling; ``lm_fc`` (1×1 conv) gives the heatmaps.
@@ -197,7 +204,7 @@ def projection_head(in_dim: int, dim: int, name: str) -> keras.Sequential:
 
 
 class ContributionScore(layers.Layer):
-    """Learned contribution score S_ij ∈ (0, 1) of batch sample j to sample i (reference §2.4 step 2).
+    """Learned contribution score S_ij ∈ (0, 1) of batch sample j to sample i (``layers.py`` ``score``).
 
     z = Linear(D, D)(x) = [z¹, z²]; S_ij = softmax(MLP([z¹_i ; z²_j]))_0 with the MLP
     Linear(D, D/2) → ReLU → Linear(D/2, D/4) → ReLU → Linear(D/4, 2). The first pair layer acting on the
@@ -242,7 +249,6 @@ def _unit_rows(seed: int):
 class LANetModel(FERModel):
     method_name = "lanet"
     loss_names = ("ce", "lm", "kl", "el")
-    required_inputs = ("landmarks",)
 
     presets = {
         # The release's recipe (RAF-DB, ResNet-18; pass --weights for an MS-Celeb backbone). The release
@@ -303,7 +309,7 @@ class LANetModel(FERModel):
 
     # --- data ------------------------------------------------------------------------------------------
     @classmethod
-    def prepare_data(cls, cfg: LANetConfig, train_table, data_dir, run_cfg) -> MethodData:
+    def prepare_data(cls, cfg: LANetConfig, train_table, context) -> MethodData:
         if train_table.landmarks is None:
             raise DataError(f"{train_table.csv_path}: --method lanet needs a 'landmarks' column "
                             "(x;y pairs in pixels of the stored image)")
@@ -314,7 +320,7 @@ class LANetModel(FERModel):
         epoch_indices = None
         if cfg.balanced_sampler:
             epoch_indices = functools.partial(balanced_epoch_indices, np.asarray(train_table.labels),
-                                              train_table.num_classes, total_epochs=run_cfg.epochs, seed=run_cfg.seed)
+                                              train_table.num_classes, total_epochs=context.epochs, seed=context.seed)
         return MethodData(landmarks=True, epoch_indices=epoch_indices,
                           model_kwargs={"train_labels": np.asarray(train_table.labels, np.int32)})
 
@@ -329,7 +335,7 @@ class LANetModel(FERModel):
         return {"lm": cfg.lm_weight, "kl": cfg.kl_weight, "el": cfg.el_weight}.get(name, 1.0)
 
     def landmark_loss(self, heatmaps, landmarks):
-        """Heatmap loss against Gaussian targets of the (augmented) landmarks (reference §2.6)."""
+        """Heatmap loss against Gaussian targets of the (augmented) landmarks (``loss.py`` ``MyLoss``, ``loss_2``)."""
         target, weight = gaussian_heatmaps(landmarks, self.heatmap_size, self.heatmap_stride,
                                            sigma=self.config.heatmap_sigma)
         if self.config.landmark_loss == "mse":
@@ -337,7 +343,10 @@ class LANetModel(FERModel):
         return adaptive_wing_loss(heatmaps, target, weight)
 
     def current_distribution(self, features, landmark_features, probs):
-        """t_cur = ½ (W^f p + W^g p): kNN- and score-weighted mix of the batch predictions (§2.4 steps 1–4)."""
+        """t_cur = ½ (W^f p + W^g p): kNN- and score-weighted mix of the batch predictions.
+
+        As the first half of the release's ``layers.py`` ``Label_Distribution_Estimation.forward``.
+        """
         k = self.config.num_neighbors
         w_f = normalize_contributions(self.expression_score(features) * knn_adjacency(features, k))
         w_g = normalize_contributions(self.landmark_score(landmark_features) * knn_adjacency(landmark_features, k))
@@ -454,18 +463,13 @@ class LANetModel(FERModel):
     def per_sample_state(self) -> dict:
         return {"uncertainty": self.uncertainty_values()}
 
-    def extra_callbacks(self, trainer):
-        from engine.uncertainty import UncertaintyLogger
-
-        return [UncertaintyLogger(trainer)]
-
-    def final_metrics(self, trainer) -> dict:
-        from engine.uncertainty import uncertainty_summary
-
-        table = trainer.train_table
+    def final_metrics(self, context) -> dict:
+        """How often the estimated distribution's argmax is the given (and, if known, the clean) label."""
+        table = context.train_table
+        if table is None:
+            return {}
         bank = self.target_bank.numpy()
-        report = {"noise_detection_auc": uncertainty_summary(self.uncertainty_values().numpy(), table).get("noise_auc"),
-                  "target_agrees_with_given": float(np.mean(bank.argmax(1) == table.labels))}
+        report = {"target_agrees_with_given": float(np.mean(bank.argmax(1) == table.labels))}
         if table.clean_labels is not None:
             report["target_agrees_with_clean"] = float(np.mean(bank.argmax(1) == table.clean_labels))
         return report

@@ -1,8 +1,11 @@
 """LDLVA: uncertainty-aware label distribution learning from valence-arousal neighbours.
 
-Le, Nguyen, Nguyen, Tran, Tran, Le, "Uncertainty-aware Label Distribution Learning for Facial Expression
-Recognition", WACV 2023 (official TF release: minhnhatvt/label-distribution-learning-fer-tf, described
-in /work/shared/reference/peer-methods.md §1).
+N. Le, K. Nguyen, Q. Tran, E. Tjiputra, B. Le, A. Nguyen, "Uncertainty-Aware Label Distribution Learning
+for Facial Expression Recognition", WACV 2023, pp. 6088-6097. Official TF release:
+``minhnhatvt/label-distribution-learning-fer-tf`` (commit a741b36): ``src/train.py`` (``train_step``,
+``train``), ``src/utils.py`` (``construct_target_distribution``, ``CELoss``, ``DiscriminativeLoss``,
+``get_optimizer``), ``src/models.py`` (``ExpNet``, ``AdaptiveSimNet``), ``src/data_utils.py``
+(``get_train_dataset``) and ``cfg_files/config_*.py``. "eq. N" is the paper's equation N.
 
 Per training sample i with given label y_i and its K nearest training samples in valence-arousal space:
 
@@ -76,12 +79,11 @@ import tensorflow as tf
 from keras import layers
 
 from common.errors import ConfigError
-from engine.data import MethodData
 from losses.common import onehot
-from losses.ldlva import (balanced_class_weights, discriminative_loss, release_center_attraction,
-                          release_center_loss, release_center_repulsion, soft_cross_entropy,
-                          target_distribution, va_similarity)
-from models.base import FERModel
+from losses.ldlva import (balanced_class_weights, discriminative_loss, neighbor_distribution,
+                          release_center_attraction, release_center_loss, release_center_repulsion,
+                          soft_cross_entropy, target_distribution, va_similarity)
+from models.base import FERModel, MethodData
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ def resolved(config: LDLVAConfig) -> LDLVAConfig:
 
 
 def _release_preset(run: dict, **method) -> dict:
-    """A release config: its method switches plus the run-level (RunConfig) settings (reference §1.5)."""
+    """A release config: its method switches plus the run-level (RunConfig) settings (``cfg_files/config_*.py``)."""
     base_run = dict(lr_schedule="step", lr_decay=0.1, epochs=60, batch_size=32, random_erasing=0.5, optimizer="adam")
     return {"method": dict(variant="release", neighbor_source="forward", **method), "run": {**base_run, **run}}
 
@@ -226,6 +228,10 @@ def build_calibration_net(feature_dim: int, norm: str) -> keras.Model:
 class LDLVAModel(FERModel):
     method_name = "ldlva"
     loss_names = ("ce", "dis")
+    # The synthetic benchmark trains its backbone from scratch: the paper's γ = 0.1 lets the centre loss
+    # (≈ 65 at the start, against CE ≈ 2) hold the features together and the run stalls at chance
+    # (BENCHMARKS.md, `paper_gamma` row); the release's 0.01 trains. `--set gamma=0.1` restores the paper's.
+    dataset_defaults = {"synthetic": {"gamma": 0.01}}
 
     presets = {
         # ResNet-18 (MS-Celeb in the release; pass --weights FILE) on RAF-DB, 224 px, pad 8.
@@ -277,9 +283,9 @@ class LDLVAModel(FERModel):
         return True
 
     @classmethod
-    def prepare_data(cls, cfg, train_table, data_dir, run_cfg) -> MethodData:
+    def prepare_data(cls, cfg, train_table, context) -> MethodData:
         rcfg = resolved(cfg)
-        table = training_neighbor_table(train_table, rcfg.num_neighbors)
+        table = training_neighbor_table(train_table, rcfg.num_neighbors, log=context.log)
         weights = (balanced_class_weights(train_table.labels, train_table.num_classes)
                    if rcfg.class_weights == "balanced" else None)
         return MethodData(
@@ -382,24 +388,11 @@ class LDLVAModel(FERModel):
         batch_size = tf.shape(labels)[0]
         outputs = {"logits": logits, "probs": probs, "features": features}
         if cfg.label_distribution:
-            neighbors = batch["neighbors"]
-            neighbor_features, neighbor_probs = watched["neighbor_features"], watched["neighbor_probs"]
-            similarity = va_similarity(tf.gather(self.train_va, index), tf.gather(self.train_va, neighbors),
-                                       cfg.va_delta, cfg.va_metric)  # eq. 2
-            contributions = similarity  # eq. 4 without the adaptive part
-            if cfg.adaptive_similarity:
-                log_scores = self.calibration_log_scores(features, neighbor_features, training)
-                # eq. 4 up to a per-row factor exp(−max_k log s_ik), which eq. 5 normalises away: without the
-                # release's clamp every score of a row can underflow to 0 (we saw it after ~13 epochs), and
-                # the all-zero fallback d_i = e_y would then freeze λ_i for good.
-                row_max = tf.stop_gradient(tf.reduce_max(log_scores, axis=-1, keepdims=True))
-                contributions = similarity * tf.exp(log_scores - row_max)
-            if cfg.uncertainty_mode == "fixed":
-                uncertainty = tf.fill([batch_size, 1], cfg.fixed_uncertainty)
-            else:
-                uncertainty = self._uncertainty_from_param(watched["lambda_rows"])
-            target = target_distribution(labels, neighbor_probs, contributions, uncertainty, self.num_classes)
-            outputs.update(uncertainty=uncertainty, target=target, contributions=contributions, similarity=similarity)
+            parts = self.label_distribution(index, labels, features, batch["neighbors"], watched["neighbor_features"],
+                                            watched["neighbor_probs"], watched.get("lambda_rows"), training)
+            uncertainty, target = parts["uncertainty"], parts["target"]
+            outputs.update(uncertainty=uncertainty, target=target, contributions=parts["contributions"],
+                           similarity=parts["similarity"])
         else:
             target = onehot(labels, self.num_classes)
             uncertainty = tf.zeros([batch_size, 1])
@@ -419,8 +412,64 @@ class LDLVAModel(FERModel):
                                center_certainty=certainty)
         return losses, outputs
 
+    def label_distribution(self, index, labels, features, neighbors, neighbor_features, neighbor_probs,
+                           lambda_rows=None, training=False) -> dict:
+        """The target construction of eq. 2–6 for a batch: the one place it is computed.
+
+        index, labels (B,); features (B, D); neighbors (B, K) training rows; neighbor_features (B, K, D) and
+        neighbor_probs (B, K, C) constants; lambda_rows (B, 1) the gathered λ parameter (None: read it).
+        Returns ``similarity`` a_ik, ``contributions`` c_ik (up to a per-row factor eq. 5 removes),
+        ``uncertainty`` λ_i (B, 1) and ``target`` t_i (B, C). The figures call it too (``explain``).
+        """
+        cfg = self.rcfg
+        batch_size = tf.shape(labels)[0]
+        similarity = va_similarity(tf.gather(self.train_va, index), tf.gather(self.train_va, neighbors),
+                                   cfg.va_delta, cfg.va_metric)  # eq. 2
+        contributions = similarity  # eq. 4 without the adaptive part
+        if cfg.adaptive_similarity:
+            log_scores = self.calibration_log_scores(features, neighbor_features, training)
+            # eq. 4 up to a per-row factor exp(−max_k log s_ik), which eq. 5 normalises away: without the
+            # release's clamp every score of a row can underflow to 0 (we saw it after ~13 epochs), and
+            # the all-zero fallback d_i = e_y would then freeze λ_i for good.
+            row_max = tf.stop_gradient(tf.reduce_max(log_scores, axis=-1, keepdims=True))
+            contributions = similarity * tf.exp(log_scores - row_max)
+        if cfg.uncertainty_mode == "fixed":
+            uncertainty = tf.fill([batch_size, 1], cfg.fixed_uncertainty)
+        else:
+            rows = tf.gather(self.lambda_param, index) if lambda_rows is None else lambda_rows
+            uncertainty = self._uncertainty_from_param(rows)
+        target = target_distribution(labels, neighbor_probs, contributions, uncertainty, self.num_classes)
+        return {"similarity": similarity, "contributions": contributions, "uncertainty": uncertainty,
+                "target": target}
+
+    def explain(self, rows, anchor_images, neighbor_images) -> dict:
+        """What LDLVA constructs now for training ``rows`` (n,), from their images (n, S, S, 3) and their
+        neighbours' (n, K, S, S, 3) in inference mode: the neighbours, a_ik, s_ik, the normalised weights,
+        the neighbour mix d_i, λ_i, the target t_i and the prediction, as NumPy arrays (the figures)."""
+        rows = tf.constant(np.asarray(rows, np.int32))
+        neighbors = tf.gather(self.neighbor_table, rows)
+        n, k = int(neighbors.shape[0]), int(neighbors.shape[1])
+        images = tf.concat([tf.convert_to_tensor(anchor_images, tf.float32),
+                            tf.reshape(tf.convert_to_tensor(neighbor_images, tf.float32),
+                                       [n * k, *anchor_images.shape[1:]])], axis=0)
+        features, logits = self.embed(images, training=False)
+        probs = tf.nn.softmax(logits)
+        anchor_features = features[:n]
+        neighbor_features = tf.reshape(features[n:], [n, k, self.feature_dim])
+        neighbor_probs = tf.reshape(probs[n:], [n, k, self.num_classes])
+        labels = tf.gather(self.train_labels, rows)
+        parts = self.label_distribution(rows, labels, anchor_features, neighbors, neighbor_features, neighbor_probs)
+        calibration = (self.calibration_scores(anchor_features, neighbor_features, training=False)
+                       if self.rcfg.adaptive_similarity else tf.ones_like(parts["similarity"]))
+        weights = parts["contributions"] / tf.maximum(tf.reduce_sum(parts["contributions"], -1, keepdims=True), 1e-12)
+        mix = neighbor_distribution(neighbor_probs, parts["contributions"], tf.one_hot(labels, self.num_classes))
+        out = {"rows": rows, "neighbors": neighbors, "labels": labels, "similarity": parts["similarity"],
+               "calibration": calibration, "weights": weights, "neighbor_dist": mix, "target": parts["target"],
+               "uncertainty": parts["uncertainty"][:, 0], "prediction": probs[:n]}
+        return {name: np.asarray(value) for name, value in out.items()}
+
     def _release_center_set(self, batch, features, uncertainty, neighbor_features):
-        """S = the batch plus its neighbours (release §1.4 step 8): features, labels, certainty weights."""
+        """S = the batch plus its neighbours (release ``DiscriminativeLoss.call``): features, labels, certainties."""
         labels = batch["label"]
         certainty = tf.stop_gradient(1.0 - tf.reshape(uncertainty, [-1]))
         if neighbor_features is None:  # label_distribution off: the batch only
@@ -493,17 +542,25 @@ class LDLVAModel(FERModel):
     def metrics(self):
         return [*super().metrics, self.uncertainty_tracker]
 
-    def extra_callbacks(self, trainer):
-        from engine.uncertainty import NeighborBankInitializer, UncertaintyLogger
+    def before_training(self, context) -> None:
+        """``bank_init=inference``: fill the neighbour bank with one inference pass (once per run).
 
-        callbacks = []
-        if self.rcfg.neighbor_source == "bank" and self.rcfg.bank_init == "inference" and self.rcfg.label_distribution:
-            callbacks.append(NeighborBankInitializer(trainer))
-        callbacks.append(UncertaintyLogger(trainer))
-        return callbacks
+        The ``bank_filled`` flag is in the checkpoint, so a resumed run does not refill it.
+        """
+        cfg = self.rcfg
+        if not (cfg.neighbor_source == "bank" and cfg.bank_init == "inference" and cfg.label_distribution):
+            return
+        if float(self.bank_filled.numpy()) > 0:
+            return
+        from data.pipeline import collect_outputs
 
-    def final_metrics(self, trainer) -> dict:
-        from engine.uncertainty import uncertainty_summary
+        def features_and_probs(images):
+            features, logits = self.embed(images, training=False)
+            return {"features": features, "probs": tf.nn.softmax(logits)}
 
-        summary = uncertainty_summary(self.uncertainty_values().numpy(), trainer.train_table)
-        return {"noise_detection_auc": summary.get("noise_auc"), "mean_uncertainty": summary["uncertainty_mean"]}
+        filled = collect_outputs(features_and_probs, context.eval_dataset("train"))
+        self.bank_features.assign(filled["features"])
+        self.bank_probs.assign(filled["probs"])
+        self.bank_filled.assign(1.0)
+        self.bank_visited.assign(np.ones(self.bank_visited.shape, np.float32))
+        context.log(f"ldlva: neighbour bank filled by one inference pass over {len(filled['probs'])} training images")

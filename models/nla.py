@@ -1,5 +1,12 @@
 """NLA: noise-aware adaptive weighting with flip consistency (AAAI 2025; official jungyu0413/NLA).
 
+J. Lee, Y. Choi, H. Kim, I.-J. Kim, G. P. Nam, "Navigating Label Ambiguity for Facial Expression
+Recognition in the Wild", AAAI 2025 (doi:10.1609/aaai.v39i4.32476; arXiv:2502.09993). The paper is cited
+by component name (Noise-aware Adaptive Weighting, NAW; consistency regularization), not by equation
+number. Official PyTorch code: ``jungyu0413/NLA`` (commit b86f31f): ``src/loss.py`` (``NAW``,
+``jensen_shannon_divergence``, ``exponential_scheduler``), ``main_rafdb.py`` (arguments, optimiser,
+transforms, model selection) and ``src/train.py`` (``train``).
+
 Idea: where a sample sits in the plane x = (p_GT, p_NN) (the probability of its given class and of the
 strongest competitor) says whether its label is likely clean. Two 2-D Gaussian densities score that
 position: a "correct" kernel centred at (0.5, 0.5) for samples the network currently agrees with, whose
@@ -10,16 +17,21 @@ through w). A consistency term between the image and its horizontal flip regular
 
     L = λ·mean_i[(1 + w_i)·CE_i] + (1 − λ)·J(z, z_flip),     λ = 0.5
 
-Maths in :mod:`losses.nla` (reference §4.4).
+Maths in :mod:`losses.nla` (official ``src/loss.py``).
 
-Deviations / choices (paper vs official code ``b86f31f`` vs ours; – = not stated in reference §4)
+Deviations / choices (paper vs official code ``b86f31f`` vs ours)
 ---------------------------------------------------------------------------------------------
+In the paper column, – = no paper value recorded here; (rep.) = what the paper states according to the
+maintainers' report, not re-checked against the paper text.
+
 ====================  ================  ============================  ==========================================
 item                  paper             official code                 ours (default) — option
 ====================  ================  ============================  ==========================================
 scheduler slope       −10               ``--slope`` default −15       ``slope=-15`` — ``slope=-10``
-scheduled parameters  means and         off-diagonal of the correct   as official (fixed means, fixed wrong
-                      covariances       kernel only                   kernel)
+scheduled parameters  off-diagonal of   off-diagonal of the correct   as official (fixed means, fixed wrong
+                      the correct       kernel only                   kernel)
+                      kernel's Σ_t
+                      only (rep.)
 consistency J         Jensen-Shannon    mixture in logit space,       ``jsd_mode=official`` — ``textbook``
                                         reversed KL, batch sum        (probability mixture, batch mean)
 second view           horizontal flip   exact flip of the augmented   the same flip, but **one** forward of

@@ -36,9 +36,11 @@ import pandas as pd
 from common.errors import DataError
 from data.classes import AFFECTNET8_CLASSES
 from data.schema import format_float_list
-from preprocess.common import (ImportReport, Progress, add_force_argument, check_can_write, crop_and_resize,
+from common.cli import run_command
+from common.progress import Progress
+from preprocess.common import (ImportReport, add_force_argument, check_can_write, crop_and_resize,
                                expand_box, normalize_relpath, parse_float, parse_int, prepared_outputs,
-                               require_columns, run_cli, write_image, write_prepared)
+                               require_columns, write_image, write_prepared)
 
 COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
            "expression", "valence", "arousal")
@@ -235,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, import_affectnet, argv)
+    return run_command(build_parser, import_affectnet, argv)
 
 
 if __name__ == "__main__":

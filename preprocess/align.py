@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import DataError
-from preprocess.common import (Progress, add_force_argument, check_can_write, list_images, require_optional,
-                               run_cli, write_image)
+from common.cli import run_command
+from common.progress import Progress
+from preprocess.common import (add_force_argument, check_can_write, list_images, require_optional,
+                               write_image)
 
 KEYPOINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 # ArcFace / InsightFace 112x112 reference points, in KEYPOINT_NAMES order.
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, align_folder, argv)
+    return run_command(build_parser, align_folder, argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Shared plumbing of the ``python -m preprocess.*`` commands.
 
-Every command is ``main(argv) -> exit code`` built with :func:`run_cli`: user mistakes raise
+Every command is ``main(argv) -> exit code`` built with :func:`common.cli.run_command`: user mistakes raise
 :class:`common.errors.FERError` and come out as ``error: <message naming file and row>`` on stderr with
 exit code 2; progress lines go to stderr, the summary to stdout.
 
@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from common.errors import ConfigError, DataError, FERError
+from common.errors import ConfigError, DataError
+from data.prepared import DATASET_JSON
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-DATASET_JSON = "dataset.json"
 DROPPED_CSV = "dropped.csv"
 PREPROCESS_REQUIREMENTS = "pip install -r requirements-preprocess.txt"
 
@@ -53,30 +51,6 @@ def require_optional(module: str, package: str, purpose: str):
 # ---------------------------------------------------------------- CLI ----
 
 
-def run_cli(build_parser, run, argv=None) -> int:
-    """Parse ``argv``, call ``run(args)`` and turn user errors into ``error: ...`` + exit code 2.
-
-    ``run`` returns the summary text (printed to stdout) or None.
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        summary = run(args)
-    except FERError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # permission denied, disk full...: the message names the file
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; outputs written so far may be incomplete (tables are written last)",
-              file=sys.stderr)
-        return 130
-    if summary:
-        print(summary.rstrip("\n"))
-    return 0
-
-
 def add_force_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
 
@@ -87,45 +61,6 @@ def describe_args(args) -> dict:
         return {}
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
             if isinstance(v, (str, int, float, bool, Path, type(None)))}
-
-
-class Progress:
-    """Textual progress on stderr: at most one line every ``every`` seconds, plus a final line."""
-
-    def __init__(self, label: str, total: int | None = None, every: float = 2.0, stream=None, unit: str = "rows"):
-        self.label, self.total, self.every, self.unit = label, total, every, unit
-        self.stream = stream if stream is not None else sys.stderr
-        self.count = 0
-        self.start = time.monotonic()
-        self._last = self.start
-        self._closed = False
-
-    def _line(self) -> str:
-        elapsed = time.monotonic() - self.start
-        if self.total:
-            pct = 100.0 * self.count / self.total
-            return f"{self.label}: {self.count}/{self.total} {self.unit} ({pct:.0f}%), {elapsed:.1f} s"
-        return f"{self.label}: {self.count} {self.unit}, {elapsed:.1f} s"
-
-    def update(self, n: int = 1) -> None:
-        self.count += n
-        now = time.monotonic()
-        if now - self._last >= self.every:
-            self._last = now
-            print(self._line(), file=self.stream, flush=True)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            print(self._line() + " - done", file=self.stream, flush=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            self.close()
-        return False
 
 
 class ImportReport:
@@ -239,37 +174,6 @@ def write_prepared(out_dir, tables: dict, *, dataset: str, class_names, image_ro
     }
     info.update({k: v for k, v in (extra or {}).items() if k != "keeps_neighbors"})
     atomic_write_json(out_dir / DATASET_JSON, info)
-
-
-def resolve_image_root(dataset_dir, override=None) -> Path:
-    """The image root of a prepared directory: ``override``, else dataset.json's, else ``DIR/images``."""
-    import json
-
-    dataset_dir = Path(dataset_dir)
-    if override is not None:
-        return Path(override)
-    meta = dataset_dir / DATASET_JSON
-    if meta.is_file():
-        try:
-            root = json.loads(meta.read_text()).get("image_root")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{meta}: not valid JSON ({exc})") from None
-        if root:
-            root = Path(root)
-            return root if root.is_absolute() else dataset_dir / root
-    return dataset_dir / "images"
-
-
-def read_dataset_json(dataset_dir) -> dict:
-    import json
-
-    meta = Path(dataset_dir) / DATASET_JSON
-    if not meta.is_file():
-        return {}
-    try:
-        return json.loads(meta.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{meta}: not valid JSON ({exc})") from None
 
 
 # ------------------------------------------------------------- tables ----

@@ -38,8 +38,10 @@ import pandas as pd
 
 from common.errors import DataError
 from data.classes import AFFECTNET8_CLASSES
-from preprocess.common import (ImportReport, Progress, add_force_argument, check_can_write, parse_float,
-                               prepared_outputs, read_raw_csv, require_columns, run_cli, write_image, write_prepared)
+from common.cli import run_command
+from common.progress import Progress
+from preprocess.common import (ImportReport, add_force_argument, check_can_write, parse_float,
+                               prepared_outputs, read_raw_csv, require_columns, write_image, write_prepared)
 
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
 # fer2013new.csv vote columns in canonical order, then the two non-emotion columns.
@@ -188,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, import_ferplus, argv)
+    return run_command(build_parser, import_ferplus, argv)
 
 
 if __name__ == "__main__":

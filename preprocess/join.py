@@ -30,9 +30,11 @@ import pandas as pd
 from common.errors import DataError
 from data.classes import AFFECTNET8_CLASSES
 from data.schema import OPTIONAL_COLUMNS, read_csv, validate_frame
-from preprocess.common import (DATASET_JSON, DROPPED_CSV, ImportReport, Progress, add_force_argument,
-                               check_can_write, link_or_copy, read_dataset_json, resolve_image_root, run_cli,
-                               write_prepared)
+from common.cli import run_command
+from common.progress import Progress
+from data.prepared import read_dataset_json, resolve_image_root
+from preprocess.common import (DATASET_JSON, DROPPED_CSV, ImportReport, add_force_argument,
+                               check_can_write, link_or_copy, write_prepared)
 
 SCHEMA_COLUMNS = ("path", "expression") + tuple(c for c in OPTIONAL_COLUMNS if c != "source")
 
@@ -165,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, join, argv)
+    return run_command(build_parser, join, argv)
 
 
 if __name__ == "__main__":

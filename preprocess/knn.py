@@ -22,7 +22,8 @@ import pandas as pd
 from common.errors import DataError
 from data.neighbors import build_neighbor_table, format_knn_column, neighbor_table_path, save_neighbor_table
 from data.schema import read_csv
-from preprocess.common import add_force_argument, check_can_write, require_columns, run_cli
+from common.cli import run_command
+from preprocess.common import add_force_argument, check_can_write, require_columns
 
 
 def read_va(frame: pd.DataFrame, csv_path) -> np.ndarray:
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, build_knn, argv)
+    return run_command(build_parser, build_knn, argv)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ import numpy as np
 
 from common.errors import DataError
 from data.schema import format_float_list, read_csv, write_table
-from preprocess.common import (Progress, add_force_argument, check_can_write, require_columns, require_optional,
-                               resolve_image_root, run_cli)
+from common.cli import run_command
+from common.progress import Progress
+from data.prepared import resolve_image_root
+from preprocess.common import (add_force_argument, check_can_write, require_columns, require_optional)
 
 NUM_POINTS = 68
 
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, add_landmarks, argv)
+    return run_command(build_parser, add_landmarks, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 LDLVA needs a (valence, arousal) point for every training image to find its neighbours. AffectNet and
 the synthetic benchmark have them; RAF-DB, SFEW and FERPlus do not, and the LDLVA paper fills them in
-with EmoNet (reference §5), whose weights are CC BY-NC-ND. This command replaces EmoNet with a
+with EmoNet (Toisoul et al., "Estimation of continuous valence and arousal levels from faces in
+naturalistic conditions", Nature Machine Intelligence 2021, doi:10.1038/s42256-020-00280-0; code and
+weights: ``face-analysis/emonet``), whose weights are CC BY-NC-ND. This command replaces EmoNet with a
 regressor trained here: a backbone from ``models.backbones`` and a 2-unit tanh head (outputs in
 [-1, 1] like the annotations).
 
@@ -44,7 +46,7 @@ Usage::
     python -m preprocess.pseudo_va predict --model MODEL_DIR --table DIR/train.csv [--image-root ROOT]
         (--out NEW.csv | --force)
 
-For real data, train on AffectNet with the LDLVA backbone, e.g. ``--backbone resnet50 --image-size 224
+For real data, train on AffectNet with the LDLVA backbone, e.g. ``--backbone resnet50_keras --image-size 224
 --pad 16 --weights imagenet --epochs 10 --batch-size 32``, then predict RAF-DB/SFEW/FERPlus train tables
 and rebuild their neighbour tables with ``python -m preprocess.knn``.
 """
@@ -65,7 +67,9 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from preprocess.common import add_force_argument, check_can_write, resolve_image_root, run_cli
+from common.cli import run_command
+from data.prepared import resolve_image_root
+from preprocess.common import add_force_argument, check_can_write
 
 FORMAT = "fer-ldl pseudo-va regressor"
 FORMAT_VERSION = 1
@@ -110,17 +114,12 @@ class RegressorConfig:
 
 
 def batch_ccc(pred, target, eps: float = 1e-6):
-    """Lin's CCC of two (B,) tensors with population moments (as ``engine.metrics.ccc``), float32.
-
-    ``eps`` keeps the gradient finite when both inputs are constant (a batch of one sample).
-    """
+    """CCC of two (B,) tensors as a float32 training quantity (:func:`losses.common.concordance_correlation`)."""
     import tensorflow as tf
 
-    x, y = tf.cast(pred, tf.float32), tf.cast(target, tf.float32)
-    mx, my = tf.reduce_mean(x), tf.reduce_mean(y)
-    vx, vy = tf.reduce_mean(tf.square(x - mx)), tf.reduce_mean(tf.square(y - my))
-    cov = tf.reduce_mean((x - mx) * (y - my))
-    return 2.0 * cov / (vx + vy + tf.square(mx - my) + eps)
+    from losses.common import concordance_correlation
+
+    return concordance_correlation(tf.cast(pred, tf.float32), target, eps)
 
 
 def va_regression_loss(true_va, pred_va, ccc_weight: float = 1.0):
@@ -152,29 +151,22 @@ def _metric_fns():
 
 
 def build_regressor(cfg: RegressorConfig, init_weights: bool):
-    """image (B, S, S, 3) in [-1, 1] → VA (B, 2) in (-1, 1): [ImageNet input mapping] → backbone → Dense(2, tanh).
+    """image (B, S, S, 3) in [-1, 1] → VA (B, 2) in (-1, 1): backbone → Dense(2, tanh).
 
-    The architecture depends only on ``cfg`` (never on a download), so ``predict`` rebuilds it offline
-    and loads the saved weights. With ``--weights imagenet`` the backbone's input mapping is a layer of
-    this model rather than of the backbone, and the pretrained weights are copied into a plain backbone
-    (``init_weights=True`` only, at training time).
+    The architecture depends only on ``cfg`` (never on a download or a weights file), so ``predict``
+    rebuilds it offline and loads the saved weights: the backbone's input normalisation follows
+    ``cfg.weights`` (``models.backbones.resolve_input_norm``) whether or not the pretrained weights are
+    loaded (``init_weights=True`` only, at training time).
     """
     import keras
     from keras import layers
 
-    from models.backbones import _imagenet_preprocess, build_backbone
+    from models.backbones import build_backbone, resolve_input_norm
 
-    imagenet = cfg.weights == "imagenet"
-    backbone = build_backbone(cfg.backbone, cfg.image_size, None if imagenet or not init_weights else cfg.weights)
-    if imagenet and init_weights:
-        pretrained = build_backbone(cfg.backbone, cfg.image_size, "imagenet")  # ConfigError when offline
-        backbone.set_weights(pretrained.get_weights())  # same layers; the input mapping has no weights
+    norm = resolve_input_norm(cfg.backbone, cfg.weights, missing_ok=True)
+    backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights if init_weights else None, input_norm=norm)
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
-    x = inputs
-    mapping = _imagenet_preprocess(cfg.backbone) if imagenet else None
-    if mapping is not None:
-        x = mapping(x)
-    features = backbone(x)
+    features = backbone(inputs)
     va = layers.Dense(2, activation="tanh", dtype="float32", name="va_head")(features)
     return keras.Model(inputs, va, name=f"va_regressor_{cfg.backbone}")
 
@@ -561,7 +553,7 @@ def run(args) -> str:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, run, argv)
+    return run_command(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ import pandas as pd
 
 from common.errors import DataError
 from data.classes import BASIC7_CLASSES
-from preprocess.common import (ImportReport, Progress, add_force_argument, check_can_write, link_or_copy,
-                               prepared_outputs, run_cli, write_prepared)
+from common.cli import run_command
+from common.progress import Progress
+from preprocess.common import (ImportReport, add_force_argument, check_can_write, link_or_copy,
+                               prepared_outputs, write_prepared)
 
 LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"  # sic: the official file name
 # RAF-DB 1-based label -> canonical index (0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear, 5 Disgust, 6 Anger).
@@ -132,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, import_rafdb, argv)
+    return run_command(build_parser, import_rafdb, argv)
 
 
 if __name__ == "__main__":

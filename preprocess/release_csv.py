@@ -24,9 +24,10 @@ from common.errors import DataError
 from data.classes import AFFECTNET8_CLASSES
 from data.neighbors import parse_knn_column, save_neighbor_table
 from data.schema import validate_frame
-from preprocess.common import (ImportReport, Progress, add_force_argument, check_can_write, link_or_copy,
-                               normalize_relpath, prepared_outputs, read_raw_csv, require_columns, run_cli,
-                               write_prepared)
+from common.cli import run_command
+from common.progress import Progress
+from preprocess.common import (ImportReport, add_force_argument, check_can_write, link_or_copy,
+                               normalize_relpath, prepared_outputs, read_raw_csv, require_columns, write_prepared)
 
 PATH_COLUMN = "subDirectory_filePath"
 
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, import_release, argv)
+    return run_command(build_parser, import_release, argv)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ import pandas as pd
 
 from common.errors import DataError
 from data.classes import BASIC7_CLASSES
-from preprocess.common import (IMAGE_EXTENSIONS, ImportReport, Progress, add_force_argument, check_can_write,
-                               link_or_copy, prepared_outputs, run_cli, write_prepared)
+from common.cli import run_command
+from common.progress import Progress
+from preprocess.common import (IMAGE_EXTENSIONS, ImportReport, add_force_argument, check_can_write,
+                               link_or_copy, prepared_outputs, write_prepared)
 
 FOLDER_TO_CANONICAL = {
     "neutral": 0, "happy": 1, "happiness": 1, "sad": 2, "sadness": 2, "surprise": 3, "surprised": 3,
@@ -109,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, import_sfew, argv)
+    return run_command(build_parser, import_sfew, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import pandas as pd
 from common.errors import DataError
 from data.neighbors import neighbor_table_path
 from data.schema import read_csv, write_table
-from preprocess.common import add_force_argument, check_can_write, normalize_relpath, read_raw_csv, require_columns, run_cli
+from common.cli import run_command
+from preprocess.common import add_force_argument, check_can_write, normalize_relpath, read_raw_csv, require_columns
 
 
 def read_va_csv(path, path_column: str, clip: bool) -> tuple[dict[str, tuple[float, float]], int]:
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run_cli(build_parser, import_va, argv)
+    return run_command(build_parser, import_va, argv)
 
 
 if __name__ == "__main__":

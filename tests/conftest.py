@@ -65,3 +65,14 @@ def tiny_run_config(data_dir, out, method="ce", **overrides):
                 tensorboard=False, verbose=0, val_every=0)
     base.update(overrides)
     return RunConfig(**base)
+
+
+def build_method(data_dir, out, method="ce", **overrides):
+    """``(trainer, model, method_data)``: a method built through the engine on a tiny dataset (no fit)."""
+    from engine.run import Trainer
+
+    trainer = Trainer(tiny_run_config(data_dir, out, method=method, **overrides), log=lambda *a, **k: None)
+    trainer.load_data()
+    method_data = trainer.method_data()
+    model = trainer.build(len(trainer.train_table), method_data)
+    return trainer, model, method_data

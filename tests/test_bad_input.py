@@ -527,7 +527,7 @@ def test_foreign_checkpoint_is_refused(name, trained, tiny_dataset, tmp_path, ca
     run = _copy_run(trained[run_name], tmp_path / "run")
     ckpt = _swap_checkpoint(run, trained[donor])
     if how == "evaluate":
-        code, _, err = run_cli(evaluate, ["--ckpt", ckpt], capsys)
+        code, _, err = run_cli(evaluate, ["--run", ckpt], capsys)
     else:
         argv = train_args(tiny_dataset, run, "--resume")
         if run_name == "ldlva7":
@@ -543,16 +543,16 @@ def test_foreign_checkpoint_is_refused(name, trained, tiny_dataset, tmp_path, ca
 def test_evaluate_refuses_other_class_count_and_missing_ckpt(trained, tiny_dataset, tmp_path, capsys):
     import evaluate
 
-    code, _, err = run_cli(evaluate, ["--ckpt", trained["ce7"], "--dataset", "affectnet8"], capsys)
+    code, _, err = run_cli(evaluate, ["--run", trained["ce7"], "--dataset", "affectnet8"], capsys)
     assert code == 2 and "7 classes" in err and "affectnet8" in err and "8" in err
-    code, _, err = run_cli(evaluate, ["--ckpt", tmp_path / "nowhere"], capsys)
+    code, _, err = run_cli(evaluate, ["--run", tmp_path / "nowhere"], capsys)
     assert code == 2 and "nowhere" in err and "does not exist" in err
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli(evaluate, ["--ckpt", tmp_path / "empty"], capsys)
+    code, _, err = run_cli(evaluate, ["--run", tmp_path / "empty"], capsys)
     assert code == 2 and "not a run directory" in err
     bad = copy_dataset(tiny_dataset, tmp_path / "ds")
     _set_cell("test", 5, "expression", 9)(bad, tmp_path)
-    code, _, err = run_cli(evaluate, ["--ckpt", trained["ce7"], "--data-dir", bad], capsys)
+    code, _, err = run_cli(evaluate, ["--run", trained["ce7"], "--data-dir", bad], capsys)
     assert code == 2 and "test.csv, row 6" in err and "out of range" in err
 
 
@@ -561,8 +561,14 @@ def test_matching_checkpoint_still_loads(trained, capsys):
     import evaluate
 
     for name in ("ce7", "ldlva7"):
-        code, out, err = run_cli(evaluate, ["--ckpt", trained[name]], capsys)
+        target = trained[name] / "eval_check.json"
+        code, out, err = run_cli(evaluate, ["--run", trained[name], "--json", target], capsys)
         assert code == 0, err[-3000:]
+        saved = json.loads((trained[name] / "metrics.json").read_text())
+        again = json.loads(target.read_text())
+        for key in ("accuracy", "mean_class_accuracy", "macro_f1", "confusion_matrix"):
+            assert again[key] == saved[key], (name, key)
+        assert again["nll"] == pytest.approx(saved["nll"], rel=1e-5)
 
 
 # --- output directory and disk ---------------------------------------------------------------------------

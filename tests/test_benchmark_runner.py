@@ -1,4 +1,4 @@
-"""benchmark.py: the grid, resuming a half-finished grid, unavailable methods, tables, inconsistent labels."""
+"""benchmark.py: the grid, resuming a half-finished grid, a broken method, tables, inconsistent labels."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 import benchmark
+from benchmarks import grid
 from common.errors import ConfigError
 from conftest import write_tiny_dataset
 
@@ -22,60 +23,72 @@ def tiny(epochs: int = 1) -> list[str]:
 # ------------------------------------------------------------------------------------- pure parts
 
 def test_parse_method_sets():
-    assert benchmark.parse_method_sets(["ldlva:gamma=0.1", "ldlva:num_neighbors=4", "nla:t=2"]) == {
+    assert grid.parse_method_sets(["ldlva:gamma=0.1", "ldlva:num_neighbors=4", "nla:t=2"]) == {
         "ldlva": {"gamma": "0.1", "num_neighbors": "4"}, "nla": {"t": "2"}}
     for bad in ("gamma=0.1", "ldlva:gamma", ":gamma=1"):
         with pytest.raises(ConfigError):
-            benchmark.parse_method_sets([bad])
+            grid.parse_method_sets([bad])
 
 
 def test_mean_std_is_sample_std_and_ignores_missing():
-    mean, std, n = benchmark.mean_std([0.8, 0.9, None, float("nan")])
+    mean, std, n = grid.mean_std([0.8, 0.9, None, float("nan")])
     assert (mean, n) == (pytest.approx(0.85), 2)
     assert std == pytest.approx(math.sqrt(((0.8 - 0.85) ** 2 + (0.9 - 0.85) ** 2) / 1))  # ddof = 1
-    assert benchmark.mean_std([0.5])[1:] == (0.0, 1)
-    assert math.isnan(benchmark.mean_std([None])[0])
+    assert grid.mean_std([0.5])[1:] == (0.0, 1)
+    assert math.isnan(grid.mean_std([None])[0])
 
 
 def test_metric_table_layout_best_in_bold_and_partial_cells():
     rows = [{"method": "ce", "level": "0.1", "accuracy": 0.80}, {"method": "ce", "level": "0.1", "accuracy": 0.90},
             {"method": "ldlva", "level": "0.1", "accuracy": 0.95},
             {"method": "ce", "level": "0.3", "accuracy": 0.70}, {"method": "ce", "level": "0.3", "accuracy": 0.72}]
-    lines = benchmark.metric_table(rows, ["ce", "ldlva"], ["0.1", "0.3"], "accuracy", "noise", seeds=2)
+    lines = grid.metric_table(rows, ["ce", "ldlva"], ["0.1", "0.3"], "accuracy", "noise", seeds=2)
     assert lines[0] == "| Method | 10% | 30% |"
     assert lines[2] == "| CE | 85.00 ± 7.07 | 71.00 ± 1.41 |"
     assert lines[3] == "| LDLVA | **95.00 ± 0.00** (n=1) | – |"
-    assert benchmark.metric_table(rows, ["ce"], ["0.1"], "noise_detection_auc", "noise", 2) is None
+    assert grid.metric_table(rows, ["ce"], ["0.1"], "noise_detection_auc", "noise", 2) is None
 
 
 def test_cell_configs_per_protocol():
     args = benchmark.build_parser().parse_args(["--protocol", "imbalance", "--levels", "50", "--dataset", "csv"])
     args.preset = {}
-    cfg = benchmark.base_config(args, "ce", 1, "OUT/x", 50.0, {"ce": {"label_smoothing": "0.1"}})
+    cfg = grid.base_config(args, "ce", 1, "OUT/x", 50.0, {"ce": {"label_smoothing": "0.1"}})
     assert (cfg.imbalance_factor, cfg.noise_kind, cfg.seed, cfg.noise_seed) == (50.0, "none", 1, 1)
     assert cfg.method_overrides == {"label_smoothing": "0.1"}
     args = benchmark.build_parser().parse_args(["--protocol", "noise", "--levels", "0.2", "--noise-kind", "asymmetric"])
     args.preset = {}
-    cfg = benchmark.base_config(args, "ce", 0, "OUT/x", 0.2, {})
+    cfg = grid.base_config(args, "ce", 0, "OUT/x", 0.2, {})
     assert (cfg.noise_kind, cfg.noise_rate, cfg.imbalance_factor) == ("asymmetric", 0.2, 1.0)
     with pytest.raises(ConfigError, match="noise rate"):
-        benchmark.grid_levels(benchmark.build_parser().parse_args(["--protocol", "noise", "--levels", "1.5"]))
+        grid.grid_levels(benchmark.build_parser().parse_args(["--protocol", "noise", "--levels", "1.5"]))
     with pytest.raises(ConfigError, match="needs --levels"):
-        benchmark.grid_levels(benchmark.build_parser().parse_args(["--protocol", "imbalance"]))
+        grid.grid_levels(benchmark.build_parser().parse_args(["--protocol", "imbalance"]))
 
 
 # ------------------------------------------------------------------------------------------ grids
 
-def test_noise_grid_resumes_skips_and_reports_unavailable_methods(tiny_dataset, tmp_path, monkeypatch, capsys):
+def test_a_registered_method_that_does_not_import_stops_the_grid(tiny_dataset, tmp_path, monkeypatch):
     from models import registry
 
-    monkeypatch.setitem(registry.METHODS, "broken", ("models.does_not_exist:X", "models.does_not_exist:Y"))
+    registry.register_method("broken", "models.does_not_exist:X", "models.does_not_exist:Y")
+    try:
+        argv = ["--protocol", "noise", "--levels", "0.1", "--methods", "ce", "broken", "--seeds", "0",
+                "--dataset", "csv", "--num-classes", "7", "--data-dir", str(tiny_dataset), "--out",
+                str(tmp_path / "bench"), *tiny()]
+        with pytest.raises(ImportError):
+            benchmark.main(argv)
+        assert not (tmp_path / "bench" / "runs").exists()  # before any training
+    finally:
+        registry.METHODS.pop("broken")
+
+
+def test_noise_grid_resumes_and_reports_stale_cells(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = ["--protocol", "noise", "--levels", "0.1", "0.3", "--methods", "ce", "broken", "--seeds", "1",
+    argv = ["--protocol", "noise", "--levels", "0.1", "0.3", "--methods", "ce", "--seeds", "0",
             "--dataset", "csv", "--num-classes", "7", "--data-dir", str(tiny_dataset), "--out", str(out), *tiny()]
     assert benchmark.main(argv) == 0
     runs = pd.read_csv(out / "runs.csv")
-    assert list(runs.columns) == list(benchmark.RUNS_CSV_COLUMNS)
+    assert list(runs.columns) == list(grid.RUNS_CSV_COLUMNS)
     assert sorted(runs["level"].astype(str)) == ["0.1", "0.3"] and set(runs["method"]) == {"ce"}
     assert runs["accuracy"].between(0, 1).all() and (runs["seconds"] > 0).all()
     first = json.loads((out / "runs" / "ce_0.1_s0" / "metrics.json").read_text())
@@ -84,7 +97,6 @@ def test_noise_grid_resumes_skips_and_reports_unavailable_methods(tiny_dataset, 
     assert (config["noise_kind"], config["noise_rate"], config["noise_seed"]) == ("symmetric", 0.3, 0)
     results = (out / "results.md").read_text()
     assert "| CE |" in results and "| Method | 10% | 30% |" in results
-    assert "broken: not available" in results
 
     # Half-finished grid: cell 2 lost its metrics (killed after its last checkpoint); cell 1 is done.
     done_mtime = (out / "runs" / "ce_0.1_s0" / "metrics.json").stat().st_mtime_ns
@@ -115,22 +127,22 @@ def test_failed_cell_is_reported_and_grid_goes_on(tiny_dataset, tmp_path, monkey
 
     monkeypatch.setattr(Trainer, "train", broken_train)
     out = tmp_path / "bench"
-    argv = ["--protocol", "noise", "--levels", "0.1", "0.2", "--methods", "ce", "--seeds", "1", "--dataset", "csv",
+    argv = ["--protocol", "noise", "--levels", "0.1", "0.2", "--methods", "ce", "--seeds", "0", "--dataset", "csv",
             "--num-classes", "7", "--data-dir", str(tiny_dataset), "--out", str(out), *tiny()]
     assert benchmark.main(argv) == 1
     assert len(calls) == 2  # the first failure did not stop the grid
     results = (out / "results.md").read_text()
     assert "ce_0.1_s0: failed (RuntimeError: boom)" in results and "ce_0.2_s0: failed" in results
-    assert "RuntimeError: boom" in (out / "runs" / "ce_0.1_s0" / benchmark.ERROR_FILE).read_text()
+    assert "RuntimeError: boom" in (out / "runs" / "ce_0.1_s0" / grid.ERROR_FILE).read_text()
     # Once the cause is gone, rerunning the same command trains the failed cell from its leftover directory.
     monkeypatch.undo()
     assert benchmark.main(argv[:4] + argv[5:]) == 0  # without level 0.2
     assert (out / "runs" / "ce_0.1_s0" / "metrics.json").is_file()
-    assert not (out / "runs" / "ce_0.1_s0" / benchmark.ERROR_FILE).exists()
+    assert not (out / "runs" / "ce_0.1_s0" / grid.ERROR_FILE).exists()
 
 
 def test_bad_method_setting_fails_before_training(tiny_dataset, tmp_path):
-    argv = ["--protocol", "original", "--methods", "ce", "--seeds", "1", "--dataset", "csv", "--num-classes", "7",
+    argv = ["--protocol", "original", "--methods", "ce", "--seeds", "0", "--dataset", "csv", "--num-classes", "7",
             "--data-dir", str(tiny_dataset), "--out", str(tmp_path / "b"), "--method-set", "ce:no_such_setting=1"]
     with pytest.raises(ConfigError, match="no_such_setting"):
         benchmark.main(argv)
@@ -148,7 +160,7 @@ def _prepared(root, seed):
 def test_inconsistent_protocol_trains_on_the_join_and_tests_each_source(tmp_path):
     dirs = {name: _prepared(tmp_path / name, seed) for seed, name in enumerate(("rafdb", "affectnet", "sfew"))}
     out = tmp_path / "bench"
-    argv = ["--protocol", "inconsistent", "--methods", "ce", "--seeds", "1", "--out", str(out),
+    argv = ["--protocol", "inconsistent", "--methods", "ce", "--seeds", "0", "--out", str(out),
             "--data-dirs", *[f"{n}={d}" for n, d in dirs.items()], *tiny()]
     assert benchmark.main(argv) == 0
     train = pd.read_csv(out / "joined" / "train.csv")

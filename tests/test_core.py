@@ -122,7 +122,7 @@ def test_evaluate_reproduces_metrics_json(trained_run, tmp_path):
 
     out, report, _ = trained_run
     target = tmp_path / "eval.json"
-    assert evaluate.main(["--ckpt", str(out), "--json", str(target)]) == 0
+    assert evaluate.main(["--ckpt", str(out), "--json", str(target)]) == 0  # --ckpt: the alias of --run
     again = json.loads(target.read_text())
     assert again["accuracy"] == pytest.approx(report["accuracy"], abs=1e-9)
     assert again["confusion_matrix"] == report["confusion_matrix"]
@@ -135,7 +135,7 @@ def test_evaluate_on_the_savedmodel_matches(trained_run, tiny_dataset, tmp_path)
 
     out, report, _ = trained_run
     target = tmp_path / "eval_sm.json"
-    code = evaluate.main(["--ckpt", str(out / "saved_model"), "--dataset", "csv", "--num-classes", "7",
+    code = evaluate.main(["--run", str(out / "saved_model"), "--dataset", "csv", "--num-classes", "7",
                           "--data-dir", str(tiny_dataset), "--json", str(target)])
     assert code == 0
     assert json.loads(target.read_text())["accuracy"] == pytest.approx(report["accuracy"], abs=1e-9)
@@ -220,7 +220,7 @@ def test_backbones_build_and_offline_imagenet_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(keras.applications, "ResNet50", offline)
     with pytest.raises(ConfigError, match="offline"):
-        build_backbone("resnet50", 32, weights="imagenet")
+        build_backbone("resnet50_keras", 32, weights="imagenet")
 
 
 def test_neighbor_table_ties_with_many_duplicates_follow_row_order():

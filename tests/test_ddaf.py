@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_run_config
+from conftest import build_method, tiny_run_config
 
 QUIET = dict(log=lambda *a, **k: None)
 
 
 def _build(tiny_dataset, out, **method_overrides):
-    from engine.run import Trainer
-
-    trainer = Trainer(tiny_run_config(tiny_dataset, out, method="ddaf", method_overrides=method_overrides), **QUIET)
-    trainer.load_data()
-    method_data = trainer.method_data()
-    model = trainer.build(len(trainer.train_table), method_data)
-    return trainer, model, method_data
+    return build_method(tiny_dataset, out, "ddaf", method_overrides=method_overrides)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +62,8 @@ def _train(tiny_dataset, out, extra=None, resume=False, **kwargs):
                           method_overrides={"swa_start": "0"}, **kwargs)
     trainer = Trainer(cfg, **QUIET)
     with pytest.MonkeyPatch.context() as mp:
-        original = DDAFModel.extra_callbacks
-        mp.setattr(DDAFModel, "extra_callbacks", lambda self, t: original(self, t) + list(extra or []))
+        original = DDAFModel.callbacks
+        mp.setattr(DDAFModel, "callbacks", lambda self, context: original(self, context) + list(extra or []))
         report = trainer.train()
     return trainer, report
 
@@ -122,14 +116,14 @@ def test_euclidean_fusion_is_online_from_va(tiny_dataset, tmp_path):
     expected = 0.3 * np.eye(7)[batch["label"].numpy()] + 0.7 * mixed
     np.testing.assert_allclose(outputs["targets"].numpy(), expected, atol=1e-5)
     # SWA off: no shadow variables, no callback, after_training is a no-op.
-    assert model.swa_state is None and model.extra_callbacks(trainer) == []
+    assert model.swa_state is None and model.callbacks(trainer.context()) == []
     assert not any("swa" in v.path for v in model.weights)
-    model.after_training(trainer)
+    model.after_training(trainer.context())
 
 
 def test_swa_state_is_the_arithmetic_mean_on_a_tiny_model():
     """Hand check: a 1-layer model, 3 epochs of SGD, averaging from epoch 1 → mean of epoch-end weights 1, 2."""
-    from engine.swa import SWACallback, SWAState
+    from models.swa import SWACallback, SWAState
 
     class Tiny(keras.Model):
         def __init__(self):
@@ -162,7 +156,7 @@ def test_swa_state_is_the_arithmetic_mean_on_a_tiny_model():
 
 
 def test_update_batch_norm_is_the_mean_of_batch_statistics():
-    from engine.swa import update_batch_norm
+    from models.swa import update_batch_norm
 
     inputs = keras.Input((3,))
     bn = keras.layers.BatchNormalization(momentum=0.99)
@@ -196,12 +190,12 @@ def test_run_swa_mean_metrics_export_and_reload(trained_run):
     again = evaluate_model(rebuilt.model, rebuilt.eval_dataset(), rebuilt.test_table, rebuilt.spec.class_names)
     assert again["accuracy"] == pytest.approx(saved["accuracy"])
 
-    # final_metrics = engine.metrics.va_metrics of VA predicted by hand over the whole split (odd batches).
+    # The VA metrics = engine.metrics.va_metrics of VA predicted by hand over the whole split (odd batches).
     images = np.concatenate([b["image"].numpy() for b in rebuilt.eval_dataset()])
     manual = np.concatenate([rebuilt.model.va_head(rebuilt.model.embed(images[i:i + 5])[0]).numpy()
                              for i in range(0, len(images), 5)])
     expected = va_metrics(manual, rebuilt.test_table.va)
-    got = rebuilt.model.final_metrics(rebuilt)
+    got = again
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
         assert saved[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

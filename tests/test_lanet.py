@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_run_config
+from conftest import tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_landmark_loss_options_and_landmark_count_check(built, tiny_dataset):
         model.config = original
     assert np.isfinite(awing) and np.isfinite(mse) and awing != mse
     with pytest.raises(DataError, match="num_landmarks=68"):
-        LANetModel.prepare_data(LANetConfig(num_landmarks=19), trainer.train_table, tiny_dataset, trainer.cfg)
+        LANetModel.prepare_data(LANetConfig(num_landmarks=19), trainer.train_table, trainer.context())
 
 
 def test_balanced_sampler_moves_towards_uniform():
@@ -171,8 +171,8 @@ def test_trainer_run_reload_and_export(trained_run, tmp_path):
     for (_, k_old), (_, k_new) in zip(model.momentum_pairs(), rebuilt.model.momentum_pairs()):
         np.testing.assert_array_equal(k_new.numpy(), k_old.numpy())
     rebuilt.load_data(need_train=False)
-    probs_a, _ = predict_split(model, trainer.eval_dataset())
-    probs_b, _ = predict_split(rebuilt.model, rebuilt.eval_dataset())
+    probs_a = predict_split(model, trainer.eval_dataset())["probabilities"]
+    probs_b = predict_split(rebuilt.model, rebuilt.eval_dataset())["probabilities"]
     np.testing.assert_allclose(probs_a, probs_b, atol=1e-5)
 
     path = export_saved_model(model, tmp_path / "saved", 24, trainer.spec.class_names, "lanet")

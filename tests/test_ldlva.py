@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_run_config, write_tiny_dataset
+from conftest import build_method, write_tiny_dataset
 
 RELEASE_CLAMP_FLOOR = 1.0 / (1.0 + math.exp(1.3))  # σ(−1.3) = 0.21417
 
@@ -25,14 +25,8 @@ def _quiet(*args, **kwargs):
 
 def build_model(data_dir, tmp_path, num_batches=2, **method_overrides):
     """A built LDLVA model on the tiny dataset plus its first training batches (no fit, no run dir)."""
-    from engine.run import Trainer
-
-    cfg = tiny_run_config(data_dir, tmp_path / "unused", method="ldlva",
-                          method_overrides={k: str(v) for k, v in method_overrides.items()})
-    trainer = Trainer(cfg, log=_quiet)
-    trainer.load_data()
-    method_data = trainer.method_data()
-    model = trainer.build(len(trainer.train_table), method_data)
+    trainer, model, method_data = build_method(data_dir, tmp_path / "unused", "ldlva",
+                                               method_overrides={k: str(v) for k, v in method_overrides.items()})
     batches = list(trainer.train_dataset(method_data).take(num_batches))
     return trainer, model, batches
 
@@ -422,11 +416,11 @@ def test_resume_matches_straight_run(straight_run, tiny_dataset, tmp_path, monke
         args = train.build_parser().parse_args(_cli_args(tiny_dataset, out, "--no-export", "--no-tensorboard", *extra))
         return train.config_from_args(args)
 
-    original = LDLVAModel.extra_callbacks
-    monkeypatch.setattr(LDLVAModel, "extra_callbacks", lambda self, trainer: [*original(self, trainer), _Crash()])
+    original = LDLVAModel.callbacks
+    monkeypatch.setattr(LDLVAModel, "callbacks", lambda self, context: [*original(self, context), _Crash()])
     with pytest.raises(KeyboardInterrupt):
         Trainer(config(), log=_quiet).train()
-    monkeypatch.setattr(LDLVAModel, "extra_callbacks", original)
+    monkeypatch.setattr(LDLVAModel, "callbacks", original)
     messages = []
     resumed = Trainer(config("--resume"), log=messages.append)
     resumed.train()
@@ -470,6 +464,6 @@ def test_evaluate_cli_on_ldlva_run(straight_run, tmp_path):
     import evaluate
 
     _, report, out = straight_run
-    assert evaluate.main(["--ckpt", str(out), "--json", str(tmp_path / "eval.json")]) == 0
+    assert evaluate.main(["--run", str(out), "--json", str(tmp_path / "eval.json")]) == 0
     again = json.loads((tmp_path / "eval.json").read_text())
     assert again["accuracy"] == pytest.approx(report["accuracy"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_run_config
+from conftest import tiny_run_config
 
 QUIET = dict(log=lambda *a, **k: None)
 

@@ -49,7 +49,7 @@ def _check_result(result, names):
 
 def test_detected_face_on_grace_hopper(saved_model, grace_hopper, tmp_path, capsys):
     pytest.importorskip("mtcnn")
-    report, out = _run([str(grace_hopper), "--model", str(saved_model)], tmp_path, capsys)
+    report, out = _run([str(grace_hopper), "--run", str(saved_model)], tmp_path, capsys)
     result = report["photos"][0]
     assert result["detected"] and len(result["faces"]) == 1
     x, y, w, h = result["faces"][0]["box"]
@@ -67,7 +67,7 @@ def test_without_mtcnn_the_centre_crop_is_used_and_said(saved_model, grace_hoppe
         raise OptionalDependencyError("face detection needs the optional package 'mtcnn' (import failed)")
 
     monkeypatch.setattr(preprocess.align, "detect_faces", missing)
-    report, out = _run([str(grace_hopper), "--model", str(saved_model.parent)], tmp_path, capsys)  # run dir works too
+    report, out = _run([str(grace_hopper), "--run", str(saved_model.parent)], tmp_path, capsys)  # run dir works too
     result = report["photos"][0]
     assert not result["detected"] and result["faces"][0]["box"] == [0, 44, 512, 512]  # 512x600: centre square
     assert "face detection unavailable" in out and "centre square crop" in out
@@ -77,7 +77,7 @@ def test_without_mtcnn_the_centre_crop_is_used_and_said(saved_model, grace_hoppe
 def test_fallback_matches_the_serving_model_on_the_crop(saved_model, grace_hopper, tmp_path, capsys):
     import tensorflow as tf
 
-    report, _ = _run([str(grace_hopper), "--model", str(saved_model), "--no-detect"], tmp_path, capsys)
+    report, _ = _run([str(grace_hopper), "--run", str(saved_model), "--no-detect"], tmp_path, capsys)
     face = predict.centre_face(predict.read_photo(grace_hopper))
     serve = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
     expected = serve(images=tf.constant(face.crop[None]))["probabilities"].numpy()[0]
@@ -91,7 +91,7 @@ def test_astronaut(saved_model, tmp_path, capsys):
 
     path = tmp_path / "astronaut.png"
     cv2.imwrite(str(path), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
-    report, _ = _run([str(path), "--model", str(saved_model)], tmp_path, capsys)
+    report, _ = _run([str(path), "--run", str(saved_model)], tmp_path, capsys)
     _check_result(report["photos"][0], report["class_names"])
 
 
@@ -100,7 +100,7 @@ def test_bad_inputs_are_user_errors(saved_model, tmp_path, capsys):
 
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    assert run_main(predict.main, [str(broken), "--model", str(saved_model), "--out-dir", str(tmp_path)]) == 2
+    assert run_main(predict.main, [str(broken), "--run", str(saved_model), "--out-dir", str(tmp_path)]) == 2
     assert "broken.jpg: not a decodable image" in capsys.readouterr().err
-    assert run_main(predict.main, [str(broken), "--model", str(tmp_path)]) == 2
+    assert run_main(predict.main, [str(broken), "--run", str(tmp_path)]) == 2
     assert "no SavedModel" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""The built-in synthetic benchmark (preprocess.synthetic): statistics, annotations, images, determinism, IO."""
+"""The built-in synthetic benchmark (data.synthetic, CLI preprocess.synthetic): statistics, annotations, images,
+determinism, IO."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import preprocess.synthetic as synth
+import data.synthetic.dataset as synth  # the module whose names the tests patch
 from common.errors import ConfigError, DataError
 from data.schema import load_table
-from preprocess.synthetic import (CLASS_CENTRES, SyntheticConfig, class_priors, config_hash, ensure_synthetic,
-                                  generate, latent_class_sequence, main)
+from data.synthetic import (CLASS_CENTRES, SyntheticConfig, class_priors, config_hash, ensure_synthetic, generate,
+                            latent_class_sequence)
+from preprocess.synthetic import main
 
 SIZE = 48
 TINY = SyntheticConfig(seed=0, train_size=140, test_size=70, image_size=SIZE, workers=1)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 import pytest
 
 import visualize
+from engine.inspect import gradcam_layer, gradcam_maps
 from common.errors import ConfigError, DataError
 from conftest import tiny_run_config
 
@@ -70,17 +72,17 @@ def test_ldlva_figures_refuse_other_methods(ce_run, tmp_path):
 
 def test_gradcam_maps(ce_run):
     trainer, _ = visualize.load_model(visualize.build_parser().parse_args(["gradcam", "--run", str(ce_run)]))
-    layer = visualize.gradcam_layer(trainer.model.backbone)
+    layer = gradcam_layer(trainer.model.backbone)
     assert len(layer.output.shape) == 4 and "pool" not in layer.name
     inputs = visualize.model_inputs(trainer.test_table, [0, 1, 2], trainer.cfg.image_size)
-    maps, probs = visualize.gradcam_maps(trainer.model, inputs, layer)
+    maps, probs = gradcam_maps(trainer.model, inputs, layer)
     assert maps.shape[0] == 3 and maps.shape[1] > 1 and maps.ndim == 3
     assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
     # The predicted class's map equals the map of that class asked for explicitly; another class differs.
-    same, _ = visualize.gradcam_maps(trainer.model, inputs, layer, class_index=probs.argmax(1))
+    same, _ = gradcam_maps(trainer.model, inputs, layer, class_index=probs.argmax(1))
     np.testing.assert_allclose(same, maps, atol=1e-5)
-    other, _ = visualize.gradcam_maps(trainer.model, inputs, layer, class_index=(probs.argmax(1) + 1) % 7)
+    other, _ = gradcam_maps(trainer.model, inputs, layer, class_index=(probs.argmax(1) + 1) % 7)
     assert not np.allclose(other, maps)
 
 
@@ -95,11 +97,13 @@ def test_ldlva_explain_follows_the_target_definition(ldlva_run):
     np.testing.assert_array_equal(info["labels"], table.labels[rows])
     assert ((info["similarity"] > 0) & (info["similarity"] <= 1)).all()
     assert ((info["calibration"] > 0) & (info["calibration"] < 1)).all()
-    np.testing.assert_allclose(info["contributions"], info["similarity"] * info["calibration"], rtol=1e-6)
-    weights = info["contributions"] / info["contributions"].sum(axis=1, keepdims=True)
+    # The weights are the normalised a_ik·s_ik (eq. 4–5), whatever per-row factor the model carries.
+    contributions = info["similarity"] * info["calibration"]
+    weights = contributions / contributions.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(info["weights"], weights, rtol=1e-5, atol=1e-7)
     # d_i = Σ_k w_ik p_k from the neighbours' own predictions, recomputed here independently.
-    _, neighbor_probs = visualize.embed_rows(trainer.model, visualize.model_inputs(
-        table, info["neighbors"].ravel(), trainer.cfg.image_size))
+    inputs = visualize.model_inputs(table, info["neighbors"].ravel(), trainer.cfg.image_size)
+    neighbor_probs = tf.nn.softmax(trainer.model(tf.constant(inputs), training=False)).numpy()
     mix = np.einsum("nk,nkc->nc", weights, neighbor_probs.reshape(len(rows), -1, 7))
     np.testing.assert_allclose(info["neighbor_dist"], mix, atol=1e-5)
     lam = info["uncertainty"][:, None]

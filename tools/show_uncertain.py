@@ -2,10 +2,11 @@
 
     python -m tools.show_uncertain --run RUN [--n 8] [--out grid.png] [--csv RUN/uncertainty/epoch_012.csv]
 
-Reads the last per-sample table ``RUN/uncertainty/epoch_XXX.csv`` written by
-``engine.uncertainty.UncertaintyLogger`` and draws two rows: the ``n`` training images with the
-highest uncertainty λ (top) and the ``n`` with the lowest (bottom), each titled with its given label,
-λ and, on a noisy benchmark, the clean label when the given one was flipped (in red).
+Reads the last per-sample table ``RUN/uncertainty/epoch_XXX.csv`` (written for every method with a
+per-sample uncertainty) and draws two rows: the ``n`` training images with the highest uncertainty
+(top) and the ``n`` with the lowest (bottom), each titled with its given label, its uncertainty and,
+on a noisy benchmark, the clean label when the given one was flipped. The same figure as
+``python visualize.py uncertain --run RUN``.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ import sys
 from pathlib import Path
 
 from common.cli import run_main
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.show_uncertain", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory (holds uncertainty/epoch_*.csv)")
     p.add_argument("--n", type=int, default=8, help="images per row (default 8)")
-    p.add_argument("--out", help="output PNG (default RUN/uncertain_grid.png)")
+    p.add_argument("--out", help="output PNG (default RUN/figures/uncertain.png)")
     p.add_argument("--csv", help="a specific per-sample CSV instead of the last one")
     return p
 
@@ -34,76 +35,71 @@ def pick_extremes(frame, n: int):
     return ordered.head(n), least.head(n)
 
 
-def draw_grid(most, least, out: Path, title: str) -> Path:
-    import cv2
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from common.io import atomic_write_bytes
-
-    n = max(len(most), len(least), 1)
-    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 5.0), squeeze=False)
-    for row, (rows, name) in enumerate(((most, "most uncertain"), (least, "least uncertain"))):
-        for col in range(n):
-            ax = axes[row][col]
-            ax.axis("off")
-            if col >= len(rows):
-                continue
-            item = rows.iloc[col]
-            image = cv2.imread(str(item["path"]), cv2.IMREAD_COLOR)
-            if image is None:
-                raise DataError(f"cannot read image {item['path']} (row {int(item['index'])} of the training table)")
-            ax.imshow(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-            text = f"{item['label_name']}\nλ={item['uncertainty']:.2f}"
-            flipped = "flipped" in item and int(item["flipped"]) == 1
-            if flipped:
-                text += f"\n(clean: {item['clean_name']})"
-            ax.set_title(text, fontsize=8, color="crimson" if flipped else "black")
-        axes[row][0].text(-0.15, 0.5, name, transform=axes[row][0].transAxes, rotation=90, va="center",
-                          ha="right", fontsize=9)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, buffer.getvalue())
-    return out
-
-
-def show(args) -> Path:
+def uncertainty_table(run, csv=None):
+    """(path, frame) of the per-sample table to draw: ``csv``, else the run's newest epoch table."""
     import pandas as pd
 
-    run = Path(args.run)
-    # The newest epoch_XXX.csv of engine.uncertainty.UncertaintyLogger (not imported: it pulls in TensorFlow).
+    run = Path(run)
     tables = sorted((run / "uncertainty").glob("epoch_*.csv"))
-    csv_path = Path(args.csv) if args.csv else (tables[-1] if tables else None)
-    if csv_path is None or not csv_path.is_file():
-        raise DataError(f"{run}: no per-sample uncertainty table (uncertainty/epoch_*.csv); train an ldlva run first")
-    if args.n < 1:
-        raise DataError(f"--n must be >= 1, got {args.n}")
-    frame = pd.read_csv(csv_path)
+    path = Path(csv) if csv else (tables[-1] if tables else None)
+    if path is None or not path.is_file():
+        raise DataError(f"{run}: no per-sample uncertainty table (uncertainty/epoch_*.csv); only runs of methods "
+                        "with a per-sample uncertainty (e.g. ldlva, lanet) write one")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     missing = {"index", "path", "label_name", "uncertainty"} - set(frame.columns)
     if missing:
-        raise DataError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}")
-    if "clean_label" in frame.columns:
-        names = dict(zip(frame["label"], frame["label_name"]))
-        frame["clean_name"] = [names.get(c, str(c)) for c in frame["clean_label"]]
-    most, least = pick_extremes(frame, args.n)
-    out = Path(args.out) if args.out else run / "uncertain_grid.png"
-    title = f"{run.name}: {csv_path.stem} (λ = uncertainty; red = flipped label)"
-    draw_grid(most, least, out, title)
-    print(f"wrote {out}  (most uncertain mean λ {most['uncertainty'].mean():.3f}, "
-          f"least uncertain mean λ {least['uncertainty'].mean():.3f})")
-    return out
+        raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return path, frame
+
+
+def uncertain_figure_of_run(run, csv=None, n: int = 8, title_prefix: str = ""):
+    """The two-row figure of a run's per-sample uncertainty (see :func:`tools.figures.uncertain_figure`)."""
+    from data.images import decode_rgb
+    from tools.figures import uncertain_figure
+
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    path, frame = uncertainty_table(run, csv)
+    names = dict(zip(frame["label"], frame["label_name"])) if "label" in frame else {}
+    most, least = pick_extremes(frame, n)
+
+    def items(rows):
+        out = []
+        for _, row in rows.iterrows():
+            try:
+                image = decode_rgb(Path(row["path"]).read_bytes())
+            except OSError:
+                image = None
+            if image is None:
+                raise DataError(f"{path}: cannot read image {row['path']} (training row {int(row['index'])})")
+            flipped = "flipped" in row and int(row["flipped"]) == 1
+            out.append({"image": image, "label_name": row["label_name"], "uncertainty": float(row["uncertainty"]),
+                        "clean_name": names.get(row["clean_label"], str(row["clean_label"])) if flipped else None})
+        return out
+
+    text = f"{path.stem}: uncertainty of every training sample; orange = label flipped by the noise protocol"
+    if "flipped" in frame and frame["flipped"].any():
+        from engine.metrics import noise_detection_auc
+
+        auc = noise_detection_auc(frame["uncertainty"], frame["label"], frame["clean_label"])
+        text += f" ({100 * frame['flipped'].mean():.0f}% flipped; noise-detection AUC {auc:.3f})"
+    figure = uncertain_figure(items(most), items(least), f"{title_prefix}{text}")
+    return figure, most, least
 
 
 def main(argv=None) -> int:
-    show(build_parser().parse_args(argv))
+    from tools.figures import save_png
+
+    args = build_parser().parse_args(argv)
+    run = Path(args.run)
+    figure, most, least = uncertain_figure_of_run(run, args.csv, args.n, f"{run.resolve().name}: ")
+    out = Path(args.out) if args.out else run / "figures" / "uncertain.png"
+    save_png(figure, out)
+    print(f"wrote {out}  (most uncertain mean {most['uncertainty'].mean():.3f}, "
+          f"least uncertain mean {least['uncertainty'].mean():.3f})")
     return 0
 
 

@@ -1,0 +1,272 @@
+"""The run configuration: :class:`RunConfig`, declared once, and :func:`resolve`.
+
+Every training option of ``train.py`` (and of every benchmark grid) is a :class:`RunConfig` field; the
+command-line options are generated from the field metadata (:func:`common.cli.add_dataclass_options`).
+Fields that a dataset or a preset may set default to ``None`` ("unset"). :func:`resolve` fills them with
+the precedence
+
+    RUN_DEFAULTS  <  the dataset's defaults  <  the method preset (``--preset``)  <  what the user set
+
+and the method settings with
+
+    the method config's defaults  <  the method's defaults for this dataset  <  the preset  <  ``--set``
+
+so a preset never overrides a flag the user typed (even one equal to the plain default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import apply_overrides, to_dict
+from common.errors import ConfigError
+
+# Settings that may differ between the original run and a --resume without changing the result.
+RESUME_NEUTRAL = {"resume", "force", "out", "verbose", "checkpoint_every", "export", "tensorboard"}
+
+# Values of the unset (None) recipe fields when neither the dataset nor a preset sets them.
+RUN_DEFAULTS = {"weights": "none", "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
+                "lr_schedule": "constant", "lr_steps": (), "lr_decay": 0.1, "random_erasing": 0.0}
+# Unset fields that come from the dataset spec (data.registry.DatasetSpec attribute names).
+DATASET_FIELDS = {"backbone": "backbone", "epochs": "epochs", "batch_size": "batch_size", "lr": "learning_rate",
+                  "image_size": "image_size", "pad": "pad"}
+LR_SCHEDULES = ("constant", "step", "cosine", "exponential", "linear")
+
+
+def _opt(help_text: str, group: str, **meta):
+    return {"help": help_text, "group": group, **meta}
+
+
+DATA, MODEL, OPTIM, RUN = "data", "method and model", "optimisation (default: the dataset's, see below)", "run"
+
+
+@dataclass
+class RunConfig:
+    """Everything that determines a run (``None`` = unset: the dataset's or the preset's value)."""
+
+    # --- data ---------------------------------------------------------------------------------------
+    dataset: str = field(default="synthetic", metadata=_opt("dataset name (see the table below)", DATA))
+    data_dir: str | None = field(default=None, metadata=_opt(
+        "prepared dataset directory (train.csv, test.csv, images/); default $FER_DATA_HOME/<dataset>", DATA))
+    image_root: str | None = field(default=None, metadata=_opt("override the folder the tables' paths are "
+                                                                "relative to", DATA))
+    train_table: str = field(default="train.csv", metadata=_opt("training table in the data directory", DATA))
+    test_table: str = field(default="test.csv", metadata=_opt("test table in the data directory", DATA))
+    num_classes: int | None = field(default=None, metadata=_opt("for --dataset csv: 7 or 8", DATA))
+    skip_bad: bool = field(default=False, metadata=_opt("drop and count unreadable images instead of failing", DATA))
+    image_cache: str = field(default="auto", metadata=_opt(
+        "auto (decoded in memory if it fits) | memory | files (decode every step)", DATA,
+        choices=("auto", "memory", "files")))
+    noise_kind: str = field(default="none", metadata=_opt(
+        "synthetic label noise applied to the training table (seeded)", DATA, flag="--noise",
+        choices=("none", "symmetric", "asymmetric")))
+    noise_rate: float = field(default=0.0, metadata=_opt("fraction of training labels flipped, in [0, 1)", DATA))
+    noise_seed: int = field(default=0, metadata=_opt("seed of the noise / imbalance draw", DATA))
+    imbalance_factor: float = field(default=1.0, metadata=_opt(
+        "long-tailed subsampling: largest/smallest class ratio (>= 1; 1 = off)", DATA))
+    synthetic: dict = field(default_factory=dict, metadata=_opt(
+        "synthetic benchmark setting (e.g. train_size=3000; repeatable)", DATA, pairs=True))
+    # --- method and model ---------------------------------------------------------------------------
+    method: str = field(default="ce", metadata=_opt("method (see the list below)", MODEL))
+    preset: str | None = field(default=None, metadata=_opt("a method preset, e.g. ldlva: release-r18-raf", MODEL))
+    method_overrides: dict = field(default_factory=dict, metadata=_opt(
+        "method setting, e.g. --set gamma=0.01 (repeatable)", MODEL, flag="--set", pairs=True))
+    backbone: str | None = field(default=None, metadata=_opt("backbone (see the list below)", MODEL))
+    weights: str | None = field(default=None, metadata=_opt(
+        "none | imagenet | a weights file (Keras .weights.h5, PyTorch .pth of torchvision layout)", MODEL))
+    input_norm: str = field(default="auto", metadata=_opt(
+        "what the backbone's first layer maps the [-1, 1] input to: auto (from --weights) | none | imagenet "
+        "(PyTorch mean/std) | pixels (0..255) | caffe", MODEL, choices=("auto", "none", "imagenet", "pixels", "caffe")))
+    image_size: int | None = field(default=None, metadata=_opt("network input side in pixels", MODEL))
+    pad: int | None = field(default=None, metadata=_opt("zero padding before the random crop (pixels, >= 0)", MODEL))
+    random_erasing: float | None = field(default=None, metadata=_opt(
+        "probability of random erasing (the LDLVA release uses 0.5); default 0", MODEL))
+    # --- optimisation -------------------------------------------------------------------------------
+    epochs: int | None = field(default=None, metadata=_opt("training epochs", OPTIM))
+    batch_size: int | None = field(default=None, metadata=_opt("global batch size", OPTIM))
+    lr: float | None = field(default=None, metadata=_opt("learning rate", OPTIM))
+    optimizer: str | None = field(default=None, metadata=_opt("adam (default) | adamw | sgd", OPTIM,
+                                                              choices=("adam", "adamw", "sgd")))
+    momentum: float | None = field(default=None, metadata=_opt("SGD momentum (default 0.9)", OPTIM))
+    weight_decay: float | None = field(default=None, metadata=_opt(
+        "decoupled weight decay (AdamW/SGD; default 0); coupled L2 is a method setting", OPTIM))
+    lr_schedule: str | None = field(default=None, metadata=_opt(
+        "constant (default) | step (×lr-decay at --lr-steps epochs) | cosine | exponential (×lr-decay per "
+        "epoch) | linear (to 0 per iteration)", OPTIM, choices=LR_SCHEDULES))
+    lr_steps: tuple[int, ...] | None = field(default=None, metadata=_opt(
+        "epochs where --lr-schedule step decays (space-separated)", OPTIM))
+    lr_decay: float | None = field(default=None, metadata=_opt("decay factor of step/exponential (default 0.1)",
+                                                               OPTIM))
+    seed: int = field(default=0, metadata=_opt("run seed (weights, data order, augmentation)", OPTIM))
+    deterministic: bool = field(default=True, metadata=_opt(
+        "allow non-deterministic ops (faster on GPU; resume is then not bit-exact)", OPTIM,
+        flag="--nondeterministic", negate=True))
+    mixed_precision: str = field(default="auto", metadata=_opt(
+        "auto (mixed_float16 on CUDA, float32 on CPU) | off | mixed_float16 | mixed_bfloat16", OPTIM,
+        choices=("auto", "off", "float32", "mixed_float16", "mixed_bfloat16")))
+    jit: bool = field(default=False, metadata=_opt("XLA-compile the train step (slower on CPU)", OPTIM))
+    strategy: str = field(default="default", metadata=_opt("default | mirrored (all local GPUs) | multiworker "
+                                                           "(TF_CONFIG)", OPTIM,
+                                                           choices=("default", "mirrored", "multiworker")))
+    # --- run ----------------------------------------------------------------------------------------
+    checkpoint_every: int = field(default=0, metadata=_opt("also checkpoint every N steps (0: epoch ends only)",
+                                                           RUN))
+    val_every: int = field(default=1, metadata=_opt("evaluate on the test split every N epochs (0: never)", RUN))
+    export: bool = field(default=True, metadata=_opt("do not write RUN/saved_model", RUN, flag="--no-export",
+                                                     negate=True))
+    tensorboard: bool = field(default=True, metadata=_opt("do not write TensorBoard logs", RUN,
+                                                          flag="--no-tensorboard", negate=True))
+    out: str | None = field(default=None, metadata=_opt(
+        "run directory (default runs/<dataset>_<method>_seed<seed>)", RUN, flag="--run", aliases=("--out",),
+        metavar="DIR"))
+    resume: bool = field(default=False, metadata=_opt("continue the run in --run from its last checkpoint", RUN))
+    force: bool = field(default=False, metadata=_opt("replace an existing run directory", RUN))
+    verbose: int = field(default=1, metadata=_opt("0 silent, 1 progress bar, 2 one line per epoch", RUN,
+                                                  choices=(0, 1, 2)))
+
+
+# Per-cell fields of a benchmark grid (the grid sets them); every other field is a grid-wide option.
+GRID_FIELDS = ("method", "seed", "noise_seed", "out", "resume", "force", "preset", "method_overrides")
+
+
+def _check_number(name: str, value, low=None, high=None, low_open=False, high_open=False, integer=False):
+    flag = "--" + name.replace("_", "-")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{flag} must be a number, got {value!r}")
+    if integer and (not float(value).is_integer()):
+        raise ConfigError(f"{flag} must be an integer, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag} must be a finite number, got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ConfigError(f"{flag} must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ConfigError(f"{flag} must be {'<' if high_open else '<='} {high:g}, got {value:g}")
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    """Range checks of every numeric setting (non-finite values are refused, naming the setting)."""
+    for name in ("epochs", "batch_size", "image_size"):
+        _check_number(name, getattr(cfg, name), low=1, integer=True)
+    _check_number("pad", cfg.pad, low=0, integer=True)
+    _check_number("lr", cfg.lr, low=0, low_open=True)
+    _check_number("momentum", cfg.momentum, low=0, high=1, high_open=True)
+    _check_number("weight_decay", cfg.weight_decay, low=0)
+    _check_number("lr_decay", cfg.lr_decay, low=0, low_open=True)
+    _check_number("random_erasing", cfg.random_erasing, low=0, high=1)
+    _check_number("noise_rate", cfg.noise_rate, low=0, high=1, high_open=True)
+    _check_number("imbalance_factor", cfg.imbalance_factor, low=1)
+    _check_number("noise_seed", cfg.noise_seed, low=0, integer=True)
+    _check_number("seed", cfg.seed, low=0, integer=True)
+    _check_number("checkpoint_every", cfg.checkpoint_every, low=0, integer=True)
+    _check_number("val_every", cfg.val_every, low=0, integer=True)
+    for step in cfg.lr_steps or ():
+        _check_number("lr_steps", step, low=0, integer=True)
+
+
+def resolve(cfg: RunConfig):
+    """Fill every unset field; return ``(cfg, dataset spec, model class, method config)``."""
+    from data.registry import get_dataset_spec, normalize_dataset_options
+    from models.registry import backbone_names, get_method
+
+    spec = get_dataset_spec(cfg.dataset, cfg.num_classes)
+    model_cls, config_cls = get_method(cfg.method)
+    method_cfg = dataclasses.replace(config_cls(), **model_cls.dataset_defaults.get(spec.name, {}))
+    preset_run = {}
+    if cfg.preset:
+        presets = model_cls.presets
+        if cfg.preset not in presets:
+            raise ConfigError(f"unknown --preset '{cfg.preset}' for {cfg.method}; known: {', '.join(presets) or '(none)'}")
+        method_cfg = dataclasses.replace(method_cfg, **presets[cfg.preset].get("method", {}))
+        preset_run = presets[cfg.preset].get("run", {})
+    changes = {}
+    for name in (*RUN_DEFAULTS, *DATASET_FIELDS):
+        if getattr(cfg, name) is not None:
+            continue
+        if name in preset_run:
+            changes[name] = preset_run[name]
+        elif name in DATASET_FIELDS:
+            changes[name] = getattr(spec, DATASET_FIELDS[name])
+        else:
+            changes[name] = RUN_DEFAULTS[name]
+    cfg = dataclasses.replace(cfg, **changes, num_classes=spec.num_classes)
+    cfg = dataclasses.replace(cfg, lr_steps=tuple(int(s) for s in cfg.lr_steps),
+                              synthetic=normalize_dataset_options(spec, cfg.synthetic))
+    method_cfg = apply_overrides(method_cfg, cfg.method_overrides)
+    if cfg.backbone not in backbone_names():
+        raise ConfigError(f"unknown --backbone '{cfg.backbone}'; known: {', '.join(backbone_names())}")
+    if cfg.input_norm == "auto":
+        from models.backbones import resolve_input_norm
+
+        # Recorded resolved, so a rebuilt run (evaluate, export) normalises as it was trained, weights file or not.
+        cfg = dataclasses.replace(cfg, input_norm=resolve_input_norm(cfg.backbone, cfg.weights))
+    validate_run_config(cfg)
+    return cfg, spec, model_cls, method_cfg
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    return Path("runs") / f"{cfg.dataset}_{cfg.method}_seed{cfg.seed}"
+
+
+def config_record(cfg: RunConfig, method_cfg, facts: dict) -> dict:
+    return {"run": to_dict(cfg), "method_config": to_dict(method_cfg), "data": facts, "versions": _versions()}
+
+
+def _versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "python": sys.version.split()[0]}
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def compare_configs(old: dict, new: dict) -> list[str]:
+    """Differences that would silently change a resumed run (neutral settings ignored)."""
+    diffs = []
+    for section in ("run", "method_config", "data"):
+        a, b = _jsonable(old.get(section, {})), _jsonable(new.get(section, {}))
+        for key in sorted(set(a) | set(b)):
+            if section == "run" and key in RESUME_NEUTRAL:
+                continue
+            if a.get(key) != b.get(key):
+                diffs.append(f"{section}.{key}: {a.get(key)!r} → {b.get(key)!r}")
+    return diffs
+
+
+def run_config_from_record(record: dict, path) -> RunConfig:
+    """The RunConfig stored in a run's ``config.json`` (``record['run']``), validated field by field."""
+    run = record.get("run") if isinstance(record, dict) else None
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: no 'run' section (not a config.json written by train.py)")
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    kwargs = {}
+    for key, value in run.items():
+        if key not in fields:
+            continue  # written by a newer version: ignored
+        if key == "lr_steps" and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        cfg = RunConfig(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{path}: 'run' section does not fit ({exc})") from None
+    for key, value in kwargs.items():
+        default = fields[key].default
+        if value is None or default is dataclasses.MISSING or default is None:
+            continue
+        if isinstance(default, bool) != isinstance(value, bool) or (
+                isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
+                isinstance(default, str) and not isinstance(value, str)) or (
+                isinstance(default, dict) and not isinstance(value, dict)):
+            raise ConfigError(f"{path}: run.{key} = {value!r} has the wrong type "
+                              f"(expected {type(default).__name__})")
+    return cfg

@@ -1,0 +1,76 @@
+"""Run-wide TensorFlow set-up: the optimizer and its schedule, mixed precision, the distribution strategy."""
+
+from __future__ import annotations
+
+import os
+
+from common.errors import ConfigError
+
+
+def make_optimizer(cfg, steps_per_epoch: int):
+    import keras
+
+    lr = cfg.lr
+    if cfg.lr_schedule == "constant":
+        schedule = lr
+    elif cfg.lr_schedule == "step":
+        # Piecewise constant per iteration, as the LDLVA release (a boundary step uses the old value).
+        bounds = [int(e) * steps_per_epoch for e in cfg.lr_steps]
+        values = [lr * cfg.lr_decay ** i for i in range(len(bounds) + 1)]
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(bounds, values) if bounds else lr
+    elif cfg.lr_schedule == "cosine":
+        schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(cfg.epochs * steps_per_epoch, 1))
+    elif cfg.lr_schedule == "exponential":
+        schedule = keras.optimizers.schedules.ExponentialDecay(lr, steps_per_epoch, cfg.lr_decay, staircase=True)
+    elif cfg.lr_schedule == "linear":
+        # Linear decay to 0 over the whole run, per iteration (LA-Net release: LinearLR(1 → 0)).
+        schedule = keras.optimizers.schedules.PolynomialDecay(lr, max(cfg.epochs * steps_per_epoch, 1), 0.0, power=1.0)
+    else:
+        raise ConfigError(f"unknown --lr-schedule '{cfg.lr_schedule}' (constant, step, cosine, exponential, linear)")
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=schedule)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay or 1e-4)
+    if cfg.optimizer == "sgd":
+        return keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None)
+    raise ConfigError(f"unknown --optimizer '{cfg.optimizer}' (adam, adamw, sgd)")
+
+
+def setup_precision(mode: str) -> str:
+    import keras
+    import tensorflow as tf
+
+    if mode == "auto":
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+    elif mode in ("off", "float32"):
+        policy = "float32"
+    elif mode in ("mixed_float16", "mixed_bfloat16"):
+        policy = mode
+    else:
+        raise ConfigError(f"unknown --mixed-precision '{mode}' (auto, off, mixed_float16, mixed_bfloat16)")
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+_MIRRORED_STRATEGIES = [0]
+
+
+def make_strategy(name: str):
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        # Every MirroredStrategy numbers its collectives from the same base, and TensorFlow remembers each
+        # (group, instance) key's op type per process: a second strategy in one process (benchmark.py
+        # trains several runs in one process) would reuse a key for another collective type and fail.
+        # Give each strategy its own key range (TensorFlow's own tests do the same).
+        _MIRRORED_STRATEGIES[0] += 1
+        if hasattr(tf.distribute.MirroredStrategy, "_collective_key_base"):
+            tf.distribute.MirroredStrategy._collective_key_base = 100_000 * _MIRRORED_STRATEGIES[0]
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ConfigError("--strategy multiworker needs the TF_CONFIG environment variable (see README)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ConfigError(f"unknown --strategy '{name}' (default, mirrored, multiworker)")
