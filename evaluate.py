@@ -23,7 +23,9 @@ def build_parser():
                    help="run directory, checkpoint folder RUN/ckpt/step-* or SavedModel directory")
     p.add_argument("--dataset", help="dataset name (default: the run's)")
     p.add_argument("--data-dir", help="prepared dataset directory (default: the run's)")
-    p.add_argument("--image-root")
+    p.add_argument("--image-root", help="override the folder the table's paths are relative to")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept table paths that are absolute or leave the image root")
     p.add_argument("--num-classes", type=int)
     p.add_argument("--split", default="test", help="table name without .csv (test, val, train) or a CSV path")
     p.add_argument("--batch-size", type=int, default=64)
@@ -72,7 +74,8 @@ def main(argv=None) -> int:
                                       f"'{args.dataset}' has {spec.num_classes}")
             trainer.spec = spec
         data_dir = Path(args.data_dir) if args.data_dir else Path(record["data"]["data_dir"])
-        table = load_split(data_dir, _table_name(args.split), cfg.num_classes, args.image_root or cfg.image_root)
+        table = load_split(data_dir, _table_name(args.split), cfg.num_classes, args.image_root or cfg.image_root,
+                           allow_outside_root=cfg.allow_outside_root or args.allow_outside_root)
         trainer.use_test_table(table)
         import tensorflow as tf
 
@@ -105,7 +108,8 @@ def main(argv=None) -> int:
             raise CheckpointError(f"the SavedModel predicts {len(class_names)} classes but dataset "
                                   f"'{spec.name}' has {spec.num_classes}")
         data_dir = resolve_data_dir(spec, args.data_dir)
-        table = load_split(data_dir, _table_name(args.split), spec.num_classes, args.image_root)
+        table = load_split(data_dir, _table_name(args.split), spec.num_classes, args.image_root,
+                           allow_outside_root=args.allow_outside_root)
         try:
             serve = tf.saved_model.load(str(ckpt)).signatures["serving_default"]
         except (OSError, KeyError, ValueError, tf.errors.OpError) as exc:

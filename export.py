@@ -12,11 +12,16 @@ from common.cli import quiet_tensorflow, run_main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--run", "--ckpt", dest="run", required=True, help="run directory or RUN/ckpt/step-* folder")
-    p.add_argument("--out", required=True, help="SavedModel directory to write (replaced atomically)")
+    p.add_argument("--out", required=True, help="SavedModel directory to write (a new folder, or an earlier export "
+                   "of this toolkit with --force; a folder of your own is never replaced)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
     args = p.parse_args(argv)
     quiet_tensorflow()
-    from engine.export import export_saved_model
+    from common.io import check_output_dir
+    from engine.export import SAVED_MODEL_LEGACY, export_saved_model
     from engine.run import load_run_model
+
+    check_output_dir(args.out, "saved_model", args.force, flag="--out", legacy=SAVED_MODEL_LEGACY)
 
     path = Path(args.run)
     run_dir, ckpt = (path, None) if (path / "config.json").is_file() else (path.parent.parent, path)

@@ -17,6 +17,12 @@ of the photo is used as the single face, and the output says so: a tightly cropp
 gives a meaningful answer, a wide shot will not.
 
 ``--run`` (alias ``--model``) takes a run directory holding ``saved_model/`` or a SavedModel directory.
+
+Photos are decoded as in training (``data.images.decode_image``: EXIF orientation applied, so a phone
+photo is upright; images above ``FER_MAX_IMAGE_PIXELS`` pixels, default 40 megapixels, are refused).
+An unreadable photo is reported as ``error: <photo>: <why>`` on stderr and the others are still
+predicted; ``--json`` then lists the predicted photos under ``photos`` and the failed ones under
+``errors`` (``{"photo", "error"}``), and the exit code is 2.
 """
 
 from __future__ import annotations
@@ -72,17 +78,21 @@ def classify(serve, crops: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------- the faces
 
 def read_photo(path) -> np.ndarray:
-    from data.images import decode_rgb
+    """The photo as upright uint8 RGB: the training pipeline's decoder (``data.images.decode_image``:
+    EXIF orientation applied, pixel limit ``FER_MAX_IMAGE_PIXELS``). DataError ``<photo>: <why>``."""
+    from data.images import ImageDecodeError, decode_image
 
     path = Path(path)
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file does not exist") from None
     except OSError as exc:
-        raise DataError(f"photo {path}: cannot be read ({exc.strerror or exc})") from None
-    image = decode_rgb(data) if data else None
-    if image is None:
-        raise DataError(f"photo {path}: not a decodable image")
-    return image
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        return decode_image(data)
+    except ImageDecodeError as exc:
+        raise DataError(f"{path}: not a decodable image: {exc}") from None
 
 
 def centre_face(image: np.ndarray) -> Face:
@@ -216,11 +226,23 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
     serve, meta = load_model(args.run)
-    results = [predict_photo(photo, serve, meta, args) for photo in args.photos]
+    results, errors = [], []
+    for photo in args.photos:
+        try:
+            results.append(predict_photo(photo, serve, meta, args))
+        except DataError as exc:  # an unreadable photo: say so, go on with the others
+            print(f"error: {exc}", file=sys.stderr)
+            errors.append({"photo": str(photo), "error": str(exc)})
     if args.json:
         from common.io import atomic_write_json
 
-        atomic_write_json(args.json, {"model": str(args.run), "class_names": meta["class_names"], "photos": results})
+        atomic_write_json(args.json, {"model": str(args.run), "class_names": meta["class_names"], "photos": results,
+                                      "errors": errors})
+    if errors:
+        print(f"error: {len(errors)} of {len(args.photos)} photo(s) could not be read "
+              f"({', '.join(e['photo'] for e in errors[:5])}{', ...' if len(errors) > 5 else ''}); "
+              f"{len(results)} predicted", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -297,7 +297,8 @@ def evaluate_sources(cell: Cell, trainer, tests: dict, log) -> dict[str, dict]:
             continue
         if trainer is None:
             trainer, _ = load_run_model(cell.run_dir, log=lambda *a, **k: None)
-        table = load_split(Path(folder), table_name, trainer.cfg.num_classes)
+        table = load_split(Path(folder), table_name, trainer.cfg.num_classes,
+                           allow_outside_root=trainer.cfg.allow_outside_root)
         trainer.use_test_table(table)
         report = evaluate_model(trainer.model, trainer.eval_dataset(), table, trainer.spec.class_names)
         report.update({"source": name, "table": str(table.csv_path)})

@@ -44,8 +44,14 @@ def run_main(main, argv=None) -> int:
     A :class:`~common.errors.FERError` carries its own message; an ``OSError`` (permission denied, disk
     full, a file that vanished) is reported with the file it names.
     """
+    import signal
+
     from common.errors import FERError
 
+    if hasattr(signal, "SIGXFSZ"):
+        # Past a file-size limit (`ulimit -f`) a write then fails with EFBIG, reported as a full disk,
+        # instead of the signal killing the process mid-write.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return int(main(argv) or 0)
     except FERError as exc:

@@ -3,16 +3,111 @@
 Stored beside the table as ``<stem>.neighbors.npz`` with ``indices`` (N, K) int64 row indices into the
 same table (self excluded) and ``distances`` (N, K) float32 Euclidean VA distances, ordered nearest
 first with ties broken by the lower row index.
+
+Fingerprint
+-----------
+Row indices only mean something for the exact table they were built from, so every table written here
+also stores what it was built from (:class:`NeighborFingerprint`): ``fingerprint``, a sha256 over the
+row count, the slash-normalised paths in row order and the VA values as float32 bytes, plus the
+component digests (``num_rows``, ``paths_sha256``, ``path_set_sha256`` (order-free), ``va_sha256``,
+``path_va_set_sha256`` (order-free path/VA pairs)) that
+let an error say *what* differs, and ``k``, ``metric`` and ``algorithm``. :func:`load_neighbor_table`
+given the training table refuses a table whose fingerprint differs (shuffled or edited rows, new VA) and
+one without a fingerprint (written by an older version), naming both files and the command that
+rebuilds it. Labels are not covered: label noise does not change the neighbours.
+
+Tables built at training time (no ``.npz`` beside the table) are cached outside the dataset directory,
+under :func:`neighbor_cache_dir` as ``<fingerprint>-k<K>.npz``, and reused by later runs on the same
+content (see :func:`cached_neighbor_table`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from common.errors import DataError
+from common.errors import DataError, FERError
+
+FINGERPRINT_VERSION = "fer-neighbors-v1"
+METRIC = "euclidean"  # the VA metric build_neighbor_table uses
+
+
+@dataclass(frozen=True)
+class NeighborFingerprint:
+    """What a neighbour table was built from: ``sha256`` is the fingerprint; the rest explain a mismatch."""
+
+    sha256: str
+    num_rows: int
+    paths_sha256: str
+    path_set_sha256: str
+    va_sha256: str
+    path_va_set_sha256: str  # order-free (path, VA) pairs: tells "shuffled" from "new VA"
+
+    def as_arrays(self) -> dict:
+        return {"fingerprint": np.array(self.sha256), "fingerprint_version": np.array(FINGERPRINT_VERSION),
+                "num_rows": np.array(self.num_rows, np.int64), "paths_sha256": np.array(self.paths_sha256),
+                "path_set_sha256": np.array(self.path_set_sha256), "va_sha256": np.array(self.va_sha256),
+                "path_va_set_sha256": np.array(self.path_va_set_sha256)}
+
+    def differences(self, stored: dict) -> list[str]:
+        """What differs from a stored table's metadata (``stored`` as read by :func:`read_neighbor_meta`)."""
+        out = []
+        if stored.get("num_rows") is not None and int(stored["num_rows"]) != self.num_rows:
+            out.append(f"row count {int(stored['num_rows'])} -> {self.num_rows}")
+        same_images = stored.get("path_set_sha256") == self.path_set_sha256
+        if stored.get("paths_sha256") not in (None, self.paths_sha256):
+            if same_images:
+                out.append("paths: the same images in a different row order (the table was shuffled or sorted)")
+            else:
+                out.append("paths: rows were added, removed or renamed")
+        if same_images and stored.get("path_va_set_sha256") not in (None, self.path_va_set_sha256):
+            out.append("VA: valence/arousal values changed")
+        if not out and stored.get("fingerprint") != self.sha256:
+            out.append("content differs")
+        return out
+
+
+def _encoded_paths(paths) -> list[bytes]:
+    out = []
+    for p in paths:
+        text = str(p).replace("\\", "/")  # as data.schema reads paths
+        encoded = text.encode("utf-8", "surrogatepass")
+        out.append(len(encoded).to_bytes(8, "little") + encoded)
+    return out
+
+
+def neighbor_fingerprint(paths, va) -> NeighborFingerprint:
+    """The fingerprint of a training table's rows: its paths (row order) and VA (cast to float32)."""
+    encoded = _encoded_paths(paths)
+    va32 = np.ascontiguousarray(np.asarray(va, dtype=np.float64).astype("<f4"))
+    n = len(encoded)
+    if va32.shape != (n, 2):
+        raise DataError(f"VA must have shape ({n}, 2) to fingerprint a table of {n} rows, got {va32.shape}")
+    paths_hash = hashlib.sha256(b"".join(encoded)).hexdigest()
+    set_hash = hashlib.sha256(b"".join(sorted(encoded))).hexdigest()
+    va_hash = hashlib.sha256(va32.tobytes()).hexdigest()
+    pairs_hash = hashlib.sha256(b"".join(sorted(e + v.tobytes() for e, v in zip(encoded, va32)))).hexdigest()
+    full = hashlib.sha256(f"{FINGERPRINT_VERSION};rows:{n};".encode())
+    full.update(b"".join(encoded))
+    full.update(b";va:")
+    full.update(va32.tobytes())
+    return NeighborFingerprint(full.hexdigest(), n, paths_hash, set_hash, va_hash, pairs_hash)
+
+
+def table_neighbor_fingerprint(table) -> NeighborFingerprint:
+    """:func:`neighbor_fingerprint` of a validated ``data.schema.AnnotationTable`` (must have VA)."""
+    if table.va is None:
+        raise DataError(f"{table.csv_path}: has no valence/arousal; a VA neighbour table cannot be matched to it")
+    return neighbor_fingerprint(table.paths, table.va)
+
+
+def rebuild_command(csv_path, k) -> str:
+    return f"python -m preprocess.knn --table {csv_path} --k {k} --force"
 
 
 def neighbor_table_path(csv_path) -> Path:
@@ -90,18 +185,62 @@ def build_neighbor_table(va: np.ndarray, k: int, algorithm: str = "auto") -> tup
     return idx.astype(np.int64), dist.astype(np.float32)
 
 
-def save_neighbor_table(path, indices: np.ndarray, distances: np.ndarray, force: bool = False) -> Path:
-    import io
+def neighbor_table_bytes(indices: np.ndarray, distances: np.ndarray, fingerprint: NeighborFingerprint | None = None,
+                         metric: str = METRIC, algorithm: str = "auto") -> bytes:
+    """The ``.npz`` bytes of a neighbour table (with its fingerprint, K, metric and algorithm)."""
+    indices = np.asarray(indices, np.int64)
+    arrays = {"indices": indices, "distances": np.asarray(distances, np.float32)}
+    if fingerprint is not None:
+        arrays.update(fingerprint.as_arrays())
+    arrays.update(k=np.array(indices.shape[1] if indices.ndim == 2 else 0, np.int64), metric=np.array(str(metric)),
+                  algorithm=np.array(str(algorithm)))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
+
+def save_neighbor_table(path, indices: np.ndarray, distances: np.ndarray, force: bool = False, *,
+                        fingerprint: NeighborFingerprint | None = None, metric: str = METRIC,
+                        algorithm: str = "auto") -> Path:
+    """Write a neighbour table atomically; refuse to overwrite without ``force``.
+
+    ``fingerprint`` (:func:`neighbor_fingerprint` of the training table the indices refer to) should
+    always be given: a table without one is refused when training loads it.
+    """
     from common.io import atomic_write_bytes
 
     path = Path(path)
     if path.exists() and not force:
         raise DataError(f"{path} already exists; pass --force to overwrite it")
-    buffer = io.BytesIO()
-    np.savez(buffer, indices=np.asarray(indices, np.int64), distances=np.asarray(distances, np.float32))
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, neighbor_table_bytes(indices, distances, fingerprint, metric, algorithm))
     return path
+
+
+_META_KEYS = ("fingerprint", "fingerprint_version", "num_rows", "paths_sha256", "path_set_sha256", "va_sha256",
+              "path_va_set_sha256", "k", "metric", "algorithm")
+
+
+def _scalar(value):
+    value = np.asarray(value)
+    if value.shape != ():
+        return None
+    value = value.item()
+    return value if isinstance(value, (str, int)) else None
+
+
+def read_neighbor_meta(path) -> dict:
+    """The stored metadata of a neighbour table (``{}`` when unreadable; missing keys absent).
+
+    Holds ``fingerprint`` etc. when written by this version, and always ``columns`` (the stored K)."""
+    try:
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = {key: _scalar(data[key]) for key in _META_KEYS if key in data.files}
+            if "indices" in data.files:
+                shape = data["indices"].shape
+                meta["columns"] = int(shape[1]) if len(shape) == 2 else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return {}
+    return {k: v for k, v in meta.items() if v is not None}
 
 
 def validate_neighbor_indices(indices: np.ndarray, num_rows: int, k: int, source) -> np.ndarray:
@@ -132,22 +271,86 @@ def validate_neighbor_indices(indices: np.ndarray, num_rows: int, k: int, source
     return indices.astype(np.int32)
 
 
-def load_neighbor_table(path, num_rows: int, k: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Load and validate a ``.neighbors.npz`` table; returns (indices (N,k) int32, distances or None)."""
+def load_neighbor_table(path, table, k: int, *, rebuild_k: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load and validate a ``.neighbors.npz`` table; returns (indices (N,k) int32, distances or None).
+
+    ``table`` is the training ``data.schema.AnnotationTable`` the indices must refer to: after the
+    structural checks (shape, range, self-links) its :func:`table_neighbor_fingerprint` must equal the
+    stored one; a mismatch, or a table without a fingerprint (an older version's), is a DataError naming
+    the npz, the csv, what differs and ``python -m preprocess.knn --table <csv> --k <K> --force``
+    (K: ``rebuild_k``, else the stored K). An ``int`` (a row count) instead of a table checks the
+    structure only (inspection and tests; training always passes the table).
+    """
     path = Path(path)
+    csv_path = getattr(table, "csv_path", None)
     if not path.is_file():
-        raise DataError(f"{path}: neighbour table not found; build it with `python -m preprocess.knn --table <train.csv>`")
+        raise DataError(f"{path}: neighbour table not found; build it with "
+                        f"`python -m preprocess.knn --table {csv_path or '<train.csv>'}`")
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             indices = data["indices"]
             distances = data["distances"] if "distances" in data.files else None
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable neighbour table ({type(exc).__name__}: {exc}); "
                         "rebuild it with `python -m preprocess.knn`") from None
+    num_rows = len(table) if csv_path is not None else int(table)
     indices = validate_neighbor_indices(indices, num_rows, k, path)
     if distances is not None:
         distances = np.asarray(distances, np.float32)[:, :k]
+    if csv_path is not None:
+        check_neighbor_fingerprint(path, table, rebuild_k or k)
     return indices, distances
+
+
+def check_neighbor_fingerprint(path, table, k: int) -> None:
+    """Refuse ``path`` unless its stored fingerprint is that of ``table`` (see :func:`load_neighbor_table`)."""
+    meta = read_neighbor_meta(path)
+    stored_k = meta.get("k") or meta.get("columns") or k
+    command = rebuild_command(table.csv_path, max(int(stored_k), int(k)))
+    if "fingerprint" not in meta:
+        raise DataError(f"{path}: neighbour table has no fingerprint of the table it was built from (written by an "
+                        f"older version), so it cannot be checked against {table.csv_path}; rebuild it with "
+                        f"`{command}`")
+    current = table_neighbor_fingerprint(table)
+    if meta["fingerprint"] != current.sha256:
+        what = "; ".join(current.differences(meta))
+        raise DataError(f"{path} was built from a different version of {table.csv_path} ({what}); its neighbour "
+                        f"rows would point at the wrong images. Rebuild it with `{command}`")
+
+
+def neighbor_cache_dir() -> Path:
+    """Where tables built at training time are cached: ``<data home>/cache/neighbors`` (not a dataset folder)."""
+    from data.registry import data_home
+
+    return data_home() / "cache" / "neighbors"
+
+
+def cached_neighbor_table(table, k: int, log=print) -> tuple[np.ndarray, Path, bool]:
+    """(indices (N, k) int32, cache file, reused) for ``table``: the cached table of the same content, or
+    one built now with :func:`build_neighbor_table` and cached.
+
+    The cache file is ``neighbor_cache_dir() / f"{fingerprint}-k{k}.npz"``, written atomically. A cached
+    file that is unreadable or does not match is rebuilt; a failure to write the cache (read-only home,
+    disk full) only logs a note.
+    """
+    from common.io import atomic_write_bytes
+
+    fingerprint = table_neighbor_fingerprint(table)
+    cache = neighbor_cache_dir() / f"{fingerprint.sha256}-k{int(k)}.npz"
+    if cache.is_file():
+        try:
+            indices, _ = load_neighbor_table(cache, table, k)
+            return indices, cache, True
+        except DataError as exc:
+            log(f"note: ignoring the cached neighbour table {cache} ({exc}); rebuilding it")
+    indices, distances = build_neighbor_table(table.va, k)
+    try:
+        atomic_write_bytes(cache, neighbor_table_bytes(indices, distances, fingerprint, METRIC, "auto"))
+    except (OSError, FERError) as exc:  # FERError: common.io reports failed writes as a WriteError
+        reason = getattr(exc, "strerror", None) or str(exc)
+        log(f"note: could not cache the neighbour table at {cache} ({reason}); training goes on, and the table "
+            "will be rebuilt next time")
+    return np.asarray(indices).astype(np.int32), cache, False
 
 
 def parse_knn_column(values, num_rows: int, k: int, source) -> np.ndarray:

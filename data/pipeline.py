@@ -15,12 +15,15 @@ global step with ``skip`` and yields exactly the batches an uninterrupted run wo
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from data.images import load_image_array, raise_for_bad_images, scan_images
+from data.images import (ImageDecodeError, image_sizes, load_image, load_image_array, raise_for_bad_images,
+                         scan_images)
 from data.schema import AnnotationTable
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -39,7 +42,20 @@ class PipelineConfig:
 
 
 class ImageSource:
-    """Where a split's pixels come from: an in-memory uint8 array or the image files."""
+    """Where a split's pixels come from: an in-memory uint8 array or the image files.
+
+    Both modes decode and resize with the same Python function, ``data.images.load_image`` (upright:
+    EXIF orientation applied; pixel limit; OpenCV decode; ``data.images.resize_image``), so they give
+    identical pixels: ``memory`` once for the whole split at start-up (threads), ``files`` per element
+    inside tf.data through ``tf.numpy_function`` (parallel map; a pure function of the row, so the
+    stream stays a pure function of (seed, step)). A file that turns bad mid-run raises
+    ``tf.errors.InvalidArgumentError`` naming the CSV, row, file and reason.
+
+    Landmark convention: the table's landmarks are x;y pixels of the *upright* stored image (after EXIF
+    orientation, as a viewer shows it; with orientations 5–8 its width and height are the stored ones
+    swapped). ``load`` returns the scale (S / upright width, S / upright height) that maps them to the
+    (S, S) network image.
+    """
 
     def __init__(self, table: AnnotationTable, image_size: int, cache: str = "auto", memory_budget_gb: float = 3.0,
                  check_files: bool = True):
@@ -51,18 +67,71 @@ class ImageSource:
         if self.mode not in ("memory", "files"):
             raise ValueError(f"image_cache must be memory, files or auto, got {cache}")
         self.original_sizes = None
+        # table row -> 1-based CSV row, for messages (--skip-bad may have dropped rows before it)
+        dropped = np.asarray(sorted(table.frame.attrs.get("dropped_rows", [])), np.int64)
+        self._csv_rows = np.setdiff1d(np.arange(n + len(dropped)), dropped)[:n] + 1
         if self.mode == "memory":
-            self.array = load_image_array(table.image_root, table.paths, image_size, csv_path=table.csv_path)
+            self.array = load_image_array(table.image_root, table.paths, image_size, csv_path=table.csv_path,
+                                          row_numbers=self._csv_rows)
             self._tensor = tf.convert_to_tensor(self.array)
             if table.landmarks is not None:
-                self.original_sizes = _original_sizes(table)
+                self.original_sizes = _original_sizes(table, self._csv_rows)
         else:
             if check_files:
                 raise_for_bad_images(scan_images(table.image_root, table.paths), table.csv_path, n)
-            self._paths = tf.constant(table.absolute_paths())
+            self._file_paths = table.absolute_paths()
+            if not ImageSource._exit_hook:
+                import atexit
+
+                atexit.register(ImageSource._quiesce_at_exit)
+                ImageSource._exit_hook = True
+
+    # Files mode runs Python inside tf.data's threads. A tf.data iterator still alive when the interpreter
+    # finalises (a global, a traceback kept in sys.last_traceback) would be destroyed while one of those
+    # threads waits for the GIL, which Python then kills: TensorFlow hangs or aborts at exit. An atexit
+    # hook (registered by the first files-mode source) therefore frees unreachable iterators while Python
+    # is still alive, makes later calls return at once, and waits for the calls in flight to end.
+    _calls_lock = threading.Lock()
+    _calls_in_flight = 0
+    _last_call = 0.0
+    _closing = False
+    _exit_hook = False
+
+    @classmethod
+    def _quiesce_at_exit(cls, timeout: float = 2.0) -> None:
+        import gc
+        import sys
+        import time
+
+        sys.last_type = sys.last_value = sys.last_traceback = None
+        gc.collect()
+        cls._closing = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (cls._calls_in_flight or time.monotonic() - cls._last_call < 0.05):
+            time.sleep(0.01)
+
+    def _load_file(self, index):
+        """numpy side of files mode: row → (uint8 (S, S, 3), upright (h, w) float32)."""
+        cls = ImageSource
+        if cls._closing:  # the interpreter is exiting: nobody will read this element
+            return np.zeros((self.size, self.size, 3), np.uint8), np.ones(2, np.float32)
+        with cls._calls_lock:
+            cls._calls_in_flight += 1
+        try:
+            i = int(index)
+            path = self._file_paths[i]
+            try:
+                image, hw = load_image(path, self.size)
+            except ImageDecodeError as exc:  # a ValueError: tf.errors.InvalidArgumentError in the pipeline
+                raise ImageDecodeError(f"{self.table.csv_path}, row {self._csv_rows[i]}: image {path}: {exc}") from None
+            return image, np.asarray(hw, np.float32)
+        finally:
+            with cls._calls_lock:
+                cls._calls_in_flight -= 1
+                cls._last_call = time.monotonic()
 
     def load(self, index):
-        """index () int32 → (uint8 (S, S, 3), scale (2,) float32 from stored pixels to S)."""
+        """index () int32 → (uint8 (S, S, 3), scale (2,) float32 from upright stored pixels to S)."""
         if self.mode == "memory":
             image = tf.gather(self._tensor, index)
             if self.original_sizes is not None:
@@ -71,23 +140,16 @@ class ImageSource:
             else:
                 scale = tf.ones([2], tf.float32)
             return image, scale
-        raw = tf.io.read_file(tf.gather(self._paths, index))
-        image = tf.io.decode_image(raw, channels=3, expand_animations=False, dtype=tf.uint8)
-        hw = tf.cast(tf.shape(image)[:2], tf.float32)
-        image = tf.image.resize(image, [self.size, self.size], antialias=True)
-        image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        image, hw = tf.numpy_function(self._load_file, [index], [tf.uint8, tf.float32], stateful=False,
+                                      name="load_image")
         image.set_shape([self.size, self.size, 3])
+        hw.set_shape([2])
         return image, tf.stack([self.size / hw[1], self.size / hw[0]])
 
 
-def _original_sizes(table: AnnotationTable) -> np.ndarray:
-    import cv2
-
-    sizes = np.empty((len(table), 2), np.float32)
-    for i, path in enumerate(table.absolute_paths()):
-        image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        sizes[i] = image.shape[:2]
-    return sizes
+def _original_sizes(table: AnnotationTable, row_numbers=None) -> np.ndarray:
+    """(N, 2) float32 upright (height, width) of every image, read from the headers (nothing decoded)."""
+    return image_sizes(table.image_root, table.paths, csv_path=table.csv_path, row_numbers=row_numbers)
 
 
 def normalize(image_uint8):

@@ -2,18 +2,39 @@
 
 Columns
 -------
-``path``              image path relative to the image root (required)
+``path``              image path relative to the image root (required; see "Paths" below)
 ``expression``        int class index in canonical (AffectNet) order (required)
 ``valence``, ``arousal``  floats in [-1, 1] (optional, required by VA-based methods)
 ``landmarks``         ``;``-separated x;y;x;y... pixel coordinates in the stored image (optional)
 ``votes``             ``;``-separated per-class annotator counts (optional)
 ``clean_expression``  the label before synthetic noise (optional)
 Other columns are kept but ignored. Neighbour tables live beside the table (see ``data.neighbors``).
+
+Paths
+-----
+Backslashes are normalised to ``/`` when a table is parsed (a table written on Windows,
+``images\\0001.jpg``, reads as ``images/0001.jpg``; ``AnnotationTable.paths`` and the frame hold the
+normalised form), so a file whose POSIX name really contains a backslash cannot be listed. A path must
+stay inside the image root: an absolute path (``/etc/hostname``, ``C:/x.jpg``, ``C:x.jpg``,
+``//server/share``) or one that still has a ``..`` component after lexical normalisation
+(``../x.png``, ``a/../../x.png``) is a row error ("escapes the image root") unless the caller opts in
+with ``allow_outside_root=True`` (``train.py --allow-outside-root`` or ``"allow_outside_root": true`` in
+``dataset.json``). The check is lexical only: symlinks are not resolved, so an image folder (or file)
+inside the root that is a symlink to elsewhere, e.g. a user's own linked download, stays allowed.
+
+Fingerprints
+------------
+:func:`table_fingerprint` is a sha256 of a table's content (row order, paths, labels, VA, landmarks,
+votes, clean labels); runs record it so ``--resume`` can refuse a table whose content changed.
+Neighbour tables carry their own, narrower fingerprint (rows, paths, VA; ``data.neighbors``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import posixpath
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +60,7 @@ class AnnotationTable:
     landmarks: np.ndarray | None = None  # (N, L, 2) float32, pixels of the stored image
     votes: np.ndarray | None = None  # (N, C) float32 counts
     clean_labels: np.ndarray | None = None  # (N,) int32
+    allow_outside_root: bool = False  # validated with the opt-in (pass it on when re-validating the frame)
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -57,6 +79,40 @@ class AnnotationTable:
 
 def _raise(row, message, csv_path):
     raise row_error(csv_path, row + 1, message)
+
+
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def normalize_table_path(value):
+    """A table path as the schema reads it: backslashes turned into ``/`` (non-strings unchanged)."""
+    return value.replace("\\", "/") if isinstance(value, str) else value
+
+
+def normalize_table_paths(values) -> list:
+    return [normalize_table_path(v) for v in values]
+
+
+def path_escape_reason(path: str) -> str | None:
+    """Why ``path`` (already slash-normalised) is outside the image root, or None when it is inside.
+
+    Lexical: absolute (``/...``, ``//server``, a drive letter ``C:``) or a ``..`` left after
+    ``posixpath.normpath``. Symlinks are not followed.
+    """
+    if path.startswith("/"):
+        return "is absolute"
+    if _DRIVE.match(path):
+        return "starts with a drive letter"
+    normal = posixpath.normpath(path)
+    if normal == ".." or normal.startswith("../"):
+        return "leads out of it with '..'"
+    return None
+
+
+def _escape_message(path: str, reason: str) -> str:
+    return (f"path {path!r} escapes the image root ({reason}); table paths must be relative to the image root. "
+            "If the files really live outside it, pass --allow-outside-root (or set \"allow_outside_root\": true "
+            "in dataset.json)")
 
 
 def _parse_int_column(frame, column, csv_path, num_classes, bad=None):
@@ -112,8 +168,12 @@ def format_float_list(values, precision: int = 2) -> str:
 
 def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=None,
                    require_va: bool = False, num_landmarks: int | None = None,
-                   bad_rows: list | None = None) -> AnnotationTable:
+                   bad_rows: list | None = None, allow_outside_root: bool = False) -> AnnotationTable:
     """Validate a schema frame and return an :class:`AnnotationTable`. Raises :class:`DataError`.
+
+    Paths are slash-normalised (``\\`` → ``/``) in the returned frame; a path that escapes the image
+    root (absolute, a drive letter, or ``..`` after normalisation; lexical, symlinks not followed) is a
+    row error unless ``allow_outside_root`` (see the module docstring).
 
     With a list ``bad_rows`` (``--skip-bad``), rows with an invalid cell are not fatal: each is appended
     as ``(0-based row of frame, message)`` and left out of the returned table (whose frame then has
@@ -122,7 +182,8 @@ def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=N
     """
     csv_path = Path(csv_path)
     if bad_rows is not None:
-        return _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num_landmarks, bad_rows)
+        return _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num_landmarks, bad_rows,
+                                  allow_outside_root)
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(
@@ -132,10 +193,21 @@ def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=N
     if len(frame) == 0:
         raise DataError(f"{csv_path}: the split is empty (no data rows)")
     frame = frame.reset_index(drop=True)
-    paths = frame["path"]
-    for row, value in enumerate(paths.tolist()):
+    raw_paths = frame["path"].tolist()
+    backslashes = 0
+    for row, value in enumerate(raw_paths):
         if not isinstance(value, str) or value.strip() == "":
             raise row_error(csv_path, row + 1, f"column 'path' is empty or not a string: {value!r}")
+        backslashes += "\\" in value
+        if not allow_outside_root:
+            reason = path_escape_reason(normalize_table_path(value))
+            if reason:
+                raise row_error(csv_path, row + 1, _escape_message(value, reason))
+    if backslashes:
+        frame = frame.copy()
+        frame["path"] = normalize_table_paths(raw_paths)
+        frame.attrs["backslash_paths"] = int(backslashes)
+    paths = frame["path"]
     dup = paths.duplicated(keep="first")
     if dup.any():
         row = int(np.flatnonzero(dup.to_numpy())[0])
@@ -191,10 +263,12 @@ def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=N
 
     root = Path(image_root) if image_root is not None else csv_path.parent / "images"
     return AnnotationTable(csv_path=csv_path, image_root=root, frame=frame, num_classes=num_classes,
-                           labels=labels, va=va, landmarks=landmarks, votes=votes, clean_labels=clean)
+                           labels=labels, va=va, landmarks=landmarks, votes=votes, clean_labels=clean,
+                           allow_outside_root=bool(allow_outside_root))
 
 
-def _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num_landmarks, bad_rows):
+def _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num_landmarks, bad_rows,
+                       allow_outside_root=False):
     """``validate_frame`` that collects row-level problems into ``bad_rows`` and drops those rows."""
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing or len(frame) == 0:
@@ -205,10 +279,19 @@ def _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num
     def bad(row, message):
         found.setdefault(int(row), str(row_error(csv_path, int(row) + 1, message)))
 
-    paths = frame["path"].tolist()
-    for row, value in enumerate(paths):
+    raw_paths = frame["path"].tolist()
+    for row, value in enumerate(raw_paths):
         if not isinstance(value, str) or value.strip() == "":
             bad(row, f"column 'path' is empty or not a string: {value!r}")
+        elif not allow_outside_root:
+            reason = path_escape_reason(normalize_table_path(value))
+            if reason:
+                bad(row, _escape_message(value, reason))
+    backslashes = sum(isinstance(v, str) and "\\" in v for v in raw_paths)
+    if backslashes:
+        frame = frame.copy()
+        frame["path"] = normalize_table_paths(raw_paths)
+    paths = frame["path"].tolist()
     for row in np.flatnonzero(frame["path"].duplicated(keep="first").to_numpy()):
         bad(row, f"duplicated path {paths[row]!r} (first seen earlier in the table)")
     for column in ("expression", "clean_expression"):
@@ -247,8 +330,10 @@ def _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num
         raise DataError(f"{csv_path}: no usable rows left (all {len(frame)} rows are invalid; first: "
                         f"{found[min(found)]})")
     table = validate_frame(frame.iloc[kept].reset_index(drop=True), csv_path, num_classes, image_root,
-                           require_va, num_landmarks)
+                           require_va, num_landmarks, allow_outside_root=allow_outside_root)
     table.frame.attrs["kept_rows"] = kept.tolist()
+    if backslashes:
+        table.frame.attrs["backslash_paths"] = int(backslashes)
     return table
 
 
@@ -265,15 +350,56 @@ def read_csv(csv_path) -> pd.DataFrame:
 
 
 def load_table(csv_path, num_classes: int, image_root=None, require_va: bool = False,
-               check_images: bool = False, num_landmarks: int | None = None) -> AnnotationTable:
-    """Read and validate one split. ``check_images`` also checks that every listed file exists."""
-    table = validate_frame(read_csv(csv_path), csv_path, num_classes, image_root, require_va, num_landmarks)
+               check_images: bool = False, num_landmarks: int | None = None,
+               allow_outside_root: bool = False) -> AnnotationTable:
+    """Read and validate one split. ``check_images`` also checks that every listed file exists.
+
+    ``allow_outside_root`` accepts absolute and ``..`` paths (see the module docstring)."""
+    table = validate_frame(read_csv(csv_path), csv_path, num_classes, image_root, require_va, num_landmarks,
+                           allow_outside_root=allow_outside_root)
     check_image_root(table, check_all_files=check_images)
     return table
 
 
+def _listed_paths_hint(table: AnnotationTable, probe: list[str]) -> str | None:
+    """Why the listed paths, rather than the image root, look wrong (None: nothing suspicious)."""
+    root, examples = table.image_root, probe[:3]
+    backslashes = int(table.frame.attrs.get("backslash_paths", 0))
+    absolute = [p for p in probe if p.startswith("/") or _DRIVE.match(p)]
+    if len(absolute) == len(probe):
+        drive = any(_DRIVE.match(p) for p in absolute)
+        return (f"the listed paths are absolute (e.g. {absolute[0]!r}), so they do not depend on the image root"
+                + ("; drive-letter paths were written on Windows and do not exist here" if drive else "")
+                + f"; rewrite them relative to the image root in {table.csv_path}")
+    escaping = [p for p in probe if path_escape_reason(p)]
+    if len(escaping) == len(probe):
+        return (f"the listed paths leave the image root with '..' (e.g. {escaping[0]!r}); rewrite them relative "
+                f"to the image root in {table.csv_path}")
+    spaced = [p for p in probe if p != p.strip()]
+    if spaced and len(spaced) * 2 >= len(probe):
+        return (f"the listed paths have leading or trailing spaces (e.g. {spaced[0]!r}); remove them in "
+                f"{table.csv_path}")
+    first = [p.split("/", 1) for p in probe]
+    if all(len(parts) == 2 and parts[0] == root.name for parts in first) and \
+            any((root / parts[1]).is_file() for parts in first):
+        return (f"the listed paths start with the image root's own folder name '{root.name}/' (e.g. "
+                f"{probe[0]!r}); pass --image-root {root.parent} or drop that prefix from {table.csv_path}")
+    beside = table.csv_path.parent
+    if beside.resolve() != root.resolve() and any((beside / p).is_file() for p in probe):
+        return (f"the listed files exist relative to {beside} (e.g. {beside / probe[0]}); pass "
+                f"--image-root {beside} (or set dataset.json's image_root)")
+    if backslashes:
+        return (f"{backslashes} listed path(s) were written with backslashes (e.g. {examples[0]!r} after turning "
+                "'\\' into '/'); check that the table's folder layout matches the image root")
+    return None
+
+
 def check_image_root(table: AnnotationTable, check_all_files: bool = False) -> None:
-    """Fail clearly when the image root is missing, empty of listed files, or (optionally) any file is missing."""
+    """Fail clearly when the image root is missing, empty of listed files, or (optionally) any file is missing.
+
+    When none of the probed files exists, the message blames the listed paths instead of the root when
+    they look wrong (absolute, ``..``, spaces, the root's own folder name as a prefix, relative to the
+    table's folder, written with backslashes)."""
     root = table.image_root
     if not root.is_dir():
         raise DataError(f"image root {root} (for {table.csv_path}) does not exist or is not a folder; pass --image-root")
@@ -281,6 +407,10 @@ def check_image_root(table: AnnotationTable, check_all_files: bool = False) -> N
     probe = paths if check_all_files else paths[: min(len(paths), 64)]
     missing = [(i, p) for i, p in enumerate(probe) if not (root / p).is_file()]
     if probe and len(missing) == len(probe):
+        hint = _listed_paths_hint(table, probe)
+        if hint:
+            raise DataError(f"image root {root} contains none of the files listed in {table.csv_path} "
+                            f"(first listed: {paths[0]!r}): {hint}")
         raise DataError(
             f"image root {root} contains none of the files listed in {table.csv_path} "
             f"(first listed: {paths[0]!r}); is --image-root pointing at the right folder?")
@@ -288,6 +418,38 @@ def check_image_root(table: AnnotationTable, check_all_files: bool = False) -> N
         row, p = missing[0]
         raise row_error(table.csv_path, row + 1, f"image file {root / p} does not exist "
                         f"({len(missing)} listed file(s) missing in all)")
+
+
+def _hash_array(hasher, tag: str, values, dtype) -> None:
+    if values is None:
+        hasher.update(f"{tag}:absent;".encode())
+        return
+    array = np.ascontiguousarray(np.asarray(values).astype(dtype, copy=False))
+    hasher.update(f"{tag}:{dtype}:{list(array.shape)};".encode())
+    hasher.update(array.tobytes())
+
+
+def table_fingerprint(table: AnnotationTable) -> str:
+    """sha256 (hex) of a validated table's content, in row order.
+
+    Covers the row count, the (slash-normalised) paths, the labels and, as present, VA (float32),
+    landmarks (float32), votes (float32) and clean labels (int32); an absent column hashes differently
+    from any present one. Two tables with the same content give the same digest, whatever other columns
+    or formatting their CSVs have; changing one label or reordering rows changes it. Not covered: the
+    image bytes, the image root, ``num_classes``.
+    """
+    hasher = hashlib.sha256(b"fer-table-fingerprint-v1;")
+    paths = table.paths
+    hasher.update(f"rows:{len(paths)};".encode())
+    for path in paths:
+        encoded = path.encode("utf-8", "surrogatepass")
+        hasher.update(len(encoded).to_bytes(8, "little") + encoded)
+    _hash_array(hasher, "labels", table.labels, "<i4")
+    _hash_array(hasher, "va", table.va, "<f4")
+    _hash_array(hasher, "landmarks", table.landmarks, "<f4")
+    _hash_array(hasher, "votes", table.votes, "<f4")
+    _hash_array(hasher, "clean_labels", table.clean_labels, "<i4")
+    return hasher.hexdigest()
 
 
 def write_table(frame: pd.DataFrame, csv_path, force: bool = False) -> Path:

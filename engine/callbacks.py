@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -74,3 +75,64 @@ class EpochTimer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+class EpochLog(keras.callbacks.Callback):
+    """``RUN/log.csv``: one row per epoch (``epoch`` then the sorted log keys of the first epoch logged).
+
+    Like Keras' CSVLogger, with the project's error handling (a full disk is ``error: RUN/log.csv: disk
+    full``) and exact resume: rows of epochs at or after the epoch a run resumes at are dropped first, so
+    a run resumed from an earlier checkpoint never lists an epoch twice.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = Path(path)
+        self.keys = None
+
+    def _rows(self) -> list[list[str]]:
+        import csv
+
+        if not self.path.is_file():
+            return []
+        try:
+            with open(self.path, newline="", encoding="utf-8") as handle:
+                return [row for row in csv.reader(handle) if row]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return []
+
+    def _write(self, rows) -> None:
+        import csv
+        import io
+
+        from common.io import atomic_write_text
+
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+    def start(self, initial_epoch: int) -> None:
+        """Keep the header and the rows of epochs before ``initial_epoch`` (0-based)."""
+        rows = self._rows()
+        if not rows or rows[0][:1] != ["epoch"]:
+            self.keys = None
+            return
+        self.keys = rows[0][1:]
+        kept = [row for row in rows[1:] if row[0].isdigit() and int(row[0]) < initial_epoch]
+        if len(kept) != len(rows) - 1:
+            self._write([rows[0], *kept])
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.keys is None:
+            self.keys = sorted(logs)
+            rows = [["epoch", *self.keys]]
+        else:
+            rows = self._rows() or [["epoch", *self.keys]]
+
+        def cell(key):
+            value = logs.get(key, "NA")
+            value = value.item() if hasattr(value, "item") else value
+            return f"{value}" if not isinstance(value, float) else repr(value)
+
+        self._write([*rows, [str(epoch), *[cell(k) for k in self.keys]]])

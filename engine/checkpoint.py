@@ -5,23 +5,71 @@ the model — backbone, heads, per-sample λ, class centres, banks, queues — a
 and ``state.json`` (global step, epoch, step within the epoch). It is written in a temporary folder
 and renamed into place, and only then does ``ckpt/latest`` (a one-line file, itself replaced
 atomically) point at it, so a crash at any instant leaves the previous checkpoint intact and
-``latest`` naming a complete one.
+``latest`` naming a complete one. The weights are serialised in memory first and written with the
+project's atomic writer, so a full disk (or a file-size limit) ends in a clean error naming the file
+while the previous checkpoint stays loadable; a checkpoint damaged on disk afterwards (truncated, a
+bad copy) is recognised as such, and ``--resume`` falls back to the newest intact one.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
+import io
 import json
 import shutil
 import warnings
 from pathlib import Path
 
-from common.errors import CheckpointError
-from common.io import atomic_directory, atomic_write_json, atomic_write_text
+from common.errors import CheckpointError, WriteError
+from common.io import atomic_directory, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 WEIGHTS_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
+# Files that mark a checkpoint written before output markers existed.
+CHECKPOINT_LEGACY = {"checkpoint": (WEIGHTS_FILE, STATE_FILE)}
+
+
+class CheckpointDamaged(CheckpointError):
+    """A checkpoint's files are unreadable (truncated, corrupt), as opposed to written by another model."""
+
+
+def weights_bytes(model) -> bytes:
+    """The model's ``.weights.h5`` (every variable and the optimizer's state) serialised in memory.
+
+    Keras' own store writes to a ``BytesIO`` (``keras.src.saving.saving_lib.H5IOStore``); the bytes are
+    then written with :func:`common.io.atomic_write_bytes`, whose errors name the file. (Writing with
+    h5py straight to a full disk ends in h5py tracebacks and can crash the process.)
+    """
+    try:
+        from keras.src.saving import saving_lib
+
+        buffer = io.BytesIO()
+        store = saving_lib.H5IOStore(buffer, mode="w")
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+        store.close()
+        return buffer.getvalue()
+    except (ImportError, AttributeError, TypeError):  # a Keras without these internals: through a file
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            target = Path(folder) / WEIGHTS_FILE
+            model.save_weights(str(target))
+            return target.read_bytes()
+
+
+def check_weights_file(path) -> str | None:
+    """Why an ``.h5`` weights file cannot be read (truncated, not HDF5, an unreadable dataset), or None."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            def visit(_name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    obj[()]
+            handle.visititems(visit)
+    except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError... for damage
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else 'unreadable'}"
+    return None
 
 
 def model_signature(model) -> dict:
@@ -53,31 +101,62 @@ class CheckpointManager:
         pointer = self.dir / "latest"
         if not pointer.is_file():
             return None
-        path = self.dir / pointer.read_text().strip()
-        if not (path / WEIGHTS_FILE).is_file() or not (path / STATE_FILE).is_file():
-            raise CheckpointError(f"{pointer} names {path}, which is incomplete or missing")
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointDamaged(f"{pointer}: unreadable ({exc}); {self._intact_hint()}") from None
+        path = self.dir / name
+        if not name.startswith("step-") or not (path / WEIGHTS_FILE).is_file() or not (path / STATE_FILE).is_file():
+            raise CheckpointDamaged(f"{pointer} names {path}, which is incomplete or missing; {self._intact_hint()}")
         return path
+
+    def checkpoints(self) -> list[Path]:
+        """Every complete-looking checkpoint folder, newest first."""
+        if not self.dir.is_dir():
+            return []
+        found = [p for p in self.dir.glob("step-*") if p.is_dir() and (p / WEIGHTS_FILE).is_file()
+                 and (p / STATE_FILE).is_file()]
+        return sorted(found, reverse=True)
+
+    def newest_intact(self, exclude=()) -> Path | None:
+        """The newest checkpoint whose state and weights files read back (None if there is none)."""
+        for path in self.checkpoints():
+            if path in exclude:
+                continue
+            try:
+                self.read_state(path)
+            except CheckpointError:
+                continue
+            if check_weights_file(path / WEIGHTS_FILE) is None:
+                return path
+        return None
+
+    def _intact_hint(self, exclude=()) -> str:
+        intact = self.newest_intact(exclude)
+        return (f"the newest intact checkpoint is {intact} (--resume falls back to it)" if intact
+                else "no intact checkpoint is left; start the run again with --force")
 
     def save(self, model, state: dict) -> Path:
         name = f"step-{int(state['global_step']):09d}"
         final = self.dir / name
         state = {**state, "model": model_signature(model)}
+        data = weights_bytes(model)
         try:
-            with atomic_directory(final) as tmp:
-                model.save_weights(str(tmp / WEIGHTS_FILE))
+            with atomic_directory(final, "checkpoint", legacy=CHECKPOINT_LEGACY) as tmp:
+                atomic_write_bytes(tmp / WEIGHTS_FILE, data)
                 atomic_write_json(tmp / STATE_FILE, state)
             atomic_write_text(self.dir / "latest", name + "\n")
-        except OSError as exc:
+        except WriteError as exc:
             pointer = self.dir / "latest"
-            if not pointer.is_file() or pointer.read_text().strip() != name:
+            try:
+                referenced = pointer.is_file() and pointer.read_text().strip() == name
+            except OSError:
+                referenced = False
+            if not referenced:
                 shutil.rmtree(final, ignore_errors=True)  # unreferenced: give the space back
-            # h5py reports a full disk as a plain OSError whose errno may be unset; its message has errno 28.
-            if exc.errno == errno.ENOSPC or "No space left" in str(exc) or "errno = 28" in str(exc):
-                last = self.latest()
-                raise CheckpointError(
-                    f"disk full while writing checkpoint {final}; the previous checkpoint "
-                    f"{last if last else '(none)'} is intact. Free space and rerun with --resume") from None
-            raise CheckpointError(f"cannot write checkpoint {final}: {exc}") from None
+            last = self.newest_intact()
+            raise CheckpointError(f"{exc} — while writing checkpoint {final}; the previous checkpoint "
+                                  f"{last if last else '(none yet)'} is intact. Free space and rerun with --resume") from None
         self._prune(keep_name=name)
         return final
 
@@ -95,27 +174,36 @@ class CheckpointManager:
 
     @staticmethod
     def read_state(path) -> dict:
+        state_file = Path(path) / STATE_FILE
         try:
-            return json.loads((Path(path) / STATE_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: unreadable checkpoint state ({exc})") from None
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointDamaged(f"{state_file}: unreadable checkpoint state ({exc})") from None
+        if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) or state["global_step"] < 0:
+            raise CheckpointDamaged(f"{state_file}: not a checkpoint state (no non-negative integer 'global_step')")
+        return state
 
     @staticmethod
     def load_into(model, path, require_optimizer: bool = False) -> None:
         """Load a checkpoint's weights (and optimizer state if the model is compiled and built).
 
         ``require_optimizer`` (resume): refuse a file whose optimizer state does not fit, which Keras
-        would otherwise skip with a warning (the resumed run would silently restart its moments).
+        would otherwise skip with a warning (the resumed run would silently restart its moments). A file
+        that does not read back is :class:`CheckpointDamaged`; one that reads but was written by another
+        model is refused naming both models.
         """
         weights = Path(path) / WEIGHTS_FILE if Path(path).is_dir() else Path(path)
         if not weights.is_file():
             raise CheckpointError(f"{weights}: checkpoint weights not found")
+        damage = check_weights_file(weights)
+        if damage is not None:
+            raise CheckpointDamaged(f"{weights} is damaged ({damage})")
         state_file = weights.parent / STATE_FILE
         saved = None
         if state_file.is_file():
             try:
                 saved = json.loads(state_file.read_text()).get("model")
-            except (OSError, json.JSONDecodeError, AttributeError):
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
                 saved = None
         if saved:
             mine = model_signature(model)

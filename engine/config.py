@@ -59,6 +59,9 @@ class RunConfig:
     test_table: str = field(default="test.csv", metadata=_opt("test table in the data directory", DATA))
     num_classes: int | None = field(default=None, metadata=_opt("for --dataset csv: 7 or 8", DATA))
     skip_bad: bool = field(default=False, metadata=_opt("drop and count unreadable images instead of failing", DATA))
+    allow_outside_root: bool = field(default=False, metadata=_opt(
+        "accept table paths that are absolute or leave the image root with '..' (also dataset.json's "
+        "\"allow_outside_root\": true)", DATA))
     image_cache: str = field(default="auto", metadata=_opt(
         "auto (decoded in memory if it fits) | memory | files (decode every step)", DATA,
         choices=("auto", "memory", "files")))
@@ -230,12 +233,18 @@ def _jsonable(obj):
 
 
 def compare_configs(old: dict, new: dict) -> list[str]:
-    """Differences that would silently change a resumed run (neutral settings ignored)."""
+    """Differences that would silently change a resumed run (neutral settings ignored).
+
+    A data fact or run setting the old record lacks (it was written by an older version) is not a
+    difference; the table fingerprints (``train_table_sha256``) catch a table whose content changed.
+    """
     diffs = []
     for section in ("run", "method_config", "data"):
         a, b = _jsonable(old.get(section, {})), _jsonable(new.get(section, {}))
         for key in sorted(set(a) | set(b)):
             if section == "run" and key in RESUME_NEUTRAL:
+                continue
+            if section in ("data", "run") and key not in a:
                 continue
             if a.get(key) != b.get(key):
                 diffs.append(f"{section}.{key}: {a.get(key)!r} → {b.get(key)!r}")

@@ -8,7 +8,7 @@ import numpy as np
 
 from common.errors import DataError
 from data.images import scan_images
-from data.prepared import resolve_image_root
+from data.prepared import read_dataset_json, resolve_image_root
 from data.registry import DatasetSpec, default_data_dir, provide_dataset
 from data.schema import AnnotationTable, check_image_root, read_csv, validate_frame
 
@@ -31,7 +31,7 @@ def resolve_data_dir(spec: DatasetSpec, data_dir, options: dict | None = None) -
 
 
 def load_split(data_dir: Path, table_name: str, num_classes: int, image_root=None, require_va=False,
-               skip_bad: bool = False, log=print) -> AnnotationTable:
+               skip_bad: bool = False, log=print, allow_outside_root: bool = False) -> AnnotationTable:
     """Load, validate and image-check one split.
 
     ``skip_bad`` drops rows with an invalid cell or a missing/unreadable image instead of failing; the
@@ -41,9 +41,10 @@ def load_split(data_dir: Path, table_name: str, num_classes: int, image_root=Non
     csv_path = Path(table_name) if Path(table_name).is_absolute() else data_dir / table_name
     frame = read_csv(csv_path)
     root = resolve_image_root(data_dir, image_root)
+    allow_outside_root = allow_outside_root or bool(read_dataset_json(data_dir).get("allow_outside_root"))
     skipped: list[tuple[int, str]] = []  # (0-based CSV row, message)
     table = validate_frame(frame, csv_path, num_classes, root, require_va=require_va,
-                           bad_rows=skipped if skip_bad else None)
+                           bad_rows=skipped if skip_bad else None, allow_outside_root=allow_outside_root)
     origin = np.asarray(table.frame.attrs.get("kept_rows", range(len(table))), int)  # table row → CSV row
     check_image_root(table)
     bad = scan_images(table.image_root, table.paths)
@@ -60,7 +61,7 @@ def load_split(data_dir: Path, table_name: str, num_classes: int, image_root=Non
             raise DataError(f"{csv_path}: no usable rows left after --skip-bad dropped all {len(frame)} "
                             f"(first: {skipped[0][1]})")
         table = validate_frame(frame.iloc[keep].reset_index(drop=True), csv_path, num_classes, root,
-                               require_va=require_va)
+                               require_va=require_va, allow_outside_root=allow_outside_root)
         table.frame.attrs["dropped_rows"] = sorted(dropped)
         table.frame.attrs["skipped"] = [message for _, message in skipped]
         log(f"--skip-bad: skipped {len(skipped)} bad row(s) of {csv_path} ({len(keep)} kept); first: "
@@ -71,27 +72,27 @@ def load_split(data_dir: Path, table_name: str, num_classes: int, image_root=Non
 
 
 def find_undecodable_image(tables) -> DataError | None:
-    """The first listed image TensorFlow's decoder rejects, as a DataError naming file and row (or None).
+    """The first listed image the pipeline's decoder rejects, as a DataError naming file and row (or None).
 
-    ``--image-cache files`` decodes lazily inside tf.data, and the cheap header check at start-up
-    cannot catch every broken file (a valid header around garbage, a TIFF); when training then fails
-    with TensorFlow's bare "InvalidArgumentError", the CLIs call this to name the culprit.
+    ``--image-cache files`` decodes lazily inside tf.data, and a file can break after the start-up scan
+    (or pass the cheap header check around garbage); when training then fails with TensorFlow's
+    ``InvalidArgumentError``, the CLIs call this to name the culprit. It decodes every listed image with
+    the pipeline's own function (``data.images.decode_image``: EXIF orientation, pixel limit, OpenCV),
+    so its verdict is the pipeline's.
     """
-    import tensorflow as tf
-
     for table in tables:
         if table is None:
             continue
-        dropped = sorted(table.frame.attrs.get("dropped_rows", []))
-        for row, path in enumerate(table.absolute_paths()):
-            try:
-                tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-            except tf.errors.OpError as exc:
-                csv_row = row
-                for d in dropped:  # back to the CSV's numbering when --skip-bad dropped rows
-                    csv_row += d <= csv_row
-                return DataError(
-                    f"{table.csv_path}, row {csv_row + 1}: image {path} cannot be decoded by TensorFlow "
-                    f"({exc.message.splitlines()[0][:120]}); replace the file or use --image-cache memory "
-                    "(OpenCV decoding), then rerun (with --resume for a run that has checkpoints)")
+        chunk = 1024  # stop at the first chunk holding a bad image
+        for start in range(0, len(table.paths), chunk):
+            bad = scan_images(table.image_root, table.paths[start:start + chunk], full_decode=True)
+            if not bad:
+                continue
+            first = bad[0]
+            csv_row = start + first.row
+            for d in sorted(table.frame.attrs.get("dropped_rows", [])):  # back to the CSV's numbering (--skip-bad)
+                csv_row += d <= csv_row
+            return DataError(
+                f"{table.csv_path}, row {csv_row + 1}: image {first.path}: {first.reason}; replace the file or remove "
+                "its row, then rerun (with --resume for a run that has checkpoints)")
     return None

@@ -16,9 +16,13 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from common.errors import WriteError, write_error
 from common.io import atomic_directory
 from data.pipeline import normalize
 from models.backbones import input_norm_spec
+
+# Files that mark an export written before output markers existed.
+SAVED_MODEL_LEGACY = {"saved_model": ("saved_model.pb", "fer_export.json")}
 
 
 class FERServingModule(tf.Module):
@@ -61,7 +65,7 @@ def export_saved_model(model, out_dir, image_size: int, class_names, method: str
     out_dir = Path(out_dir)
     module = FERServingModule(model, image_size, class_names)
     try:
-        with atomic_directory(out_dir) as tmp:
+        with atomic_directory(out_dir, "saved_model", legacy=SAVED_MODEL_LEGACY) as tmp:
             tf.saved_model.save(module, str(tmp), signatures={
                 "serving_default": module.serve.get_concrete_function(),
                 "serve_bytes": module.serve_bytes.get_concrete_function(),
@@ -74,11 +78,9 @@ def export_saved_model(model, out_dir, image_size: int, class_names, method: str
                                   "backbone_input_norm": input_norm_spec(input_norm)},
                 "input": "uint8 RGB images of any size (serving_default) or encoded JPEG/PNG bytes (serve_bytes)",
             }, indent=2))
-    except (OSError, tf.errors.OpError) as exc:  # disk full, read-only folder: any older export is untouched
-        from common.errors import CheckpointError
-
-        detail = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
-        raise CheckpointError(f"cannot write the SavedModel {out_dir} ({type(exc).__name__}: {str(detail)[:200]}); "
-                              "any previous export there is intact. Free space and rerun "
-                              "`python export.py --ckpt RUN --out DIR`") from None
+    except (OSError, tf.errors.OpError, WriteError) as exc:  # disk full, read-only folder: an older export is untouched
+        if not isinstance(exc, WriteError):
+            exc = write_error(out_dir, exc)
+        raise WriteError(f"{exc}; any previous export at {out_dir} is intact. Free space and rerun "
+                         "`python export.py --run RUN --out DIR`") from None
     return out_dir

@@ -29,7 +29,7 @@ import numpy as np
 from common.errors import CheckpointError, ConfigError, DataError
 from common.io import atomic_write_json
 from engine.config import RunConfig, config_record, default_run_dir, resolve, run_config_from_record  # noqa: F401
-from engine.rundir import prepare_run_dir
+from engine.rundir import RunLock, check_run_dir, prepare_run_dir
 from engine.setup import make_optimizer, make_strategy, setup_precision
 from models.base import MethodData, RunContext
 
@@ -78,7 +78,7 @@ class Trainer:
         data.train_table, data.train_source, data.skipped_rows = None, None, {}
         if need_train:
             table = load_split(data.data_dir, cfg.train_table, cfg.num_classes, cfg.image_root, require_va,
-                               cfg.skip_bad, log=self.log)
+                               cfg.skip_bad, log=self.log, allow_outside_root=cfg.allow_outside_root)
             data.skipped_rows[cfg.train_table] = table.frame.attrs.get("skipped", [])
             table = self._apply_protocols(table)
             counts = table.class_counts()
@@ -88,7 +88,7 @@ class Trainer:
                                 f"this {cfg.num_classes}-class dataset needs every class (use the right --dataset / --num-classes)")
             data.train_table = table
         data.test_table = load_split(data.data_dir, cfg.test_table, cfg.num_classes, cfg.image_root, False,
-                                     cfg.skip_bad, log=self.log)
+                                     cfg.skip_bad, log=self.log, allow_outside_root=cfg.allow_outside_root)
         data.test_source = None
         data.skipped_rows[cfg.test_table] = data.test_table.frame.attrs.get("skipped", [])
         return data
@@ -113,16 +113,20 @@ class Trainer:
         if not changed:
             return table
         new = validate_frame(frame, table.csv_path, cfg.num_classes, table.image_root,
-                             require_va=table.va is not None)
+                             require_va=table.va is not None, allow_outside_root=table.allow_outside_root)
         # Rows dropped by --skip-bad also make the table differ from the file (stored neighbour tables).
         new.frame.attrs["rows_changed"] = cfg.imbalance_factor != 1.0 or bool(table.frame.attrs.get("dropped_rows"))
         return new
 
     def data_facts(self) -> dict:
+        from data.schema import table_fingerprint
+
         t = self.train_table
         facts = {"data_dir": str(self.data.data_dir), "num_test_samples": len(self.test_table)}
         if t is not None:
-            facts.update({"num_train_samples": len(t), "train_class_counts": t.class_counts().tolist()})
+            facts.update({"num_train_samples": len(t), "train_class_counts": t.class_counts().tolist(),
+                          "train_table_sha256": table_fingerprint(t)})
+        facts["test_table_sha256"] = table_fingerprint(self.test_table)
         skipped = self.data.skipped_rows
         # Durable record of what --skip-bad dropped (count per table and the first reasons).
         facts["skipped_rows"] = {"count": sum(len(v) for v in skipped.values()),
@@ -245,40 +249,67 @@ class Trainer:
 
     # --- training ------------------------------------------------------------------------------------
     def train(self) -> dict:
-        import keras
-
-        from engine.callbacks import EpochTimer, NonFiniteGuard, RunCheckpoint
-        from engine.checkpoint import CheckpointManager
-
+        """Train (or resume) the run in its directory, holding the directory's lock throughout."""
         cfg = self.cfg
         self.run_dir = run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+        check_run_dir(run_dir)  # a file, or a user's folder: refused before anything is created
         self.make_strategy()  # before any TensorFlow op: a multi-worker strategy configures the runtime
         self.load_data()
         method_data = self.method_data()
         record = config_record(cfg, self.method_cfg, self.data_facts())
-        prepare_run_dir(run_dir, record, cfg.resume, cfg.force)
-        self.log(f"run directory: {run_dir}")
+        with RunLock(run_dir, worker=_worker_index(cfg)):
+            prepare_run_dir(run_dir, record, cfg.resume, cfg.force)
+            self.log(f"run directory: {run_dir}")
+            return self._fit(run_dir, method_data)
+
+    def _resume(self, manager, model) -> int:
+        """Load the newest intact checkpoint (falling back past damaged ones); its global step (0: none)."""
+        from engine.checkpoint import CheckpointDamaged
+
+        try:
+            path = manager.latest()
+        except CheckpointDamaged as exc:
+            path = manager.newest_intact()
+            if path is None:
+                raise CheckpointError(f"{exc}") from None
+            self.log(f"warning: {exc}; resuming from {path}")
+        tried = []
+        while path is not None:
+            try:
+                manager.load_into(model, path, require_optimizer=True)
+                step = int(manager.read_state(path)["global_step"])
+                self.log(f"resumed from {path} (global step {step})")
+                return step
+            except CheckpointDamaged as exc:
+                tried.append(path)
+                path = manager.newest_intact(exclude=tried)
+                if path is None:
+                    raise CheckpointError(f"{exc}; no intact checkpoint is left (start over with --force)") from None
+                self.log(f"warning: {exc}; falling back to the newest intact checkpoint {path}")
+        self.log("no checkpoint yet; starting from scratch")
+        return 0
+
+    def _fit(self, run_dir: Path, method_data) -> dict:
+        import keras
+
+        from engine.callbacks import EpochLog, EpochTimer, NonFiniteGuard, RunCheckpoint
+        from engine.checkpoint import CheckpointManager
+
+        cfg = self.cfg
         model = self.build(len(self.train_table), method_data)
         manager = CheckpointManager(run_dir)
-        start_step = 0
-        if cfg.resume:
-            latest = manager.latest()
-            if latest is not None:
-                manager.load_into(model, latest, require_optimizer=True)
-                start_step = int(manager.read_state(latest)["global_step"])
-                self.log(f"resumed from {latest} (global step {start_step})")
-            else:
-                self.log("no checkpoint yet; starting from scratch")
+        start_step = self._resume(manager, model) if cfg.resume else 0
         spe = self.steps_per_epoch
         context = self.context()
         if start_step < cfg.epochs * spe:
             self.make_sources()
+            epoch, in_epoch = divmod(start_step, spe)
+            epoch_log = EpochLog(run_dir / "log.csv")
+            epoch_log.start(epoch)
             callbacks = [NonFiniteGuard(manager), EpochTimer(), RunCheckpoint(manager, spe, cfg.checkpoint_every),
-                         *self._uncertainty_callbacks(), *model.callbacks(context),
-                         keras.callbacks.CSVLogger(str(run_dir / "log.csv"), append=True)]
+                         *self._uncertainty_callbacks(), *model.callbacks(context), epoch_log]
             if cfg.tensorboard:
                 callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tb"), write_graph=False, profile_batch=0))
-            epoch, in_epoch = divmod(start_step, spe)
             val = self.eval_dataset() if cfg.val_every else None
             if in_epoch:
                 # Finish the interrupted epoch first (same batches an uninterrupted run sees), then whole epochs.
@@ -315,6 +346,18 @@ class Trainer:
             export_saved_model(self.model, run_dir / "saved_model", cfg.image_size, self.spec.class_names, cfg.method,
                                input_norm=cfg.input_norm)
         return report
+
+
+def _worker_index(cfg) -> int | None:
+    """This process's worker index under --strategy multiworker (each worker locks its own file)."""
+    if cfg.strategy != "multiworker":
+        return None
+    import os
+
+    try:
+        return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 0
 
 
 def predict_split(model, dataset) -> dict[str, np.ndarray]:
@@ -370,7 +413,7 @@ def read_run_record(run_dir) -> dict:
 
 def load_run_model(run_dir, ckpt=None, log=print):
     """Rebuild a run's model from its config.json and load a checkpoint (latest by default)."""
-    from engine.checkpoint import CheckpointManager
+    from engine.checkpoint import CheckpointDamaged, CheckpointManager
 
     run_dir = Path(run_dir)
     record = read_run_record(run_dir)
@@ -396,5 +439,11 @@ def load_run_model(run_dir, ckpt=None, log=print):
     path = Path(ckpt) if ckpt else manager.latest()
     if path is None:
         raise CheckpointError(f"{run_dir}: no checkpoint found")
-    manager.load_into(trainer.model, path)
+    try:
+        manager.load_into(trainer.model, path)
+    except CheckpointDamaged as exc:
+        intact = manager.newest_intact(exclude=[path])
+        hint = (f"the newest intact checkpoint is {intact} (pass it as --run {intact})" if intact
+                else "no intact checkpoint is left")
+        raise CheckpointDamaged(f"{exc}; {hint}") from None
     return trainer, record

@@ -179,28 +179,43 @@ def _release_preset(run: dict, **method) -> dict:
 def training_neighbor_table(train_table, k: int, log=print) -> np.ndarray:
     """(N, k) int32 neighbour rows of the training table, from (in this order of preference):
 
-    * VA, rebuilt here, when the rows no longer match the table on disk (imbalance subsampling,
-      ``--skip-bad`` drops): a stored table's indices would point at the wrong rows;
-    * ``<train>.neighbors.npz`` beside the table (a wrong row count, bad indices or fewer than k
-      columns raise a DataError naming the file);
+    * the neighbour cache, when the rows no longer match the table on disk (imbalance subsampling,
+      ``--skip-bad`` drops): a stored table's indices would point at the wrong rows, so the table of
+      the remaining rows is built (once) and cached like the last case;
+    * ``<train>.neighbors.npz`` beside the table, checked against ``train_table`` (a wrong row count, bad
+      indices, fewer than k columns, a fingerprint that differs from the table's rows/paths/VA or no
+      fingerprint at all raise a DataError naming the npz, the csv and the rebuild command);
     * the official release's ``knn`` column (``;``-separated 0-based rows) of the table itself;
-    * VA, rebuilt here, when neither exists.
+    * the neighbour cache (``data.neighbors.cached_neighbor_table``:
+      ``<data home>/cache/neighbors/<fingerprint>-k<K>.npz``, outside the dataset directory): reused when
+      a table of the same content was built before, else built from VA now and stored there (a cache
+      that cannot be written only logs a note).
+
+    Logs one line naming the file used or built.
     """
-    from data.neighbors import build_neighbor_table, load_neighbor_table, neighbor_table_path, parse_knn_column
+    from data.neighbors import cached_neighbor_table, load_neighbor_table, neighbor_table_path, parse_knn_column
 
     frame, n = train_table.frame, len(train_table)
     path = neighbor_table_path(train_table.csv_path)
+
+    def from_cache(why: str) -> np.ndarray:
+        indices, cache, reused = cached_neighbor_table(train_table, k, log=log)
+        if reused:
+            log(f"ldlva: {why}; reusing the cached {k}-NN VA neighbour table {cache} (same rows, paths and VA)")
+        else:
+            log(f"ldlva: {why}; built the {k}-NN VA neighbour table of {n} training rows and cached it as {cache} "
+                "(later runs on the same table reuse it)")
+        return indices
+
     if frame.attrs.get("rows_changed") or frame.attrs.get("dropped_rows"):
-        log(f"ldlva: the training rows differ from {train_table.csv_path.name} (subsampled or dropped); "
-            f"building the {k}-NN VA neighbour table of the {n} remaining rows")
-        return build_neighbor_table(train_table.va, k)[0].astype(np.int32)
+        return from_cache(f"the training rows differ from {train_table.csv_path.name} (subsampled or dropped)")
     if path.is_file():
-        return load_neighbor_table(path, n, k)[0]
+        indices = load_neighbor_table(path, train_table, k)[0]
+        log(f"ldlva: using the {k}-NN VA neighbour table {path} (fingerprint matches {train_table.csv_path.name})")
+        return indices
     if "knn" in frame.columns:
         return parse_knn_column(frame["knn"].tolist(), n, k, train_table.csv_path)
-    log(f"ldlva: {path} not found; building the {k}-NN VA neighbour table of {n} training rows "
-        "(save it with `python -m preprocess.knn` to skip this step)")
-    return build_neighbor_table(train_table.va, k)[0].astype(np.int32)
+    return from_cache(f"{path} not found")
 
 
 def build_calibration_net(feature_dim: int, norm: str) -> keras.Model:

@@ -5,6 +5,12 @@ ties broken by the lower row index (``data.neighbors.build_neighbor_table``). ``
 also writes the official LDLVA release's CSV layout (``subDirectory_filePath, expression, valence,
 arousal, knn``) so a table built here can be fed to the original code.
 
+The ``.npz`` also stores the fingerprint of the table it was built from (row count, paths in order, VA
+as float32; ``data.neighbors.neighbor_fingerprint``), K, the metric and the algorithm: training refuses
+it once ``train.csv`` is shuffled, edited or given new VA. ``preprocess.va_import`` and
+``preprocess.pseudo_va predict`` rebuild a neighbour table beside a table whose VA they rewrite
+(:func:`rebuild_stale_neighbors`), with the K and algorithm stored in it.
+
 Usage::
 
     python -m preprocess.knn --table DIR/train.csv [--k 16] [--algorithm auto|faiss] [--export-release-csv OUT.csv]
@@ -20,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from common.errors import DataError
-from data.neighbors import build_neighbor_table, format_knn_column, neighbor_table_path, save_neighbor_table
+from data.neighbors import (METRIC, build_neighbor_table, format_knn_column, neighbor_fingerprint,
+                            neighbor_table_path, read_neighbor_meta, save_neighbor_table)
 from data.schema import read_csv
 from common.cli import run_command
 from preprocess.common import add_force_argument, check_can_write, require_columns
@@ -56,6 +63,55 @@ def export_release_csv(frame: pd.DataFrame, indices: np.ndarray, path, force: bo
     return write_table(release, path, force=force)
 
 
+def frame_fingerprint(frame: pd.DataFrame, csv_path):
+    """The neighbour fingerprint of a schema frame as read from disk (paths as the schema reads them)."""
+    return neighbor_fingerprint(frame["path"].astype(str).tolist(), read_va(frame, csv_path))
+
+
+def refuse_stale_neighbors(target, force: bool, what: str) -> Path | None:
+    """Before ``what`` rewrites the VA of ``target``: the neighbour table beside it (None when there is none).
+
+    Without ``force`` an existing one is refused up front (its rows would describe the old VA); with
+    ``force`` the caller rebuilds it afterwards with :func:`rebuild_stale_neighbors` (a project output,
+    replaced, never deleted).
+    """
+    neighbors = neighbor_table_path(target)
+    if not neighbors.exists():
+        return None
+    if not force:
+        raise DataError(f"{neighbors} holds the VA neighbours of {target}; {what} would leave it stale. Pass --force "
+                        f"to write {Path(target).name} and rebuild {neighbors.name} from the new VA (same K), or write "
+                        "the table elsewhere with --out")
+    return neighbors
+
+
+def rebuild_stale_neighbors(target, neighbors=None) -> str | None:
+    """Rebuild the neighbour table beside ``target`` (just rewritten) when it was not built from its current
+    content; keeps the stored K and algorithm (16 and auto for an older table that stored none).
+    Returns a summary line (None when there is no neighbour table)."""
+    target = Path(target)
+    neighbors = Path(neighbors) if neighbors is not None else neighbor_table_path(target)
+    if not neighbors.exists():
+        return None
+    meta = read_neighbor_meta(neighbors)
+    k = int(meta.get("k") or meta.get("columns") or 16)
+    algorithm = meta.get("algorithm") if meta.get("algorithm") in ("auto", "faiss") else "auto"
+    frame = read_csv(target)
+    require_columns(frame, ("path",), target)
+    fingerprint = frame_fingerprint(frame, target)
+    if meta.get("fingerprint") == fingerprint.sha256:
+        return f"{neighbors} already matches {target.name} (K={k}); kept"
+    try:
+        indices, distances = build_neighbor_table(read_va(frame, target), k, algorithm=algorithm)
+    except DataError as exc:
+        raise DataError(f"{target} was written, but its stale neighbour table {neighbors} could not be rebuilt "
+                        f"({exc}); training refuses it until you run "
+                        f"`python -m preprocess.knn --table {target} --k {k} --force`") from None
+    save_neighbor_table(neighbors, indices, distances, force=True, fingerprint=fingerprint, metric=METRIC,
+                        algorithm=algorithm)
+    return f"rebuilt {neighbors} from the new VA (K={k}, {algorithm})"
+
+
 def build_knn(args) -> str:
     csv_path = Path(args.table)
     out = Path(args.out) if args.out else neighbor_table_path(csv_path)
@@ -66,10 +122,12 @@ def build_knn(args) -> str:
     frame = read_csv(csv_path)
     require_columns(frame, ("path", "expression"), csv_path)
     va = read_va(frame, csv_path)
+    fingerprint = frame_fingerprint(frame, csv_path)
     start = time.perf_counter()
     indices, distances = build_neighbor_table(va, args.k, algorithm=args.algorithm)
     seconds = time.perf_counter() - start
-    save_neighbor_table(out, indices, distances, force=args.force)
+    save_neighbor_table(out, indices, distances, force=args.force, fingerprint=fingerprint, metric=METRIC,
+                        algorithm=args.algorithm)
     lines = [f"knn: {len(frame)} rows x K={args.k} neighbours ({args.algorithm}) in {seconds:.2f} s -> {out}",
              f"mean distance to the K-th neighbour: {float(distances[:, -1].mean()):.4f}"]
     if args.export_release_csv:

@@ -382,7 +382,7 @@ def train_command(args) -> str:
     record = {"format": FORMAT, "version": FORMAT_VERSION, **dataclasses.asdict(cfg),
               "members": [f"member-{f}.weights.h5" for f in range(cfg.folds)],
               "source": str(source), "train_table": str(table.csv_path), "image_root": str(table.image_root)}
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, "va_model", legacy={"va_model": ("config.json", "report.json")}) as tmp:
         for name, model in zip(record["members"], members):
             model.save_weights(str(tmp / name))
         atomic_write_text(tmp / "train_images.csv", images.to_csv(index=False))
@@ -447,12 +447,14 @@ def _member_of_rows(model_dir: Path, hashes: list[str], num_members: int) -> np.
 def predict_command(args) -> str:
     import keras
 
-    from data.neighbors import neighbor_table_path
     from data.schema import write_table
 
     table_path = Path(args.table)
     target = Path(args.out) if args.out else table_path
     check_can_write([target], args.force)
+    from preprocess.knn import rebuild_stale_neighbors, refuse_stale_neighbors
+
+    stale = refuse_stale_neighbors(target, args.force, "writing pseudo-VA")
     cfg, models, model_dir = load_regressors(args.model)
     image_root = resolve_image_root(table_path.parent, args.image_root)
     table, frame = load_image_table(table_path, image_root, False, "table")
@@ -496,10 +498,9 @@ def predict_command(args) -> str:
     if target.resolve().parent != table_path.resolve().parent:
         lines.append(f"note: the image paths in {target} are relative to {table.image_root}; point --image-root "
                      "(or dataset.json's image_root) there when you use it")
-    neighbors = neighbor_table_path(target)
-    if neighbors.exists():
-        lines.append(f"warning: {neighbors} was built from the old VA; rebuild it with "
-                     f"`python -m preprocess.knn --table {target} --force`")
+    rebuilt = rebuild_stale_neighbors(target, stale) if stale is not None else None
+    if rebuilt:
+        lines.append(rebuilt)
     else:
         lines.append(f"warning: LDLVA needs the VA neighbour table of this table; build it with "
                      f"`python -m preprocess.knn --table {target}`")

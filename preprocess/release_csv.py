@@ -4,7 +4,8 @@ The release's train CSV has ``subDirectory_filePath, expression, valence, arousa
 ``;``-separated 0-based row indices into the same CSV, nearest first); its test/val CSVs need only
 ``subDirectory_filePath, expression``. The rows are kept in their order (the ``knn`` indices refer to it);
 the neighbour lists go to ``train.neighbors.npz`` (with Euclidean VA distances computed from the table),
-all columns of ``knn`` (every row must list at least as many as the shortest row; extra entries are cut).
+all columns of ``knn`` (every row must list at least as many as the shortest row; extra entries are cut),
+with the fingerprint of the written ``train.csv`` (algorithm ``release-knn``) so training can check it.
 
 Usage::
 
@@ -114,7 +115,12 @@ def import_release(args) -> str:
     write_prepared(out, tables, dataset=args.dataset, class_names=class_names, image_root=root_value,
                    report=report, force=args.force, command="preprocess.release_csv", args=args,
                    extra={"keeps_neighbors": True, "num_neighbors": k})
-    save_neighbor_table(out / "train.neighbors.npz", indices.astype(np.int64), distances, force=args.force)
+    from data.schema import read_csv
+    from preprocess.knn import frame_fingerprint
+
+    written = out / "train.csv"  # fingerprint what training will read back
+    save_neighbor_table(out / "train.neighbors.npz", indices.astype(np.int64), distances, force=args.force,
+                        fingerprint=frame_fingerprint(read_csv(written), written), algorithm="release-knn")
     report.note(f"train.neighbors.npz: {len(train)} x {k} neighbours from the release's knn column")
     return report.format(out)
 

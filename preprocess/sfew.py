@@ -7,7 +7,9 @@ Input::
 
 Emotion folders (case-insensitive): Angry, Disgust, Fear, Happy, Neutral, Sad, Surprise, or the canonical
 names (Anger, Happiness, Sadness, ...). An unknown folder is an error; non-image files are skipped and
-counted. Without ``--copy-images`` ``dataset.json``'s ``image_root`` is ROOT and paths are
+counted ("not an image file"), and so are files named like images that fail the integrity check of
+``data.images.check_image_bytes`` — empty, truncated, not an image, over the pixel limit ("unreadable
+image"). Without ``--copy-images`` ``dataset.json``'s ``image_root`` is ROOT and paths are
 ``Train/Angry/x.png``; with it, the same relative paths under OUT/images.
 
 Usage::
@@ -24,6 +26,7 @@ import pandas as pd
 
 from common.errors import DataError
 from data.classes import BASIC7_CLASSES
+from data.images import scan_images
 from common.cli import run_command
 from common.progress import Progress
 from preprocess.common import (IMAGE_EXTENSIONS, ImportReport, add_force_argument, check_can_write,
@@ -69,6 +72,11 @@ def scan_split(split_dir: Path, split: str, root: Path, report: ImportReport):
                 continue
             rows.append((rel, label, path))
         progress.close()
+    # Named .png/.jpg is not proof: the integrity check (header, truncation, pixel limit) drops the rest.
+    bad = {b.row for b in scan_images(root, [r[0] for r in rows])}
+    for i in sorted(bad):
+        report.drop(split, "unreadable image", path=rows[i][0])
+    rows = [r for i, r in enumerate(rows) if i not in bad]
     if not rows:
         raise DataError(f"{split_dir}: no images found in emotion folders")
     return rows

@@ -6,6 +6,11 @@ VA row (missing rows and duplicate keys are errors), values are finite and in [-
 instead of failing). VA rows for images not in the table are ignored and counted. Existing VA columns of
 the table are replaced. The table is rewritten in place only with ``--force``, or written to ``--out``.
 
+A neighbour table beside the written table (``<stem>.neighbors.npz``, a project output built from the
+old VA) is never left stale: without ``--force`` the import is refused before anything is written; with
+``--force`` it is rebuilt from the new VA with the K and algorithm stored in it
+(``preprocess.knn.rebuild_stale_neighbors``).
+
 Usage::
 
     python -m preprocess.va_import --table DIR/train.csv --va emonet_va.csv [--path-column path] [--clip] [--force | --out NEW.csv]
@@ -20,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from common.errors import DataError
-from data.neighbors import neighbor_table_path
 from data.schema import read_csv, write_table
+from preprocess.knn import rebuild_stale_neighbors, refuse_stale_neighbors
 from common.cli import run_command
 from preprocess.common import add_force_argument, check_can_write, normalize_relpath, read_raw_csv, require_columns
 
@@ -76,6 +81,7 @@ def import_va(args) -> str:
     table_path = Path(args.table)
     target = Path(args.out) if args.out else table_path
     check_can_write([target], args.force)
+    stale = refuse_stale_neighbors(target, args.force, "importing new VA")
     frame = read_csv(table_path)
     require_columns(frame, ("path",), table_path)
     va, clipped = read_va_csv(args.va, args.path_column, args.clip)
@@ -88,10 +94,12 @@ def import_va(args) -> str:
         lines.append(f"clipped {clipped} VA row(s) to [-1, 1]")
     if unused:
         lines.append(f"ignored {unused} VA row(s) for images not in the table")
-    neighbors = neighbor_table_path(target)
-    if neighbors.exists():
-        lines.append(f"warning: {neighbors} was built from the old VA; rebuild it with "
-                     f"`python -m preprocess.knn --table {target} --force`")
+    rebuilt = rebuild_stale_neighbors(target, stale) if stale is not None else None
+    if rebuilt:
+        lines.append(rebuilt)
+    else:
+        lines.append(f"note: LDLVA needs the VA neighbour table of this table; build it with "
+                     f"`python -m preprocess.knn --table {target}`")
     return "\n".join(lines)
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Caches the code writes under the data home (the neighbour-table cache, generated datasets) go to a
+# throw-away folder, never into the developer's own ~/.cache/fer-ldl.
+os.environ["FER_DATA_HOME"] = __import__("tempfile").mkdtemp(prefix="fer-test-home-")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

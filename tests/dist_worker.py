@@ -38,7 +38,7 @@ SETUPS = {
 }
 
 
-def bn_free_backbone(name, image_size, weights=None, return_stages=False, name_prefix="backbone"):
+def bn_free_backbone(name, image_size, weights=None, name_prefix="backbone", input_norm="auto"):
     """Two strided convolutions + global pooling: replica-count-independent forward (no BatchNorm)."""
     import keras
     from keras import layers
@@ -47,8 +47,7 @@ def bn_free_backbone(name, image_size, weights=None, return_stages=False, name_p
     x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="c1")(inputs)
     x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="c2")(x)
     pooled = layers.GlobalAveragePooling2D(name="gap")(x)
-    outputs = [pooled, x] if return_stages else pooled
-    return keras.Model(inputs, outputs, name=f"{name_prefix}_bnfree")
+    return keras.Model(inputs, pooled, name=f"{name_prefix}_bnfree")
 
 
 def state_model_class():

@@ -238,7 +238,7 @@ CASES = {
     "unknown_method_setting": Case(lambda ds, tmp: [], ("unknown setting", "neighbours"),
                                    args=("--set", "neighbours=3")),
     "out_dir_holds_other_run": Case(_out_holds_other_run, ("already holds a different run", "--force", "--resume")),
-    "out_dir_not_a_run": Case(_out_not_a_run, ("not empty", "not a run directory", "--force")),
+    "out_dir_not_a_run": Case(_out_not_a_run, ("not empty", "not a run directory", "nothing was changed")),
     "out_dir_is_a_file": Case(_out_is_a_file, ("run", "not a directory")),
     "out_dir_corrupt_config": Case(_out_corrupt_config, ("config.json", "corrupt")),
     "resume_without_a_run": Case(_resume_without_run, ("--resume", "no run to resume")),
@@ -594,15 +594,13 @@ def test_read_only_output_directory(ds, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("where", ["save_weights", "rename", "latest_pointer"])
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(where, ds, tmp_path, capsys, monkeypatch):
     """ENOSPC in the 2nd checkpoint (step 4): clear message, exit 2, step-2 checkpoint intact and `latest`."""
-    import keras
-
     import common.io
     import train
     from engine.checkpoint import CheckpointManager
 
     saved = {}
     real_save = CheckpointManager.save
-    real_save_weights = keras.Model.save_weights
+    real_write = common.io.atomic_write_bytes
     real_replace = os.replace
 
     def full():
@@ -612,10 +610,12 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(where, ds, 
         step = int(state["global_step"])
         if step >= 4:
             if where == "save_weights":
-                def partial(model_self, path, *a, **k):
+                from common.errors import write_error
+
+                def partial(path, data):
                     Path(path).write_bytes(b"\x89HDF\r\n half a file")
-                    raise full()
-                monkeypatch.setattr(keras.Model, "save_weights", partial)
+                    raise write_error(path, full())
+                monkeypatch.setattr("engine.checkpoint.atomic_write_bytes", partial)
             else:
                 target = f"step-{step:09d}" if where == "rename" else "latest"
 
@@ -627,7 +627,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(where, ds, 
         try:
             path = real_save(self, model, state)
         finally:
-            monkeypatch.setattr(keras.Model, "save_weights", real_save_weights)
+            monkeypatch.setattr("engine.checkpoint.atomic_write_bytes", real_write)
             monkeypatch.setattr(common.io.os, "replace", real_replace)
         saved[path.name] = tree_digest(path)
         return path

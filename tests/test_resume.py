@@ -54,7 +54,7 @@ def test_crash_during_save_keeps_previous_checkpoint(crash, small_model, tmp_pat
         def half_written(path, *args, **kwargs):
             Path(path).write_bytes(b"\x89HDF\r\n\x1a\n partial")
             raise Killed()
-        monkeypatch.setattr(small_model, "save_weights", half_written)
+        monkeypatch.setattr("engine.checkpoint.atomic_write_bytes", half_written)
     elif crash == "in_state_json":
         def killed_json(path, obj):
             Path(path).write_text('{"global_st')
@@ -88,7 +88,7 @@ def test_crash_during_save_keeps_previous_checkpoint(crash, small_model, tmp_pat
 def test_failed_export_keeps_previous_savedmodel(failure, small_model, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    from common.errors import CheckpointError
+    from common.errors import WriteError
     from engine.export import export_saved_model
 
     out = tmp_path / "saved_model"
@@ -104,11 +104,11 @@ def test_failed_export_keeps_previous_savedmodel(failure, small_model, tmp_path,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(tf.saved_model, "save", failing)
-    expected = KeyboardInterrupt if failure == "crash" else CheckpointError
+    expected = KeyboardInterrupt if failure == "crash" else WriteError
     with pytest.raises(expected) as info:
         export_saved_model(small_model, out, 24, [f"c{i}" for i in range(7)], "ce")
     if failure == "disk_full":
-        assert str(out) in str(info.value) and "intact" in str(info.value)
+        assert str(out) in str(info.value) and "intact" in str(info.value) and "disk full" in str(info.value)
     assert tree_digest(out) == before
     assert _entries(tmp_path) == ["saved_model"]  # no temporary folder left
 

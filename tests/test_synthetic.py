@@ -51,7 +51,7 @@ def frames(tiny):
 # ------------------------------------------------------------------------------------------- layout
 
 def test_layout_and_schema(tiny):
-    assert sorted(p.name for p in tiny.iterdir()) == ["images", "meta.json", "test.csv", "train.csv"]
+    assert sorted(p.name for p in tiny.iterdir()) == [".fer-output.json", "images", "meta.json", "test.csv", "train.csv"]
     for split, n in (("train", 140), ("test", 70)):
         table = load_table(tiny / f"{split}.csv", 7, require_va=True, check_images=True, num_landmarks=68)
         assert len(table) == n
@@ -218,7 +218,7 @@ def test_images_show_the_expression(tiny, frames):
 
 def test_same_seed_is_byte_identical_whatever_the_worker_count(tiny, tmp_path):
     first = _tree_hashes(tiny)
-    assert len(first) == 140 + 70 + 3
+    assert len(first) == 140 + 70 + 3 + 1  # images, tables + meta.json, the output marker
     again = generate(tmp_path / "again", TINY, progress=False)
     assert _tree_hashes(again) == first
     pooled = generate(tmp_path / "pooled", SyntheticConfig(**{**TINY.__dict__, "workers": 2}), progress=False)
@@ -239,16 +239,23 @@ def test_different_seed_gives_different_images(tiny, tmp_path):
 SMALL = SyntheticConfig(train_size=14, test_size=7, image_size=32, workers=1)
 
 
-def test_existing_output_needs_force(tmp_path):
+def test_existing_output_needs_force_and_a_users_folder_is_never_replaced(tmp_path):
+    from common.errors import ConfigError
+
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    with pytest.raises(DataError, match="force"):
-        generate(out, SMALL, progress=False)
-    assert (out / "keep.txt").read_text() == "user data"
-    generate(out, SMALL, force=True, progress=False)
-    assert not (out / "keep.txt").exists() and (out / "meta.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # no temporary or aside folders left
+    for force in (False, True):
+        with pytest.raises(ConfigError, match="did not write"):
+            generate(out, SMALL, force=force, progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "user data"
+    mine = tmp_path / "mine"
+    generate(mine, SMALL, progress=False)
+    with pytest.raises(ConfigError, match="force"):  # an earlier output: replaced only with --force
+        generate(mine, SMALL, progress=False)
+    generate(mine, SMALL, force=True, progress=False)
+    assert (mine / "meta.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "mine"]  # no temporary or aside folders left
 
 
 def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):

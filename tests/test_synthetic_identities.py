@@ -36,7 +36,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def test_layout_schema_and_split(tiny):
-    assert sorted(p.name for p in tiny.iterdir()) == ["dataset.json", "identities.csv", "images", "test.csv",
+    assert sorted(p.name for p in tiny.iterdir()) == [".fer-output.json", "dataset.json", "identities.csv", "images", "test.csv",
                                                        "train.csv"]
     for split, per in (("train", 3), ("test", 2)):
         table = load_table(tiny / f"{split}.csv", 7, require_va=True, check_images=True, num_landmarks=68)
@@ -125,8 +125,9 @@ def test_io_contract_and_cache(tmp_path, monkeypatch):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
-    with pytest.raises(DataError, match="force"):
-        generate_identities(out, TINY, progress=False)
+    for force in (False, True):  # a folder this toolkit did not write is never replaced
+        with pytest.raises(ConfigError, match="did not write"):
+            generate_identities(out, TINY, force=force, progress=False)
     assert (out / "keep.txt").read_text() == "user data"
     monkeypatch.setenv("FER_DATA_HOME", str(tmp_path / "home"))
     path = ensure_identities(TINY, progress=False)

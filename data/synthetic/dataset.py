@@ -167,7 +167,7 @@ def generate(out_dir, config: SyntheticConfig | None = None, force: bool = False
     config = config or SyntheticConfig()
     config.validate()
     # A lambda, not a reference: ``_write_dataset`` is looked up when it runs (tests patch it).
-    return write_fresh(out_dir, lambda tmp: _write_dataset(tmp, config, progress), force)
+    return write_fresh(out_dir, lambda tmp: _write_dataset(tmp, config, progress), force, "synthetic dataset", "meta.json")
 
 
 def default_root(config: SyntheticConfig) -> Path:

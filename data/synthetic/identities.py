@@ -258,7 +258,7 @@ def generate_identities(out_dir, config: IdentityConfig | None = None, force: bo
     """Generate the identity set into ``out_dir`` atomically; refuse a non-empty one unless ``force``."""
     config = config or IdentityConfig()
     config.validate()
-    return write_fresh(out_dir, lambda tmp: _write_identities(tmp, config, progress), force)
+    return write_fresh(out_dir, lambda tmp: _write_identities(tmp, config, progress), force, "identity dataset", "identities.csv")
 
 
 def identities_root(config: IdentityConfig) -> Path:

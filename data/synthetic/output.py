@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 import cv2
 
-from common.errors import DataError
-from common.io import atomic_directory
+from common.errors import DataError, write_error
+from common.io import OUTPUT_MARKER, atomic_directory, check_output_dir, remove_stale_temporaries
 
 
 def resolve_workers(requested: int, total: int) -> int:
@@ -64,18 +64,17 @@ def run_jobs(worker: Callable, jobs: Sequence, workers: int, on_result: Callable
             on_result(job, out)
 
 
-def write_fresh(out_dir, write: Callable[[Path], None], force: bool) -> Path:
+def write_fresh(out_dir, write: Callable[[Path], None], force: bool, kind: str, marker: str) -> Path:
     """Run ``write(tmp)`` into a temporary folder that then replaces ``out_dir`` atomically.
 
-    A non-empty ``out_dir`` is refused unless ``force``; on failure ``out_dir`` is left as it was.
+    ``out_dir`` may be replaced only when it is empty or an earlier output of the same ``kind`` (output
+    marker, or ``marker`` + the tables of an output written before markers existed), and then only with
+    ``force``; a user's own folder is never replaced. On failure ``out_dir`` is left as it was.
     """
     out = Path(out_dir)
-    if out.exists():
-        if not out.is_dir():
-            raise DataError(f"{out} exists and is not a folder")
-        if any(out.iterdir()) and not force:
-            raise DataError(f"{out} already exists and is not empty; pass --force to replace it")
-    with atomic_directory(out) as tmp:
+    legacy = {kind: (marker, "train.csv", "test.csv")}
+    check_output_dir(out, kind, force, flag="--out", legacy=legacy)
+    with atomic_directory(out, kind, legacy=legacy) as tmp:
         write(tmp)
     return out
 
@@ -108,18 +107,25 @@ def ensure_cached(target: Path, write: Callable[[Path], None], marker: str, want
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise DataError(f"{target} exists but is not a complete {what} (no {marker}); "
                         "delete it or choose another folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=str(target.parent)))
+    remove_stale_temporaries(target)  # left by an interrupted generation
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=str(target.parent)))
+    except OSError as exc:
+        raise write_error(target, exc) from None
     try:
         write(tmp)
+        (tmp / OUTPUT_MARKER).write_text(json.dumps({"written_by": "fer-ldl", "kind": what}))
         try:
             os.rename(tmp, target)  # atomic; replaces only an empty folder
         except OSError:
             if not is_complete(target, marker):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another process won the race: use its copy
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise write_error(target, exc, "free space and rerun") from None
         raise
     check_hash(target, marker, want, what)
     return target
