@@ -51,7 +51,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.cli import add_dataclass_options, quiet_tensorflow, run_main
+from common.cli import ArgumentParser, add_dataclass_options, finite_float, nonnegative_int, quiet_tensorflow, run_main
 
 # Set per cell by the protocol, or grid-wide with their own flags below.
 _OWN_FIELDS = ("noise_kind", "noise_rate", "imbalance_factor", "export", "tensorboard", "verbose")
@@ -62,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     from engine.config import GRID_FIELDS, RunConfig
     from models.registry import method_names
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", required=True, choices=PROTOCOLS)
-    p.add_argument("--levels", type=float, nargs="*", default=[],
+    p.add_argument("--levels", type=finite_float, nargs="*", default=[],
                    help="noise rates (noise) or imbalance factors (imbalance)")
     p.add_argument("--methods", nargs="+", default=["ce", "ldlva"], help=" | ".join(method_names()))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--out", help="benchmark directory (default benchmark_runs/<protocol>)")
     p.add_argument("--noise", "--noise-kind", dest="noise_kind", default="symmetric",
                    choices=["symmetric", "asymmetric"], help="noise protocol: kind of flips")
@@ -86,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each run's SavedModel")
     g.add_argument("--tensorboard", dest="tensorboard", action="store_const", const=True, default=None,
                    help="also write each run's TensorBoard logs")
-    g.add_argument("--verbose", type=int, default=None, choices=[0, 1, 2], help="Keras progress output per run")
+    g.add_argument("--verbose", type=nonnegative_int, default=None, choices=[0, 1, 2], help="Keras progress output per run")
     g = p.add_argument_group("grid control")
     g.add_argument("--lock", help="flock this file around each cell's training (e.g. /tmp/cpu.lock)")
-    g.add_argument("--max-cells", type=int, help="train at most N cells this invocation, then write the tables")
+    g.add_argument("--max-cells", type=nonnegative_int, help="train at most N cells this invocation, then write the tables")
     g.add_argument("--report-only", action="store_true", help="train nothing; rebuild results.md/runs.csv")
     g.add_argument("--force-stale", action="store_true",
                    help="retrain finished cells whose configuration differs from this command")

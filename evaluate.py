@@ -10,15 +10,14 @@ matrix with class names, and writes them as JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from common.cli import quiet_tensorflow, run_main
+from common.cli import ArgumentParser, positive_int, quiet_tensorflow, run_main
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", "--ckpt", dest="run", required=True,
                    help="run directory, checkpoint folder RUN/ckpt/step-* or SavedModel directory")
     p.add_argument("--dataset", help="dataset name (default: the run's)")
@@ -26,10 +25,12 @@ def build_parser():
     p.add_argument("--image-root", help="override the folder the table's paths are relative to")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept table paths that are absolute or leave the image root")
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--num-classes", type=positive_int)
     p.add_argument("--split", default="test", help="table name without .csv (test, val, train) or a CSV path")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--json", help="write the report here")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--json", nargs="?", const="", metavar="FILE",
+                   help="also write the report as JSON: to FILE, or with no FILE to RUN/eval_<split>.json")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json FILE this toolkit did not write")
     return p
 
 
@@ -48,6 +49,17 @@ def _resolve_ckpt(path: Path):
     raise CheckpointError(f"--run {path}: not a run directory, checkpoint folder or SavedModel")
 
 
+def _recorded_data_dir(run_dir: Path, record: dict) -> Path:
+    """The prepared directory a run was trained on (``data.data_dir`` of its config.json), checked."""
+    from common.errors import CheckpointError
+
+    value = record["data"].get("data_dir")
+    if not isinstance(value, str) or not value:
+        raise CheckpointError(f"{run_dir / 'config.json'}: data.data_dir must be the path of the prepared dataset "
+                              f"directory, got {value!r}; pass --data-dir")
+    return Path(value)
+
+
 def _table_name(split: str) -> str:
     return split if split.endswith(".csv") else f"{split}.csv"
 
@@ -60,6 +72,13 @@ def main(argv=None) -> int:
     from engine.metrics import format_report
 
     kind, run_dir, ckpt = _resolve_ckpt(Path(args.run))
+    json_path = None
+    if args.json is not None:
+        from common.io import check_output_file
+
+        default_dir = run_dir if run_dir is not None else Path(ckpt).parent
+        json_path = Path(args.json) if args.json else default_dir / f"eval_{Path(_table_name(args.split)).stem}.json"
+        check_output_file(json_path, args.force, flag="--json")
     if kind == "run":
         from engine.run import evaluate_model, load_run_model
 
@@ -73,7 +92,7 @@ def main(argv=None) -> int:
                 raise CheckpointError(f"the checkpoint in {run_dir} has {cfg.num_classes} classes but dataset "
                                       f"'{args.dataset}' has {spec.num_classes}")
             trainer.spec = spec
-        data_dir = Path(args.data_dir) if args.data_dir else Path(record["data"]["data_dir"])
+        data_dir = Path(args.data_dir) if args.data_dir else _recorded_data_dir(run_dir, record)
         table = load_split(data_dir, _table_name(args.split), cfg.num_classes, args.image_root or cfg.image_root,
                            allow_outside_root=cfg.allow_outside_root or args.allow_outside_root)
         trainer.use_test_table(table)
@@ -94,14 +113,10 @@ def main(argv=None) -> int:
 
         from data.images import load_image_array
         from data.registry import get_dataset_spec
+        from engine.export import load_export
         from engine.metrics import classification_report
 
-        try:
-            meta = json.loads((ckpt / "fer_export.json").read_text())
-            meta["class_names"], meta["image_size"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"--run {ckpt}: a SavedModel without a readable fer_export.json "
-                                  f"({type(exc).__name__}); export it with `python export.py`") from None
+        serve, meta = load_export(ckpt)
         class_names = meta["class_names"]
         spec = get_dataset_spec(args.dataset or "csv", args.num_classes or len(class_names))
         if spec.num_classes != len(class_names):
@@ -110,20 +125,16 @@ def main(argv=None) -> int:
         data_dir = resolve_data_dir(spec, args.data_dir)
         table = load_split(data_dir, _table_name(args.split), spec.num_classes, args.image_root,
                            allow_outside_root=args.allow_outside_root)
-        try:
-            serve = tf.saved_model.load(str(ckpt)).signatures["serving_default"]
-        except (OSError, KeyError, ValueError, tf.errors.OpError) as exc:
-            raise CheckpointError(f"--run {ckpt}: cannot load the SavedModel ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
         images = load_image_array(table.image_root, table.paths, meta["image_size"], table.csv_path)
         probs = np.concatenate([serve(images=tf.constant(images[i:i + args.batch_size]))["probabilities"].numpy()
                                 for i in range(0, len(images), args.batch_size)])
         report = classification_report(table.labels, probs, len(class_names), class_names)
     print(format_report(report))
-    if args.json:
-        from common.io import atomic_write_json
+    if json_path is not None:
+        from common.io import atomic_write_json, stamp
 
-        atomic_write_json(args.json, report)
+        atomic_write_json(json_path, stamp(report, "evaluate.py"))
+        print(f"wrote {json_path}")
     return 0
 
 

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from common.cli import quiet_tensorflow, run_main
+from common.cli import ArgumentParser, quiet_tensorflow, run_main
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--run", "--ckpt", dest="run", required=True, help="run directory or RUN/ckpt/step-* folder")
     p.add_argument("--out", required=True, help="SavedModel directory to write (a new folder, or an earlier export "
                    "of this toolkit with --force; a folder of your own is never replaced)")
     p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
+    p.add_argument("--formats", nargs="*", default=[], choices=["tflite", "tflite-int8", "onnx"],
+                   help="also write these beside the SavedModel, each checked against it on the test split "
+                        "(top-1 agreement, max probability difference)")
     args = p.parse_args(argv)
     quiet_tensorflow()
     from common.io import check_output_dir
@@ -26,8 +28,27 @@ def main(argv=None) -> int:
     path = Path(args.run)
     run_dir, ckpt = (path, None) if (path / "config.json").is_file() else (path.parent.parent, path)
     trainer, _ = load_run_model(run_dir, ckpt)
+    trainer.run_dir = run_dir
+    metrics = None
+    if (run_dir / "metrics.json").is_file():
+        import json
+
+        try:
+            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            metrics = None  # the card then shows no metrics; the export itself does not need them
+    images = None
+    if args.formats:  # the test split, as uint8 at the network's input size, to check every format on
+        from data.images import load_image_array
+
+        trainer.load_data(need_train=False)
+        table = trainer.test_table
+        images = load_image_array(table.image_root, table.paths, trainer.cfg.image_size, table.csv_path)
+    from engine.model_card import provenance
+
     export_saved_model(trainer.model, args.out, trainer.cfg.image_size, trainer.spec.class_names, trainer.cfg.method,
-                       input_norm=trainer.cfg.input_norm)
+                       input_norm=trainer.cfg.input_norm, provenance=provenance(trainer, metrics),
+                       formats=args.formats, check_images=images)
     print(f"exported {args.out}")
     return 0
 

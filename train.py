@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from common.cli import add_dataclass_options, dataclass_kwargs, quiet_tensorflow, run_main
+from common.cli import ArgumentParser, add_dataclass_options, dataclass_kwargs, quiet_tensorflow, run_main
 
 
 def defaults_epilog() -> str:
@@ -32,7 +32,7 @@ def defaults_epilog() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from engine.config import RunConfig
 
-    p = argparse.ArgumentParser(description=__doc__, epilog=defaults_epilog(),
+    p = ArgumentParser(description=__doc__, epilog=defaults_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_options(p, RunConfig)
     return p

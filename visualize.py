@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.cli import quiet_tensorflow, run_main
+from common.cli import ArgumentParser, nonnegative_int, positive_float, positive_int, quiet_tensorflow, run_main
 from common.errors import CheckpointError, ConfigError, DataError
 
 KINDS = ("confusion", "curves", "tsne", "gradcam", "votes", "uncertain", "neighbors", "distributions")
@@ -107,15 +107,41 @@ def _title(args, extra: str = "") -> str:
 
 # ------------------------------------------------------------------------------------- figures
 
+def _read_metrics(path: Path) -> dict:
+    """A metrics JSON (RUN/metrics.json, evaluate.py --json) with a square confusion matrix and its class
+    names, checked: a damaged or hand-edited file is an error naming it."""
+    try:
+        report = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(report, dict):
+        raise DataError(f"{path}: must hold a JSON object, got {type(report).__name__}")
+    if "confusion_matrix" not in report:
+        raise DataError(f"{path}: no confusion_matrix")
+    names = report.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path}: class_names must be a non-empty list of class names, got {names!r}")
+    matrix = report["confusion_matrix"]
+    c = len(names)
+    square = isinstance(matrix, list) and len(matrix) == c and all(
+        isinstance(row, list) and len(row) == c for row in matrix)
+    values = np.asarray(matrix, dtype=object).ravel() if square else []
+    if not square or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v >= 0
+                             for v in values):
+        raise DataError(f"{path}: confusion_matrix must be a {c}x{c} table of counts >= 0 (one row and column per "
+                        "class in class_names)")
+    return report
+
+
 def fig_confusion(args):
     from tools.figures import confusion_figure
 
     path = Path(args.metrics) if args.metrics else Path(args.run) / "metrics.json"
     if not path.is_file():
         raise CheckpointError(f"{path} not found: the run has not finished (metrics.json is written at the end)")
-    report = json.loads(path.read_text())
-    if "confusion_matrix" not in report:
-        raise DataError(f"{path}: no confusion_matrix")
+    report = _read_metrics(path)
     acc, mca = report.get("accuracy"), report.get("mean_class_accuracy")
     text = path.name
     if acc is not None and mca is not None:
@@ -131,7 +157,15 @@ def fig_curves(args):
     path = Path(args.run) / "log.csv"
     if not path.is_file():
         raise CheckpointError(f"{path} not found: no epoch has finished in this run yet")
-    log = pd.read_csv(path, na_values=["NA", "nan", ""])
+    try:
+        log = pd.read_csv(path, na_values=["NA", "nan", ""])
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} has no epoch rows yet") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if "epoch" not in log.columns:
+        raise DataError(f"{path}: no 'epoch' column (not a training log written by train.py); found: "
+                        f"{', '.join(map(str, log.columns))}")
     if log.empty:
         raise DataError(f"{path} has no epoch rows yet")
     return curves_figure(log, _title(args, "training curves (log.csv)"))
@@ -325,21 +359,22 @@ FIGURES = {"confusion": fig_confusion, "curves": fig_curves, "tsne": fig_tsne, "
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", choices=KINDS)
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--out", help="output PNG (default RUN/figures/KIND.png)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file this toolkit did not write")
     p.add_argument("--ckpt", help="a checkpoint folder RUN/ckpt/step-* (default: the latest)")
-    p.add_argument("--n", type=int, help="images / samples to show (default 8)")
-    p.add_argument("--index", type=int, nargs="+", help="table rows to show (test rows for gradcam/votes, "
+    p.add_argument("--n", type=positive_int, help="images / samples to show (default 8)")
+    p.add_argument("--index", type=nonnegative_int, nargs="+", help="table rows to show (test rows for gradcam/votes, "
                    "training rows for neighbors/distributions)")
     p.add_argument("--pick", default="random", choices=["random", "uncertain"],
                    help="neighbors/distributions: random flipped samples or the most uncertain ones")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample choice and of t-SNE")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the sample choice and of t-SNE")
     p.add_argument("--metrics", help="confusion: a metrics JSON other than RUN/metrics.json")
     p.add_argument("--csv", help="uncertain: a specific RUN/uncertainty/epoch_XXX.csv (default: the last)")
-    p.add_argument("--max-samples", type=int, default=2000, help="tsne: at most this many test samples")
-    p.add_argument("--perplexity", type=float, default=30.0, help="tsne perplexity")
+    p.add_argument("--max-samples", type=positive_int, default=2000, help="tsne: at most this many test samples")
+    p.add_argument("--perplexity", type=positive_float, default=30.0, help="tsne perplexity")
     p.add_argument("--layer", help="gradcam: backbone layer name (default: the last conv stage)")
     return p
 
@@ -353,6 +388,9 @@ def main(argv=None) -> int:
     if args.n is not None and args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     args.out = Path(args.out) if args.out else run / "figures" / f"{args.kind}.png"
+    from common.io import check_output_file
+
+    check_output_file(args.out, args.force)
     figure = FIGURES[args.kind](args)
     from tools.figures import save_png
 

@@ -10,7 +10,8 @@ the mean ± sample std over the seeds found, of overall and mean-class test accu
 
 from __future__ import annotations
 
-import argparse
+
+from common.cli import ArgumentParser
 import csv
 import statistics
 from pathlib import Path
@@ -36,7 +37,7 @@ def cell(runs, method: str, level: float, key: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("rows", nargs="+", metavar="LABEL=DIR:METHOD[,DIR:METHOD]")
     p.add_argument("--columns", nargs="+", required=True, metavar="TITLE=LEVEL")
     args = p.parse_args(argv)

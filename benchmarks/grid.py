@@ -23,7 +23,9 @@ from models.registry import method_title
 
 PROTOCOLS = ("noise", "imbalance", "original", "inconsistent")
 RUNS_CSV_COLUMNS = ("method", "level", "seed", "accuracy", "mean_class_accuracy", "macro_f1", "ece", "nll",
-                    "noise_detection_auc", "run_dir", "seconds")
+                    "noise_detection_auc", "mean_last_5_accuracy", "best_epoch_accuracy", "run_dir", "seconds")
+METRIC_KEYS = ("accuracy", "mean_class_accuracy", "macro_f1", "ece", "nll", "noise_detection_auc",
+               "mean_last_5_accuracy", "best_epoch_accuracy")
 CELL_FILE = "benchmark_cell.json"  # wall-clock seconds of a finished cell (beside metrics.json)
 ERROR_FILE = "benchmark_error.txt"
 
@@ -240,7 +242,7 @@ def find_metric(report: dict, key: str):
 def csv_row(cell: Cell, report: dict, seconds, level: str | None = None) -> dict:
     row = {"method": cell.method, "level": level or cell.level, "seed": cell.seed, "run_dir": str(cell.run_dir),
            "seconds": None if seconds is None else round(float(seconds), 2)}
-    for key in ("accuracy", "mean_class_accuracy", "macro_f1", "ece", "nll", "noise_detection_auc"):
+    for key in METRIC_KEYS:
         value = find_metric(report, key)
         row[key] = None if value is None else float(value)
     return row
@@ -361,7 +363,11 @@ def results_markdown(args, rows, methods, levels, failed: dict, stale: dict, set
     sections = [("Accuracy (%)", "accuracy", 100.0), ("Mean class accuracy (%)", "mean_class_accuracy", 100.0),
                 ("Macro F1 (%)", "macro_f1", 100.0),
                 ("Noise-detection ROC-AUC (%) of the method's per-sample uncertainty vs flipped labels",
-                 "noise_detection_auc", 100.0)]
+                 "noise_detection_auc", 100.0),
+                ("Accuracy (%), mean of the last 5 epochs (the official SCN / EAC report; needs --val-every 1)",
+                 "mean_last_5_accuracy", 100.0),
+                ("Accuracy (%) at the best epoch — selected on the test set, as the official LA-Net / NLA code "
+                 "reports: optimistic (needs --val-every 1)", "best_epoch_accuracy", 100.0)]
     for heading, key, scale in sections:
         table = metric_table(rows, methods, levels, key, args.protocol, len(args.seeds), scale)
         if table is None:
@@ -423,6 +429,39 @@ def _settings_line(args, cells) -> str:
 
 
 
+BENCHMARK_KIND = "benchmark"
+# What a benchmark directory holds; one with nothing else (and runs/) predates the output marker.
+BENCHMARK_ENTRIES = ("runs", "results.md", "runs.csv", "joined")
+
+
+def check_benchmark_dir(out: Path) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder that is not a benchmark directory (results.md
+    and runs.csv are rewritten there: a user's own files of those names must not be replaced)."""
+    from common.io import OUTPUT_MARKER, output_kind
+
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise ConfigError(f"--out {out} exists and is not a directory; choose another --out (nothing was changed)")
+    entries = {p.name for p in out.iterdir()} - {OUTPUT_MARKER}
+    kind = output_kind(out)
+    if not entries or kind == BENCHMARK_KIND:
+        return
+    if kind is None and (out / "runs").is_dir() and entries <= set(BENCHMARK_ENTRIES):
+        return  # a benchmark directory written before the marker existed
+    what = "a non-empty folder this toolkit did not write" if kind is None else f"a {kind} written by this toolkit"
+    raise ConfigError(f"--out {out} is {what}, not a benchmark directory; choose another --out (nothing was changed)")
+
+
+def mark_benchmark_dir(out: Path) -> None:
+    from common.io import OUTPUT_MARKER, WRITER
+
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    marker = out / OUTPUT_MARKER
+    if not marker.exists():
+        marker.write_text(json.dumps({"written_by": WRITER, "kind": BENCHMARK_KIND}))
+
+
 def run_grid(args, log=print) -> int:
     """Train (or resume) every cell of the grid ``args`` describes and write the tables; exit code."""
     from common.io import atomic_write_text
@@ -446,11 +485,12 @@ def run_grid(args, log=print) -> int:
     if unused:
         raise ConfigError(f"--method-set for {', '.join(unused)}, which is not in --methods")
 
+    check_benchmark_dir(out)
     tests = {}
     if args.protocol == "inconsistent":
         joined, tests = join_sources(args, out, log)
         args.dataset, args.data_dir, args.num_classes = "csv", str(joined), 7
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    mark_benchmark_dir(out)
 
     cells = []
     # Seed-major order: after the first pass every method × level has one run, so a grid stopped

@@ -21,7 +21,8 @@ uncertainty (flipped vs kept labels), and writes it to ``OUT/table.md`` with the
 
 from __future__ import annotations
 
-import argparse
+
+from common.cli import ArgumentParser, fraction, nonnegative_int, positive_int
 import json
 import statistics
 import sys
@@ -45,15 +46,15 @@ LABELS = {"ce": "CE baseline", "full": "LDLVA (full)", "no_label_distribution": 
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1])
     p.add_argument("--noise", default="symmetric")
-    p.add_argument("--noise-rate", type=float, default=0.3)
-    p.add_argument("--image-size", type=int, default=32, help="input side (CPU budget: 32; dataset default 64)")
-    p.add_argument("--pad", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--noise-rate", type=fraction, default=0.3)
+    p.add_argument("--image-size", type=positive_int, default=32, help="input side (CPU budget: 32; dataset default 64)")
+    p.add_argument("--pad", type=nonnegative_int, default=2)
+    p.add_argument("--epochs", type=positive_int, default=15)
     p.add_argument("--lr-schedule", default="cosine", help="same for every row; cosine keeps the last epoch stable")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--backbone")
     p.add_argument("--only", nargs="+", choices=list(GRID), help="a subset of the grid rows")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="LDLVA override for every LDLVA row")

@@ -31,7 +31,8 @@ Prints a markdown table (mean ± std over seeds; also ``OUT/table.md``) and writ
 
 from __future__ import annotations
 
-import argparse
+
+from common.cli import ArgumentParser, fraction, nonnegative_int, positive_int
 import json
 import shutil
 import sys
@@ -43,21 +44,21 @@ STAGES = ("regressor", "data", "ce", "ldlva", "ldlva_annotated")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmark_runs/pseudo_va_e2e")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=["regressor", "data", "ce", "ldlva"])
-    p.add_argument("--folds", type=int, default=2, help="regressor cross-fit folds (1 = in-sample, optimistic)")
-    p.add_argument("--regressor-epochs", type=int, default=8,
+    p.add_argument("--folds", type=positive_int, default=2, help="regressor cross-fit folds (1 = in-sample, optimistic)")
+    p.add_argument("--regressor-epochs", type=positive_int, default=8,
                    help="per member (default 8: two members fit in one 10-minute command on 2 CPU cores)")
-    p.add_argument("--epochs", type=int, default=12, help="classifier epochs")
-    p.add_argument("--image-size", type=int, default=64, help="classifier input side (32 fits the CPU budget)")
-    p.add_argument("--pad", type=int, default=4, help="classifier random-crop padding")
+    p.add_argument("--epochs", type=positive_int, default=12, help="classifier epochs")
+    p.add_argument("--image-size", type=positive_int, default=64, help="classifier input side (32 fits the CPU budget)")
+    p.add_argument("--pad", type=nonnegative_int, default=4, help="classifier random-crop padding")
     p.add_argument("--lr-schedule", default="constant", help="classifier schedule (constant | cosine | ...)")
     p.add_argument("--noise", default="symmetric")
-    p.add_argument("--noise-rate", type=float, default=0.3)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="classifier seeds (noise + init), default 0")
-    p.add_argument("--regressor-seed", type=int, default=0)
-    p.add_argument("--train-size", type=int, default=None,
+    p.add_argument("--noise-rate", type=fraction, default=0.3)
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="classifier seeds (noise + init), default 0")
+    p.add_argument("--regressor-seed", type=nonnegative_int, default=0)
+    p.add_argument("--train-size", type=positive_int, default=None,
                    help="classifiers train on the first N train faces; the regressor on the others (disjoint)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="LDLVA override")
     return p

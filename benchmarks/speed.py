@@ -36,6 +36,8 @@ Output: a markdown block (command, machine, date, tables, goals) to paste into B
 from __future__ import annotations
 
 import argparse
+
+from common.cli import ArgumentParser, nonnegative_int, positive_int
 import datetime
 import gc
 import json
@@ -83,30 +85,33 @@ GOAL_KNN_SECONDS = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="synthetic", help="dataset name (default: the built-in synthetic benchmark)")
     p.add_argument("--data-dir", help="prepared dataset directory (--dataset csv)")
-    p.add_argument("--num-classes", type=int, help="for --dataset csv")
+    p.add_argument("--num-classes", type=positive_int, help="for --dataset csv")
     p.add_argument("--synthetic", action="append", default=[], metavar="KEY=VALUE",
                    help="synthetic benchmark setting (default train_size=2000, test_size=500)")
     p.add_argument("--backbone", default="small_cnn", help="resnet50 | resnet18 | resnet101 | mobilenetv2 | small_cnn")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32, help="global batch size")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per method (per round)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (tracing, caches)")
-    p.add_argument("--rounds", type=int, default=1, help="time every method this many times, round-robin")
+    p.add_argument("--image-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="global batch size")
+    p.add_argument("--steps", type=positive_int, default=20, help="timed steps per method (per round)")
+    p.add_argument("--warmup", type=nonnegative_int, default=5, help="untimed steps first (tracing, caches)")
+    p.add_argument("--rounds", type=positive_int, default=1, help="time every method this many times, round-robin")
     p.add_argument("--methods", nargs="+", help="benchmark labels (default: every registered method, "
                    "LDLVA per neighbour source: ldlva-forward ldlva-bank ldlva-bank-head)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra method setting for the methods that have it (e.g. num_neighbors=16)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train steps (slower on CPU)")
-    p.add_argument("--mixed-precision", default="auto", help="auto | off | mixed_float16 | mixed_bfloat16")
+    p.add_argument("--mixed-precision", default="auto", choices=("auto", "off", "float32", "mixed_float16",
+                                                                  "mixed_bfloat16"),
+                   help="auto | off | mixed_float16 | mixed_bfloat16")
     p.add_argument("--skip", nargs="*", default=[], choices=SECTIONS, help="sections to skip")
-    p.add_argument("--pipeline-batches", type=int, default=20, help="batches timed per input-pipeline setting")
-    p.add_argument("--serving-runs", type=int, default=20, help="timed forward passes per serving setting")
-    p.add_argument("--knn-points", type=int, default=1_000_000)
-    p.add_argument("--knn-k", type=int, default=8)
+    p.add_argument("--pipeline-batches", type=positive_int, default=20, help="batches timed per input-pipeline setting")
+    p.add_argument("--serving-runs", type=positive_int, default=20, help="timed forward passes per serving setting")
+    p.add_argument("--knn-points", type=positive_int, default=1_000_000)
+    p.add_argument("--knn-k", type=positive_int, default=8)
     p.add_argument("--json", help="also write the raw results to this JSON file")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file this toolkit did not write")
     return p
 
 
@@ -156,9 +161,10 @@ def step_timer():
 
 
 def _synthetic_overrides(items: list[str]) -> dict:
+    from common.cli import parse_pairs
+
     out = {"train_size": 2000, "test_size": 500}
-    for item in items:
-        key, value = item.split("=", 1)
+    for key, value in parse_pairs(items, "--synthetic").items():
         try:
             out[key] = int(value)
         except ValueError:
@@ -169,15 +175,55 @@ def _synthetic_overrides(items: list[str]) -> dict:
     return out
 
 
+def run_config(args, method: str, overrides: dict):
+    """The RunConfig every timed method is built from (the same data, backbone, size and batch)."""
+    from engine.config import RunConfig
+
+    return RunConfig(dataset=args.dataset, data_dir=args.data_dir, num_classes=args.num_classes, method=method,
+                     backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
+                     mixed_precision=args.mixed_precision, jit=args.jit, method_overrides=overrides,
+                     synthetic=_synthetic_overrides(args.synthetic) if args.dataset == "synthetic" else {},
+                     export=False, tensorboard=False, verbose=0, out=str(Path(tempfile.gettempdir()) / "fer-speed"))
+
+
+def check_arguments(args) -> None:
+    """Refuse bad options before anything is built or timed (a ConfigError naming the flag): an unknown
+    --methods label, --dataset or --backbone, a --set or --synthetic value out of range, a --set key that
+    no benchmarked method has, a --json file of the user's."""
+    import dataclasses
+
+    from common.config import parse_set_args
+    from common.errors import ConfigError
+    from common.io import check_output_file
+    from engine.config import resolve
+    from models.registry import get_method
+
+    if args.json:
+        check_output_file(args.json, args.force, flag="--json")
+    methods = speed_methods()
+    labels = list(dict.fromkeys(args.methods or methods))
+    unknown = [m for m in labels if m not in methods]
+    if unknown:
+        raise ConfigError(f"unknown --methods {', '.join(unknown)}; known: {', '.join(methods)}")
+    extra = parse_set_args(args.set)
+    settings = set()
+    for label in labels:
+        method, base = methods[label]
+        try:
+            settings |= {f.name for f in dataclasses.fields(get_method(method)[1])}
+        except ImportError:  # a method not written yet: bench_training skips and lists it
+            continue
+        resolve(run_config(args, method, _method_overrides(method, base, extra)))
+    stray = sorted(set(extra) - settings)
+    if stray:
+        raise ConfigError(f"--set {stray[0]}: none of the benchmarked methods ({', '.join(labels)}) has this setting")
+
+
 def make_trainer(args, method: str, overrides: dict, shared=None):
     """A Trainer for ``method`` on the benchmark data; ``shared`` (a Trainer) lends its tables and pixels."""
-    from engine.run import RunConfig, Trainer
+    from engine.run import Trainer
 
-    cfg = RunConfig(dataset=args.dataset, data_dir=args.data_dir, num_classes=args.num_classes, method=method,
-                    backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
-                    mixed_precision=args.mixed_precision, jit=args.jit, method_overrides=overrides,
-                    synthetic=_synthetic_overrides(args.synthetic) if args.dataset == "synthetic" else {},
-                    export=False, tensorboard=False, verbose=0, out=str(Path(tempfile.gettempdir()) / "fer-speed"))
+    cfg = run_config(args, method, overrides)
     trainer = Trainer(cfg, log=lambda *a, **k: None, data=None if shared is None else shared.data)
     if shared is None:
         trainer.load_data()
@@ -507,6 +553,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    check_arguments(args)
     skip = set(args.skip)
 
     def log(message):
@@ -533,10 +580,12 @@ def main(argv=None) -> int:
     report = markdown_report(args, machine, results, skipped, pipeline, serving, knn, argv)
     print(report)
     if args.json:
-        Path(args.json).write_text(json.dumps({"argv": argv, "machine": machine, "training": results,
-                                               "skipped": skipped, "pipeline": pipeline, "serving": serving,
-                                               "knn": knn, "date": datetime.datetime.now().isoformat()},
-                                              indent=2, default=str))
+        from common.io import atomic_write_text, stamp
+
+        atomic_write_text(args.json, json.dumps(stamp({
+            "argv": argv, "machine": machine, "training": results, "skipped": skipped, "pipeline": pipeline,
+            "serving": serving, "knn": knn, "date": datetime.datetime.now().isoformat()}, "benchmarks.speed"),
+            indent=2, default=str))
     return 0
 
 

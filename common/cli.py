@@ -16,6 +16,7 @@ Conventions of every command: the run directory is ``--run``; lists are space-se
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import sys
@@ -24,7 +25,38 @@ import typing
 
 
 def quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Import TensorFlow without its start-up chatter (call before anything imports TensorFlow).
+
+    TensorFlow's native code prints a few lines while it is imported, before its logging is configured
+    and whatever ``TF_CPP_MIN_LOG_LEVEL`` says (the absl preamble, oneDNN, "Could not find cuda drivers",
+    CPU features); afterwards level 3 also silences the ``cuInit`` error of a machine without a GPU. So
+    the level is set to 3 and file descriptor 2 points at a temporary file for the import; if the import
+    fails, what it printed is shown. A user who sets ``TF_CPP_MIN_LOG_LEVEL`` sees everything.
+    """
+    import tempfile
+
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.get_logger().setLevel("ERROR")
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -75,6 +107,45 @@ def run_command(build_parser, run, argv=None) -> int:
         return 0
 
     return run_main(main, argv)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the project's error line: ``error: argument --k: must be >= 1, got 0`` (exit 2)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def number_type(kind=float, low=None, high=None, low_open=False, high_open=False):
+    """An argparse ``type`` that parses a finite ``kind`` number inside the given range."""
+    import math
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, got {text}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {high:g}, got {text}")
+        return value
+
+    parse.__name__ = "int" if kind is int else "number"
+    return parse
+
+
+positive_int = number_type(int, 1)
+nonnegative_int = number_type(int, 0)
+finite_float = number_type(float)
+positive_float = number_type(float, 0, low_open=True)
+nonnegative_float = number_type(float, 0)
+probability = number_type(float, 0, 1)
+fraction = number_type(float, 0, 1, high_open=True)
+percent_quality = number_type(int, 1, 100)
 
 
 def parse_pairs(items, flag: str = "--set") -> dict[str, str]:
@@ -134,10 +205,11 @@ def add_dataclass_options(parser, cls, exclude=(), groups: dict | None = None) -
             target.add_argument(*flags, action="append", metavar="KEY=VALUE", **common)
         elif typing.get_origin(kind) in (tuple, list) or kind in (tuple, list):
             item = (typing.get_args(kind) or (str,))[0]
-            target.add_argument(*flags, nargs="*", type=item if item is not Ellipsis else str, **common)
+            item = number_type(int) if item is int else number_type(float) if item is float else str
+            target.add_argument(*flags, nargs="*", type=item, **common)
         else:
-            target.add_argument(*flags, type=kind if kind in (int, float) else str,
-                                choices=meta.get("choices"), **common)
+            parse = number_type(int) if kind is int else number_type(float) if kind is float else str
+            target.add_argument(*flags, type=parse, choices=meta.get("choices"), **common)
 
 
 def dataclass_kwargs(args, cls, exclude=()) -> dict:

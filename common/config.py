@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 
@@ -34,9 +35,12 @@ def _coerce(value: str, annotation, field_name: str):
             raise ConfigError(f"--set {field_name}={value}: expected an integer") from None
     if annotation in (float, "float"):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"--set {field_name}={value}: expected a number") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"--set {field_name}={value}: must be a finite number")
+        return number
     if origin in (tuple, list) or annotation in ("tuple", "list"):
         try:
             parsed = json.loads(value)
@@ -74,3 +78,46 @@ def parse_set_args(items: list[str] | None) -> dict[str, str]:
 
 def to_dict(config) -> dict:
     return dataclasses.asdict(config)
+
+
+def check_values(config_cls, values: dict, where: str) -> dict:
+    """``values`` (e.g. a run's saved ``method_config``) checked against the field types of ``config_cls``.
+
+    Unknown keys are dropped (written by another version); a value of the wrong type, or a non-finite
+    float, is a :class:`ConfigError` naming ``where`` and the field. Lists become tuples.
+    """
+    hints = typing.get_type_hints(config_cls)
+    out = {}
+    for field in dataclasses.fields(config_cls):
+        if field.name not in values:
+            continue
+        value = values[field.name]
+        annotation = hints.get(field.name, object)
+        allowed = _allowed_types(annotation)
+        if isinstance(value, list):
+            value = tuple(value)
+        if value is None and type(None) in allowed:
+            out[field.name] = None
+            continue
+        ok = any(isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)) for t in allowed
+                 if t is not type(None))
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            ok, value = True, float(value)
+        if not ok:
+            raise ConfigError(f"{where}: {field.name} = {value!r} has the wrong type "
+                              f"(expected {' or '.join(t.__name__ for t in allowed)})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {field.name} = {value} is not a finite number")
+        out[field.name] = value
+    return out
+
+
+def _allowed_types(annotation) -> tuple:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for a in typing.get_args(annotation) for t in _allowed_types(a))
+    if origin in (tuple, list):
+        return (tuple,)
+    if annotation in (int, float, str, bool, type(None), tuple, dict):
+        return (annotation,)
+    return (object,)

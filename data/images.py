@@ -161,6 +161,8 @@ def _jpeg_header(f) -> ImageHeader:
         if length < 2:
             raise ImageDecodeError("cannot be decoded as an image (corrupt JPEG header: bad segment length)")
         if code in _JPEG_SOF and size is None:
+            if length < 7:
+                raise ImageDecodeError("cannot be decoded as an image (corrupt JPEG frame header)")
             payload = _read_exact(f, 5, "JPEG")
             height, width = struct.unpack(">HH", payload[1:5])
             size = (width, height)
@@ -346,7 +348,10 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     import cv2
 
     header = _checked_header(data, max_pixels)
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        image = None
     if image is None or image.size == 0:
         raise ImageDecodeError("cannot be decoded as an image")
     if image.shape[:2] != (header.height, header.width):

@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from common.cli import ArgumentParser, finite_float, fraction, nonnegative_int, positive_int
 from common.errors import ConfigError, DataError, FERError
 from data.classes import ASYMMETRIC_FLIP
 
@@ -255,7 +256,7 @@ def imbalance_subsample(frame: pd.DataFrame, imbalance_factor: float, num_classe
 # ------------------------------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m data.noise",
         description="Write a copy of an annotation table with synthetic label noise and/or long-tailed "
                     "class imbalance (the experiment protocols). The label before noise is kept in "
@@ -264,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output CSV")
     parser.add_argument("--kind", choices=NOISE_KINDS + ("none",), default="symmetric",
                         help="label-noise kind (default symmetric; 'none' for imbalance only)")
-    parser.add_argument("--rate", type=float, default=0.0, help="fraction of labels to flip, in [0, 1) (default 0)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--num-classes", type=int, default=7, help="number of classes, 7 or 8 (default 7)")
-    parser.add_argument("--imbalance-factor", type=float, default=1.0,
+    parser.add_argument("--rate", type=fraction, default=0.0, help="fraction of labels to flip, in [0, 1) (default 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
+    parser.add_argument("--num-classes", type=positive_int, default=7, help="number of classes, 7 or 8 (default 7)")
+    parser.add_argument("--imbalance-factor", type=finite_float, default=1.0,
                         help="largest/smallest class-count ratio after subsampling (default 1 = keep all rows)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     return parser

@@ -27,7 +27,7 @@ from common.config import apply_overrides, to_dict
 from common.errors import ConfigError
 
 # Settings that may differ between the original run and a --resume without changing the result.
-RESUME_NEUTRAL = {"resume", "force", "out", "verbose", "checkpoint_every", "export", "tensorboard"}
+RESUME_NEUTRAL = {"resume", "force", "out", "verbose", "checkpoint_every", "export", "tensorboard", "extend"}
 
 # Values of the unset (None) recipe fields when neither the dataset nor a preset sets them.
 RUN_DEFAULTS = {"weights": "none", "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
@@ -128,9 +128,13 @@ class RunConfig:
         "run directory (default runs/<dataset>_<method>_seed<seed>)", RUN, flag="--run", aliases=("--out",),
         metavar="DIR"))
     resume: bool = field(default=False, metadata=_opt("continue the run in --run from its last checkpoint", RUN))
+    extend: bool = field(default=False, metadata=_opt(
+        "with --resume: continue a finished or killed run to a larger --epochs (from the resume point on, "
+        "whatever depends on the total epoch count follows the new total: see README, Extending a run)", RUN))
     force: bool = field(default=False, metadata=_opt("replace an existing run directory", RUN))
-    verbose: int = field(default=1, metadata=_opt("0 silent, 1 progress bar, 2 one line per epoch", RUN,
-                                                  choices=(0, 1, 2)))
+    verbose: int | None = field(default=None, metadata=_opt(
+        "0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a terminal, 2 when the output is "
+        "redirected, so logs hold no progress-bar control characters)", RUN, choices=(0, 1, 2)))
 
 
 # Per-cell fields of a benchmark grid (the grid sets them); every other field is a grid-wide option.
@@ -188,6 +192,11 @@ def resolve(cfg: RunConfig):
             raise ConfigError(f"unknown --preset '{cfg.preset}' for {cfg.method}; known: {', '.join(presets) or '(none)'}")
         method_cfg = dataclasses.replace(method_cfg, **presets[cfg.preset].get("method", {}))
         preset_run = presets[cfg.preset].get("run", {})
+        expected = presets[cfg.preset].get("weights")
+        if expected and cfg.weights is None:
+            raise ConfigError(f"--preset {cfg.preset} fine-tunes a pretrained backbone: pass --weights FILE with "
+                              f"{expected} (`python -m preprocess.weights inspect FILE` lists what a file holds), "
+                              "or --weights none to train it from scratch anyway")
     changes = {}
     for name in (*RUN_DEFAULTS, *DATASET_FIELDS):
         if getattr(cfg, name) is not None:
@@ -198,6 +207,8 @@ def resolve(cfg: RunConfig):
             changes[name] = getattr(spec, DATASET_FIELDS[name])
         else:
             changes[name] = RUN_DEFAULTS[name]
+    if cfg.verbose is None:
+        changes["verbose"] = 1 if sys.stdout.isatty() else 2
     cfg = dataclasses.replace(cfg, **changes, num_classes=spec.num_classes)
     cfg = dataclasses.replace(cfg, lr_steps=tuple(int(s) for s in cfg.lr_steps),
                               synthetic=normalize_dataset_options(spec, cfg.synthetic))
@@ -253,29 +264,14 @@ def compare_configs(old: dict, new: dict) -> list[str]:
 
 def run_config_from_record(record: dict, path) -> RunConfig:
     """The RunConfig stored in a run's ``config.json`` (``record['run']``), validated field by field."""
+    from common.config import check_values
+
     run = record.get("run") if isinstance(record, dict) else None
     if not isinstance(run, dict):
         raise ConfigError(f"{path}: no 'run' section (not a config.json written by train.py)")
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-    kwargs = {}
-    for key, value in run.items():
-        if key not in fields:
-            continue  # written by a newer version: ignored
-        if key == "lr_steps" and isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
+    values = check_values(RunConfig, run, f"{path}: run")
     try:
-        cfg = RunConfig(**kwargs)
+        cfg = RunConfig(**values)
     except TypeError as exc:
         raise ConfigError(f"{path}: 'run' section does not fit ({exc})") from None
-    for key, value in kwargs.items():
-        default = fields[key].default
-        if value is None or default is dataclasses.MISSING or default is None:
-            continue
-        if isinstance(default, bool) != isinstance(value, bool) or (
-                isinstance(default, (int, float)) and not isinstance(value, (int, float))) or (
-                isinstance(default, str) and not isinstance(value, str)) or (
-                isinstance(default, dict) and not isinstance(value, dict)):
-            raise ConfigError(f"{path}: run.{key} = {value!r} has the wrong type "
-                              f"(expected {type(default).__name__})")
     return cfg

@@ -18,7 +18,9 @@ def resolve_data_dir(spec: DatasetSpec, data_dir, options: dict | None = None) -
     if data_dir:
         path = Path(data_dir)
         if not path.is_dir():
-            raise DataError(f"--data-dir {path} does not exist; prepare the dataset with `{spec.import_command or 'an importer'}`")
+            how = f"`{spec.import_command} --out {path}`" if spec.import_command else \
+                "one of the importers (README, Real datasets)"
+            raise DataError(f"--data-dir {path} does not exist; prepare the dataset with {how}")
         return path
     if spec.provider:
         return provide_dataset(spec, options)
@@ -71,15 +73,25 @@ def load_split(data_dir: Path, table_name: str, num_classes: int, image_root=Non
     return table
 
 
-def find_undecodable_image(tables) -> DataError | None:
+def find_undecodable_image(tables, error=None) -> DataError | None:
     """The first listed image the pipeline's decoder rejects, as a DataError naming file and row (or None).
 
     ``--image-cache files`` decodes lazily inside tf.data, and a file can break after the start-up scan
     (or pass the cheap header check around garbage); when training then fails with TensorFlow's
-    ``InvalidArgumentError``, the CLIs call this to name the culprit. It decodes every listed image with
-    the pipeline's own function (``data.images.decode_image``: EXIF orientation, pixel limit, OpenCV),
-    so its verdict is the pipeline's.
+    ``InvalidArgumentError`` (the pipeline's ``data.images.ImageDecodeError``, a ``ValueError`` raised in
+    ``tf.numpy_function``, arrives as one), the CLIs call this to name the culprit. Given that
+    ``error``, the message the pipeline already wrote (``<csv>, row N: image <file>: <reason>``) is used
+    directly; otherwise (or when it holds none) every listed image is decoded with the pipeline's own
+    function (``data.images.decode_image``: EXIF orientation, pixel limit, OpenCV), so the verdict is
+    the pipeline's.
     """
+    hint = "replace the file or remove its row, then rerun (with --resume for a run that has checkpoints)"
+    if error is not None:
+        import re
+
+        found = re.search(r"ImageDecodeError: ([^\n]+)", str(getattr(error, "message", None) or error))
+        if found:
+            return DataError(f"{found.group(1).strip()}; {hint}")
     for table in tables:
         if table is None:
             continue
@@ -92,7 +104,5 @@ def find_undecodable_image(tables) -> DataError | None:
             csv_row = start + first.row
             for d in sorted(table.frame.attrs.get("dropped_rows", [])):  # back to the CSV's numbering (--skip-bad)
                 csv_row += d <= csv_row
-            return DataError(
-                f"{table.csv_path}, row {csv_row + 1}: image {first.path}: {first.reason}; replace the file or remove "
-                "its row, then rerun (with --resume for a run that has checkpoints)")
+            return DataError(f"{table.csv_path}, row {csv_row + 1}: image {first.path}: {first.reason}; {hint}")
     return None

@@ -60,27 +60,82 @@ class FERServingModule(tf.Module):
         return self._predict_uint8(images)
 
 
-def export_saved_model(model, out_dir, image_size: int, class_names, method: str = "", input_norm: str = "none") -> Path:
-    """Write the serving SavedModel atomically to ``out_dir`` (replacing an older export)."""
+def export_saved_model(model, out_dir, image_size: int, class_names, method: str = "", input_norm: str = "none",
+                       provenance: dict | None = None, formats=(), check_images=None, log=print) -> Path:
+    """Write the serving SavedModel (and ``formats`` beside it, plus MODEL_CARD.md) atomically to ``out_dir``.
+
+    ``provenance`` (:func:`engine.model_card.provenance`) says what the model was trained on, for the
+    metadata and the model card; ``formats`` ⊆ {tflite, tflite-int8, onnx} are converted from the new
+    SavedModel and checked against it on ``check_images`` (uint8, e.g. the test split) before the export
+    is moved into place, so a failed conversion leaves any previous export untouched.
+    """
+    from engine.deploy import export_formats
+    from engine.model_card import model_card
+
     out_dir = Path(out_dir)
     module = FERServingModule(model, image_size, class_names)
+    meta = {"image_size": image_size, "class_names": list(class_names), "method": method,
+            # Inside the graph: uint8 → resize → [-1, 1] → the backbone's own first layer maps that to what
+            # its pretrained weights expect.
+            "preprocessing": {"resize": [image_size, image_size], "network_input": "(x - 127.5) / 127.5",
+                              "backbone_input_norm": input_norm_spec(input_norm)},
+            "input": "uint8 RGB images of any size (serving_default) or encoded JPEG/PNG bytes (serve_bytes)"}
+    if provenance:
+        meta.update(provenance=provenance, trained_on=provenance.get("dataset"),
+                    synthetic=bool(provenance.get("synthetic")))
     try:
         with atomic_directory(out_dir, "saved_model", legacy=SAVED_MODEL_LEGACY) as tmp:
             tf.saved_model.save(module, str(tmp), signatures={
                 "serving_default": module.serve.get_concrete_function(),
                 "serve_bytes": module.serve_bytes.get_concrete_function(),
             })
-            (tmp / "fer_export.json").write_text(json.dumps({
-                "image_size": image_size, "class_names": list(class_names), "method": method,
-                # Inside the graph: uint8 → resize → [-1, 1] → the backbone's own first layer maps that to what
-                # its pretrained weights expect.
-                "preprocessing": {"resize": [image_size, image_size], "network_input": "(x - 127.5) / 127.5",
-                                  "backbone_input_norm": input_norm_spec(input_norm)},
-                "input": "uint8 RGB images of any size (serving_default) or encoded JPEG/PNG bytes (serve_bytes)",
-            }, indent=2))
+            (tmp / "fer_export.json").write_text(json.dumps(meta, indent=2, default=str))
+            if formats:
+                meta["formats"] = export_formats(tmp, formats, check_images, log=log)
+                (tmp / "fer_export.json").write_text(json.dumps(meta, indent=2, default=str))
+            (tmp / "MODEL_CARD.md").write_text(model_card(meta))
     except (OSError, tf.errors.OpError, WriteError) as exc:  # disk full, read-only folder: an older export is untouched
         if not isinstance(exc, WriteError):
             exc = write_error(out_dir, exc)
         raise WriteError(f"{exc}; any previous export at {out_dir} is intact. Free space and rerun "
                          "`python export.py --run RUN --out DIR`") from None
     return out_dir
+
+
+def read_export_metadata(path) -> dict:
+    """``fer_export.json`` of a SavedModel directory, every field checked (a damaged file is a clear error)."""
+    from common.errors import CheckpointError
+
+    meta_path = Path(path) / "fer_export.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: missing (not an export of this toolkit; export one with `python export.py`)")
+    try:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: must hold a JSON object")
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise CheckpointError(f"{meta_path}: class_names must be a non-empty list of class names, got {names!r}")
+    size = meta.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 4096:
+        raise CheckpointError(f"{meta_path}: image_size must be an integer in 8..4096, got {size!r}")
+    return meta
+
+
+def load_export(path):
+    """``(serving_default function, metadata)`` of an exported SavedModel; damage is a clear error."""
+    from common.errors import CheckpointError
+
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise CheckpointError(f"{path}: no saved_model.pb (not a SavedModel directory)")
+    meta = read_export_metadata(path)
+    try:
+        serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    except Exception as exc:  # noqa: BLE001 - a truncated .pb raises protobuf's DecodeError, a bad variables file OpError...
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise CheckpointError(f"{path}: cannot load the SavedModel ({type(exc).__name__}: {first}); "
+                              "export it again with `python export.py --run RUN --out DIR --force`") from None
+    return serve, meta

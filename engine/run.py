@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.config import check_values
 from common.errors import CheckpointError, ConfigError, DataError
 from common.io import atomic_write_json
 from engine.config import RunConfig, config_record, default_run_dir, resolve, run_config_from_record  # noqa: F401
@@ -258,7 +259,7 @@ class Trainer:
         method_data = self.method_data()
         record = config_record(cfg, self.method_cfg, self.data_facts())
         with RunLock(run_dir, worker=_worker_index(cfg)):
-            prepare_run_dir(run_dir, record, cfg.resume, cfg.force)
+            prepare_run_dir(run_dir, record, cfg.resume, cfg.force, cfg.extend)
             self.log(f"run directory: {run_dir}")
             return self._fit(run_dir, method_data)
 
@@ -339,12 +340,15 @@ class Trainer:
         cfg = self.cfg
         report = evaluate_model(self.model, self.eval_dataset(), self.test_table, self.spec.class_names)
         report["run_dir"] = str(run_dir)
+        report.update(epoch_selection(run_dir / "log.csv"))
         report.update(per_sample_metrics(self.model, self.train_table))
         report.update(self.model.final_metrics(self.context()))
         atomic_write_json(run_dir / "metrics.json", report)
         if cfg.export:
+            from engine.model_card import provenance
+
             export_saved_model(self.model, run_dir / "saved_model", cfg.image_size, self.spec.class_names, cfg.method,
-                               input_norm=cfg.input_norm)
+                               input_norm=cfg.input_norm, provenance=provenance(self, report), log=self.log)
         return report
 
 
@@ -381,6 +385,34 @@ def evaluate_model(model, dataset, table, class_names) -> dict:
         predicted[outputs["index"]] = outputs["va"]
         report.update(va_metrics(predicted, table.va))
     return report
+
+
+def epoch_selection(log_path) -> dict:
+    """Test accuracy by epoch-selection rule, from the per-epoch test evaluation in ``log.csv``.
+
+    ``accuracy`` in metrics.json is always the final model's (the honest default). When the run evaluated
+    the test split every epoch (``--val-every 1``) this adds the mean over the last 5 epochs (what the
+    official SCN and EAC code report) and the best epoch (what the official LA-Net and NLA code report),
+    which is *selected on the test set* and so an optimistic estimate.
+    """
+    import pandas as pd
+
+    try:
+        log = pd.read_csv(log_path, na_values=["NA"])
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+        return {}
+    if "val_acc" not in log.columns or "epoch" not in log.columns:
+        return {}
+    log = log.dropna(subset=["val_acc"])
+    if log.empty:
+        return {}
+    best = int(log["val_acc"].to_numpy().argmax())
+    return {"epoch_selection": {
+        "evaluated_epochs": int(len(log)),
+        "mean_last_5_accuracy": float(log["val_acc"].iloc[-5:].mean()),
+        "best_epoch": int(log["epoch"].iloc[best]),
+        "best_epoch_accuracy": float(log["val_acc"].iloc[best]),
+        "best_epoch_note": "selected on the test set (as the official LA-Net and NLA code report): optimistic"}}
 
 
 def per_sample_metrics(model, train_table) -> dict:
@@ -422,12 +454,12 @@ def load_run_model(run_dir, ckpt=None, log=print):
     cfg = dataclasses.replace(cfg, mixed_precision="off", strategy="default")
     trainer = Trainer(cfg, log=log)
     config_cls = type(trainer.method_cfg)
-    known = {f.name for f in dataclasses.fields(config_cls)}
-    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in record["method_config"].items() if k in known}
     try:
+        saved = check_values(config_cls, record["method_config"], f"{config_path}: method_config")
         trainer.method_cfg = dataclasses.replace(config_cls(), **saved)
     except (TypeError, ValueError, ConfigError) as exc:
-        raise CheckpointError(f"{config_path}: method_config does not fit {config_cls.__name__} ({exc})") from None
+        raise CheckpointError(f"{exc}" if isinstance(exc, ConfigError) else
+                              f"{config_path}: method_config does not fit {config_cls.__name__} ({exc})") from None
     try:
         n = int(record["data"]["num_train_samples"])
     except (KeyError, TypeError, ValueError):

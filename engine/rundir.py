@@ -108,8 +108,24 @@ def clear_run_artefacts(run_dir: Path) -> None:
             path.unlink()
 
 
-def prepare_run_dir(run_dir: Path, record: dict, resume: bool, force: bool) -> None:
-    """Refuse to clobber another run; check a resumed run's config matches (call with the lock held)."""
+def _extension(old: dict, record: dict, diffs: list[str]) -> int | None:
+    """The old epoch count when the only difference is a larger ``run.epochs`` (an extension), else None."""
+    try:
+        old_epochs, new_epochs = int(old["run"]["epochs"]), int(record["run"]["epochs"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    rest = [d for d in diffs if not d.startswith("run.epochs:")]
+    return old_epochs if new_epochs > old_epochs and not rest and len(rest) < len(diffs) else None
+
+
+def prepare_run_dir(run_dir: Path, record: dict, resume: bool, force: bool, extend: bool = False) -> None:
+    """Refuse to clobber another run; check a resumed run's config matches (call with the lock held).
+
+    ``extend`` (with ``resume``): a larger ``run.epochs`` is accepted and recorded in config.json
+    (``extensions``: from → to); every other difference is still refused.
+    """
+    if extend and not resume:
+        raise ConfigError("--extend continues an existing run: use it with --resume")
     check_run_dir(run_dir)
     config_path = run_dir / "config.json"
     if _entries(run_dir):
@@ -123,9 +139,18 @@ def prepare_run_dir(run_dir: Path, record: dict, resume: bool, force: bool) -> N
             old = {}
         diffs = compare_configs(old, record) if old else ["config.json unreadable"]
         if resume:
+            extended_from = _extension(old, record, diffs) if extend else None
+            if extended_from is not None:
+                history = [*old.get("extensions", []), {"from_epochs": extended_from,
+                                                       "to_epochs": int(record["run"]["epochs"])}]
+                atomic_write_json(config_path, {**old, "run": {**old["run"], "epochs": record["run"]["epochs"]},
+                                                "extensions": history})
+                return
             if diffs:
+                hint = ("; to continue this run to more epochs pass --extend" if any(
+                    d.startswith("run.epochs:") for d in diffs) and not extend else "")
                 raise ConfigError(f"--resume refused: the configuration differs from the run in {run_dir}: "
-                                  + "; ".join(diffs[:6]) + (" …" if len(diffs) > 6 else ""))
+                                  + "; ".join(diffs[:6]) + (" …" if len(diffs) > 6 else "") + hint)
             if not os.access(run_dir, os.W_OK):
                 raise ConfigError(f"output directory {run_dir} is not writable; cannot resume into it")
             return

@@ -73,8 +73,8 @@ import keras
 from keras import layers
 
 from common.errors import ConfigError
+from models.registry import BACKBONES  # the one list of backbone names
 
-BACKBONES = ("resnet50", "resnet18", "resnet18_ic", "resnet50_keras", "resnet101", "mobilenetv2", "small_cnn")
 FEATURE_DIMS = {"resnet50": 2048, "resnet50_keras": 2048, "resnet101": 2048, "resnet18": 512, "resnet18_ic": 512,
                 "mobilenetv2": 1280, "small_cnn": 256}
 INPUT_NORMS = ("none", "imagenet", "pixels", "caffe")

@@ -132,6 +132,15 @@ class DDAFModel(FERModel):
             "method": {"l2_weight_decay": 1e-5, "swa": False},
             "run": {"lr": 2.5e-4, "batch_size": 256, "epochs": 50, "lr_schedule": "constant",
                     "backbone": "resnet18", "image_size": 224},
+            "weights": "ImageNet ResNet-18 (torchvision's resnet18-f37072fd.pth)",
+        },
+        # The paper's own schedule: lr 2.5e-4 halved every 30 epochs, batch 256, 50 epochs, SWA (α = 0.5).
+        # Its colour-jitter/affine augmentation is not reproduced (the toolkit's flip + pad-crop is used).
+        "paper": {
+            "method": {},
+            "run": {"lr": 2.5e-4, "batch_size": 256, "epochs": 50, "lr_schedule": "step", "lr_steps": (30,),
+                    "lr_decay": 0.5, "backbone": "resnet18", "image_size": 224},
+            "weights": "ImageNet ResNet-18 (torchvision's resnet18-f37072fd.pth)",
         },
     }
 
@@ -214,6 +223,12 @@ class DDAFModel(FERModel):
         start = swa_start_epoch(self.config.swa_start, self.total_epochs)
         return [SWACallback(self.swa_state, start, self.steps_per_epoch, self.total_epochs * self.steps_per_epoch,
                             finalize=lambda: self.after_training(context))]
+
+    def before_training(self, context) -> None:
+        """A run whose weights are already the SWA average cannot train on (``--extend`` of a finished run)."""
+        if self.swa_state is not None and self.swa_state.is_applied:
+            raise ConfigError("this DDAF run has finished: its weights were replaced by their SWA average, so it "
+                              "cannot be extended; start a new run with the larger --epochs (or train with --set swa=false)")
 
     def after_training(self, context) -> None:
         """Swap the SWA mean into the model, update BN, and re-save the last checkpoint (idempotent).

@@ -254,7 +254,8 @@ class LANetModel(FERModel):
         # The release's recipe (RAF-DB, ResNet-18; pass --weights for an MS-Celeb backbone). The release
         # uses 19 HRNet landmarks: set --set num_landmarks=19 when the table has them.
         "official": {"run": {"backbone": "resnet18", "image_size": 224, "batch_size": 128, "epochs": 80, "lr": 1e-3,
-                             "optimizer": "adam", "lr_schedule": "linear", "random_erasing": 0.2}, "method": {}},
+                             "optimizer": "adam", "lr_schedule": "linear", "random_erasing": 0.2}, "method": {},
+                     "weights": "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)"},
         # The paper's landmark loss (MSE) instead of the release's Adaptive Wing.
         "paper": {"run": {}, "method": {"landmark_loss": "mse"}},
     }

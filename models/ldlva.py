@@ -170,10 +170,17 @@ def resolved(config: LDLVAConfig) -> LDLVAConfig:
     return config
 
 
-def _release_preset(run: dict, **method) -> dict:
+MSCELEB_R18 = "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)"
+# The release's "R50" is a 512-d face-recognition embedding net at 112 px (its .h5 was never published);
+# a torchvision-layout ResNet-50 pretrained on faces (MS-Celeb-1M or VGGFace2) is the closest file users have.
+MSCELEB_R50 = "a face-pretrained ResNet-50 (.pth in torchvision layout, MS-Celeb-1M or VGGFace2)"
+
+
+def _release_preset(run: dict, weights: str, **method) -> dict:
     """A release config: its method switches plus the run-level (RunConfig) settings (``cfg_files/config_*.py``)."""
     base_run = dict(lr_schedule="step", lr_decay=0.1, epochs=60, batch_size=32, random_erasing=0.5, optimizer="adam")
-    return {"method": dict(variant="release", neighbor_source="forward", **method), "run": {**base_run, **run}}
+    return {"method": dict(variant="release", neighbor_source="forward", **method), "run": {**base_run, **run},
+            "weights": weights}
 
 
 def training_neighbor_table(train_table, k: int, log=print) -> np.ndarray:
@@ -251,13 +258,15 @@ class LDLVAModel(FERModel):
     presets = {
         # ResNet-18 (MS-Celeb in the release; pass --weights FILE) on RAF-DB, 224 px, pad 8.
         "release-r18-raf": _release_preset(dict(backbone="resnet18", image_size=224, pad=8, lr=1e-3,
-                                                lr_steps=(10, 20, 40)), lambda_init=0.5, lambda_momentum=0.0),
+                                                lr_steps=(10, 20, 40)), MSCELEB_R18, lambda_init=0.5,
+                                     lambda_momentum=0.0),
         # "ResNet-50" (an IR-50-like 512-d embedding in the release) on RAF-DB at 112 px, pad 4.
         "release-r50-raf": _release_preset(dict(backbone="resnet50", image_size=112, pad=4, lr=1e-4,
-                                                lr_steps=(10, 30)), lambda_init=0.5, lambda_momentum=0.0),
+                                                lr_steps=(10, 30)), MSCELEB_R50, lambda_init=0.5,
+                                     lambda_momentum=0.0),
         # ResNet-18 on AffectNet (7 classes), lr 3e-4 ×0.2 at 5/10/20, λ̂₀ 0.8, λ momentum 0.9, balanced CE.
         "release-r18-affectnet": _release_preset(dict(backbone="resnet18", image_size=224, pad=8, lr=3e-4,
-                                                      lr_steps=(5, 10, 20), lr_decay=0.2),
+                                                      lr_steps=(5, 10, 20), lr_decay=0.2), MSCELEB_R18,
                                                  lambda_init=0.8, lambda_momentum=0.9, class_weights="balanced"),
     }
 

@@ -95,7 +95,8 @@ class NLAModel(FERModel):
         "official": {
             "method": {"l2_weight_decay": 1e-4},
             "run": {"lr": 1e-4, "batch_size": 32, "epochs": 60, "lr_schedule": "exponential", "lr_decay": 0.9,
-                    "backbone": "resnet18", "image_size": 224},
+                    "backbone": "resnet18", "image_size": 224, "random_erasing": 0.5},
+            "weights": "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)",
         },
     }
 

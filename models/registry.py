@@ -25,6 +25,8 @@ class MethodEntry:
 
 
 METHODS: dict[str, MethodEntry] = {}
+# Every --backbone name (defined in models/backbones.py; listed here so --help needs no TensorFlow import).
+BACKBONES = ("resnet50", "resnet18", "resnet18_ic", "resnet50_keras", "resnet101", "mobilenetv2", "small_cnn")
 
 
 def register_method(name: str, model, config, title: str | None = None, summary: str = "") -> MethodEntry:
@@ -69,8 +71,6 @@ def method_title(name: str) -> str:
 
 
 def backbone_names() -> tuple[str, ...]:
-    from models.backbones import BACKBONES
-
     return tuple(BACKBONES)
 
 

@@ -36,7 +36,7 @@ import pandas as pd
 from common.errors import DataError
 from data.classes import AFFECTNET8_CLASSES
 from data.schema import format_float_list
-from common.cli import run_command
+from common.cli import ArgumentParser, nonnegative_float, nonnegative_int, percent_quality, positive_int, run_command
 from common.progress import Progress
 from preprocess.common import (ImportReport, add_force_argument, check_can_write, crop_and_resize,
                                expand_box, normalize_relpath, parse_float, parse_int, prepared_outputs,
@@ -218,19 +218,19 @@ def import_affectnet(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.affectnet", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m preprocess.affectnet", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, help="AffectNet folder with Manually_Annotated_Images/, training.csv, validation.csv")
     parser.add_argument("--images", type=Path, default=None, help="image folder (default ROOT/Manually_Annotated_Images)")
     parser.add_argument("--train-csv", type=Path, default=None, help="default ROOT/training.csv")
     parser.add_argument("--val-csv", type=Path, default=None, help="default ROOT/validation.csv (written as test.csv)")
     parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory to write")
-    parser.add_argument("--classes", type=int, choices=(7, 8), default=7, help="7 drops Contempt (default 7)")
+    parser.add_argument("--classes", type=positive_int, choices=(7, 8), default=7, help="7 drops Contempt (default 7)")
     parser.add_argument("--crop-faces", action="store_true", help="crop the face boxes into OUT/images as JPEG")
-    parser.add_argument("--margin", type=float, default=0.0, help="extra border per side, as a fraction of the box size")
-    parser.add_argument("--size", type=int, default=None, help="resize crops to SIZE x SIZE (default: keep)")
-    parser.add_argument("--jpeg-quality", type=int, default=95)
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="threads for cropping")
+    parser.add_argument("--margin", type=nonnegative_float, default=0.0, help="extra border per side, as a fraction of the box size")
+    parser.add_argument("--size", type=positive_int, default=None, help="resize crops to SIZE x SIZE (default: keep)")
+    parser.add_argument("--jpeg-quality", type=percent_quality, default=95)
+    parser.add_argument("--workers", type=nonnegative_int, default=min(8, os.cpu_count() or 1), help="threads for cropping")
     parser.add_argument("--strict", action="store_true", help="a missing or unreadable image is an error")
     add_force_argument(parser)
     return parser

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import DataError
-from common.cli import run_command
+from common.cli import ArgumentParser, positive_int, probability, run_command
 from common.progress import Progress
 from preprocess.common import (add_force_argument, check_can_write, list_images, require_optional,
                                write_image)
@@ -185,11 +185,11 @@ def align_folder(args, detector=None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.align", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.align", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of raw photos (searched recursively)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the aligned faces (same relative paths)")
-    parser.add_argument("--size", type=int, default=112, help="output side in pixels (default 112)")
-    parser.add_argument("--min-confidence", type=float, default=0.9, help="MTCNN confidence threshold (default 0.9)")
+    parser.add_argument("--size", type=positive_int, default=112, help="output side in pixels (default 112)")
+    parser.add_argument("--min-confidence", type=probability, default=0.9, help="MTCNN confidence threshold (default 0.9)")
     add_force_argument(parser)
     return parser
 

@@ -38,7 +38,7 @@ import pandas as pd
 
 from common.errors import DataError
 from data.classes import AFFECTNET8_CLASSES
-from common.cli import run_command
+from common.cli import ArgumentParser, percent_quality, run_command
 from common.progress import Progress
 from preprocess.common import (ImportReport, add_force_argument, check_can_write, parse_float,
                                prepared_outputs, read_raw_csv, require_columns, write_image, write_prepared)
@@ -175,12 +175,12 @@ def import_ferplus(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.ferplus", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.ferplus", description=__doc__.split("\n\n")[0])
     parser.add_argument("--fer2013", type=Path, required=True, help="fer2013.csv (emotion,pixels,Usage)")
     parser.add_argument("--ferplus", type=Path, required=True, help="FERPlus fer2013new.csv")
     parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory to write")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image format (default png)")
-    parser.add_argument("--jpeg-quality", type=int, default=95)
+    parser.add_argument("--jpeg-quality", type=percent_quality, default=95)
     parser.add_argument("--label-rule", choices=("majority", "plurality"), default="majority",
                         help="majority: FERPlus's majority mode (default); plurality: unique most-voted emotion")
     parser.add_argument("--nf-rule", choices=("any", "majority"), default="any",

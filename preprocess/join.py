@@ -30,7 +30,7 @@ import pandas as pd
 from common.errors import DataError
 from data.classes import AFFECTNET8_CLASSES
 from data.schema import OPTIONAL_COLUMNS, read_csv, validate_frame
-from common.cli import run_command
+from common.cli import ArgumentParser, positive_int, run_command
 from common.progress import Progress
 from data.prepared import read_dataset_json, resolve_image_root
 from preprocess.common import (DATASET_JSON, DROPPED_CSV, ImportReport, add_force_argument,
@@ -154,11 +154,11 @@ def join(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.join", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.join", description=__doc__.split("\n\n")[0])
     parser.add_argument("--source", action="append", default=[], metavar="NAME=DIR",
                         help="a prepared dataset directory and its name (repeat; at least two)")
     parser.add_argument("--out", type=Path, required=True, help="joined dataset directory to write")
-    parser.add_argument("--classes", type=int, choices=(7, 8), default=7, help="class count of the join (default 7)")
+    parser.add_argument("--classes", type=positive_int, choices=(7, 8), default=7, help="class count of the join (default 7)")
     parser.add_argument("--link", choices=("hardlink", "copy"), default="hardlink",
                         help="hardlink (falls back to copy across file systems) or copy")
     parser.add_argument("--strict", action="store_true", help="a missing image is an error")

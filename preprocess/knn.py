@@ -29,7 +29,7 @@ from common.errors import DataError
 from data.neighbors import (METRIC, build_neighbor_table, format_knn_column, neighbor_fingerprint,
                             neighbor_table_path, read_neighbor_meta, save_neighbor_table)
 from data.schema import read_csv
-from common.cli import run_command
+from common.cli import ArgumentParser, positive_int, run_command
 from preprocess.common import add_force_argument, check_can_write, require_columns
 
 
@@ -123,6 +123,9 @@ def build_knn(args) -> str:
     require_columns(frame, ("path", "expression"), csv_path)
     va = read_va(frame, csv_path)
     fingerprint = frame_fingerprint(frame, csv_path)
+    if len(frame) <= args.k:
+        raise DataError(f"{csv_path}: --k {args.k} needs more than {args.k} rows, the table has {len(frame)}; "
+                        "choose a smaller --k")
     start = time.perf_counter()
     indices, distances = build_neighbor_table(va, args.k, algorithm=args.algorithm)
     seconds = time.perf_counter() - start
@@ -145,9 +148,9 @@ def benchmark_knn(n: int = 1_000_000, k: int = 8, seed: int = 0, algorithm: str 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.knn", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.knn", description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", type=Path, required=True, help="training table (schema CSV with valence, arousal)")
-    parser.add_argument("--k", type=int, default=16, help="neighbours per sample (default 16; LDLVA uses the first 8)")
+    parser.add_argument("--k", type=positive_int, default=16, help="neighbours per sample (default 16; LDLVA uses the first 8)")
     parser.add_argument("--algorithm", choices=("auto", "faiss"), default="auto",
                         help="auto: scikit-learn KD-tree; faiss: exact faiss search (needs faiss installed)")
     parser.add_argument("--out", type=Path, default=None, help="default: <table stem>.neighbors.npz beside the table")

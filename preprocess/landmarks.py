@@ -20,7 +20,7 @@ import numpy as np
 
 from common.errors import DataError
 from data.schema import format_float_list, read_csv, write_table
-from common.cli import run_command
+from common.cli import ArgumentParser, nonnegative_int, run_command
 from common.progress import Progress
 from data.prepared import resolve_image_root
 from preprocess.common import (add_force_argument, check_can_write, require_columns, require_optional)
@@ -101,11 +101,11 @@ def add_landmarks(args, landmarker=None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.landmarks", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.landmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", type=Path, required=True, help="schema table whose images get landmarks")
     parser.add_argument("--image-root", type=Path, default=None,
                         help="folder the paths are relative to (default: dataset.json's image_root or DIR/images)")
-    parser.add_argument("--upsample", type=int, default=1, help="dlib detector upsampling (1 finds faces >= ~40 px)")
+    parser.add_argument("--upsample", type=nonnegative_int, default=1, help="dlib detector upsampling (1 finds faces >= ~40 px)")
     parser.add_argument("--out", type=Path, default=None, help="write here instead of rewriting --table")
     add_force_argument(parser)
     return parser

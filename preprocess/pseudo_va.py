@@ -67,12 +67,13 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from common.cli import run_command
+from common.cli import ArgumentParser, nonnegative_float, nonnegative_int, positive_float, positive_int, run_command
 from data.prepared import resolve_image_root
 from preprocess.common import add_force_argument, check_can_write
 
 FORMAT = "fer-ldl pseudo-va regressor"
 FORMAT_VERSION = 1
+VA_MODEL_LEGACY = {"va_model": ("config.json", "report.json")}  # a model directory written before output markers
 # Tables are validated against the largest canonical class set: the regressor ignores the labels,
 # and every 7-class table is also a valid 8-class one.
 MAX_CLASSES = 8
@@ -311,7 +312,7 @@ def _format_metrics(name: str, m: dict) -> str:
 def train_command(args) -> str:
     import keras
 
-    from common.io import atomic_directory, atomic_write_json, atomic_write_text
+    from common.io import atomic_directory, atomic_write_json, atomic_write_text, check_output_dir
     from engine.metrics import va_metrics
 
     cfg = RegressorConfig(backbone=args.backbone, image_size=args.image_size, pad=args.pad, weights=args.weights,
@@ -319,10 +320,8 @@ def train_command(args) -> str:
                           folds=args.folds, seed=args.seed)
     cfg.validate()
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise DataError(f"{out} already exists and is not empty; pass --force to replace it")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder; choose another --out")
+    # Before any training: a user's folder is refused even with --force, an earlier model needs --force.
+    check_output_dir(out, "va_model", args.force, flag="--out", legacy=VA_MODEL_LEGACY)
     source = Path(args.source)
     if not source.is_dir():
         raise DataError(f"--source {source} is not a folder (a prepared dataset directory with VA)")
@@ -382,7 +381,7 @@ def train_command(args) -> str:
     record = {"format": FORMAT, "version": FORMAT_VERSION, **dataclasses.asdict(cfg),
               "members": [f"member-{f}.weights.h5" for f in range(cfg.folds)],
               "source": str(source), "train_table": str(table.csv_path), "image_root": str(table.image_root)}
-    with atomic_directory(out, "va_model", legacy={"va_model": ("config.json", "report.json")}) as tmp:
+    with atomic_directory(out, "va_model", legacy=VA_MODEL_LEGACY) as tmp:
         for name, model in zip(record["members"], members):
             model.save_weights(str(tmp / name))
         atomic_write_text(tmp / "train_images.csv", images.to_csv(index=False))
@@ -404,15 +403,28 @@ def load_regressors(model_dir) -> tuple[RegressorConfig, list, Path]:
         raise DataError(f"{model_dir}: not a pseudo-VA model directory (no config.json); train one with "
                         "`python -m preprocess.pseudo_va train`")
     try:
-        record = json.loads(config_path.read_text())
+        record = json.loads(config_path.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{config_path}: must hold a JSON object, got {type(record).__name__}")
     if record.get("format") != FORMAT:
         raise DataError(f"{config_path}: not a pseudo-VA regressor (format {record.get('format')!r})")
-    fields = {f.name for f in dataclasses.fields(RegressorConfig)}
-    cfg = RegressorConfig(**{k: v for k, v in record.items() if k in fields})
+    from common.config import check_values
+
+    try:
+        cfg = RegressorConfig(**check_values(RegressorConfig, record, str(config_path)))
+        cfg.validate()
+    except ConfigError as exc:
+        raise DataError(f"{config_path}: {str(exc).removeprefix(f'{config_path}: ')}; retrain the model "
+                        "directory") from None
+    members = record.get("members")
+    if (not isinstance(members, list) or not members
+            or not all(isinstance(m, str) and m and Path(m).name == m for m in members)):
+        raise DataError(f"{config_path}: 'members' must list the weights files of the model directory, "
+                        f"got {members!r}")
     models = []
-    for name in record["members"]:
+    for name in members:
         path = model_dir / name
         if not path.is_file():
             raise DataError(f"{path}: weights file missing; retrain the model directory")
@@ -511,7 +523,7 @@ def predict_command(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.pseudo_va", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.pseudo_va", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     d = RegressorConfig()
 
@@ -523,17 +535,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--image-root", type=Path, default=None, help="default: dataset.json's image_root, else DIR/images")
     train.add_argument("--out", type=Path, required=True, help="model directory to write")
     train.add_argument("--backbone", default=d.backbone, help=f"default {d.backbone}")
-    train.add_argument("--image-size", type=int, default=d.image_size, help=f"default {d.image_size}")
-    train.add_argument("--pad", type=int, default=d.pad, help=f"pad before the random crop (default {d.pad})")
-    train.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
-    train.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    train.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate, cosine-decayed (default {d.lr})")
+    train.add_argument("--image-size", type=positive_int, default=d.image_size, help=f"default {d.image_size}")
+    train.add_argument("--pad", type=nonnegative_int, default=d.pad, help=f"pad before the random crop (default {d.pad})")
+    train.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"default {d.epochs}")
+    train.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    train.add_argument("--lr", type=positive_float, default=d.lr, help=f"Adam learning rate, cosine-decayed (default {d.lr})")
     train.add_argument("--weights", default=d.weights, help="none | imagenet | Keras weights file for the backbone")
-    train.add_argument("--ccc-weight", type=float, default=d.ccc_weight, help="w in MSE + w*(2 - CCC_v - CCC_a) (default 1)")
-    train.add_argument("--folds", type=int, default=d.folds,
+    train.add_argument("--ccc-weight", type=nonnegative_float, default=d.ccc_weight, help="w in MSE + w*(2 - CCC_v - CCC_a) (default 1)")
+    train.add_argument("--folds", type=positive_int, default=d.folds,
                        help="K >= 2: K cross-fitted members, out-of-fold predictions for the training images (default 1)")
-    train.add_argument("--seed", type=int, default=d.seed)
-    train.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2, help="Keras fit verbosity (default 2)")
+    train.add_argument("--seed", type=nonnegative_int, default=d.seed)
+    train.add_argument("--verbose", type=nonnegative_int, choices=(0, 1, 2), default=2, help="Keras fit verbosity (default 2)")
     add_force_argument(train)
 
     predict = sub.add_parser("predict", help="write pseudo valence/arousal into a table")
@@ -542,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--image-root", type=Path, default=None,
                          help="default: dataset.json's image_root beside the table, else <table dir>/images")
     predict.add_argument("--out", type=Path, default=None, help="write here instead of rewriting --table (needs --force)")
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--batch-size", type=positive_int, default=64)
     add_force_argument(predict)
     return parser
 

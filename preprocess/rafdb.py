@@ -27,7 +27,7 @@ import pandas as pd
 
 from common.errors import DataError
 from data.classes import BASIC7_CLASSES
-from common.cli import run_command
+from common.cli import ArgumentParser, run_command
 from common.progress import Progress
 from preprocess.common import (ImportReport, add_force_argument, check_can_write, link_or_copy,
                                prepared_outputs, write_prepared)
@@ -121,7 +121,7 @@ def import_rafdb(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.rafdb", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.rafdb", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", type=Path, required=True, help="RAF-DB basic folder (EmoLabel/, Image/)")
     parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory to write")
     parser.add_argument("--variant", choices=("aligned", "original"), default="aligned")

@@ -25,7 +25,7 @@ from common.errors import DataError
 from data.classes import AFFECTNET8_CLASSES
 from data.neighbors import parse_knn_column, save_neighbor_table
 from data.schema import validate_frame
-from common.cli import run_command
+from common.cli import ArgumentParser, positive_int, run_command
 from common.progress import Progress
 from preprocess.common import (ImportReport, add_force_argument, check_can_write, link_or_copy,
                                normalize_relpath, prepared_outputs, read_raw_csv, require_columns, write_prepared)
@@ -126,13 +126,13 @@ def import_release(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.release_csv", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.release_csv", description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", type=Path, required=True, help="release train CSV (with valence, arousal, knn)")
     parser.add_argument("--test", type=Path, required=True, help="release test CSV")
     parser.add_argument("--val", type=Path, default=None, help="optional release validation CSV")
     parser.add_argument("--image-root", type=Path, required=True, help="folder the subDirectory_filePath values are relative to")
     parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory to write")
-    parser.add_argument("--classes", type=int, choices=(7, 8), default=7, help="class count (canonical order; default 7)")
+    parser.add_argument("--classes", type=positive_int, choices=(7, 8), default=7, help="class count (canonical order; default 7)")
     parser.add_argument("--dataset", default="csv", help="dataset name recorded in dataset.json (default csv)")
     parser.add_argument("--source", default="release", help="value of the 'source' column (default release)")
     parser.add_argument("--check-images", action="store_true", help="fail when a listed image file is missing")

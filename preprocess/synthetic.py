@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from common.cli import run_main
+from common.cli import ArgumentParser, finite_float, nonnegative_int, percent_quality, positive_int, probability, run_main
 from common.errors import ConfigError
 from data.synthetic import (IdentityConfig, SyntheticConfig, default_root, generate,
                             generate_identities, identities_root)
@@ -41,29 +41,29 @@ def _parse_weights(text: str) -> tuple[float, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     d = SyntheticConfig()
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="python -m preprocess.synthetic",
         description="Generate the built-in synthetic FER benchmark (a prepared dataset directory).",
         epilog=f"`python -m preprocess.synthetic {IDENTITIES_COMMAND} --help`: the face-identity set for "
                "backbone pretraining.")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default: the data home's synthetic-<config hash>)")
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--train-size", type=int, default=d.train_size)
-    ap.add_argument("--test-size", type=int, default=d.test_size)
-    ap.add_argument("--val-size", type=int, default=d.val_size)
-    ap.add_argument("--image-size", type=int, default=d.image_size)
-    ap.add_argument("--num-classes", type=int, default=d.num_classes, choices=(7, 8))
-    ap.add_argument("--imbalance-factor", type=float, default=d.imbalance_factor,
+    ap.add_argument("--seed", type=nonnegative_int, default=d.seed)
+    ap.add_argument("--train-size", type=positive_int, default=d.train_size)
+    ap.add_argument("--test-size", type=positive_int, default=d.test_size)
+    ap.add_argument("--val-size", type=nonnegative_int, default=d.val_size)
+    ap.add_argument("--image-size", type=positive_int, default=d.image_size)
+    ap.add_argument("--num-classes", type=positive_int, default=d.num_classes, choices=(7, 8))
+    ap.add_argument("--imbalance-factor", type=finite_float, default=d.imbalance_factor,
                     help="largest/smallest latent-class count ratio (1 = balanced)")
     ap.add_argument("--class-weights", type=str, default=None,
                     help="explicit comma-separated class priors (overrides --imbalance-factor)")
-    ap.add_argument("--ambiguity", type=float, default=d.ambiguity, help="cluster spread scale in VA space")
-    ap.add_argument("--va-noise", type=float, default=d.va_noise)
-    ap.add_argument("--num-annotators", type=int, default=d.num_annotators)
-    ap.add_argument("--occluder-prob", type=float, default=d.occluder_prob)
-    ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
-    ap.add_argument("--workers", type=int, default=d.workers, help="processes (0 = auto); output is identical")
+    ap.add_argument("--ambiguity", type=finite_float, default=d.ambiguity, help="cluster spread scale in VA space")
+    ap.add_argument("--va-noise", type=finite_float, default=d.va_noise)
+    ap.add_argument("--num-annotators", type=positive_int, default=d.num_annotators)
+    ap.add_argument("--occluder-prob", type=probability, default=d.occluder_prob)
+    ap.add_argument("--jpeg-quality", type=percent_quality, default=d.jpeg_quality)
+    ap.add_argument("--workers", type=nonnegative_int, default=d.workers, help="processes (0 = auto); output is identical")
     ap.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     return ap
@@ -71,24 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_identity_parser() -> argparse.ArgumentParser:
     d = IdentityConfig()
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog=f"python -m preprocess.synthetic {IDENTITIES_COMMAND}",
         description="Generate synthetic face identities (fixed identity, varying expression, pose, lighting, "
                     "occluders) for identity pretraining; disjoint from the benchmark's faces.")
     ap.add_argument("--out", type=Path, default=None,
                     help="output folder (default: the data home's synthetic-identities-<config hash>)")
-    ap.add_argument("--seed", type=int, default=d.seed, help="0..2**32-1")
-    ap.add_argument("--num-identities", type=int, default=d.num_identities)
-    ap.add_argument("--images-per-identity", type=int, default=d.images_per_identity)
-    ap.add_argument("--test-per-identity", type=int, default=d.test_per_identity,
+    ap.add_argument("--seed", type=nonnegative_int, default=d.seed, help="0..2**32-1")
+    ap.add_argument("--num-identities", type=positive_int, default=d.num_identities)
+    ap.add_argument("--images-per-identity", type=positive_int, default=d.images_per_identity)
+    ap.add_argument("--test-per-identity", type=positive_int, default=d.test_per_identity,
                     help="images of each identity that go to test.csv")
-    ap.add_argument("--image-size", type=int, default=d.image_size)
-    ap.add_argument("--num-classes", type=int, default=d.num_classes, choices=(7, 8),
+    ap.add_argument("--image-size", type=positive_int, default=d.image_size)
+    ap.add_argument("--num-classes", type=positive_int, default=d.num_classes, choices=(7, 8),
                     help="expression classes the faces are drawn from")
-    ap.add_argument("--ambiguity", type=float, default=d.ambiguity, help="expression cluster spread in VA space")
-    ap.add_argument("--occluder-prob", type=float, default=d.occluder_prob)
-    ap.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
-    ap.add_argument("--workers", type=int, default=d.workers, help="processes (0 = auto); output is identical")
+    ap.add_argument("--ambiguity", type=finite_float, default=d.ambiguity, help="expression cluster spread in VA space")
+    ap.add_argument("--occluder-prob", type=probability, default=d.occluder_prob)
+    ap.add_argument("--jpeg-quality", type=percent_quality, default=d.jpeg_quality)
+    ap.add_argument("--workers", type=nonnegative_int, default=d.workers, help="processes (0 = auto); output is identical")
     ap.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     ap.add_argument("--quiet", action="store_true", help="no progress line")
     return ap

@@ -27,7 +27,7 @@ import pandas as pd
 from common.errors import DataError
 from data.schema import read_csv, write_table
 from preprocess.knn import rebuild_stale_neighbors, refuse_stale_neighbors
-from common.cli import run_command
+from common.cli import ArgumentParser, run_command
 from preprocess.common import add_force_argument, check_can_write, normalize_relpath, read_raw_csv, require_columns
 
 
@@ -104,7 +104,7 @@ def import_va(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.va_import", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.va_import", description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", type=Path, required=True, help="schema table to add valence/arousal to")
     parser.add_argument("--va", type=Path, required=True, help="CSV with an image path column, valence, arousal")
     parser.add_argument("--path-column", default="path", help="VA CSV column holding the image path (default path)")

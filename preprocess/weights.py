@@ -26,11 +26,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.cli import quiet_tensorflow, run_main
+from common.cli import ArgumentParser, quiet_tensorflow, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m preprocess.weights", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m preprocess.weights", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     conv = sub.add_parser("convert", help="map a .pth / .h5 onto a backbone and write a Keras .weights.h5")
     conv.add_argument("src", metavar="IN", help="PyTorch checkpoint or image-classifiers .h5")

@@ -79,3 +79,14 @@ def build_method(data_dir, out, method="ce", **overrides):
     method_data = trainer.method_data()
     model = trainer.build(len(trainer.train_table), method_data)
     return trainer, model, method_data
+
+
+def pytest_configure(config):
+    """Third-party warnings that are not ours to fix, filtered by message and module (the rest stay visible).
+
+    * Keras 3.15's TensorFlow backend converts tensors with ``np.array(x)``, which NumPy 2 warns about
+      (``__array__`` without ``copy``) thousands of times per run (keras/src/backend/tensorflow/core.py).
+    """
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras.src.backend.tensorflow.core")

@@ -231,7 +231,7 @@ def test_config_validation_and_official_preset():
 
     with pytest.raises(ConfigError, match="fuse_type"):
         DDAFConfig(fuse_type="va")
-    cfg, _, _, method_cfg = resolve(RunConfig(dataset="synthetic", method="ddaf", preset="official"))
+    cfg, _, _, method_cfg = resolve(RunConfig(dataset="synthetic", method="ddaf", preset="official", weights="none"))
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.lr_schedule) == (2.5e-4, 256, 50, "constant")
     assert (method_cfg.l2_weight_decay, method_cfg.swa, method_cfg.alpha) == (1e-5, False, 0.5)
     assert DDAFConfig().swa and DDAFConfig().alpha == 0.5

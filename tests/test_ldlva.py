@@ -300,12 +300,12 @@ def test_variant_resolution_and_overrides():
 def test_release_presets_set_run_and_method(tiny_dataset):
     from engine.run import RunConfig, resolve
 
-    cfg, _, _, method_cfg = resolve(RunConfig(dataset="affectnet", method="ldlva", preset="release-r18-affectnet"))
+    cfg, _, _, method_cfg = resolve(RunConfig(dataset="affectnet", method="ldlva", preset="release-r18-affectnet", weights="none"))
     assert (cfg.backbone, cfg.image_size, cfg.pad, cfg.lr, cfg.lr_schedule, tuple(cfg.lr_steps), cfg.lr_decay,
             cfg.epochs, cfg.random_erasing) == ("resnet18", 224, 8, 3e-4, "step", (5, 10, 20), 0.2, 60, 0.5)
     assert (method_cfg.variant, method_cfg.lambda_init, method_cfg.lambda_momentum, method_cfg.class_weights) == (
         "release", 0.8, 0.9, "balanced")
-    cfg, _, _, _ = resolve(RunConfig(dataset="rafdb", method="ldlva", preset="release-r50-raf", lr=5e-5))
+    cfg, _, _, _ = resolve(RunConfig(dataset="rafdb", method="ldlva", preset="release-r50-raf", lr=5e-5, weights="none"))
     assert (cfg.image_size, cfg.pad, cfg.lr, tuple(cfg.lr_steps)) == (112, 4, 5e-5, (10, 30))  # explicit --lr wins
 
 

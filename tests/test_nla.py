@@ -124,7 +124,7 @@ def test_config_validation_and_official_preset():
 
     with pytest.raises(ConfigError, match="jsd_mode"):
         NLAConfig(jsd_mode="symmetric")
-    cfg, _, _, method_cfg = resolve(RunConfig(dataset="synthetic", method="nla", preset="official"))
+    cfg, _, _, method_cfg = resolve(RunConfig(dataset="synthetic", method="nla", preset="official", weights="none"))
     assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.lr_schedule, cfg.lr_decay) == (1e-4, 32, 60, "exponential", 0.9)
     assert method_cfg.l2_weight_decay == 1e-4
 

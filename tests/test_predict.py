@@ -104,3 +104,45 @@ def test_bad_inputs_are_user_errors(saved_model, tmp_path, capsys):
     assert "broken.jpg: not a decodable image" in capsys.readouterr().err
     assert run_main(predict.main, [str(broken), "--run", str(tmp_path)]) == 2
     assert "no SavedModel" in capsys.readouterr().err
+
+
+def test_several_photos_report_each_unreadable_one_and_predict_the_rest(saved_model, grace_hopper, tmp_path,
+                                                                        capsys):
+    from common.cli import run_main
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    missing = tmp_path / "missing.png"
+    out_json = tmp_path / "pred.json"
+    argv = [str(broken), str(grace_hopper), str(missing), "--run", str(saved_model), "--no-detect",
+            "--out-dir", str(tmp_path / "out"), "--json", str(out_json)]
+    capsys.readouterr()
+    assert run_main(predict.main, argv) == 2
+    captured = capsys.readouterr()
+    assert f"error: {broken}: not a decodable image" in captured.err
+    assert f"error: {missing}: file does not exist" in captured.err
+    assert "2 of 3 photo(s) could not be read" in captured.err
+    assert "face 1" in captured.out  # grace_hopper was still predicted
+    report = json.loads(out_json.read_text())
+    assert [r["photo"] for r in report["photos"]] == [str(grace_hopper)]
+    assert [e["photo"] for e in report["errors"]] == [str(broken), str(missing)]
+    assert all(e["error"].startswith(e["photo"] + ": ") for e in report["errors"])
+    _check_result(report["photos"][0], report["class_names"])
+
+
+def test_photo_reader_applies_exif_orientation(saved_model, grace_hopper, tmp_path, capsys):
+    """A phone photo stored sideways with EXIF orientation 6 is read (and predicted) upright."""
+    from PIL import Image
+
+    upright = predict.read_photo(grace_hopper)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # orientation 6 turns it back
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = tmp_path / "rotated.jpg"
+    stored.save(rotated, exif=exif, quality=95)
+    got = predict.read_photo(rotated)
+    assert got.shape == upright.shape
+    assert np.abs(got.astype(int) - upright.astype(int)).mean() < 3
+    report, _ = _run([str(rotated), "--run", str(saved_model), "--no-detect"], tmp_path, capsys)
+    assert report["photos"][0]["faces"][0]["box"] == [0, 44, 512, 512]  # the upright 512x600 photo's centre square
+    assert report["errors"] == []

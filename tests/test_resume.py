@@ -250,3 +250,41 @@ def test_resume_refuses_changed_configuration(change, ldlva_run, capsys):
     assert code == 2 and "Traceback" not in err, err[-3000:]
     assert "--resume refused" in err and expected in err, err
     assert tree_digest(run) == before
+
+
+# --- extending a run -----------------------------------------------------------------------------------------
+def test_extend_a_finished_run_equals_one_longer_run(tiny_dataset, tmp_path, capsys):
+    """--resume --extend --epochs 2 on a finished 1-epoch run = one 2-epoch run (a schedule that does not
+    depend on the total epoch count: constant here; see README for cosine/linear)."""
+    import json
+
+    import train
+
+    ds = copy_dataset(tiny_dataset, tmp_path / "ds")
+    short, straight = tmp_path / "short", tmp_path / "straight"
+    common = ["--seed", "4", "--val-every", "1"]
+    assert run_cli(train, train_args(ds, short, *common), capsys)[0] == 0
+    code, _, err = run_cli(train, train_args(ds, short, *common, "--epochs", "2", "--resume"), capsys)
+    assert code == 2 and "run.epochs: 1 → 2" in err and "--extend" in err
+    code, _, err = run_cli(train, train_args(ds, short, *common, "--epochs", "2", "--resume", "--extend"), capsys)
+    assert code == 0, err[-3000:]
+    assert run_cli(train, train_args(ds, straight, *common, "--epochs", "2"), capsys)[0] == 0
+    final = "step-000000014"
+    a = h5_datasets(short / "ckpt" / final / "model.weights.h5")
+    b = h5_datasets(straight / "ckpt" / final / "model.weights.h5")
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in b)
+    record = json.loads((short / "config.json").read_text())
+    assert record["run"]["epochs"] == 2 and record["extensions"] == [{"from_epochs": 1, "to_epochs": 2}]
+    log = pd.read_csv(short / "log.csv")
+    assert list(log["epoch"]) == [0, 1]
+    # metrics.json is the extended run's; with a per-epoch test evaluation it also reports epoch selection.
+    metrics = json.loads((short / "metrics.json").read_text())
+    selection = metrics["epoch_selection"]
+    assert selection["evaluated_epochs"] == 2 and selection["best_epoch"] in (0, 1)
+    assert selection["best_epoch_accuracy"] == pytest.approx(log["val_acc"].max())
+    assert selection["mean_last_5_accuracy"] == pytest.approx(log["val_acc"].mean())
+    assert "test set" in selection["best_epoch_note"]
+    # --extend never shortens a run or changes anything else.
+    code, _, err = run_cli(train, train_args(ds, short, *common, "--epochs", "3", "--lr", "0.01", "--resume",
+                                             "--extend"), capsys)
+    assert code == 2 and "run.lr" in err

@@ -55,7 +55,9 @@ def save_png(fig, path, dpi: int = 120) -> Path:
 
     plt = _plt()
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    # The Software text chunk marks the file as this toolkit's (common.io.is_own_file): a later figure
+    # may replace it, a user's own PNG of the same name is never overwritten without --force.
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": "fer-ldl"})
     plt.close(fig)
     path = Path(path)
     atomic_write_bytes(path, buffer.getvalue())

@@ -15,16 +15,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.cli import run_main
+from common.cli import ArgumentParser, positive_int, run_main
 from common.errors import ConfigError, DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tools.show_uncertain", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m tools.show_uncertain", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="run directory (holds uncertainty/epoch_*.csv)")
-    p.add_argument("--n", type=int, default=8, help="images per row (default 8)")
+    p.add_argument("--n", type=positive_int, default=8, help="images per row (default 8)")
     p.add_argument("--out", help="output PNG (default RUN/figures/uncertain.png)")
     p.add_argument("--csv", help="a specific per-sample CSV instead of the last one")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out file this toolkit did not write")
     return p
 
 
@@ -37,6 +38,7 @@ def pick_extremes(frame, n: int):
 
 def uncertainty_table(run, csv=None):
     """(path, frame) of the per-sample table to draw: ``csv``, else the run's newest epoch table."""
+    import numpy as np
     import pandas as pd
 
     run = Path(run)
@@ -52,7 +54,34 @@ def uncertainty_table(run, csv=None):
     missing = {"index", "path", "label_name", "uncertainty"} - set(frame.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    if frame.empty:
+        raise DataError(f"{path}: no rows")
+    for column in ("index", "uncertainty", "label", "clean_label", "flipped"):
+        if column not in frame:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = np.flatnonzero(~np.isfinite(values.to_numpy(np.float64)))
+        if len(bad):
+            raise DataError(f"{path}, row {bad[0] + 1}: column '{column}' must be a finite number, got "
+                            f"{str(frame[column].iloc[bad[0]])!r}")
+        frame[column] = values
     return path, frame
+
+
+def _run_image_root(run) -> Path | None:
+    """The image root of the run's training table (None: unknown, or the run allows paths outside it)."""
+    import json
+
+    from data.prepared import resolve_image_root
+
+    try:
+        record = json.loads((Path(run) / "config.json").read_bytes().decode("utf-8"))
+        data_dir, override = record["data"].get("data_dir"), record["run"].get("image_root")
+        if record["run"].get("allow_outside_root") or not isinstance(data_dir, str):
+            return None
+        return resolve_image_root(data_dir, override if isinstance(override, str) else None).resolve()
+    except Exception:  # noqa: BLE001 - no (readable) config.json: a bare folder of per-sample tables
+        return None
 
 
 def uncertain_figure_of_run(run, csv=None, n: int = 8, title_prefix: str = ""):
@@ -63,12 +92,16 @@ def uncertain_figure_of_run(run, csv=None, n: int = 8, title_prefix: str = ""):
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     path, frame = uncertainty_table(run, csv)
+    root = _run_image_root(run)
     names = dict(zip(frame["label"], frame["label_name"])) if "label" in frame else {}
     most, least = pick_extremes(frame, n)
 
     def items(rows):
         out = []
         for _, row in rows.iterrows():
+            if root is not None and not Path(row["path"]).resolve().is_relative_to(root):
+                raise DataError(f"{path}, row {int(row.name) + 1}: image {row['path']} is outside the run's image "
+                                f"root {root}; the per-sample table was edited or belongs to another run")
             try:
                 image = decode_rgb(Path(row["path"]).read_bytes())
             except OSError:
@@ -93,10 +126,13 @@ def uncertain_figure_of_run(run, csv=None, n: int = 8, title_prefix: str = ""):
 def main(argv=None) -> int:
     from tools.figures import save_png
 
+    from common.io import check_output_file
+
     args = build_parser().parse_args(argv)
     run = Path(args.run)
-    figure, most, least = uncertain_figure_of_run(run, args.csv, args.n, f"{run.resolve().name}: ")
     out = Path(args.out) if args.out else run / "figures" / "uncertain.png"
+    check_output_file(out, args.force)
+    figure, most, least = uncertain_figure_of_run(run, args.csv, args.n, f"{run.resolve().name}: ")
     save_png(figure, out)
     print(f"wrote {out}  (most uncertain mean {most['uncertainty'].mean():.3f}, "
           f"least uncertain mean {least['uncertainty'].mean():.3f})")
