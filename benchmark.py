@@ -14,6 +14,8 @@ Every ``train.py`` option (``--epochs``, ``--lr-schedule``, ``--lr-steps``, ``--
 Protocols
 ---------
 ``noise``        symmetric/asymmetric label noise at each rate in ``--levels`` (RunConfig.noise_*).
+``k-sweep``      the neighbour count K of LDLVA / LA-Net at each value of ``--levels`` (``--set num_neighbors``;
+                 LDLVA's VA neighbour table is built once per K and cached), at ``--noise-rate``.
 ``imbalance``    long-tailed subsampling at each imbalance factor in ``--levels``.
 ``original``     the dataset as it is (one column, ``clean``).
 ``inconsistent`` train on the union of ``--train-sources`` (default RAF-DB + AffectNet, joined with
@@ -51,7 +53,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.cli import ArgumentParser, add_dataclass_options, finite_float, nonnegative_int, quiet_tensorflow, run_main
+from common.cli import (ArgumentParser, add_dataclass_options, finite_float, fraction, nonnegative_int,
+                        quiet_tensorflow, run_main)
 
 # Set per cell by the protocol, or grid-wide with their own flags below.
 _OWN_FIELDS = ("noise_kind", "noise_rate", "imbalance_factor", "export", "tensorboard", "verbose")
@@ -71,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="benchmark directory (default benchmark_runs/<protocol>)")
     p.add_argument("--noise", "--noise-kind", dest="noise_kind", default="symmetric",
                    choices=["symmetric", "asymmetric"], help="noise protocol: kind of flips")
+    p.add_argument("--noise-rate", type=fraction, default=0.0,
+                   help="k-sweep protocol: label noise of every cell (default 0: clean)")
     p.add_argument("--method-set", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="method config override for one method (repeatable), e.g. ldlva:gamma=0.1")
     p.add_argument("--method-preset", action="append", default=[], metavar="METHOD:PRESET",

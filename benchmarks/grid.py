@@ -21,7 +21,7 @@ from pathlib import Path
 from common.errors import ConfigError, FERError
 from models.registry import method_title
 
-PROTOCOLS = ("noise", "imbalance", "original", "inconsistent")
+PROTOCOLS = ("noise", "imbalance", "original", "inconsistent", "k-sweep")
 RUNS_CSV_COLUMNS = ("method", "level", "seed", "accuracy", "mean_class_accuracy", "macro_f1", "ece", "nll",
                     "noise_detection_auc", "mean_last_5_accuracy", "best_epoch_accuracy", "run_dir", "seconds")
 METRIC_KEYS = ("accuracy", "mean_class_accuracy", "macro_f1", "ece", "nll", "noise_detection_auc",
@@ -57,6 +57,8 @@ def column_title(protocol: str, level: str) -> str:
         return f"{100 * float(level):g}%"
     if protocol == "imbalance":
         return f"IF {level}"
+    if protocol == "k-sweep":
+        return f"K = {level}"
     return level
 
 
@@ -99,9 +101,11 @@ def grid_levels(args) -> list[float | None]:
             raise ConfigError(f"--levels does not apply to --protocol {args.protocol}")
         return [None]
     if not args.levels:
-        raise ConfigError(f"--protocol {args.protocol} needs --levels (e.g. "
-                          + ("0.1 0.2 0.3)" if args.protocol == "noise" else "50 100 150)"))
+        example = {"noise": "0.1 0.2 0.3", "imbalance": "50 100 150", "k-sweep": "2 4 8 16 32"}[args.protocol]
+        raise ConfigError(f"--protocol {args.protocol} needs --levels (e.g. {example})")
     for value in args.levels:
+        if args.protocol == "k-sweep" and (value < 1 or value != int(value)):
+            raise ConfigError(f"--levels: a neighbour count K must be a positive integer, got {value:g}")
         if args.protocol == "noise" and not 0.0 <= value < 1.0:
             raise ConfigError(f"--levels: a noise rate must be in [0, 1), got {value:g}")
         if args.protocol == "imbalance" and value < 1.0:
@@ -127,10 +131,16 @@ def base_config(args, method: str, seed: int, out: Path, level: float | None, me
         cfg = dataclasses.replace(cfg, noise_kind=args.noise_kind, noise_rate=float(level))
     elif args.protocol == "imbalance" and level != 1.0:
         cfg = dataclasses.replace(cfg, imbalance_factor=float(level))
+    elif args.protocol == "k-sweep":
+        # K of every method that has neighbours (LDLVA: VA neighbours, table built and cached per K; LA-Net:
+        # in-batch kNN); the labels carry the grid's --noise at --noise-rate.
+        cfg = dataclasses.replace(cfg, method_overrides={**cfg.method_overrides, "num_neighbors": str(int(level))})
+        if args.noise_rate:
+            cfg = dataclasses.replace(cfg, noise_kind=args.noise_kind, noise_rate=float(args.noise_rate))
     return cfg
 
 
-def check_methods(methods) -> list[str]:
+def check_methods(methods, protocol: str | None = None) -> list[str]:
     """The grid's methods, each importable (a registered method that fails to import is an error)."""
     from models.registry import METHODS, get_method
 
@@ -139,7 +149,9 @@ def check_methods(methods) -> list[str]:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
     ordered = list(dict.fromkeys(methods))
     for method in ordered:
-        get_method(method)
+        _, config_cls = get_method(method)
+        if protocol == "k-sweep" and "num_neighbors" not in {f.name for f in dataclasses.fields(config_cls)}:
+            raise ConfigError(f"--protocol k-sweep varies num_neighbors; method '{method}' has none")
     return ordered
 
 
@@ -354,7 +366,8 @@ def metric_table(rows, methods, levels, key: str, protocol: str, seeds: int, sca
 
 def results_markdown(args, rows, methods, levels, failed: dict, stale: dict, settings: str) -> str:
     title = {"noise": f"{args.noise_kind} label noise", "imbalance": "class imbalance",
-             "original": "original labels", "inconsistent": "inconsistent labels (joint training)"}[args.protocol]
+             "original": "original labels", "inconsistent": "inconsistent labels (joint training)",
+             "k-sweep": f"neighbour count K ({args.noise_kind} noise at {100 * args.noise_rate:g}%)"}[args.protocol]
     done = len({(r['method'], r['seed'], r['run_dir']) for r in rows})
     lines = [f"# Benchmark: {title}", "",
              f"{settings}  ",
@@ -434,9 +447,15 @@ BENCHMARK_KIND = "benchmark"
 BENCHMARK_ENTRIES = ("runs", "results.md", "runs.csv", "joined")
 
 
-def check_benchmark_dir(out: Path) -> None:
-    """Refuse an ``--out`` that is a file, or a non-empty folder that is not a benchmark directory (results.md
-    and runs.csv are rewritten there: a user's own files of those names must not be replaced)."""
+def _grid_layout(names: set) -> bool:
+    return "runs" in names and names <= set(BENCHMARK_ENTRIES)
+
+
+def check_benchmark_dir(out: Path, kind: str = BENCHMARK_KIND, legacy=_grid_layout) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder that is not this kind of benchmark directory:
+    its tables (results.md, runs.csv, table.md ...) are rewritten there, and a user's own files of those
+    names must not be replaced. A folder whose entries ``legacy(names)`` recognises was written by this
+    benchmark before the output marker existed."""
     from common.io import OUTPUT_MARKER, output_kind
 
     if not out.exists() and not out.is_symlink():
@@ -444,22 +463,21 @@ def check_benchmark_dir(out: Path) -> None:
     if not out.is_dir() or out.is_symlink():
         raise ConfigError(f"--out {out} exists and is not a directory; choose another --out (nothing was changed)")
     entries = {p.name for p in out.iterdir()} - {OUTPUT_MARKER}
-    kind = output_kind(out)
-    if not entries or kind == BENCHMARK_KIND:
+    found = output_kind(out)
+    if not entries or found == kind or (found is None and legacy(entries)):
         return
-    if kind is None and (out / "runs").is_dir() and entries <= set(BENCHMARK_ENTRIES):
-        return  # a benchmark directory written before the marker existed
-    what = "a non-empty folder this toolkit did not write" if kind is None else f"a {kind} written by this toolkit"
-    raise ConfigError(f"--out {out} is {what}, not a benchmark directory; choose another --out (nothing was changed)")
+    what = "a non-empty folder this toolkit did not write" if found is None else f"a {found} written by this toolkit"
+    raise ConfigError(f"--out {out} is {what}, not a {kind} directory; choose another --out (nothing was changed)")
 
 
-def mark_benchmark_dir(out: Path) -> None:
+def mark_benchmark_dir(out: Path, kind: str = BENCHMARK_KIND) -> None:
+    """Create ``out`` with the output marker of ``kind`` (so a later run may write into it again)."""
     from common.io import OUTPUT_MARKER, WRITER
 
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     marker = out / OUTPUT_MARKER
     if not marker.exists():
-        marker.write_text(json.dumps({"written_by": WRITER, "kind": BENCHMARK_KIND}))
+        marker.write_text(json.dumps({"written_by": WRITER, "kind": kind}))
 
 
 def run_grid(args, log=print) -> int:
@@ -480,7 +498,9 @@ def run_grid(args, log=print) -> int:
         presets[method] = name
     args.preset = presets
     out = Path(args.out or f"benchmark_runs/{args.protocol}")
-    methods = check_methods(args.methods)
+    methods = check_methods(args.methods, args.protocol)
+    if args.protocol != "k-sweep" and getattr(args, "noise_rate", 0):
+        raise ConfigError("--noise-rate applies to --protocol k-sweep (the noise protocol's rates are its --levels)")
     unused = sorted(set(method_sets) - set(args.methods))
     if unused:
         raise ConfigError(f"--method-set for {', '.join(unused)}, which is not in --methods")
@@ -491,6 +511,7 @@ def run_grid(args, log=print) -> int:
         joined, tests = join_sources(args, out, log)
         args.dataset, args.data_dir, args.num_classes = "csv", str(joined), 7
     mark_benchmark_dir(out)
+    (out / "runs").mkdir(exist_ok=True)
 
     cells = []
     # Seed-major order: after the first pass every method × level has one run, so a grid stopped

@@ -22,12 +22,16 @@ uncertainty (flipped vs kept labels), and writes it to ``OUT/table.md`` with the
 from __future__ import annotations
 
 
-from common.cli import ArgumentParser, fraction, nonnegative_int, positive_int
+from common.cli import ArgumentParser, fraction, nonnegative_int, positive_int, run_main
 import json
+import re
 import statistics
 import sys
 import time
 from pathlib import Path
+
+KIND = "ldlva_ablation"
+_CELL = re.compile(r"[a-z_]+_seed\d+")
 
 
 GRID = {
@@ -46,14 +50,17 @@ LABELS = {"ce": "CE baseline", "full": "LDLVA (full)", "no_label_distribution": 
 
 
 def build_parser():
+    from engine.config import LR_SCHEDULES
+
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1])
-    p.add_argument("--noise", default="symmetric")
+    p.add_argument("--noise", default="symmetric", choices=("none", "symmetric", "asymmetric"))
     p.add_argument("--noise-rate", type=fraction, default=0.3)
     p.add_argument("--image-size", type=positive_int, default=32, help="input side (CPU budget: 32; dataset default 64)")
     p.add_argument("--pad", type=nonnegative_int, default=2)
     p.add_argument("--epochs", type=positive_int, default=15)
-    p.add_argument("--lr-schedule", default="cosine", help="same for every row; cosine keeps the last epoch stable")
+    p.add_argument("--lr-schedule", default="cosine", choices=LR_SCHEDULES,
+                   help="same for every row; cosine keeps the last epoch stable")
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--backbone")
     p.add_argument("--only", nargs="+", choices=list(GRID), help="a subset of the grid rows")
@@ -63,24 +70,45 @@ def build_parser():
     return p
 
 
+def cell_config(args, name: str, seed: int, out: Path):
+    """The RunConfig of one grid cell (row ``name``, ``seed``) trained into ``out``."""
+    from common.cli import parse_pairs
+    from engine.run import RunConfig
+
+    method, overrides = GRID[name]
+    if method == "ldlva":
+        overrides = {**parse_pairs(args.set, "--set"), **overrides}
+    synthetic = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in parse_pairs(args.synthetic,
+                                                                                        "--synthetic").items()}
+    return RunConfig(dataset="synthetic", method=method, seed=seed, noise_kind=args.noise, noise_rate=args.noise_rate,
+                     noise_seed=seed, image_size=args.image_size, pad=args.pad, epochs=args.epochs,
+                     lr_schedule=args.lr_schedule, batch_size=args.batch_size, backbone=args.backbone,
+                     method_overrides=overrides, synthetic=synthetic, out=str(out), force=True, export=False,
+                     tensorboard=False, verbose=0)
+
+
+def _read_metrics(path: Path) -> dict:
+    from common.errors import DataError
+
+    try:
+        report = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); delete its folder to train the cell again") from None
+    if not isinstance(report, dict) or not isinstance(report.get("accuracy"), (int, float)):
+        raise DataError(f"{path}: not a metrics.json written by train.py (no accuracy); delete its folder to train "
+                        "the cell again")
+    return report
+
+
 def run_one(args, name: str, seed: int, out: Path) -> dict:
     import keras
 
-    from common.config import parse_set_args
-    from engine.run import RunConfig, Trainer
+    from engine.run import Trainer
 
     metrics_path = out / "metrics.json"
     if metrics_path.is_file():
-        return json.loads(metrics_path.read_text())
-    method, overrides = GRID[name]
-    if method == "ldlva":
-        overrides = {**parse_set_args(args.set), **overrides}
-    synthetic = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in parse_set_args(args.synthetic).items()}
-    cfg = RunConfig(dataset="synthetic", method=method, seed=seed, noise_kind=args.noise, noise_rate=args.noise_rate,
-                    noise_seed=seed, image_size=args.image_size, pad=args.pad, epochs=args.epochs,
-                    lr_schedule=args.lr_schedule, batch_size=args.batch_size, backbone=args.backbone,
-                    method_overrides=overrides, synthetic=synthetic, out=str(out), force=True, export=False,
-                    tensorboard=False, verbose=0)
+        return _read_metrics(metrics_path)
+    cfg = cell_config(args, name, seed, out)
     keras.backend.clear_session()
     start = time.perf_counter()
     report = Trainer(cfg, log=lambda *a: None).train()
@@ -97,10 +125,24 @@ def mean_std(values) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * std:.2f}"
 
 
+def _ablation_layout(names: set) -> bool:
+    return any(_CELL.fullmatch(n) for n in names) and all(
+        _CELL.fullmatch(n) or n in ("table.md", "results.json") for n in names)
+
+
 def main(argv=None) -> int:
+    from benchmarks.grid import check_benchmark_dir, mark_benchmark_dir
+    from engine.config import resolve
+
     args = build_parser().parse_args(argv)
     out = Path(args.out)
     names = args.only or list(GRID)
+    # Every cell's settings are checked before the first one trains; a user's folder is never written into.
+    for seed in args.seeds:
+        for name in names:
+            resolve(cell_config(args, name, seed, out / f"{name}_seed{seed}"))
+    check_benchmark_dir(out, KIND, _ablation_layout)
+    mark_benchmark_dir(out, KIND)
     results = {}
     for seed in args.seeds:
         for name in names:
@@ -132,4 +174,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

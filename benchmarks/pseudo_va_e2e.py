@@ -32,7 +32,7 @@ Prints a markdown table (mean ± std over seeds; also ``OUT/table.md``) and writ
 from __future__ import annotations
 
 
-from common.cli import ArgumentParser, fraction, nonnegative_int, positive_int
+from common.cli import ArgumentParser, fraction, nonnegative_int, positive_int, run_main
 import json
 import shutil
 import sys
@@ -44,6 +44,8 @@ STAGES = ("regressor", "data", "ce", "ldlva", "ldlva_annotated")
 
 
 def build_parser():
+    from engine.config import LR_SCHEDULES
+
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmark_runs/pseudo_va_e2e")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=["regressor", "data", "ce", "ldlva"])
@@ -53,8 +55,9 @@ def build_parser():
     p.add_argument("--epochs", type=positive_int, default=12, help="classifier epochs")
     p.add_argument("--image-size", type=positive_int, default=64, help="classifier input side (32 fits the CPU budget)")
     p.add_argument("--pad", type=nonnegative_int, default=4, help="classifier random-crop padding")
-    p.add_argument("--lr-schedule", default="constant", help="classifier schedule (constant | cosine | ...)")
-    p.add_argument("--noise", default="symmetric")
+    p.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULES,
+                   help="classifier schedule (constant | cosine | ...)")
+    p.add_argument("--noise", default="symmetric", choices=("none", "symmetric", "asymmetric"))
     p.add_argument("--noise-rate", type=fraction, default=0.3)
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0], help="classifier seeds (noise + init), default 0")
     p.add_argument("--regressor-seed", type=nonnegative_int, default=0)
@@ -153,11 +156,23 @@ def stage_data(args, out: Path, syn: Path) -> None:
     atomic_write_json(data / "pseudo_va_check.json", {"train_pseudo_vs_annotated": va_metrics(pseudo, annotated)})
 
 
+def classifier_config(args, method: str, data_dir, seed: int, run_dir: Path, resume: bool = False):
+    """The RunConfig of one classifier run (CE or LDLVA) on ``data_dir``."""
+    from common.cli import parse_pairs
+    from engine.run import RunConfig
+
+    return RunConfig(dataset="csv", num_classes=7, data_dir=None if data_dir is None else str(data_dir), method=method,
+                     backbone="small_cnn", image_size=args.image_size, pad=args.pad, lr_schedule=args.lr_schedule,
+                     epochs=args.epochs, batch_size=64, lr=1e-3, seed=seed,
+                     noise_kind=args.noise, noise_rate=args.noise_rate, noise_seed=seed,
+                     method_overrides=parse_pairs(args.set, "--set") if method == "ldlva" else {},
+                     out=str(run_dir), resume=resume, force=not resume, export=False, tensorboard=False, verbose=2)
+
+
 def stage_train(args, out: Path, name: str, data_dir: Path, seed: int) -> None:
     import keras
 
-    from common.config import parse_set_args
-    from engine.run import RunConfig, Trainer
+    from engine.run import Trainer
 
     run_dir = out / "runs" / f"{name}-s{seed}"
     if (run_dir / "metrics.json").is_file():
@@ -165,12 +180,7 @@ def stage_train(args, out: Path, name: str, data_dir: Path, seed: int) -> None:
     # A run killed by a time limit continues from its last epoch checkpoint (exact resume).
     resume = (run_dir / "config.json").is_file()
     method = "ce" if name == "ce" else "ldlva"
-    cfg = RunConfig(dataset="csv", num_classes=7, data_dir=str(data_dir), method=method, backbone="small_cnn",
-                    image_size=args.image_size, pad=args.pad, lr_schedule=args.lr_schedule, epochs=args.epochs,
-                    batch_size=64, lr=1e-3, seed=seed,
-                    noise_kind=args.noise, noise_rate=args.noise_rate, noise_seed=seed,
-                    method_overrides=parse_set_args(args.set) if method == "ldlva" else {},
-                    out=str(run_dir), resume=resume, force=not resume, export=False, tensorboard=False, verbose=2)
+    cfg = classifier_config(args, method, data_dir, seed, run_dir, resume)
     keras.backend.clear_session()
     start = time.perf_counter()
     Trainer(cfg).train()
@@ -236,10 +246,25 @@ def summary(args, out: Path) -> str:
     return "\n".join(lines)
 
 
+E2E_KIND = "pseudo_va_e2e"
+E2E_ENTRIES = ("regressor", "regressor_source", "data", "data_annotated", "runs", "table.md", "results.json")
+
+
+def _e2e_layout(names: set) -> bool:
+    return bool(names - {"table.md", "results.json"}) and names <= set(E2E_ENTRIES)
+
+
 def main(argv=None) -> int:
+    from benchmarks.grid import check_benchmark_dir, mark_benchmark_dir
+    from engine.config import resolve
+
     args = build_parser().parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The classifiers' settings are checked before the regressor trains; a user's folder is never written into.
+    for method in ("ce", "ldlva"):
+        resolve(classifier_config(args, method, None, 0, out / "runs" / method))
+    check_benchmark_dir(out, E2E_KIND, _e2e_layout)
+    mark_benchmark_dir(out, E2E_KIND)
     syn = synthetic_dir()
     for stage in args.stages:
         print(f"--- stage {stage}", flush=True)
@@ -265,4 +290,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -72,6 +72,20 @@ DATASETS: dict[str, DatasetSpec] = {
         "ferplus", AFFECTNET8_CLASSES, "FERPlus (majority vote of 10 annotators; votes kept)",
         image_size=112, import_command="python -m preprocess.ferplus --fer2013 fer2013.csv --ferplus fer2013new.csv",
         licence="FER2013 images (Kaggle challenge terms) with the FERPlus labels (MIT-licensed label files)"),
+    "ferplus7": DatasetSpec(
+        "ferplus7", BASIC7_CLASSES, "FERPlus, 7 classes (rows labelled Contempt dropped, contempt votes left out)",
+        image_size=112,
+        import_command="python -m preprocess.ferplus --fer2013 fer2013.csv --ferplus fer2013new.csv --classes 7",
+        licence="FER2013 images (Kaggle challenge terms) with the FERPlus labels (MIT-licensed label files)"),
+    "affwild2": DatasetSpec(
+        "affwild2", BASIC7_CLASSES,
+        "Aff-Wild2 (ABAW) cropped-aligned video frames with VA; classes from VA through a Gaussian mixture fitted "
+        "on prepared AffectNet (or --labels expr: the EXPR annotations, Other dropped); Validation_Set = test",
+        has_va=True,
+        import_command="python -m preprocess.affwild2 --root AFFWILD2_DOWNLOAD --labels va-gmm "
+                       "--affectnet PREPARED_AFFECTNET_DIR",
+        licence="Aff-Wild2's end user licence agreement (ABAW): academic research only; no redistribution of the "
+                "videos or frames"),
     "csv": DatasetSpec(
         "csv", BASIC7_CLASSES, "any prepared directory in the schema (--data-dir; --num-classes 7 or 8)"),
 }

@@ -127,12 +127,14 @@ def gmm_mixed_labels(va, means, covariances, priors) -> np.ndarray:
     return joint / joint.sum(axis=1, keepdims=True)
 
 
-def euclidean_mixed_labels(va, means, eps: float = DISTANCE_EPS):
-    """Euclidean ("VA") mixed labels m_k = (1/d_k) / Σ_l (1/d_l), d_k = ‖v − μ_k‖₂.
+def euclidean_mixed_labels(va, means, eps: float = DISTANCE_EPS, squared: bool = False):
+    """Euclidean ("VA") mixed labels m_k = (1/d_k) / Σ_l (1/d_l), d_k = ‖v − μ_k‖₂ (``squared``: 1/d_k²).
 
     Equal to the official ``utils.py`` ``get_va_labels``, (max_j d_j / d_k) / Σ_l (max_j d_j / d_l),
     with the centroids of ``train_scale.py`` ``get_centroids``. NOTE: the paper's formula is reported to
     square the distances (1/d_k²); the official code, and this function, use unsquared ones.
+
+    ``squared=True`` is the paper's eq. 3 (inverse *squared* distances), ``False`` the official code.
 
     Distances are clamped to ``eps`` so a point on a centroid gets (almost) all of that class's mass
     instead of dividing by zero; the ratio is computed as (d_min/d_k)/Σ_l(d_min/d_l) to stay in [0, 1]
@@ -149,11 +151,15 @@ def euclidean_mixed_labels(va, means, eps: float = DISTANCE_EPS):
     if tf.is_tensor(va) or tf.is_tensor(means):
         diff = as_float(va)[:, None, :] - as_float(means)[None, :, :]
         dist = tf.sqrt(tf.maximum(tf.reduce_sum(tf.square(diff), axis=-1), eps * eps))
+        if squared:
+            dist = tf.square(dist)
         ratio = tf.reduce_min(dist, axis=-1, keepdims=True) / dist
         return ratio / tf.reduce_sum(ratio, axis=-1, keepdims=True)
     va = np.asarray(va, dtype=np.float64)
     means = np.asarray(means, dtype=np.float64)
     dist = np.maximum(np.linalg.norm(va[:, None, :] - means[None, :, :], axis=-1), eps)
+    if squared:
+        dist = dist ** 2
     ratio = dist.min(axis=-1, keepdims=True) / dist
     return ratio / ratio.sum(axis=-1, keepdims=True)
 

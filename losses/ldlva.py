@@ -167,6 +167,27 @@ def discriminative_loss(features, labels, centers, uncertainty) -> tf.Tensor:
     return pull + push
 
 
+def center_push(centers) -> tf.Tensor:
+    """The push term of eq. 10, ``Σ_{j≠k} exp(−‖μ_j − μ_k‖² / √D)`` over ordered pairs; scalar."""
+    centers = as_float(centers)
+    return tf.reduce_sum(_pairwise_center_kernel(centers, tf.sqrt(tf.cast(tf.shape(centers)[1], tf.float32))))
+
+
+def wen_center_update(features, labels, centers, alpha: float = 0.5) -> tf.Tensor:
+    """The centre-loss update of Wen et al. (ECCV 2016, eq. 4), which the LDLVA paper says it follows.
+
+    ``Δc_j = Σ_{i: y_i = j} (c_j − x_i) / (1 + n_j)``, ``c_j ← c_j − α·Δc_j`` (n_j = samples of class j in
+    the batch; a class absent from the batch does not move). Returns the new ``(C, D)`` centres.
+    """
+    features, centers = as_float(features), as_float(centers)
+    labels = as_labels(labels)
+    num_classes = tf.shape(centers)[0]
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(labels, tf.float32), labels, num_classes)
+    diff = tf.gather(centers, labels) - features  # (B, D): c_{y_i} − x_i
+    delta = tf.math.unsorted_segment_sum(diff, labels, num_classes) / (1.0 + counts)[:, None]
+    return centers - alpha * delta
+
+
 def release_center_loss(features, labels, centers, weights) -> tf.Tensor:
     """Release centre loss ``(1/(2|S|))·Σ_n λ_n‖h_n − c_{y_n}‖²`` (``src/utils.py`` ``DiscriminativeLoss.call``).
 

@@ -177,3 +177,13 @@ def nla_total_loss(
     """
     naw = tf.reduce_mean(naw_cross_entropy(logits, labels, schedule))
     return lam * naw + (1.0 - lam) * jsd_consistency(logits, flipped_logits, mode=jsd_mode)
+
+
+def l1_consistency(logits_a, logits_b) -> tf.Tensor:
+    """L1 consistency of two views' class probabilities, ``mean_i Σ_c |p_a,ic − p_b,ic|``; scalar.
+
+    One of the regularisers NLA's Table 5 compares its JSD consistency with (paper, Sec. "Ablation").
+    """
+    p_a = tf.nn.softmax(as_float(logits_a), axis=-1)
+    p_b = tf.nn.softmax(as_float(logits_b), axis=-1)
+    return tf.reduce_mean(tf.reduce_sum(tf.abs(p_a - p_b), axis=-1))

@@ -99,6 +99,9 @@ class DDAFConfig:
     # sample (the release's CSV ships these); "euclidean" = normalised inverse distance of the sample's VA
     # to the trimmed class centroids, computed per batch.
     fuse_type: str = "gmm"
+    # Euclidean mixed labels: inverse distances (official code, default: it is what the authors ran) or inverse
+    # *squared* distances (the paper's eq. 3).
+    euclidean_squared: bool = False
     va_weight: float = 1.0  # weight of the class-weighted VA L2 term (official: 1)
     ce_weight: float = 1.0  # weight of the class-weighted soft-target CE (official: 1)
     cos_weight: float = 1.0  # weight of the class-weighted (1 − cosine) term (official: 1)
@@ -197,7 +200,8 @@ class DDAFModel(FERModel):
         """(B, C) mixed labels m of the batch: gathered GMM posteriors or online Euclidean ones."""
         if self.config.fuse_type == "gmm":
             return tf.cast(batch["mixed_labels"], tf.float32)
-        return euclidean_mixed_labels(batch["va"], tf.convert_to_tensor(self.class_means))
+        return euclidean_mixed_labels(batch["va"], tf.convert_to_tensor(self.class_means),
+                                      squared=self.config.euclidean_squared)
 
     def compute_losses(self, batch, watched, training=True):
         cfg: DDAFConfig = self.config

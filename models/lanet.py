@@ -113,6 +113,13 @@ class LANetConfig:
     el_weight: float = 0.1  # weight of the EL contrastive loss (release 0.1)
     balanced_sampler: bool = True  # progressively balanced sampling (release); false = uniform shuffle
     copy_stage_weights: bool = True  # lm_layer2..4 start as copies of the expression stages (release: pretrained copies)
+    # --- ablations (paper Table 2) ---
+    # The label-distribution estimation mixes the expression-space graph W^f and the landmark-space graph W^g
+    # (½(W^f p + W^g p)); false = W^f p only, the "without landmarks in LDE" rows.
+    lde_landmarks: bool = True
+    # Labels of the expression-landmark contrastive loss: "estimated" (argmax of the estimated distribution
+    # where it is confident, the method) or "onehot" (the given labels, the "one-hot labels in EL" rows).
+    el_labels: str = "estimated"
     l2_weight_decay: float = 0.0  # coupled L2 (release Adam weight_decay 0)
 
     def __post_init__(self):
@@ -123,6 +130,8 @@ class LANetConfig:
         for name in ("target_momentum", "encoder_momentum", "confidence_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"lanet: {name} must be in [0, 1], got {getattr(self, name)}")
+        if self.el_labels not in ("estimated", "onehot"):
+            raise ConfigError(f"lanet: el_labels must be estimated or onehot, got '{self.el_labels}'")
         if self.temperature <= 0 or self.heatmap_sigma <= 0:
             raise ConfigError("lanet: temperature and heatmap_sigma must be positive")
 
@@ -350,6 +359,8 @@ class LANetModel(FERModel):
         """
         k = self.config.num_neighbors
         w_f = normalize_contributions(self.expression_score(features) * knn_adjacency(features, k))
+        if not self.config.lde_landmarks:  # Table 2 ablation: the expression-space graph alone
+            return tf.matmul(w_f, probs)
         w_g = normalize_contributions(self.landmark_score(landmark_features) * knn_adjacency(landmark_features, k))
         return 0.5 * (tf.matmul(w_f, probs) + tf.matmul(w_g, probs))
 
@@ -388,8 +399,11 @@ class LANetModel(FERModel):
 
         # EL contrastive loss: confident pseudo-labels, else a label unique to the sample.
         sure = tf.stop_gradient(target)
-        pseudo = tf.where(tf.reduce_max(sure, -1) >= cfg.confidence_threshold,
-                          tf.cast(tf.argmax(sure, -1), tf.float32), -tf.cast(index, tf.float32) - 1.0)
+        if cfg.el_labels == "onehot":  # Table 2 ablation: the given labels, no estimated ones
+            pseudo = tf.cast(labels, tf.float32)
+        else:
+            pseudo = tf.where(tf.reduce_max(sure, -1) >= cfg.confidence_threshold,
+                              tf.cast(tf.argmax(sure, -1), tf.float32), -tf.cast(index, tf.float32) - 1.0)
         expr_q = tf.math.l2_normalize(tf.cast(self.expression_projection(features, training=training), tf.float32), -1)
         lm_q = tf.math.l2_normalize(tf.cast(self.landmark_projection(landmark_features, training=training),
                                             tf.float32), -1)

@@ -80,9 +80,9 @@ from keras import layers
 
 from common.errors import ConfigError
 from losses.common import onehot
-from losses.ldlva import (balanced_class_weights, discriminative_loss, neighbor_distribution,
+from losses.ldlva import (balanced_class_weights, center_push, discriminative_loss, neighbor_distribution,
                           release_center_attraction, release_center_loss, release_center_repulsion,
-                          soft_cross_entropy, target_distribution, va_similarity)
+                          soft_cross_entropy, target_distribution, va_similarity, wen_center_update)
 from models.base import FERModel, MethodData
 
 
@@ -121,7 +121,12 @@ class LDLVAConfig:
     neighbor_training_mode: bool | None = None  # forward mode: BN in training mode for neighbours (release True)
     # --- shared settings -----------------------------------------------------------------------------
     lambda_from_discriminative: bool = False  # paper eq. 10: also learn λ from ∂(γL_dis)/∂λ (see docstring)
-    center_lr: float = 0.5  # centre SGD lr (release 0.5; paper: on ∂L_dis/∂μ, γ not included)
+    center_lr: float = 0.5  # centre SGD lr (release 0.5; paper: on ∂L_dis/∂μ, γ not included); Wen's α
+    # center_loss=paper: how the centres move. "sgd" (default): SGD with center_lr on ∂L_dis/∂μ averaged over
+    # the batch, pull and push together — kept as the default so the published numbers reproduce. "wen": the
+    # paper says its centres follow Wen et al.: Δc_j = Σ_{y_i=j}(c_j − x_i)/(1 + n_j), c_j ← c_j − α·Δc_j
+    # (α = center_lr), plus an SGD step on the push term's gradient (which Wen's loss does not have).
+    center_update: str = "sgd"
     center_repulsion_scale: float = 0.1  # release's extra factor on the repulsion step
     class_weights: str = "none"  # none | balanced (release AffectNet config: sklearn 'balanced' of the given label)
     # --- ablations (paper Table 4) -------------------------------------------------------------------
@@ -144,7 +149,7 @@ VARIANT_DEFAULTS = {
 _CHOICES = {"va_metric": ("l2", "l1"), "lambda_parametrization": ("projected", "sigmoid_certainty"),
             "mlp_norm": ("layer", "batch"), "center_loss": ("paper", "release"),
             "neighbor_source": ("forward", "bank"), "bank_init": ("labels", "inference"),
-            "bank_probs": ("stored", "head"),
+            "bank_probs": ("stored", "head"), "center_update": ("sgd", "wen"),
             "uncertainty_mode": ("per_instance", "fixed"), "class_weights": ("none", "balanced")}
 
 
@@ -410,7 +415,7 @@ class LDLVAModel(FERModel):
         probs = tf.nn.softmax(logits)
         weights = tf.gather(self.class_weight_table, labels) if cfg.class_weights == "balanced" else None
         batch_size = tf.shape(labels)[0]
-        outputs = {"logits": logits, "probs": probs, "features": features}
+        outputs = {"logits": logits, "probs": probs, "features": features, "center_labels_batch": labels}
         if cfg.label_distribution:
             parts = self.label_distribution(index, labels, features, batch["neighbors"], watched["neighbor_features"],
                                             watched["neighbor_probs"], watched.get("lambda_rows"), training)
@@ -547,6 +552,16 @@ class LDLVAModel(FERModel):
 
     def _update_centers(self, outputs, watched_grads):
         cfg = self.rcfg
+        if cfg.center_loss == "paper" and cfg.center_update == "wen":
+            features = tf.stop_gradient(self.gather_replicas(tf.cast(outputs["features"], tf.float32)))
+            labels = self.gather_replicas(outputs["center_labels_batch"])
+            centers = tf.convert_to_tensor(self.class_centers)
+            with tf.GradientTape() as tape:
+                tape.watch(centers)
+                push = center_push(centers)
+            moved = wen_center_update(features, labels, centers, cfg.center_lr)
+            self.class_centers.assign(moved - cfg.center_lr * tape.gradient(push, centers))
+            return
         if cfg.center_loss == "paper":
             grad = watched_grads.get("centers")
             if grad is None or not cfg.gamma:

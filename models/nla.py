@@ -57,13 +57,17 @@ from __future__ import annotations
 
 import dataclasses
 
+import keras
 import tensorflow as tf
 
 from common.errors import ConfigError
-from losses.nla import covariance_schedule, jsd_consistency, naw_cross_entropy
+from losses.eac import attention_consistency, attention_maps
+from losses.nla import covariance_schedule, jsd_consistency, l1_consistency, naw_cross_entropy
+from models.backbones import stage_models
 from models.base import FERModel
 
 JSD_MODES = ("official", "textbook")
+CONSISTENCIES = ("jsd", "l1", "cam", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +82,16 @@ class NLAConfig:
     # Coupled L2 (PyTorch Adam(weight_decay)); official 1e-4 (see the ``official`` preset). DEVIATION: 0 by
     # default so that NLA and the CE baseline share the same optimisation in comparisons.
     l2_weight_decay: float = 0.0
+    # --- ablations (paper Table 5) ---
+    naw: bool = True  # false = plain CE instead of (1 + w)·CE (the "NAW off" rows); the key stays ``naw_ce``
+    # The flip-consistency term: "jsd" (the method; ``jsd_mode`` picks its form), "l1" (L1 between the two
+    # views' probabilities), "cam" (EAC's attention consistency: MSE of the class-activation maps, the flipped
+    # view's flipped back) or "none".
+    consistency: str = "jsd"
 
     def __post_init__(self):
+        if self.consistency not in CONSISTENCIES:
+            raise ConfigError(f"nla consistency must be one of {', '.join(CONSISTENCIES)}, got '{self.consistency}'")
         if self.jsd_mode not in JSD_MODES:
             raise ConfigError(f"nla jsd_mode must be one of {', '.join(JSD_MODES)}, got '{self.jsd_mode}'")
         if not 0.0 <= self.lam <= 1.0:
@@ -100,6 +112,14 @@ class NLAModel(FERModel):
         },
     }
 
+    def __init__(self, backbone, num_classes, num_train_samples, config: NLAConfig, **kwargs):
+        super().__init__(backbone, num_classes, num_train_samples, config, **kwargs)
+        if config.consistency == "cam":
+            # The last conv map beside the pooled feature (a view sharing the backbone's layers), for the CAMs.
+            stages, _ = stage_models(backbone)
+            self.map_view = keras.Model(stages.input, [stages.outputs[0], stages.outputs[-1]], name="nla_map_view")
+            self.classifier.build((None, int(backbone.output_shape[-1])))
+
     def schedule(self):
         """ε of the current (0-based) epoch, from the optimizer's step counter."""
         return covariance_schedule(self.current_epoch(), self.total_epochs, self.config.slope)
@@ -110,17 +130,31 @@ class NLAModel(FERModel):
         # The second view is the exact mirror of the already augmented image (same crop and erasing);
         # both views go through the network in one 2B forward and both receive gradients.
         views = tf.concat([images, tf.image.flip_left_right(images)], axis=0)
-        _, both_logits = self.embed(views, training=training)
+        if cfg.consistency == "cam":
+            pooled, feature_maps = self.map_view(views, training=training)
+            both_logits = self.classifier(tf.cast(pooled, tf.float32))
+        else:
+            _, both_logits = self.embed(views, training=training)
         logits, flipped_logits = tf.split(both_logits, 2, axis=0)
-        losses = {
-            "naw_ce": tf.reduce_mean(naw_cross_entropy(logits, batch["label"], self.schedule())),
-            "jsd": jsd_consistency(logits, flipped_logits, mode=cfg.jsd_mode),
-        }
+        labels = batch["label"]
+        if cfg.naw:
+            classification = naw_cross_entropy(logits, labels, self.schedule())
+        else:  # Table 5 ablation: no noise-aware weight
+            classification = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        losses = {"naw_ce": tf.reduce_mean(classification)}
+        if cfg.consistency == "jsd":
+            losses["jsd"] = jsd_consistency(logits, flipped_logits, mode=cfg.jsd_mode)
+        elif cfg.consistency == "l1":
+            losses["jsd"] = l1_consistency(logits, flipped_logits)
+        elif cfg.consistency == "cam":
+            maps, flipped_maps = tf.split(attention_maps(feature_maps, self.classifier.kernel), 2, axis=0)
+            losses["jsd"] = attention_consistency(maps, flipped_maps)
         if cfg.l2_weight_decay:
             losses["l2"] = self.l2_penalty(cfg.l2_weight_decay)
         return losses, {"logits": logits, "flipped_logits": flipped_logits}
 
     def loss_weight(self, name: str) -> float:
-        # total = λ·NAW-CE + (1 − λ)·J (+ L2), i.e. losses.nla.nla_total_loss plus the optional L2.
+        # total = λ·NAW-CE + (1 − λ)·J (+ L2), i.e. losses.nla.nla_total_loss plus the optional L2; the key
+        # "jsd" holds whichever consistency term ``consistency`` picks.
         lam = self.config.lam
         return {"naw_ce": lam, "jsd": 1.0 - lam}.get(name, 1.0)

@@ -45,6 +45,12 @@ register_method("ddaf", "models.ddaf:DDAFModel", "models.ddaf:DDAFConfig", "DDAF
                 "dual-domain affect fusion (CVPRW 2023): VA-derived mixed labels, VA head, SWA")
 register_method("nla", "models.nla:NLAModel", "models.nla:NLAConfig", "NLA",
                 "NLA (AAAI 2025): noise-aware adaptive weighting with flip consistency")
+register_method("scn", "models.scn:SCNModel", "models.scn:SCNConfig", "SCN",
+                "SCN (CVPR 2020): importance-weighted logits, rank regularisation, self-cure relabelling")
+register_method("rul", "models.rul:RULModel", "models.rul:RULConfig", "RUL",
+                "RUL (NeurIPS 2021): relative-uncertainty feature mixup with an add-up loss")
+register_method("eac", "models.eac:EACModel", "models.eac:EACConfig", "EAC",
+                "EAC (ECCV 2022): flip attention (CAM) consistency under random erasing")
 
 
 def _load(ref):

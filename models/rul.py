@@ -164,6 +164,20 @@ class UncertaintyHead(layers.Layer):
         return self.feature_norm(self.dense(self.flatten(x)), training=training)
 
 
+class _ScaledInitializer(keras.initializers.Initializer):
+    """``factor`` × another initializer's values."""
+
+    def __init__(self, base, factor: float):
+        self.base = keras.initializers.get(base)
+        self.factor = float(factor)
+
+    def __call__(self, shape, dtype=None):
+        return self.base(shape, dtype=dtype) * self.factor
+
+    def get_config(self):
+        return {"base": keras.initializers.serialize(self.base), "factor": self.factor}
+
+
 class FCLearningRateScale(layers.Layer):
     """``m·inner(x)`` with ``inner``'s initial weights divided by m: the same function and initial values,
     but the effective weights W = m·V move m× as far per Adam step (Adam's step is invariant to the
@@ -174,12 +188,12 @@ class FCLearningRateScale(layers.Layer):
         super().__init__(dtype="float32", **kwargs)
         self.inner = inner
         self.multiplier = float(multiplier)
+        # Initialise V = W₀/m (through the initialiser: Keras may create the variables lazily, after build).
+        inner.kernel_initializer = _ScaledInitializer(inner.kernel_initializer, 1.0 / self.multiplier)
+        inner.bias_initializer = _ScaledInitializer(inner.bias_initializer, 1.0 / self.multiplier)
 
     def build(self, input_shape):
         self.inner.build(input_shape)
-        if self.multiplier != 1.0:
-            for variable in self.inner.weights:
-                variable.assign(variable / self.multiplier)
 
     def call(self, x):
         return self.multiplier * self.inner(tf.cast(x, tf.float32))

@@ -20,12 +20,21 @@ reason:
 * tie between emotions for the most votes (no unique majority);
 * no category holds more than half of the votes.
 
-``--label-rule plurality`` instead takes the plain most-voted emotion over the raw counts (ties and
-unknown/NF at the top dropped). 8 classes.
+``--label-rule plurality`` (LA-Net's labelling) instead takes the most-voted emotion over the raw counts
+(no outlier removal, no more-than-half requirement). Ties are not broken: when two or more emotions share
+the top count the row is dropped as a tie (breaking it by column order would favour neutral); when
+``unknown`` or ``NF`` holds the top count (alone or tied) the row is dropped as for majority.
+
+``--classes 8`` (default) keeps the 8 classes. ``--classes 7`` (NLA's 7-class FERPlus) removes Contempt:
+the label is decided with the chosen rule over all 10 columns exactly as for 8 classes, a row whose label
+is Contempt is dropped ("Contempt (7) in a 7-class import"), and ``votes`` keeps only the 7 basic counts
+(the contempt count is left out, so a kept row's votes may sum to less than 10). The dataset is then named
+``ferplus7``.
 
 Usage::
 
     python -m preprocess.ferplus --fer2013 fer2013.csv --ferplus fer2013new.csv --out DIR [--format png|jpg]
+                                 [--classes 7|8] [--label-rule majority|plurality] [--nf-rule any|majority]
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ import pandas as pd
 
 from common.errors import DataError
 from data.classes import AFFECTNET8_CLASSES
-from common.cli import ArgumentParser, percent_quality, run_command
+from common.cli import ArgumentParser, percent_quality, positive_int, run_command
 from common.progress import Progress
 from preprocess.common import (ImportReport, add_force_argument, check_can_write, parse_float,
                                prepared_outputs, read_raw_csv, require_columns, write_image, write_prepared)
@@ -55,6 +64,7 @@ DROP_UNKNOWN = "unknown has the majority"
 DROP_NF = "NF has the majority"
 DROP_TIE = "tie between emotions (no unique majority)"
 DROP_NO_MAJORITY = "no category holds more than half of the votes"
+DROP_CONTEMPT = "Contempt (7) in a 7-class import"
 
 
 def ferplus_label(votes10: np.ndarray, rule: str = "majority") -> tuple[int | None, str | None]:
@@ -125,7 +135,9 @@ def import_ferplus(args) -> str:
         raise DataError(f"{new_path} has {len(new)} rows but {fer_path} has {len(fer)}; FERPlus labels are matched "
                         "to FER2013 images row by row, so both must be the complete original files")
 
-    report = ImportReport("ferplus")
+    num_classes = args.classes
+    dataset = "ferplus" if num_classes == 8 else "ferplus7"
+    report = ImportReport(dataset)
     rows = {"train": [], "val": [], "test": []}
     seen = set()
     extension = "." + args.format
@@ -156,6 +168,9 @@ def import_ferplus(args) -> str:
         if label is None:
             report.drop(split, reason, new_path, row, name)
             continue
+        if label >= num_classes:
+            report.drop(split, DROP_CONTEMPT, new_path, row, name)
+            continue
         rel = f"{split}/{Path(name).stem}{extension}"
         if rel in seen:
             report.drop(split, "duplicate image name", new_path, row, name)
@@ -163,12 +178,12 @@ def import_ferplus(args) -> str:
         image = decode_pixels(frec["pixels"], fer_path, row)
         write_image(out / "images" / rel, image, args.jpeg_quality)
         seen.add(rel)
-        rows[split].append((rel, label, ";".join(str(int(v)) for v in votes[:8])))
+        rows[split].append((rel, label, ";".join(str(int(v)) for v in votes[:num_classes])))
     progress.close()
     tables = {split: pd.DataFrame({"path": [r[0] for r in items], "expression": [r[1] for r in items],
                                    "votes": [r[2] for r in items], "source": "ferplus"})
               for split, items in rows.items()}
-    write_prepared(out, tables, dataset="ferplus", class_names=AFFECTNET8_CLASSES, image_root="images",
+    write_prepared(out, tables, dataset=dataset, class_names=AFFECTNET8_CLASSES[:num_classes], image_root="images",
                    report=report, force=args.force, command="preprocess.ferplus", args=args,
                    extra={"label_rule": args.label_rule, "nf_rule": args.nf_rule})
     return report.format(out)
@@ -181,8 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, required=True, help="prepared dataset directory to write")
     parser.add_argument("--format", choices=("png", "jpg"), default="png", help="image format (default png)")
     parser.add_argument("--jpeg-quality", type=percent_quality, default=95)
+    parser.add_argument("--classes", type=positive_int, choices=(7, 8), default=8,
+                        help="8 (default) or 7: drop rows labelled Contempt and the contempt count from votes")
     parser.add_argument("--label-rule", choices=("majority", "plurality"), default="majority",
-                        help="majority: FERPlus's majority mode (default); plurality: unique most-voted emotion")
+                        help="majority: FERPlus's majority mode (default); plurality: the most-voted emotion "
+                             "(ties between emotions dropped)")
     parser.add_argument("--nf-rule", choices=("any", "majority"), default="any",
                         help="drop rows with any NF vote (default) or only when NF wins")
     add_force_argument(parser)

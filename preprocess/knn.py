@@ -124,8 +124,8 @@ def build_knn(args) -> str:
     va = read_va(frame, csv_path)
     fingerprint = frame_fingerprint(frame, csv_path)
     if len(frame) <= args.k:
-        raise DataError(f"{csv_path}: --k {args.k} needs more than {args.k} rows, the table has {len(frame)}; "
-                        "choose a smaller --k")
+        raise DataError(f"{csv_path}: cannot take K={args.k} neighbours from {len(frame)} samples (need more than "
+                        "K); choose a smaller --k")
     start = time.perf_counter()
     indices, distances = build_neighbor_table(va, args.k, algorithm=args.algorithm)
     seconds = time.perf_counter() - start

@@ -192,3 +192,135 @@ def make_release(folder, n: int = 12, k: int = 4, seed: int = 0) -> dict:
     (folder / "test.csv").write_text("\n".join(test_lines) + "\n")
     return {"va": va, "labels": labels, "knn": knn, "image_root": images,
             "train": folder / "train.csv", "test": folder / "test.csv"}
+
+
+# ------------------------------------------------------ AffectNet (npy layout) ----
+
+def _save_npy(path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        np.save(handle, value, allow_pickle=False)
+
+
+# (id, expression, valence, arousal, what is odd, reason it is dropped or None). Ids are numeric strings
+# written out of order so that the importer's numeric sort (2 before 10) is visible.
+AFFECTNET_NPY_TRAIN = [
+    ("0", 1, 0.8, 0.3, "strings", None), ("1", 0, 0.0, 0.1, "numbers", None),
+    ("2", 2, -0.6, -0.2, "strings", None), ("10", 3, 0.2, 0.9, "landmarks as strings", None),
+    ("3", 7, -0.3, 0.2, "strings", "contempt"), ("4", 8, -2.0, -2.0, "strings", "expression 8 (None)"),
+    ("5", 9, -2.0, -2.0, "numbers", "expression 9 (Uncertain)"), ("6", 4, -2.0, -2.0, "strings", "va"),
+    ("7", 5, -0.7, 0.4, "no _aro", "missing annotation file (_aro.npy)"),
+    ("8", 6, -0.4, 0.7, "garbage _val", "unreadable annotation .npy (truncated or not an .npy file)"),
+    ("9", 6, -0.5, 0.6, "pickled _exp", "annotation .npy holds pickled objects (refused: allow_pickle=False)"),
+    ("11", 0, 0.1, 0.0, "no image", "missing image file"),
+    ("12", 4, -0.5, 0.8, "no _lnd", "missing annotation file (_lnd.npy)"),
+    ("13", 5, -0.6, 0.35, "(68, 2) landmarks", None), ("14", 6, -0.45, 0.65, "numbers", None),
+]
+AFFECTNET_NPY_VAL = [
+    ("0", 0, 0.05, 0.0, "strings", None), ("1", 6, -0.5, 0.6, "numbers", None),
+    ("2", 7, -0.2, 0.1, "strings", "contempt"), ("3", 1, 0.7, 0.2, "strings", None),
+]
+
+
+def make_affectnet_npy(root) -> dict:
+    """ROOT/{train_set,val_set}/images/<id>.jpg + annotations/<id>_{exp,val,aro,lnd}.npy as the release writes them.
+
+    ``_exp``/``_val``/``_aro`` are 0-d string arrays (dtype ``<U...``, e.g. ``'1'``, ``'0.8'``) for the rows
+    marked "strings" and 0-d int64/float64 arrays for "numbers"; ``_lnd`` is a (136,) float64 array (strings
+    or (68, 2) for the rows saying so). Returns ``{"train": rows, "test": rows}`` of dicts with ``id``, ``path``,
+    ``expression``, ``valence``, ``arousal``, ``landmarks`` (68, 2), ``reason``, ``keep7``, ``keep8``.
+    """
+    root = Path(root)
+    out = {}
+    for split, folder, spec in (("train", "train_set", AFFECTNET_NPY_TRAIN), ("test", "val_set", AFFECTNET_NPY_VAL)):
+        annotations = root / folder / "annotations"
+        annotations.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i, (stem, expression, valence, arousal, odd, reason) in enumerate(spec):
+            points = landmarks_in_box(10 + i % 4, 12, 180, 190)
+            if odd != "no image":
+                write_image(root / folder / "images" / f"{stem}.jpg", tiny_image(800 + i + (50 if split == "test" else 0), 16, 16))
+            as_text = odd != "numbers"
+            _save_npy(annotations / f"{stem}_exp.npy", np.array(str(expression)) if as_text else np.array(expression, np.int64))
+            for field, value in (("val", valence), ("aro", arousal)):
+                _save_npy(annotations / f"{stem}_{field}.npy", np.array(repr(value)) if as_text else np.array(value, np.float64))
+            if odd == "landmarks as strings":
+                _save_npy(annotations / f"{stem}_lnd.npy", np.array([f"{v:.3f}" for v in points.ravel()]))
+            elif odd == "(68, 2) landmarks":
+                _save_npy(annotations / f"{stem}_lnd.npy", points.astype(np.float64))
+            elif odd != "no _lnd":
+                _save_npy(annotations / f"{stem}_lnd.npy", points.ravel().astype(np.float64))
+            if odd == "no _aro":
+                (annotations / f"{stem}_aro.npy").unlink()
+            elif odd == "garbage _val":
+                (annotations / f"{stem}_val.npy").write_bytes(b"\x93NUMPY\x01\x00garbage")
+            elif odd == "pickled _exp":
+                with open(annotations / f"{stem}_exp.npy", "wb") as handle:
+                    np.save(handle, np.array([{"expression": expression}], dtype=object), allow_pickle=True)
+            rows.append(dict(id=stem, path=f"{folder}/images/{stem}.jpg", expression=expression, valence=valence,
+                             arousal=arousal, landmarks=points, reason=reason, keep7=reason is None,
+                             keep8=reason in (None, "contempt")))
+        out[split] = rows
+    return out
+
+
+# ---------------------------------------------------------------- Aff-Wild2 ----
+
+AFFWILD2_EXPR_HEADER = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"
+# VA points at the (single-sample) class VA of make_affectnet's training rows, so that the AffectNet
+# GMM labels them with that class: canonical class -> (valence, arousal).
+AFFWILD2_CENTRES = {0: (0.0, 0.1), 1: (0.8, 0.3), 2: (-0.6, -0.2), 3: (0.2, 0.9), 4: (-0.5, 0.8), 5: (-0.7, 0.4),
+                    6: (-0.4, 0.7)}
+# video -> (VA split folder, EXPR split folder or None, frames). A frame is (VA: canonical class of its centre
+# or "-5" / "-5v" (only valence -5), EXPR index in Aff-Wild2 order (-1 none, 7 Other, None past the EXPR
+# file's end), image exists).
+AFFWILD2_VIDEOS = {
+    "vidA": ("Train_Set", "Train_Set", [(1, 4, True), (0, 0, True), ("-5", 0, True), (2, 5, False), (3, -1, True),
+                                        (4, 7, True), ("-5v", 1, True), (5, 2, True), (6, 1, True), (3, 6, True)]),
+    "vidB_left": ("Train_Set", "Validation_Set", [(4, 3, True), (1, 4, True), (2, 5, True), (6, 1, True), (5, None, True)]),
+    "vidC": ("Train_Set", None, [(0, 0, True), (1, 4, True), (2, 5, True)]),
+    "vidD": ("Validation_Set", "Validation_Set", [(0, 0, True), (6, 1, True), ("-5", 0, True), (1, 4, True)]),
+}
+AFFWILD2_EXPR_TO_CANONICAL = {0: 0, 1: 6, 2: 5, 3: 4, 4: 1, 5: 2, 6: 3}
+
+
+def make_affwild2(root, va_line: tuple | None = None, expr_line: tuple | None = None) -> dict:
+    """ROOT/VA_Estimation_Challenge/{Train_Set,Validation_Set}/<video>.txt, EXPR_Classification_Challenge/...,
+    cropped_aligned/<video>/<frame:05d>.jpg (one frame image missing, one extra image without annotation).
+
+    ``va_line`` / ``expr_line`` = ``(video, frame, text)`` replace that frame's line with ``text`` (garbage).
+    Returns ``{"train": frames, "test": frames}``: dicts with ``path``, ``video``, ``frame``, ``va``,
+    ``gmm_class`` (None for -5), ``expr`` (canonical, or None when dropped), ``image``.
+    """
+    root = Path(root)
+    out = {"train": [], "test": []}
+    for video, (va_split, expr_split, frames) in AFFWILD2_VIDEOS.items():
+        va_lines, expr_lines = ["valence,arousal"], [AFFWILD2_EXPR_HEADER]
+        for frame, (va_key, expr, image) in enumerate(frames, start=1):
+            if va_key == "-5":
+                va = (-5.0, -5.0)
+            elif va_key == "-5v":
+                va = (-5.0, 0.2)
+            else:
+                va = AFFWILD2_CENTRES[va_key]
+            va_lines.append(f"{va[0]},{va[1]}")
+            if expr is not None:
+                expr_lines.append(str(expr))
+            if image:
+                write_image(root / "cropped_aligned" / video / f"{frame:05d}.jpg", tiny_image(900 + frame + 20 * len(video), 12, 12))
+            out["train" if va_split == "Train_Set" else "test"].append(dict(
+                path=f"{video}/{frame:05d}.jpg", video=video, frame=frame, va=va, image=image,
+                gmm_class=None if isinstance(va_key, str) else va_key,
+                expr=AFFWILD2_EXPR_TO_CANONICAL.get(expr) if expr_split is not None else None))
+        for replace, lines in ((va_line, va_lines), (expr_line, expr_lines)):
+            if replace is not None and replace[0] == video:
+                lines[replace[1]] = replace[2]
+        va_path = root / "VA_Estimation_Challenge" / va_split / f"{video}.txt"
+        va_path.parent.mkdir(parents=True, exist_ok=True)
+        va_path.write_text("\n".join(va_lines) + "\n\n")  # a trailing blank line, as some files have
+        if expr_split is not None:
+            expr_path = root / "EXPR_Classification_Challenge" / expr_split / f"{video}.txt"
+            expr_path.parent.mkdir(parents=True, exist_ok=True)
+            expr_path.write_text("\n".join(expr_lines) + "\n")
+    write_image(root / "cropped_aligned" / "vidD" / "00005.jpg", tiny_image(999, 12, 12))  # no annotation line
+    return out

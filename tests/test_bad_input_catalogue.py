@@ -151,8 +151,7 @@ def uncertainty_run(env: Env, change=None) -> Path:
                           "uncertainty": np.linspace(0.1, 0.6, 6)})
     frame = change(frame) if change else frame
     frame.to_csv(run / "uncertainty" / "epoch_001.csv", index=False)
-    record = json.loads((env.run() / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps(record))
+    shutil.copy(env.run() / "config.json", run / "config.json")  # the run's data: its image root is known
     return run
 
 
@@ -212,13 +211,13 @@ def _eval_config(change):
     return _eval_run(lambda run: edit_json(run / "config.json", change))
 
 
-def _affectnet(edit=None, **kwargs):
+def _affectnet(edit=None, extra=()):
     def setup(env):
         root = env.inputs / "affectnet"
         raw.make_affectnet(root)
         if edit:
             edit(root)
-        return ["--root", root, "--out", env.out / "prepared", *kwargs.get("extra", ())]
+        return ["--root", root, "--out", env.out / "prepared", *extra]
     return setup
 
 
@@ -364,6 +363,8 @@ def _check_benchmark_resumes(env, out):
     assert (env.out / "bench" / "results.md").is_file()
 
 
+RUNS_CSV = "method,level,seed,accuracy,mean_class_accuracy\nce,0.3,0,0.5,0.4\nce,0.3,1,0.6,0.5\n"
+RUNS_CSV_DAMAGED = RUNS_CSV + "ce,0.3,2,high,0.4\n"
 PREDICT_GAP = "predict.py: load_model reads fer_export.json with a bare json.loads and no field checks " \
               "(engine.export.load_export does both)"
 
@@ -532,6 +533,26 @@ CASES = {
     "speed_json_is_users_file": Case(
         "benchmarks.speed", lambda env: [*SPEED, "--data-dir", env.ds(), "--json", env.file("speed.json", "{}\n")],
         ("--json", "speed.json", "not written by this toolkit")),
+    # --- the other benchmarks ----------------------------------------------------------------------------
+    "compare_table_column_without_level": Case(
+        "benchmarks.compare_table", lambda env: [f"CE={env.file('grid/runs.csv', RUNS_CSV).parent}:ce", "--columns",
+                                                 "30 % noise"],
+        ("--columns", "TITLE=LEVEL", "'30 % noise'")),
+    "compare_table_runs_csv_damaged": Case(
+        "benchmarks.compare_table", lambda env: [f"CE={env.file('grid/runs.csv', RUNS_CSV_DAMAGED).parent}:ce",
+                                                 "--columns", "noise=0.3"],
+        ("runs.csv, row 3", "'accuracy'", "'high'")),
+    "compare_table_grid_missing": Case(
+        "benchmarks.compare_table", lambda env: [f"CE={env.inputs / 'nowhere'}:ce", "--columns", "noise=0.3"],
+        ("nowhere/runs.csv", "not found")),
+    "ldlva_ablation_set_nan_before_training": Case(
+        "benchmarks.ldlva_ablation", lambda env: ["--set", "gamma=nan", "--out", env.out / "ablation"],
+        ("--set gamma=nan", "finite")),
+    "ldlva_ablation_out_is_users_folder": Case(
+        "benchmarks.ldlva_ablation", lambda env: ["--out", env.file("mine/table.md", "my table\n").parent],
+        ("--out", "mine", "did not write", "nothing was changed")),
+    "pseudo_va_e2e_out_is_users_folder": Case(
+        "benchmarks.pseudo_va_e2e", lambda env: ["--out", env.folder()], ("--out", "mine", "did not write")),
     # --- preprocess.affectnet -----------------------------------------------------------------------------
     "affectnet_missing_root": Case("preprocess.affectnet", lambda env: ["--root", env.inputs / "nowhere", "--out",
                                                                         env.out / "p"],
@@ -611,7 +632,7 @@ CASES = {
                                  ("a/train.csv", "already exists", "--force")),
     # --- preprocess.knn -----------------------------------------------------------------------------------
     "knn_k_zero": Case("preprocess.knn", _knn(None, "--k", "0"), ("argument --k", ">= 1", "0")),
-    "knn_k_larger_than_table": Case("preprocess.knn", _knn(None, "--k", "100"), ("train.csv", "--k 100", "56")),
+    "knn_k_larger_than_table": Case("preprocess.knn", _knn(None, "--k", "100"), ("train.csv", "K=100", "56 samples", "smaller --k")),
     "knn_valence_nan": Case("preprocess.knn", _knn(set_cell(4, "valence", "nan"), "--k", "2"),
                             ("train.csv, row 5", "NaN")),
     "knn_no_va_columns": Case("preprocess.knn", _knn(lambda f: f.drop(columns=["valence", "arousal"]), "--k", "2"),

@@ -16,10 +16,10 @@ import pytest
 from common.errors import DataError
 from data.neighbors import load_neighbor_table
 from data.schema import load_table, parse_float_list, read_csv, validate_frame
-from preprocess import affectnet, ferplus, join, landmarks, rafdb, release_csv, sfew, va_import
+from preprocess import affectnet, affwild2, ferplus, join, landmarks, rafdb, release_csv, sfew, va_import
 from preprocess.common import expand_box
-from tests.fixtures_raw import (FERPLUS_ROWS, RAF_LABELS, RAF_MISSING, make_affectnet, make_ferplus, make_rafdb,
-                                make_release, make_sfew, write_image)
+from tests.fixtures_raw import (FERPLUS_ROWS, RAF_LABELS, RAF_MISSING, make_affectnet, make_affectnet_npy, make_affwild2,
+                                make_ferplus, make_rafdb, make_release, make_sfew, write_image)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -461,3 +461,230 @@ def test_landmarks_with_dlib_on_a_real_photo(tmp_path, capsys):
     # eyes above the nose tip above the mouth, inside the face region of the photo
     assert points[36:48, 1].mean() < points[30, 1] < points[48:68, 1].mean()
     assert 150 < points[30, 0] < 380 and 150 < points[30, 1] < 330
+
+
+# ------------------------------------------------------ AffectNet (npy layout) ----
+
+NPY_DROPS_7 = {"Contempt (7) in a 7-class import": 2, "expression 8 (None)": 1, "expression 9 (Uncertain)": 1,
+               "valence/arousal not annotated or outside [-1, 1] (e.g. -2)": 1,
+               "missing annotation file (_aro.npy)": 1, "missing annotation file (_lnd.npy)": 1,
+               "missing image file": 1, affectnet.DROP_NPY_UNREADABLE: 1, affectnet.DROP_NPY_PICKLE: 1}
+
+
+def _npy_order(rows):
+    return sorted(rows, key=lambda r: int(r["id"]))
+
+
+def test_affectnet_npy_layout_is_detected_and_imported(tmp_path, capsys):
+    rows = make_affectnet_npy(tmp_path / "raw")
+    out = tmp_path / "out"
+    code, summary, err = run(affectnet, ["--root", tmp_path / "raw", "--out", out], capsys)
+    assert code == 0, err
+    info = meta(out)
+    assert info["layout"] == "npy" and info["dataset"] == "affectnet" and info["num_classes"] == 7
+    assert Path(info["image_root"]) == (tmp_path / "raw").resolve()
+    assert info["dropped"] == NPY_DROPS_7
+    for split in ("train", "test"):
+        table = load_table(out / f"{split}.csv", 7, image_root=image_root(out), check_images=True, num_landmarks=68)
+        expected = [r for r in _npy_order(rows[split]) if r["keep7"]]
+        assert table.paths == [r["path"] for r in expected]  # numeric id order: 2 before 10
+        assert table.labels.tolist() == [r["expression"] for r in expected]
+        np.testing.assert_allclose(table.va, [[r["valence"], r["arousal"]] for r in expected], atol=1e-6)
+        for points, r in zip(table.landmarks, expected):
+            np.testing.assert_allclose(points, r["landmarks"], atol=0.01)
+    assert "8_val.npy: train_set/images/8.jpg" in summary  # examples of unreadable files are shown
+    dropped = pd.read_csv(out / "dropped.csv")
+    assert len(dropped) == sum(NPY_DROPS_7.values())
+    assert dropped.loc[dropped["reason"] == affectnet.DROP_NPY_PICKLE, "file"].tolist() == ["9_exp.npy"]
+
+
+def test_affectnet_npy_8_classes_layout_flag_and_strict(tmp_path, capsys):
+    rows = make_affectnet_npy(tmp_path / "raw")
+    out = tmp_path / "out"
+    code, _, err = run(affectnet, ["--root", tmp_path / "raw", "--out", out, "--classes", "8", "--layout", "npy"], capsys)
+    assert code == 0, err
+    assert meta(out)["dataset"] == "affectnet8"
+    train = load_table(out / "train.csv", 8, image_root=image_root(out), check_images=True)
+    assert train.labels.tolist() == [r["expression"] for r in _npy_order(rows["train"]) if r["keep8"]]
+    assert 7 in train.labels.tolist()
+    code, _, err = run(affectnet, ["--root", tmp_path / "raw", "--out", tmp_path / "strict", "--strict"], capsys)
+    assert code == 2 and "11_exp.npy: no image 11.*" in err, err
+    code, _, err = run(affectnet, ["--root", tmp_path / "raw", "--out", tmp_path / "crop", "--crop-faces"], capsys)
+    assert code == 2 and "--crop-faces applies to the csv layout" in err
+    code, _, err = run(affectnet, ["--root", tmp_path / "raw", "--out", tmp_path / "csv", "--layout", "csv"], capsys)
+    assert code == 2 and "Manually_Annotated_Images does not exist" in err
+    code, _, err = run(affectnet, ["--root", tmp_path, "--out", tmp_path / "none"], capsys)
+    assert code == 2 and "neither AffectNet layout found" in err
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("1_exp.npy", np.array("happy"), "1_exp.npy: expression is not a number: 'happy'"),
+    ("1_exp.npy", np.array(12), "1_exp.npy: expression 12 is not an AffectNet code (0..10)"),
+    ("1_exp.npy", np.array([1, 2]), "1_exp.npy: expression must hold one value"),
+    ("1_val.npy", np.array("n/a"), "1_val.npy: valence is not a number: 'n/a'"),
+    ("1_lnd.npy", np.arange(3.0), "1_lnd.npy: landmarks have 3 values; expected 136"),
+    ("1_lnd.npy", np.array(["x"] * 136), "1_lnd.npy: landmarks are not numbers"),
+])
+def test_affectnet_npy_bad_values_name_the_file(tmp_path, capsys, name, value, message):
+    make_affectnet_npy(tmp_path / "raw")
+    np.save(tmp_path / "raw" / "train_set" / "annotations" / name, value, allow_pickle=False)
+    code, _, err = run(affectnet, ["--root", tmp_path / "raw", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "out" / "train.csv").exists()
+
+
+# ------------------------------------------------------- FERPlus 7 classes ----
+
+def _canonical_votes(raw):
+    return [raw[0], raw[1], raw[3], raw[2], raw[6], raw[5], raw[4], raw[7]]
+
+
+def test_ferplus_7_classes_drops_contempt_rows_and_votes(tmp_path, capsys):
+    fer, new = make_ferplus(tmp_path / "raw")
+    out = tmp_path / "out"
+    code, _, err = run(ferplus, ["--fer2013", fer, "--ferplus", new, "--out", out, "--classes", "7"], capsys)
+    assert code == 0, err
+    info = meta(out)
+    assert info["dataset"] == "ferplus7" and info["num_classes"] == 7 and len(info["class_names"]) == 7
+    assert info["dropped"] == {ferplus.DROP_EMPTY_NAME: 1, ferplus.DROP_NF_ANY: 2, ferplus.DROP_UNKNOWN: 1,
+                               ferplus.DROP_TIE: 1, ferplus.DROP_NO_MAJORITY: 1, ferplus.DROP_CONTEMPT: 1}
+    usage_split = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}
+    for split in ("train", "val", "test"):
+        table = load_table(out / f"{split}.csv", 7, check_images=True)
+        expected = [r for r in FERPLUS_ROWS if usage_split[r[0]] == split and isinstance(r[3], int) and r[3] != 7]
+        assert table.labels.tolist() == [r[3] for r in expected]
+        assert table.votes.tolist() == [_canonical_votes(r[2])[:7] for r in expected]  # contempt count left out
+    assert "test/fer0000009.png" not in load_table(out / "test.csv", 7).paths
+
+
+def test_ferplus_7_classes_plurality(tmp_path, capsys):
+    fer, new = make_ferplus(tmp_path / "raw")
+    out = tmp_path / "out"
+    code, _, err = run(ferplus, ["--fer2013", fer, "--ferplus", new, "--out", out, "--classes", "7",
+                                 "--label-rule", "plurality"], capsys)
+    assert code == 0, err
+    assert load_table(out / "train.csv", 7).labels.tolist() == [1, 0, 6]
+    assert load_table(out / "val.csv", 7).labels.tolist() == [3, 4]  # the 4-of-10 fear row is kept
+    assert load_table(out / "test.csv", 7).labels.tolist() == [5, 2]  # contempt 6 vs anger 4: dropped
+    assert meta(out)["dropped"][ferplus.DROP_CONTEMPT] == 1 and meta(out)["label_rule"] == "plurality"
+
+
+def test_ferplus_plurality_ties_are_dropped():
+    # columns: neutral, happiness, sadness, surprise, fear, disgust, anger, contempt, unknown, NF (canonical)
+    assert ferplus.ferplus_label([3, 3, 0, 0, 0, 0, 0, 0, 0, 0], "plurality") == (None, ferplus.DROP_TIE)
+    assert ferplus.ferplus_label([0, 0, 0, 0, 0, 0, 4, 4, 2, 0], "plurality") == (None, ferplus.DROP_TIE)
+    assert ferplus.ferplus_label([0, 0, 0, 0, 0, 0, 4, 5, 1, 0], "plurality") == (7, None)
+    assert ferplus.ferplus_label([0, 2, 0, 0, 0, 0, 0, 0, 0, 2], "plurality") == (None, ferplus.DROP_NF)
+    assert ferplus.ferplus_label([1, 3, 2, 1, 1, 1, 1, 0, 0, 0], "plurality") == (1, None)  # 3 of 10 suffices
+
+
+def test_registry_has_the_new_datasets():
+    from data.registry import get_dataset_spec
+
+    spec = get_dataset_spec("ferplus7")
+    assert spec.num_classes == 7 and "--classes 7" in spec.import_command
+    spec = get_dataset_spec("affwild2")
+    assert spec.num_classes == 7 and spec.has_va and spec.import_command.startswith("python -m preprocess.affwild2")
+
+
+# ---------------------------------------------------------------- Aff-Wild2 ----
+
+AFFWILD2_EXPR_DROPS = {affwild2.DROP_NO_VA: 3, affwild2.DROP_NO_IMAGE: 1, affwild2.DROP_EXPR_NONE: 1,
+                       affwild2.DROP_EXPR_OTHER: 1, affwild2.DROP_EXPR_PAST_END: 1, affwild2.DROP_EXPR_NO_FILE: 3}
+
+
+def test_affwild2_expr_labels(tmp_path, capsys):
+    frames = make_affwild2(tmp_path / "raw")
+    out = tmp_path / "out"
+    code, summary, err = run(affwild2, ["--root", tmp_path / "raw", "--out", out], capsys)
+    assert code == 0, err
+    info = meta(out)
+    assert info["dataset"] == "affwild2" and info["num_classes"] == 7 and info["labels"] == "expr"
+    assert Path(info["image_root"]) == (tmp_path / "raw" / "cropped_aligned").resolve()
+    assert info["dropped"] == AFFWILD2_EXPR_DROPS
+    for split in ("train", "test"):
+        table = load_table(out / f"{split}.csv", 7, image_root=image_root(out), check_images=True, require_va=True)
+        expected = [f for f in frames[split] if f["gmm_class"] is not None and f["expr"] is not None and f["image"]]
+        assert table.paths == [f["path"] for f in expected]
+        assert table.labels.tolist() == [f["expr"] for f in expected]
+        np.testing.assert_allclose(table.va, [f["va"] for f in expected], atol=1e-6)
+    assert "vidA.txt, row 4: vidA/00004.jpg" in summary
+    dropped = pd.read_csv(out / "dropped.csv")
+    assert dropped.loc[dropped["reason"] == affwild2.DROP_NO_VA, "row"].tolist() == [3, 7, 3]
+
+
+def test_affwild2_va_gmm_labels_from_affectnet_and_every(tmp_path, capsys):
+    frames = make_affwild2(tmp_path / "raw")
+    make_affectnet(tmp_path / "aff_raw")
+    assert run(affectnet, ["--root", tmp_path / "aff_raw", "--out", tmp_path / "affectnet"], capsys)[0] == 0
+    out = tmp_path / "out"
+    code, summary, err = run(affwild2, ["--root", tmp_path / "raw", "--out", out, "--labels", "va-gmm",
+                                        "--affectnet", tmp_path / "affectnet", "--every", "2"], capsys)
+    assert code == 0, err
+    info = meta(out)
+    assert info["dropped"] == {affwild2.DROP_NO_VA: 3, affwild2.DROP_NO_IMAGE: 1}
+    for split in ("train", "test"):
+        usable = {}
+        for f in frames[split]:
+            if f["gmm_class"] is not None and f["image"]:
+                usable.setdefault(f["video"], []).append(f)
+        expected = [f for video in usable.values() for f in video[::2]]
+        table = load_table(out / f"{split}.csv", 7, image_root=image_root(out), check_images=True, require_va=True)
+        assert table.paths == [f["path"] for f in expected]
+        assert table.labels.tolist() == [f["gmm_class"] for f in expected]  # the class whose AffectNet VA it sits on
+        assert info["sampled_out"][split] == sum(len(v) for v in usable.values()) - len(expected)
+    gmm = info["va_gmm"]
+    assert gmm["affectnet_rows"] == 8 and np.asarray(gmm["covariances"]).shape == (7, 2, 2)
+    np.testing.assert_allclose(gmm["priors"], [0.25] + [0.125] * 6)
+    assert "--every 2: left out" in summary
+
+
+def test_affwild2_va_gmm_leaves_out_contempt_of_an_8_class_affectnet(tmp_path, capsys):
+    make_affwild2(tmp_path / "raw")
+    make_affectnet(tmp_path / "aff_raw")
+    assert run(affectnet, ["--root", tmp_path / "aff_raw", "--out", tmp_path / "aff8", "--classes", "8"], capsys)[0] == 0
+    out = tmp_path / "out"
+    code, _, err = run(affwild2, ["--root", tmp_path / "raw", "--out", out, "--labels", "va-gmm",
+                                  "--affectnet", tmp_path / "aff8"], capsys)
+    assert code == 0, err
+    assert meta(out)["va_gmm"]["affectnet_rows"] == 8  # the contempt row is not in the mixture
+    assert load_table(out / "train.csv", 7, image_root=image_root(out)).labels.max() <= 6
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"va_line": ("vidA", 2, "abc,0.1")}, "vidA.txt, row 2: expected 'valence,arousal' numbers (frame 00002)"),
+    ({"va_line": ("vidA", 2, "0.1;0.2")}, "vidA.txt, row 2: expected 'valence,arousal' numbers"),
+    ({"va_line": ("vidB_left", 3, "1.5,0.2")}, "vidB_left.txt, row 3: valence/arousal (1.5, 0.2) outside [-1, 1]"),
+    ({"va_line": ("vidD", 0, "arousal,valence")}, "vidD.txt, line 1: expected the VA header 'valence,arousal'"),
+    ({"expr_line": ("vidA", 1, "happy")}, "vidA.txt, row 1: expected one integer -1..7"),
+    ({"expr_line": ("vidA", 0, "Neutral,Happiness")}, "vidA.txt, line 1: expected the EXPR header"),
+])
+def test_affwild2_bad_lines_name_file_and_row(tmp_path, capsys, kwargs, message):
+    make_affwild2(tmp_path / "raw", **kwargs)
+    code, _, err = run(affwild2, ["--root", tmp_path / "raw", "--out", tmp_path / "out"], capsys)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "out" / "train.csv").exists()
+
+
+def test_affwild2_skip_bad_lines_counts_them(tmp_path, capsys):
+    make_affwild2(tmp_path / "raw", va_line=("vidA", 2, "abc,0.1"), expr_line=("vidB_left", 1, "x"))
+    out = tmp_path / "out"
+    code, _, err = run(affwild2, ["--root", tmp_path / "raw", "--out", out, "--skip-bad-lines"], capsys)
+    assert code == 0, err
+    dropped = meta(out)["dropped"]
+    assert dropped[affwild2.DROP_BAD_VA_LINE] == 1 and dropped[affwild2.DROP_BAD_EXPR_LINE] == 1
+    assert "vidA/00002.jpg" not in load_table(out / "train.csv", 7, image_root=image_root(out)).paths
+
+
+def test_affwild2_argument_errors(tmp_path, capsys):
+    make_affwild2(tmp_path / "raw")
+    code, _, err = run(affwild2, ["--root", tmp_path / "raw", "--out", tmp_path / "o", "--labels", "va-gmm"], capsys)
+    assert code == 2 and "--labels va-gmm needs --affectnet DIR" in err
+    with pytest.raises(SystemExit) as exit_info:
+        affwild2.main(["--root", str(tmp_path / "raw"), "--out", str(tmp_path / "o"), "--every", "0"])
+    assert exit_info.value.code == 2 and "argument --every: must be >= 1" in capsys.readouterr().err
+    code, _, err = run(affwild2, ["--root", tmp_path / "nowhere", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "VA annotation folder for the train split not found" in err
+    assert run(affwild2, ["--root", tmp_path / "raw", "--out", tmp_path / "o"], capsys)[0] == 0
+    code, _, err = run(affwild2, ["--root", tmp_path / "raw", "--out", tmp_path / "o"], capsys)
+    assert code == 2 and "already exists" in err

@@ -1,0 +1,217 @@
+"""RUL model: the add-up loss is losses.rul's on the same tensors, its random permutation and dropout are
+stateless (same batch + same step → same loss, also after a checkpoint round trip), the batch's
+uncertainty rows update, inference (and the SavedModel's backbone → classifier path) is fc(μ), the fc's
+learning-rate multiplier is exact for Adam, and the optional relabelling follows SCN's rule."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import build_method
+
+
+@pytest.fixture(scope="module")
+def built(tiny_dataset, tmp_path_factory):
+    trainer, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("rul"), "rul", seed=3)
+    batches = list(trainer.train_dataset(method_data).take(2))
+    return trainer, model, batches
+
+
+def _with_config(model, **changes):
+    model.config = dataclasses.replace(model.config, **changes)
+
+
+def _snapshot(model):
+    return [w.numpy().copy() for w in model.weights], [v.numpy().copy() for v in model.optimizer.variables]
+
+
+def _restore(model, snapshot):
+    for w, v in zip(model.weights, snapshot[0]):
+        w.assign(v)
+    for var, v in zip(model.optimizer.variables, snapshot[1]):
+        var.assign(v)
+
+
+def test_add_up_loss_is_the_losses_function_on_the_same_tensors(built):
+    from losses.rul import add_up_loss, uncertainty_from_logvar, uncertainty_mix
+
+    _, model, batches = built
+    batch = batches[0]
+    model.optimizer.iterations.assign(5)
+    losses, outputs = model.compute_losses(batch, {}, training=True)
+    # The same step's draws, by hand: the heads with their stateless dropout, the permutation, the mix.
+    mu, logvar = model.heads(batch["image"], batch["index"], training=True)
+    perm = model.permutation(batch["index"])
+    np.testing.assert_array_equal(np.sort(perm.numpy()), np.arange(len(perm)))  # a permutation of the batch
+    np.testing.assert_array_equal(outputs["permutation"].numpy(), perm.numpy())
+    mixed, weights = uncertainty_mix(mu, logvar, perm)
+    expected = add_up_loss(model.classifier(mixed), batch["label"], perm, 0.5)
+    assert float(losses["add_up"]) == pytest.approx(float(expected), rel=1e-6)
+    np.testing.assert_allclose(outputs["mix_weights"].numpy(), weights.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(outputs["uncertainty"].numpy(), uncertainty_from_logvar(logvar).numpy(), rtol=1e-6)
+    # Training-mode dropout is on: the heads without it give other features.
+    mu_no_dropout = model.mu_head(model.feature_map(batch["image"], training=True), training=True)
+    assert np.abs(mu.numpy() - mu_no_dropout.numpy()).max() > 1e-3
+
+
+def test_draws_are_a_function_of_the_step_and_the_batch(built):
+    _, model, batches = built
+    batch = batches[0]
+
+    def loss_at(step, b=batch):
+        model.optimizer.iterations.assign(step)
+        losses, outputs = model.compute_losses(b, {}, training=True)
+        return float(losses["add_up"]), outputs["permutation"].numpy()
+
+    first, perm_first = loss_at(7)
+    again, perm_again = loss_at(7)
+    assert first == again  # bit-identical: no RNG state moved between the calls
+    np.testing.assert_array_equal(perm_first, perm_again)
+    other = [loss_at(step) for step in (8, 9, 10)]
+    assert any(loss != first for loss, _ in other)
+    assert any(not np.array_equal(perm, perm_first) for _, perm in other)
+    # Other rows at the same step draw differently too.
+    shuffled = {k: tf.reverse(v, [0]) for k, v in batch.items()}
+    assert loss_at(7, shuffled)[0] != first
+
+
+def test_resumed_model_draws_the_same(built, tmp_path):
+    from engine.checkpoint import CheckpointManager
+    from engine.run import Trainer
+
+    trainer, model, batches = built
+    model.optimizer.iterations.assign(4)
+    manager = CheckpointManager(tmp_path / "run")
+    path = manager.save(model, {"global_step": 4, "epoch": 0, "step_in_epoch": 4, "time": 0.0})
+    expected = float(model.compute_losses(batches[1], {}, training=True)[0]["add_up"])
+    n = model.num_train_samples
+    rebuilt = Trainer(trainer.cfg, log=lambda *a, **k: None)
+    fresh = rebuilt.build(n, rebuilt.model_cls.empty_method_data(rebuilt.method_cfg, n))
+    assert int(fresh.draw_seed.numpy()) == 0
+    manager.load_into(fresh, path, require_optimizer=True)
+    assert int(fresh.draw_seed.numpy()) == 3 and int(fresh.optimizer.iterations.numpy()) == 4
+    assert float(fresh.compute_losses(batches[1], {}, training=True)[0]["add_up"]) == expected
+
+
+def test_step_updates_the_batch_rows_of_the_uncertainty(built):
+    _, model, batches = built
+    batch = batches[1]
+    index = batch["index"].numpy()
+    snapshot = _snapshot(model)
+    try:
+        model.optimizer.iterations.assign(2)
+        _, outputs = model.compute_losses(batch, {}, training=True)  # the step's own (pre-update) forward
+        expected = outputs["uncertainty"].numpy()
+        before = model.last_uncertainty.numpy().copy()
+        model.train_step(batch)
+        after = model.per_sample_state()["uncertainty"].numpy()
+        np.testing.assert_allclose(after[index], expected, rtol=1e-5)
+        outside = np.setdiff1d(np.arange(model.num_train_samples), index)
+        np.testing.assert_array_equal(after[outside], before[outside])
+        assert (expected > 0).all()
+    finally:
+        _restore(model, snapshot)
+
+
+def test_inference_is_fc_of_mu_and_the_export_path_serves_it(built):
+    _, model, batches = built
+    images = batches[0]["image"]
+    mu = model.mu_head(model.feature_map(images, training=False), training=False)
+    expected = model.classifier(tf.cast(mu, tf.float32)).numpy()
+    np.testing.assert_allclose(model(images, training=False).numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.predict_outputs(images)["logits"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    # engine/export.py serves classifier(backbone(x)): the backbone is the image → μ network.
+    np.testing.assert_allclose(model.backbone(images, training=False).numpy(), mu.numpy(), rtol=1e-5, atol=1e-6)
+    assert model.backbone.output_shape[-1] == model.config.feature_dim
+    # Inference is deterministic (no dropout).
+    np.testing.assert_array_equal(model(images, training=False).numpy(), model(images, training=False).numpy())
+
+
+def test_fc_learning_rate_multiplier_is_exact_for_adam():
+    """Adam steps on W = m·V move W as Adam steps with lr·m on W (up to ε: large gradients here)."""
+    from models.rul import FCLearningRateScale
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(16, 8)), tf.float32)
+    target = tf.constant(rng.normal(size=(16, 3)) * 100, tf.float32)
+    w0 = rng.normal(size=(8, 3)).astype(np.float32)
+    b0 = rng.normal(size=(3,)).astype(np.float32)
+
+    def three_steps(layer, variables, lr, weights_of):
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+        for _ in range(3):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(layer(x) - target))
+            optimizer.apply(tape.gradient(loss, variables), variables)
+        return weights_of()
+
+    plain = keras.layers.Dense(3)
+    plain.build((None, 8))
+    plain.kernel.assign(w0)
+    plain.bias.assign(b0)
+    expected = three_steps(plain, plain.trainable_variables, 1e-2 * 10, lambda: plain.kernel.numpy())
+
+    scaled = FCLearningRateScale(keras.layers.Dense(3), 10.0)
+    scaled.build((None, 8))
+    scaled.inner.kernel.assign(w0 / 10)
+    scaled.inner.bias.assign(b0 / 10)
+    np.testing.assert_allclose(scaled(x).numpy(), x.numpy() @ w0 + b0, rtol=1e-5, atol=1e-5)
+    got = three_steps(scaled, scaled.trainable_variables, 1e-2, lambda: scaled.effective_kernel.numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fc_initialisation_and_coupled_l2_use_the_effective_weights(built):
+    _, model, _ = built
+    kernel = model.classifier.effective_kernel.numpy()
+    assert kernel.std() == pytest.approx(np.sqrt(2.0 / kernel.shape[0]), rel=0.35)  # he_normal of W, not of V
+    wd = 1e-3
+    expected = 0.5 * wd * sum(float(tf.reduce_sum(tf.square(v))) for v in model.trainable_variables
+                              if "kernel" in v.path and v is not model.classifier.inner.kernel)
+    expected += 0.5 * wd * float(tf.reduce_sum(tf.square(model.classifier.effective_kernel)))
+    assert float(model.coupled_l2(wd)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_relabel_switch_uses_scns_rule_on_the_unmixed_probabilities(built):
+    from losses.scn import relabel
+
+    _, model, batches = built
+    batch = batches[0]
+    index = batch["index"].numpy()
+    snapshot = _snapshot(model)
+    try:
+        _with_config(model, relabel=True, relabel_epoch=2, relabel_margin=0.05)
+        model.classifier.inner.kernel.assign(model.classifier.inner.kernel * 5.0)
+        # Before the relabel epoch: nothing changes.
+        model.optimizer.iterations.assign(model.steps_per_epoch - 1)
+        before = model.current_labels.numpy().copy()
+        model.train_step(batch)
+        np.testing.assert_array_equal(model.current_labels.numpy(), before)
+        _restore(model, snapshot)
+        model.classifier.inner.kernel.assign(model.classifier.inner.kernel * 5.0)
+        # From it: exactly the rows whose unmixed softmax(fc(μ)) margin exceeds δ₂.
+        model.optimizer.iterations.assign(model.steps_per_epoch)
+        _, outputs = model.compute_losses(batch, {}, training=True)
+        new_labels, changed = relabel(tf.nn.softmax(outputs["logits"]), before[index], 0.05)
+        assert changed.numpy().any()
+        model.train_step(batch)
+        expected = before.copy()
+        expected[index] = new_labels.numpy()
+        np.testing.assert_array_equal(model.current_labels.numpy(), expected)
+    finally:
+        _with_config(model, relabel=False, relabel_epoch=10, relabel_margin=0.2)
+        _restore(model, snapshot)
+
+
+def test_config_rejects_bad_values():
+    from common.errors import ConfigError
+    from models.rul import RULConfig
+
+    with pytest.raises(ConfigError):
+        RULConfig(dropout=1.0)
+    with pytest.raises(ConfigError):
+        RULConfig(fc_lr_multiplier=0.0)
