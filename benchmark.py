@@ -50,55 +50,15 @@ a shared machine alternates with other heavy jobs instead of holding the CPU for
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from common.cli import (ArgumentParser, add_dataclass_options, finite_float, fraction, nonnegative_int,
-                        quiet_tensorflow, run_main)
-
-# Set per cell by the protocol, or grid-wide with their own flags below.
-_OWN_FIELDS = ("noise_kind", "noise_rate", "imbalance_factor", "export", "tensorboard", "verbose")
+from common.cli import quiet_tensorflow, run_main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from benchmarks.grid import PROTOCOLS
-    from engine.config import GRID_FIELDS, RunConfig
-    from models.registry import method_names
+def build_parser():
+    from benchmarks.grid import build_parser as grid_parser
 
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--protocol", required=True, choices=PROTOCOLS)
-    p.add_argument("--levels", type=finite_float, nargs="*", default=[],
-                   help="noise rates (noise) or imbalance factors (imbalance)")
-    p.add_argument("--methods", nargs="+", default=["ce", "ldlva"], help=" | ".join(method_names()))
-    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    p.add_argument("--out", help="benchmark directory (default benchmark_runs/<protocol>)")
-    p.add_argument("--noise", "--noise-kind", dest="noise_kind", default="symmetric",
-                   choices=["symmetric", "asymmetric"], help="noise protocol: kind of flips")
-    p.add_argument("--noise-rate", type=fraction, default=0.0,
-                   help="k-sweep protocol: label noise of every cell (default 0: clean)")
-    p.add_argument("--method-set", action="append", default=[], metavar="METHOD:KEY=VALUE",
-                   help="method config override for one method (repeatable), e.g. ldlva:gamma=0.1")
-    p.add_argument("--method-preset", action="append", default=[], metavar="METHOD:PRESET",
-                   help="use a method preset for one method (repeatable)")
-    p.add_argument("--data-dirs", nargs="+", default=[], metavar="NAME=DIR",
-                   help="inconsistent protocol: prepared directories, e.g. rafdb=DIR affectnet=DIR sfew=DIR")
-    p.add_argument("--train-sources", nargs="+", metavar="NAME",
-                   help="inconsistent protocol: sources trained on jointly (default: rafdb affectnet)")
-    groups: dict = {}
-    add_dataclass_options(p, RunConfig, exclude=(*GRID_FIELDS, *_OWN_FIELDS), groups=groups)
-    g = groups["run"]
-    g.add_argument("--export", dest="export", action="store_const", const=True, default=None,
-                   help="also write each run's SavedModel")
-    g.add_argument("--tensorboard", dest="tensorboard", action="store_const", const=True, default=None,
-                   help="also write each run's TensorBoard logs")
-    g.add_argument("--verbose", type=nonnegative_int, default=None, choices=[0, 1, 2], help="Keras progress output per run")
-    g = p.add_argument_group("grid control")
-    g.add_argument("--lock", help="flock this file around each cell's training (e.g. /tmp/cpu.lock)")
-    g.add_argument("--max-cells", type=nonnegative_int, help="train at most N cells this invocation, then write the tables")
-    g.add_argument("--report-only", action="store_true", help="train nothing; rebuild results.md/runs.csv")
-    g.add_argument("--force-stale", action="store_true",
-                   help="retrain finished cells whose configuration differs from this command")
-    return p
+    return grid_parser(__doc__)
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,12 @@ votes          model vs human vote distributions on test images (supplement Fig.
 uncertain      most / least uncertain training images with their λ (LDLVA Fig. 6)               LDLVA run
 neighbors      a training sample, its K VA-neighbours, a, s and weights (LDLVA Fig. 4)          LDLVA run
 distributions  constructed target distributions of flipped samples (LDLVA Fig. 5)               LDLVA run
+naw            per-class box plots of the noise-aware weights, kept vs flipped labels (NLA      NLA run
+               Fig. 5)
+lanet-         estimated label distributions (the target bank) of flipped samples (LA-Net)     LA-Net run
+distributions
+k-sweep        test accuracy against K per method, from a ``benchmark.py --protocol k-sweep``   grid folder
+               folder given as ``--run`` (LDLVA Fig. 7, LA-Net Fig. 2)
 =============  ===============================================================================  ===========
 
 The default output is ``RUN/figures/<KIND>.png``. Model-based figures rebuild the run with
@@ -42,7 +48,8 @@ import numpy as np
 from common.cli import ArgumentParser, nonnegative_int, positive_float, positive_int, quiet_tensorflow, run_main
 from common.errors import CheckpointError, ConfigError, DataError
 
-KINDS = ("confusion", "curves", "tsne", "gradcam", "votes", "uncertain", "neighbors", "distributions")
+KINDS = ("confusion", "curves", "tsne", "gradcam", "votes", "uncertain", "neighbors", "distributions", "naw",
+         "lanet-distributions", "k-sweep")
 
 
 def _quiet(*_args, **_kwargs):
@@ -184,8 +191,14 @@ def fig_tsne(args):
     if len(labels) < 5:
         raise DataError(f"t-SNE needs at least 5 test samples, the split has {len(labels)}")
     perplexity = min(args.perplexity, (len(labels) - 1) / 3.0)
+    import time
+
+    print(f"t-SNE of {len(labels)} test features ({features.shape[1]}-d); about a minute for 2000 on 2 cores",
+          file=sys.stderr, flush=True)
+    start = time.perf_counter()
     embedding = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=args.seed).fit_transform(
         features.astype(np.float64))
+    print(f"t-SNE done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     accuracy = float(np.mean(probs.argmax(1) == labels))
     return tsne_figure(embedding, labels, trainer.spec.class_names, probs.argmax(1),
                        _title(args, f"t-SNE of {len(labels)} test features (accuracy {100 * accuracy:.1f}%)"))
@@ -353,9 +366,77 @@ def fig_distributions(args):
                                 _title(args, f"LDLVA target distributions t of {len(rows)} {what}"))
 
 
+def fig_naw(args):
+    """NLA's noise-aware weights of every training sample under the final model (inference mode)."""
+    import tensorflow as tf
+
+    from data.pipeline import collect_outputs
+    from losses.nla import naw_weights
+    from tools.figures import naw_figure
+
+    trainer, _ = load_model(args, need_train=True)
+    if trainer.cfg.method != "nla":
+        raise ConfigError(f"visualize naw needs an NLA run; {args.run} is a '{trainer.cfg.method}' run")
+    model, table = trainer.model, trainer.train_table
+    out = collect_outputs(lambda images: {"logits": tf.cast(model(images, training=False), tf.float32)},
+                          trainer.eval_dataset("train"), keep=("label",))
+    epsilon = float(model.schedule().numpy())  # ε of the final epoch
+    weights = naw_weights(tf.constant(out["logits"]), tf.constant(out["label"]), epsilon).numpy()
+    flipped = (table.clean_labels != table.labels) if table.clean_labels is not None else np.zeros(len(table), bool)
+    groups = [{"clean": weights[(table.labels == c) & ~flipped], "flipped": weights[(table.labels == c) & flipped]}
+              for c in range(model.num_classes)]
+    return naw_figure(groups, trainer.spec.class_names, _title(
+        args, f"NLA noise-aware weights of the {len(table)} training samples by given class (ε = {epsilon:.2f})"))
+
+
+def fig_lanet_distributions(args):
+    """LA-Net's estimated label distributions (its per-sample target bank) of flipped training samples."""
+    import tensorflow as tf
+
+    from tools.figures import distributions_figure
+
+    trainer, _ = load_model(args, need_train=True)
+    if trainer.cfg.method != "lanet":
+        raise ConfigError(f"visualize lanet-distributions needs an LA-Net run; {args.run} is a '{trainer.cfg.method}' run")
+    table, model = trainer.train_table, trainer.model
+    rows = pick_training_rows(trainer, args.n or 8, args)
+    bank = model.target_bank.numpy()
+    probs = tf.nn.softmax(model(tf.constant(model_inputs(table, rows, trainer.cfg.image_size)), training=False)).numpy()
+    samples = [{"image": display_image(table, r), "label": int(table.labels[r]),
+                "clean_label": None if table.clean_labels is None else int(table.clean_labels[r]),
+                "target": bank[r], "uncertainty": float(1.0 - bank[r, table.labels[r]]), "prediction": probs[i]}
+               for i, r in enumerate(rows)]
+    return distributions_figure(samples, trainer.spec.class_names, _title(
+        args, f"LA-Net estimated label distributions (target bank) of {len(rows)} training samples; "
+              "uncertainty = 1 − T[given]"))
+
+
+def fig_k_sweep(args):
+    """Accuracy against K from a k-sweep grid folder (its runs.csv), mean ± std over seeds."""
+    import pandas as pd
+
+    from benchmarks.grid import mean_std
+    from models.registry import method_title
+    from tools.figures import k_sweep_figure
+
+    path = Path(args.run) / "runs.csv"
+    if not path.is_file():
+        raise DataError(f"{path} not found: give a `benchmark.py --protocol k-sweep --out DIR` folder as --run")
+    runs = pd.read_csv(path)
+    if runs.empty:
+        raise DataError(f"{path}: no finished cell yet")
+    curves = {}
+    for method, group in runs.groupby("method"):
+        ks = sorted(group["level"].astype(int).unique())
+        stats = [mean_std(group.loc[group["level"].astype(int) == k, "accuracy"]) for k in ks]
+        curves[method_title(method)] = (ks, [100 * m for m, _, _ in stats], [100 * sd for _, sd, _ in stats])
+    return k_sweep_figure(curves, _title(args, f"test accuracy vs K ({path.parent.name}; mean ± std over seeds)"))
+
+
 FIGURES = {"confusion": fig_confusion, "curves": fig_curves, "tsne": fig_tsne, "gradcam": fig_gradcam,
            "votes": fig_votes, "uncertain": fig_uncertain, "neighbors": fig_neighbors,
-           "distributions": fig_distributions}
+           "distributions": fig_distributions, "naw": fig_naw, "lanet-distributions": fig_lanet_distributions,
+           "k-sweep": fig_k_sweep}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -155,6 +155,55 @@ def check_methods(methods, protocol: str | None = None) -> list[str]:
     return ordered
 
 
+# --------------------------------------------------------------------------------------------- CLI
+
+# Set per cell by the protocol, or grid-wide with their own flags below.
+_OWN_FIELDS = ("noise_kind", "noise_rate", "imbalance_factor", "export", "tensorboard", "verbose")
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    from common.cli import ArgumentParser, add_dataclass_options, finite_float, fraction, nonnegative_int
+    from engine.config import GRID_FIELDS, RunConfig
+    from models.registry import method_names
+
+    p = ArgumentParser(prog="benchmark.py", description=description or __doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--protocol", required=True, choices=PROTOCOLS)
+    p.add_argument("--levels", type=finite_float, nargs="*", default=[],
+                   help="noise rates (noise) or imbalance factors (imbalance)")
+    p.add_argument("--methods", nargs="+", default=["ce", "ldlva"], help=" | ".join(method_names()))
+    p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
+    p.add_argument("--out", help="benchmark directory (default benchmark_runs/<protocol>)")
+    p.add_argument("--noise", "--noise-kind", dest="noise_kind", default="symmetric",
+                   choices=["symmetric", "asymmetric"], help="noise protocol: kind of flips")
+    p.add_argument("--noise-rate", type=fraction, default=0.0,
+                   help="k-sweep protocol: label noise of every cell (default 0: clean)")
+    p.add_argument("--method-set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="method config override for one method (repeatable), e.g. ldlva:gamma=0.1")
+    p.add_argument("--method-preset", action="append", default=[], metavar="METHOD:PRESET",
+                   help="use a method preset for one method (repeatable)")
+    p.add_argument("--data-dirs", nargs="+", default=[], metavar="NAME=DIR",
+                   help="inconsistent protocol: prepared directories, e.g. rafdb=DIR affectnet=DIR sfew=DIR")
+    p.add_argument("--train-sources", nargs="+", metavar="NAME",
+                   help="inconsistent protocol: sources trained on jointly (default: rafdb affectnet)")
+    groups: dict = {}
+    add_dataclass_options(p, RunConfig, exclude=(*GRID_FIELDS, *_OWN_FIELDS), groups=groups)
+    g = groups["run"]
+    g.add_argument("--export", dest="export", action="store_const", const=True, default=None,
+                   help="also write each run's SavedModel")
+    g.add_argument("--tensorboard", dest="tensorboard", action="store_const", const=True, default=None,
+                   help="also write each run's TensorBoard logs")
+    g.add_argument("--verbose", type=nonnegative_int, default=None, choices=[0, 1, 2], help="Keras progress output per run")
+    g = p.add_argument_group("grid control")
+    g.add_argument("--lock", help="flock this file around each cell's training (e.g. /tmp/cpu.lock)")
+    g.add_argument("--max-cells", type=nonnegative_int, help="train at most N cells this invocation, then write the tables")
+    g.add_argument("--report-only", action="store_true", help="train nothing; rebuild results.md/runs.csv")
+    g.add_argument("--force-stale", action="store_true",
+                   help="retrain finished cells whose configuration differs from this command")
+    return p
+
+
+
 # ------------------------------------------------------------------------------------ one cell
 
 @contextlib.contextmanager
@@ -392,7 +441,7 @@ def results_markdown(args, rows, methods, levels, failed: dict, stale: dict, set
         lines += [f"- {name}: stale, its configuration differs ({why}); rerun with --force-stale" for name, why in
                   stale.items()]
         lines.append("")
-    lines.append(f"Every run: `runs.csv`; run directories: `runs/<method>_<level>_s<seed>`.")
+    lines.append("Every run: `runs.csv`; run directories: `runs/<method>_<level>_s<seed>`.")
     return "\n".join(lines) + "\n"
 
 

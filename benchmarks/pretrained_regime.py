@@ -74,10 +74,10 @@ def grid_argv(args, regime: str, setting: str, seeds) -> list[str]:
 
 
 def run_grid(argv) -> int:
-    import benchmark
+    from benchmarks.grid import build_parser as grid_parser
     from benchmarks.grid import run_grid as grid
 
-    return grid(benchmark.build_parser().parse_args(argv), log=lambda *a, **k: None)
+    return grid(grid_parser().parse_args(argv), log=lambda *a, **k: None)
 
 
 def combined_table(args) -> str:

@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label-noise kind (default symmetric; 'none' for imbalance only)")
     parser.add_argument("--rate", type=fraction, default=0.0, help="fraction of labels to flip, in [0, 1) (default 0)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed (default 0)")
-    parser.add_argument("--num-classes", type=positive_int, default=7, help="number of classes, 7 or 8 (default 7)")
+    parser.add_argument("--num-classes", type=positive_int, default=7, choices=(7, 8),
+                        help="number of classes, 7 or 8 (default 7)")
     parser.add_argument("--imbalance-factor", type=finite_float, default=1.0,
                         help="largest/smallest class-count ratio after subsampling (default 1 = keep all rows)")
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")

@@ -89,8 +89,8 @@ class ImageSource:
     # Files mode runs Python inside tf.data's threads. A tf.data iterator still alive when the interpreter
     # finalises (a global, a traceback kept in sys.last_traceback) would be destroyed while one of those
     # threads waits for the GIL, which Python then kills: TensorFlow hangs or aborts at exit. An atexit
-    # hook (registered by the first files-mode source) therefore frees unreachable iterators while Python
-    # is still alive, makes later calls return at once, and waits for the calls in flight to end.
+    # hook (registered by the first files-mode source) therefore makes later calls return at once, waits
+    # for the calls in flight to end, and releases every tf.data iterator while Python is still alive.
     _calls_lock = threading.Lock()
     _calls_in_flight = 0
     _last_call = 0.0
@@ -103,12 +103,20 @@ class ImageSource:
         import sys
         import time
 
-        sys.last_type = sys.last_value = sys.last_traceback = None
-        gc.collect()
         cls._closing = True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (cls._calls_in_flight or time.monotonic() - cls._last_call < 0.05):
             time.sleep(0.01)
+        sys.last_type = sys.last_value = sys.last_traceback = None
+        gc.collect()
+        try:  # iterators still referenced (module globals): drop their resource now, not during finalisation
+            from tensorflow.python.data.ops.iterator_ops import OwnedIterator
+
+            for obj in gc.get_objects():
+                if isinstance(obj, OwnedIterator) and "_iterator_resource" in vars(obj):
+                    del obj._iterator_resource
+        except Exception:  # noqa: BLE001 - best effort at exit; TensorFlow internals may move
+            pass
 
     def _load_file(self, index):
         """numpy side of files mode: row → (uint8 (S, S, 3), upright (h, w) float32)."""

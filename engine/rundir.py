@@ -133,6 +133,9 @@ def prepare_run_dir(run_dir: Path, record: dict, resume: bool, force: bool, exte
             old = json.loads(config_path.read_text(encoding="utf-8"))
             if not isinstance(old, dict):
                 raise ValueError("not a JSON object")
+            for section in ("run", "method_config", "data"):
+                if not isinstance(old.get(section), dict):
+                    raise ValueError(f"section '{section}' is missing or not an object")
         except (UnicodeDecodeError, ValueError, OSError) as exc:
             if not force or resume:
                 raise CheckpointError(f"{config_path} is corrupt ({exc}); pass --force to start this run over") from None

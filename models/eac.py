@@ -63,8 +63,9 @@ weight decay           –                       Adam(weight_decay=1e-4):     ``
 optimisation           –                       Adam 1e-4 (R50; R18 2e-4),   dataset defaults — ``--preset
                                                ExponentialLR 0.9/epoch,     official`` (R18: 2e-4) or
                                                batch 32, 60 epochs          ``official-r50`` (1e-4)
-backbone               MS-Celeb R50            VGGFace2 ``resnet50_ft``     ``--weights`` (the presets ask)
-                                               (MS1M → VGGFace2)
+backbone               MS-Celeb R50            VGGFace2 ``resnet50_ft``     ``--weights`` (the presets ask);
+                                               (MS1M → VGGFace2), stride    ``official-r50`` uses
+                                               on the first 1×1 conv        ``resnet50_keras`` (same layout)
 metric                 mean of the last 5      per-epoch log                last weights
                        epochs
 =====================  ======================  ===========================  ===================================
@@ -189,9 +190,11 @@ class EACModel(FERModel):
     presets = {
         # ResNet-18 as the README's FAQ: lr 2e-4 and RUL's MS-Celeb checkpoint.
         "official": _official(2e-4, "resnet18", "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)"),
-        # The code's own backbone: ResNet-50 at lr 1e-4.
-        "official-r50": _official(1e-4, "resnet50", "the VGGFace2 resnet50_ft weights (MS-Celeb-1M, then VGGFace2 "
-                                                    "fine-tuning), converted to a torchvision-layout .pth"),
+        # The code's own backbone: ResNet-50 at lr 1e-4. Its VGGFace2 network has the stride on the first 1×1
+        # convolution of each block (Caffe layout), as resnet50_keras, not torchvision's resnet50.
+        "official-r50": _official(1e-4, "resnet50_keras",
+                                  "the VGGFace2 resnet50_ft weights (MS-Celeb-1M, then VGGFace2 fine-tuning; "
+                                  "Caffe layout as resnet50_keras) as a Keras .weights.h5 for resnet50_keras"),
         # The paper's pipeline figure: both views share the mirrored erasing.
         "paper": {"method": {"independent_erasing": False}, "run": {}},
     }

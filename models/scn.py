@@ -205,6 +205,14 @@ class SCNModel(FERModel):
             return tf.constant(False)
         return relabel_active(self.current_epoch(), self.config.relabel_epoch)
 
+    def predict_outputs(self, images) -> dict:
+        """softmax(α·z) (the official test-time output; argmax α·z = argmax z) plus each image's α, key
+        ``importance``."""
+        features = tf.cast(self.backbone(images, training=False), tf.float32)
+        alpha, logits = self.classifier.parts(features)
+        scaled = weighted_logits(alpha, logits)
+        return {"logits": scaled, "probabilities": tf.nn.softmax(scaled, axis=-1), "importance": alpha[:, 0]}
+
     # --- losses --------------------------------------------------------------------------------------
     def loss_weight(self, name: str) -> float:
         return {"wce": self.config.wce_weight, "rr": self.config.rr_weight}.get(name, 1.0)

@@ -399,10 +399,7 @@ CASES = {
         "train", _train_resume_with(lambda r: r["run"].__setitem__("epochs", "ten")),
         ("--resume refused", "run.epochs", "'ten'")),
     "train_resume_config_data_section_not_an_object": Case(
-        "train", _train_resume_with(lambda r: r.__setitem__("data", [])), ("config.json", "data"),
-        xfail="engine/rundir.py prepare_run_dir: --resume accepts a config.json whose 'data' (or 'run') section "
-              "is missing or not an object (compare_configs sees no difference) and rewrites metrics.json; "
-              "it should refuse like engine.run.read_run_record"),
+        "train", _train_resume_with(lambda r: r.__setitem__("data", [])), ("config.json", "data")),
     "train_out_is_users_folder_force": Case(
         "train", lambda env: train_args(env.ds(), env.folder(), *NO_VAL, "--force"),
         ("not empty", "not a run directory", "nothing was changed")),
@@ -748,9 +745,7 @@ CASES = {
     "noise_num_classes_nine": Case(
         "data.noise", _noise("--rate", "0.3", "--num-classes", "9", table=lambda env: edit_csv(
             env.ds() / "train.csv", lambda f: f.drop(columns=["votes"]))),
-        ("--num-classes", "7 or 8"),
-        xfail="data/noise.py: --num-classes accepts any n >= 2 (help: '7 or 8'); with 9 a 7-class table gets labels "
-              "flipped into classes 7 and 8 that do not exist, exit 0"),
+        ("--num-classes", "9")),
 }
 
 

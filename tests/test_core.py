@@ -30,7 +30,7 @@ def test_registry_knows_every_dataset_and_rejects_unknown():
     from common.errors import ConfigError
     from data.registry import DATASETS, get_dataset_spec
 
-    assert set(DATASETS) == {"synthetic", "affectnet", "affectnet8", "rafdb", "sfew", "ferplus", "csv"}
+    assert set(DATASETS) == {"synthetic", "affectnet", "affectnet8", "rafdb", "sfew", "ferplus", "ferplus7", "affwild2", "csv"}
     assert get_dataset_spec("affectnet8").num_classes == 8
     assert get_dataset_spec("csv", 8).class_names[-1] == "Contempt"
     with pytest.raises(ConfigError, match="unknown --dataset"):

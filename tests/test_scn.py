@@ -56,6 +56,10 @@ def test_loss_terms_are_the_losses_functions_on_the_current_labels(built):
         np.testing.assert_allclose(outputs["logits"].numpy(), (alpha * logits).numpy(), rtol=1e-6)
         np.testing.assert_allclose(model(batch["image"], training=False).numpy(), (alpha * logits).numpy(),
                                    rtol=1e-5, atol=1e-6)
+        predicted = model.predict_outputs(batch["image"])
+        np.testing.assert_allclose(predicted["probabilities"].numpy(), tf.nn.softmax(alpha * logits).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(predicted["importance"].numpy(), alpha.numpy()[:, 0], rtol=1e-6)
     finally:
         model.current_labels.assign(saved)
 

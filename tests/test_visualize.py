@@ -109,3 +109,27 @@ def test_ldlva_explain_follows_the_target_definition(ldlva_run):
     lam = info["uncertainty"][:, None]
     np.testing.assert_allclose(info["target"], (1 - lam) * np.eye(7)[info["labels"]] + lam * mix, atol=1e-5)
     np.testing.assert_allclose(info["target"].sum(axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, kind", [("nla", "naw"), ("lanet", "lanet-distributions")])
+def test_peer_method_figures(method, kind, tiny_dataset, tmp_path):
+    run = _train(tiny_run_config(tiny_dataset, tmp_path / method, method=method, noise_kind="symmetric",
+                                 noise_rate=0.3, noise_seed=1))
+    _draw(kind, run, tmp_path, *(["--n", "4"] if kind != "naw" else []))
+    other = "lanet-distributions" if kind == "naw" else "naw"  # the other method's figure is refused
+    with pytest.raises(ConfigError, match="needs an"):
+        visualize.main([other, "--run", str(run), "--out", str(tmp_path / "x.png")])
+
+
+def test_k_sweep_figure_from_a_grid_folder(tmp_path):
+    import pandas as pd
+
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    rows = [{"method": m, "level": k, "seed": s, "accuracy": 0.5 + 0.01 * k + 0.01 * s}
+            for m in ("ldlva", "lanet") for k in (2, 4, 8) for s in (0, 1)]
+    pd.DataFrame(rows).to_csv(grid / "runs.csv", index=False)
+    _draw("k-sweep", grid, tmp_path)
+    (grid / "runs.csv").unlink()
+    with pytest.raises(DataError, match="k-sweep"):
+        visualize.main(["k-sweep", "--run", str(grid), "--out", str(tmp_path / "y.png")])

@@ -286,8 +286,12 @@ def neighbors_figure(anchor: dict, neighbors: list[dict], class_names: Sequence[
 
     ax = fig.add_subplot(grid[1, half:])
     x = np.arange(1, k + 1)
-    ax.bar(x - 0.27, [nb["similarity"] for nb in neighbors], 0.27, label="VA similarity a", color="#999999")
-    ax.bar(x, [nb["calibration"] for nb in neighbors], 0.27, label="calibration s", color=MODEL_COLOR)
+    similarity = np.array([nb["similarity"] for nb in neighbors], np.float64)
+    ax.bar(x - 0.27, similarity / max(similarity.sum(), 1e-300), 0.27, label="VA similarity a/Σa", color="#999999")
+    # The calibration scores can all be tiny (~1e-5 without the release's clamp) while their ratios decide the
+    # weights: drawn relative to their sum, like the weights (the raw values are in the image titles).
+    calibration = np.array([nb["calibration"] for nb in neighbors], np.float64)
+    ax.bar(x, calibration / max(calibration.sum(), 1e-300), 0.27, label="calibration s/Σs", color=MODEL_COLOR)
     ax.bar(x + 0.27, weights, 0.27, label="weight c/Σc", color=GIVEN_COLOR)
     ax.set_xticks(x)
     ax.set_xticklabels([f"#{j}" for j in x], fontsize=7)
@@ -414,4 +418,62 @@ def votes_figure(samples: list[dict], class_names: Sequence[str], title: str = "
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- NLA weights
+
+def naw_figure(weights_by_class: list[dict], class_names: Sequence[str], title: str = ""):
+    """NLA Fig. 5: per class, box plots of the noise-aware weights w of clean and of flipped training samples.
+
+    ``weights_by_class[c]``: {"clean": (n,) weights, "flipped": (m,) weights} (``flipped`` may be empty).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(1.3 * len(class_names) + 1.5, 4.2))
+    positions, data, colors = [], [], []
+    for c, groups in enumerate(weights_by_class):
+        for offset, key, color in ((-0.18, "clean", CLEAN_COLOR), (0.18, "flipped", GIVEN_COLOR)):
+            values = np.asarray(groups.get(key, []), np.float64)
+            if len(values):
+                positions.append(c + offset)
+                data.append(values)
+                colors.append(color)
+    boxes = ax.boxplot(data, positions=positions, widths=0.3, patch_artist=True, showfliers=False)
+    for patch, color in zip(boxes["boxes"], colors):
+        patch.set_facecolor(color)
+        patch.set_alpha(0.55)
+    ax.set_xticks(range(len(class_names)))
+    ax.set_xticklabels([short_name(n, 8) for n in class_names], fontsize=8)
+    ax.set_ylabel("noise-aware weight w")
+    ax.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=CLEAN_COLOR, alpha=0.55, label="label kept"),
+                       plt.Rectangle((0, 0), 1, 1, color=GIVEN_COLOR, alpha=0.55, label="label flipped")],
+              fontsize=8, loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=9.5)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------- K sweep
+
+def k_sweep_figure(curves: dict, title: str = ""):
+    """LDLVA Fig. 7 / LA-Net Fig. 2: test accuracy against the neighbour count K, one line per method.
+
+    ``curves``: method title → (K values, mean accuracies, std) in percent.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for name, (ks, means, stds) in curves.items():
+        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted({k for ks, _, _ in curves.values() for k in ks}))
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.get_xaxis().set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("neighbours K")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9.5)
+    fig.tight_layout()
     return fig
