@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra method setting for the methods that have it (e.g. num_neighbors=16)")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train steps (slower on CPU)")
+    p.add_argument("--nondeterministic", action="store_true",
+                   help="allow non-deterministic ops (runs default to op determinism for exact resume)")
+    p.add_argument("--image-cache", default="auto", choices=("auto", "memory", "files"),
+                   help="where training pixels come from (files: decode every step)")
     p.add_argument("--mixed-precision", default="auto", choices=("auto", "off", "float32", "mixed_float16",
                                                                   "mixed_bfloat16"),
                    help="auto | off | mixed_float16 | mixed_bfloat16")
@@ -182,6 +186,7 @@ def run_config(args, method: str, overrides: dict):
     return RunConfig(dataset=args.dataset, data_dir=args.data_dir, num_classes=args.num_classes, method=method,
                      backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
                      mixed_precision=args.mixed_precision, jit=args.jit, method_overrides=overrides,
+                     deterministic=not args.nondeterministic, image_cache=args.image_cache,
                      synthetic=_synthetic_overrides(args.synthetic) if args.dataset == "synthetic" else {},
                      export=False, tensorboard=False, verbose=0, out=str(Path(tempfile.gettempdir()) / "fer-speed"))
 
@@ -365,8 +370,8 @@ def bench_pipeline(args, trainer, log) -> dict:
     table = trainer.train_table
     config = trainer.pipeline_config()
     sources = {"files": ImageSource(table, args.image_size, "files")}
-    if trainer.train_source.mode == "memory":
-        sources["memory"] = trainer.train_source
+    if trainer.data.train_source.mode == "memory":
+        sources["memory"] = trainer.data.train_source
     elif len(table) * args.image_size ** 2 * 3 <= 3e9:  # what --image-cache auto would keep in RAM
         sources["memory"] = ImageSource(table, args.image_size, "memory")
     spe = math.ceil(len(table) / args.batch_size)
@@ -375,7 +380,7 @@ def bench_pipeline(args, trainer, log) -> dict:
     if table.va is not None:
         streams["ldlva-forward"] = {"neighbor_table": build_neighbor_table(table.va, 8)[0].astype("int32"),
                                     "neighbor_images": True}
-    out = {"default_mode": trainer.train_source.mode, "cpu_count": os.cpu_count() or 1}
+    out = {"default_mode": trainer.data.train_source.mode, "cpu_count": os.cpu_count() or 1}
     for stream, kwargs in streams.items():
         for mode, source in sources.items():
             for threads in (1, 0):
@@ -465,7 +470,8 @@ def markdown_report(args, machine, results, skipped, pipeline, serving, knn, arg
                  f"Keras {machine['keras']}, Python {machine['python']}  ")
     lines.append(f"Setting: {args.dataset} data, backbone {args.backbone} @ {args.image_size} px, batch {args.batch_size}, "
                  f"median of {args.steps}×{args.rounds} steps after {args.warmup} warm-up, "
-                 f"{'XLA (--jit)' if args.jit else 'graph mode, no XLA'}, precision {args.mixed_precision}\n")
+                 f"{'XLA (--jit)' if args.jit else 'graph mode, no XLA'}, precision {args.mixed_precision}, "
+                 f"{'non-deterministic ops' if args.nondeterministic else 'op determinism on'}\n")
     if results:
         lines.append("| method | step (ms, median) | samples/s | images forwarded/s | × CE | first step (s) | compiled step |")
         lines.append("|---|---|---|---|---|---|---|")

@@ -66,8 +66,9 @@ optimisation           –                       Adam 1e-4 (R50; R18 2e-4),   da
 backbone               MS-Celeb R50            VGGFace2 ``resnet50_ft``     ``--weights`` (the presets ask);
                                                (MS1M → VGGFace2), stride    ``official-r50`` uses
                                                on the first 1×1 conv        ``resnet50_keras`` (same layout)
-metric                 mean of the last 5      per-epoch log                last weights
-                       epochs
+metric                 mean of the last 5      per-epoch log                last weights; with ``--val-every 1``
+                       epochs                                               metrics.json's ``epoch_selection``
+                                                                            has the last-5 mean
 =====================  ======================  ===========================  ===================================
 """
 
@@ -85,6 +86,8 @@ from models.backbones import stage_models
 from models.base import FERModel, MethodData
 
 VIEWS_FORWARD = ("separate", "joint")
+MSCELEB_R18 = ("MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, "
+               "LA-Net and NLA start from)")
 
 # torchvision RandomErasing defaults (the official transform sets only the scale).
 ERASING_SCALE = (0.02, 0.25)
@@ -189,7 +192,7 @@ class EACModel(FERModel):
     loss_names = ("ce", "consistency")
     presets = {
         # ResNet-18 as the README's FAQ: lr 2e-4 and RUL's MS-Celeb checkpoint.
-        "official": _official(2e-4, "resnet18", "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)"),
+        "official": _official(2e-4, "resnet18", MSCELEB_R18),
         # The code's own backbone: ResNet-50 at lr 1e-4. Its VGGFace2 network has the stride on the first 1×1
         # convolution of each block (Caffe layout), as resnet50_keras, not torchvision's resnet50.
         "official-r50": _official(1e-4, "resnet50_keras",

@@ -344,7 +344,8 @@ class RULModel(FERModel):
         if not self.config.relabel or table is None or len(table) != self.num_train_samples:
             return {}
         current, given = self.current_labels.numpy(), np.asarray(table.labels)
-        out = {"rul_relabeled": int((current != given).sum()), "rul_relabeled_fraction": float((current != given).mean())}
+        changed = current != given
+        out = {"rul_relabeled": int(changed.sum()), "rul_relabeled_fraction": float(changed.mean())}
         if table.clean_labels is not None:
             out["rul_label_accuracy_current"] = float((current == np.asarray(table.clean_labels)).mean())
         return out

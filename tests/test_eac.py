@@ -157,3 +157,10 @@ def test_config_rejects_bad_values():
         EACConfig(views_forward="both")
     with pytest.raises(ConfigError):
         EACConfig(erasing=1.5)
+
+
+def test_killed_run_resumes_bit_identically(tiny_dataset, tmp_path, monkeypatch):
+    """The erasing draws of the resumed steps are the uninterrupted run's."""
+    from test_rul import check_resume_is_bit_identical
+
+    check_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, "eac")
