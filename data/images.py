@@ -11,17 +11,21 @@ images are converted to 8-bit RGB (gray replicated, alpha dropped, 16-bit ÷ 257
 an EXIF *Orientation* tag (0x0112) saying how to show them; all eight values are applied (as Pillow's
 ``ImageOps.exif_transpose``), so a decoded image is *upright, as a viewer shows it*. With orientations
 5–8 width and height swap. The tag is read from the JPEG ``APP1`` Exif segment, the PNG ``eXIf``
-chunk, or by Pillow for other formats (TIFF decoders apply their own orientation tag). Everything measured on an image is in these upright pixels:
-its size (:func:`image_size`, :attr:`ImageHeader.size`) and the ``landmarks`` of the annotation
-table, which are x;y in pixels of the stored image *after* orientation (the image as a user sees it).
+chunk, or by Pillow for other formats (TIFF readers apply a TIFF's own tag while decoding). The
+result matches OpenCV's ``cv2.imread(..., IMREAD_COLOR)`` (which the importers use) and Pillow's
+``exif_transpose``. Everything measured on an image is in these upright pixels: its size
+(:func:`image_size`, :attr:`ImageHeader.size`) and the ``landmarks`` of the annotation table, which
+are x;y in pixels of the stored image *after* orientation (the image as a user sees it).
 
 **Pixel limit.** Before any pixel is decoded the header is read (cheap: the JPEG markers, the PNG
 ``IHDR``, or Pillow's lazy ``Image.open`` for other formats) and an image with more than
 :func:`max_image_pixels` pixels — by default ``DEFAULT_MAX_IMAGE_PIXELS`` = 40 000 000 (40 megapixels,
-far above any face image; a 20000×20000 PNG compresses to 1 MB but decodes to 1.2 GB) — is refused
-with a reason naming its size. The environment variable ``FER_MAX_IMAGE_PIXELS`` (a positive integer)
-overrides the limit. The integrity scan applies it, so training refuses such a file at start-up
-(``--skip-bad`` drops and counts it), and so does the decoder.
+far above any face image; a 20000×20000 PNG can be 50 kB on disk but decodes to 1.2 GB) — is
+refused with a reason naming its size. The environment variable ``FER_MAX_IMAGE_PIXELS`` (a positive
+integer) overrides the limit; read at each check, so set it before the command. The integrity scan
+applies it, so training refuses such a file at start-up (``--skip-bad`` drops and counts it), and so
+does the decoder. (Formats other than JPEG/PNG are measured by Pillow, which itself refuses images
+above 2 × ``PIL.Image.MAX_IMAGE_PIXELS`` ≈ 179 megapixels whatever the limit.)
 
 **Integrity check.** :func:`check_image_bytes` catches zero-byte, truncated (no JPEG end-of-image
 marker, no PNG ``IEND``), non-image files, unreadable headers and over-limit images before TensorFlow

@@ -101,7 +101,6 @@ class ImageSource:
     def _quiesce_at_exit(cls, timeout: float = 2.0) -> None:
         import gc
         import sys
-        import time
 
         cls._closing = True
         deadline = time.monotonic() + timeout

@@ -22,6 +22,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.steps_per_epoch = steps_per_epoch
         self.every_steps = every_steps
         self.last_saved = None
+        self.save_seconds: list[float] = []  # wall time of each checkpoint write
+        self.saved_bytes = 0  # size of the newest checkpoint
 
     def _state(self):
         step = int(self.model.optimizer.iterations.numpy())
@@ -32,7 +34,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         state = self._state()
         if self.last_saved == state["global_step"]:
             return
-        self.manager.save(self.model, state)
+        start = time.perf_counter()
+        path = self.manager.save(self.model, state)
+        self.save_seconds.append(time.perf_counter() - start)
+        self.saved_bytes = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
         self.last_saved = state["global_step"]
 
     def on_train_batch_end(self, batch, logs=None):
@@ -67,14 +72,23 @@ class NonFiniteGuard(keras.callbacks.Callback):
 
 
 class EpochTimer(keras.callbacks.Callback):
-    """Adds ``epoch_seconds`` to the epoch logs (so the CSV log records throughput)."""
+    """Adds ``epoch_seconds`` and ``step_seconds`` (the train steps alone, data fetch included) to the epoch
+    logs, so the CSV log records throughput and the per-epoch overhead outside the model step."""
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._steps = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += time.perf_counter() - self._step_start
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["epoch_seconds"] = time.perf_counter() - self._start
+            logs["step_seconds"] = self._steps
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -59,6 +59,9 @@ class Trainer:
         self.strategy = None
         self.steps_per_epoch = None
         self.policy = None
+        # Wall time of each stage of train() (seconds), written to metrics.json as timings_s: what a
+        # scale benchmark (benchmarks/scale.py) reads to see where the time outside the model goes.
+        self.timings: dict = {}
 
     # --- data ----------------------------------------------------------------------------------------
     @property
@@ -226,6 +229,10 @@ class Trainer:
         cfg, data = self.cfg, self.data
         if data.train_table is not None and data.train_source is None:
             data.train_source = ImageSource(data.train_table, cfg.image_size, cfg.image_cache)
+            if cfg.image_cache == "auto" and data.train_source.mode == "files":
+                gigabytes = len(data.train_table) * cfg.image_size ** 2 * 3 / 1e9
+                self.log(f"--image-cache auto: the decoded training images ({gigabytes:.1f} GB at {cfg.image_size} px) "
+                         "would not fit the memory budget; streaming them from the files instead (decoded every step)")
         if data.test_source is None:
             data.test_source = ImageSource(data.test_table, cfg.image_size, cfg.image_cache)
 
@@ -249,15 +256,22 @@ class Trainer:
                                  extras=extras, landmarks=landmarks)
 
     # --- training ------------------------------------------------------------------------------------
+    def _timed(self, stage: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.timings[stage] = round(self.timings.get(stage, 0.0) + time.perf_counter() - start, 4)
+
     def train(self) -> dict:
         """Train (or resume) the run in its directory, holding the directory's lock throughout."""
         cfg = self.cfg
         self.run_dir = run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
         check_run_dir(run_dir)  # a file, or a user's folder: refused before anything is created
         self.make_strategy()  # before any TensorFlow op: a multi-worker strategy configures the runtime
-        self.load_data()
-        method_data = self.method_data()
-        record = config_record(cfg, self.method_cfg, self.data_facts())
+        self._timed("load_data", self.load_data)
+        method_data = self._timed("method_data", self.method_data)
+        record = self._timed("data_facts", lambda: config_record(cfg, self.method_cfg, self.data_facts()))
         with RunLock(run_dir, worker=_worker_index(cfg)):
             prepare_run_dir(run_dir, record, cfg.resume, cfg.force, cfg.extend)
             self.log(f"run directory: {run_dir}")
@@ -297,21 +311,26 @@ class Trainer:
         from engine.checkpoint import CheckpointManager
 
         cfg = self.cfg
-        model = self.build(len(self.train_table), method_data)
+        model = self._timed("build", self.build, len(self.train_table), method_data)
         manager = CheckpointManager(run_dir)
-        start_step = self._resume(manager, model) if cfg.resume else 0
+        start_step = self._timed("resume", self._resume, manager, model) if cfg.resume else 0
         spe = self.steps_per_epoch
         context = self.context()
+        self._callbacks = {}
         if start_step < cfg.epochs * spe:
-            self.make_sources()
+            self._timed("image_sources", self.make_sources)
             epoch, in_epoch = divmod(start_step, spe)
             epoch_log = EpochLog(run_dir / "log.csv")
             epoch_log.start(epoch)
-            callbacks = [NonFiniteGuard(manager), EpochTimer(), RunCheckpoint(manager, spe, cfg.checkpoint_every),
-                         *self._uncertainty_callbacks(), *model.callbacks(context), epoch_log]
+            checkpoint = RunCheckpoint(manager, spe, cfg.checkpoint_every)
+            uncertainty = self._uncertainty_callbacks()
+            self._callbacks = {"checkpoint": checkpoint, "uncertainty": uncertainty}
+            callbacks = [NonFiniteGuard(manager), EpochTimer(), checkpoint, *uncertainty, *model.callbacks(context),
+                         epoch_log]
             if cfg.tensorboard:
                 callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tb"), write_graph=False, profile_batch=0))
             val = self.eval_dataset() if cfg.val_every else None
+            fit_start = time.perf_counter()
             if in_epoch:
                 # Finish the interrupted epoch first (same batches an uninterrupted run sees), then whole epochs.
                 model.before_training(context)
@@ -324,7 +343,8 @@ class Trainer:
                 model.fit(self.train_dataset(method_data, epoch * spe), initial_epoch=epoch, epochs=cfg.epochs,
                           steps_per_epoch=spe, validation_data=val, validation_freq=max(cfg.val_every, 1),
                           callbacks=callbacks, verbose=cfg.verbose, shuffle=False)
-        model.after_training(context)  # e.g. DDAF's SWA swap; idempotent, also when a resume finds training done
+            self.timings["fit"] = round(time.perf_counter() - fit_start, 4)
+        self._timed("after_training", model.after_training, context)  # e.g. DDAF's SWA swap; idempotent
         return self.finish(run_dir)
 
     def _uncertainty_callbacks(self) -> list:
@@ -338,11 +358,20 @@ class Trainer:
         from engine.export import export_saved_model
 
         cfg = self.cfg
-        report = evaluate_model(self.model, self.eval_dataset(), self.test_table, self.spec.class_names)
+        report = self._timed("evaluate", evaluate_model, self.model, self.eval_dataset(), self.test_table,
+                             self.spec.class_names)
         report["run_dir"] = str(run_dir)
         report.update(epoch_selection(run_dir / "log.csv"))
-        report.update(per_sample_metrics(self.model, self.train_table))
+        report.update(self._timed("per_sample_metrics", per_sample_metrics, self.model, self.train_table))
         report.update(self.model.final_metrics(self.context()))
+        checkpoint = getattr(self, "_callbacks", {}).get("checkpoint")
+        if checkpoint is not None and checkpoint.save_seconds:
+            self.timings["checkpoint_write_max"] = round(max(checkpoint.save_seconds), 4)
+            self.timings["checkpoint_bytes"] = checkpoint.saved_bytes
+        for logger in getattr(self, "_callbacks", {}).get("uncertainty", []):
+            if logger.seconds:
+                self.timings["uncertainty_logging_per_epoch"] = round(max(logger.seconds), 4)
+        report["timings_s"] = dict(self.timings)
         atomic_write_json(run_dir / "metrics.json", report)
         if cfg.export:
             from engine.model_card import provenance

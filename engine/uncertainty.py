@@ -72,8 +72,16 @@ class UncertaintyLogger(keras.callbacks.Callback):
         self.tensorboard = bool(tensorboard)
         self.key = key
         self._writer = None
+        self.seconds: list[float] = []  # wall time of each epoch's logging (summary, AUC, CSV, TensorBoard)
 
     def on_epoch_end(self, epoch, logs=None):
+        import time
+
+        start = time.perf_counter()
+        self._log_epoch(epoch, logs)
+        self.seconds.append(time.perf_counter() - start)
+
+    def _log_epoch(self, epoch, logs):
         values = np.asarray(self.model.per_sample_state()[self.key]).reshape(-1)
         summary = uncertainty_summary(values, self.table)
         if logs is not None:

@@ -122,6 +122,8 @@ def _files_mode_pixels(source):
 
 
 def test_memory_and_files_modes_give_the_same_upright_pixels(tmp_path):
+    import tensorflow as tf
+
     from data.images import resize_image
     from data.pipeline import ImageSource
     from data.schema import load_table
@@ -140,8 +142,6 @@ def test_memory_and_files_modes_give_the_same_upright_pixels(tmp_path):
         # The landmark scale maps upright pixels (W x H = 64 x 40 for every orientation) to S.
         np.testing.assert_allclose(memory.original_sizes, [[H, W]] * 8)
         np.testing.assert_allclose(scales, [[size / W, size / H]] * 8, rtol=1e-6)
-        import tensorflow as tf
-
         mem_scale = tf.stack([memory.load(tf.constant(k))[1] for k in range(8)]).numpy()
         np.testing.assert_allclose(mem_scale, scales, rtol=1e-6)
 
@@ -313,8 +313,8 @@ def test_undecodable_file_in_files_mode_names_csv_and_row(tiny_dataset, tmp_path
     (ds / "images" / "train" / "00007.png").write_bytes(data)
     table = load_table(ds / "train.csv", 7)
     source = ImageSource(table, 24, "files")
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"train\.csv, row 8: image .*00007\.png: cannot be decoded") \
-            as raised:
+    expected = r"train\.csv, row 8: image .*00007\.png: cannot be decoded"
+    with pytest.raises(tf.errors.InvalidArgumentError, match=expected) as raised:
         _files_mode_pixels(source)  # ...and fails inside tf.data, naming the row
     for error in (find_undecodable_image([None, table]), find_undecodable_image([], raised.value)):
         assert re.match(r".*train\.csv, row 8: image .*00007\.png: cannot be decoded as an image; replace", str(error))
