@@ -74,6 +74,23 @@ def parse_method_sets(items) -> dict[str, dict[str, str]]:
     return out
 
 
+def parse_noise_files(items) -> dict[str, str]:
+    """``["0.1=noise01.txt", ...]`` → ``{"0.1": "noise01.txt"}`` (keys as the level labels)."""
+    out = {}
+    for item in items or []:
+        level, sep, path = item.partition("=")
+        try:
+            key = f"{float(level):g}"
+        except ValueError:
+            key = None
+        if not sep or not path or key is None:
+            raise ConfigError(f"--noise-files expects LEVEL=FILE (e.g. 0.1=noise01.txt), got '{item}'")
+        if not Path(path).is_file():
+            raise ConfigError(f"--noise-files {item}: {path} not found")
+        out[key] = path
+    return out
+
+
 def parse_data_dirs(items) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for item in items or []:
@@ -127,7 +144,11 @@ def base_config(args, method: str, seed: int, out: Path, level: float | None, me
     options = {**GRID_RUN_DEFAULTS, **options}
     cfg = RunConfig(**options, method=method, seed=seed, noise_seed=seed, out=str(out),
                     preset=(args.preset or {}).get(method), method_overrides=dict(method_sets.get(method, {})))
-    if args.protocol == "noise" and level:
+    noise_files = parse_noise_files(getattr(args, "noise_files", None))
+    if args.protocol == "noise" and noise_files:
+        # The papers' released flips (EAC's RAF-DB noise01/02/03.txt) instead of our own draws.
+        cfg = dataclasses.replace(cfg, noise_file=noise_files[f"{level:g}"]) if level else cfg
+    elif args.protocol == "noise" and level:
         cfg = dataclasses.replace(cfg, noise_kind=args.noise_kind, noise_rate=float(level))
     elif args.protocol == "imbalance" and level != 1.0:
         cfg = dataclasses.replace(cfg, imbalance_factor=float(level))
@@ -178,6 +199,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    choices=["symmetric", "asymmetric"], help="noise protocol: kind of flips")
     p.add_argument("--noise-rate", type=fraction, default=0.0,
                    help="k-sweep protocol: label noise of every cell (default 0: clean)")
+    p.add_argument("--noise-files", nargs="+", metavar="LEVEL=FILE",
+                   help="noise protocol: released noisy-label files instead of our own flips, one per level, e.g. "
+                        "0.1=noise01.txt 0.2=noise02.txt 0.3=noise03.txt (EAC's RAF-DB files)")
     p.add_argument("--method-set", action="append", default=[], metavar="METHOD:KEY=VALUE",
                    help="method config override for one method (repeatable), e.g. ldlva:gamma=0.1")
     p.add_argument("--method-preset", action="append", default=[], metavar="METHOD:PRESET",
@@ -548,6 +572,10 @@ def run_grid(args, log=print) -> int:
     args.preset = presets
     out = Path(args.out or f"benchmark_runs/{args.protocol}")
     methods = check_methods(args.methods, args.protocol)
+    noise_files = parse_noise_files(getattr(args, "noise_files", None))
+    if noise_files and (args.protocol != "noise" or sorted(noise_files) != sorted(f"{v:g}" for v in levels if v)):
+        raise ConfigError("--noise-files needs --protocol noise and one file per non-zero level of --levels "
+                          f"(levels {' '.join(f'{v:g}' for v in levels)}; files for {' '.join(sorted(noise_files))})")
     if args.protocol != "k-sweep" and getattr(args, "noise_rate", 0):
         raise ConfigError("--noise-rate applies to --protocol k-sweep (the noise protocol's rates are its --levels)")
     unused = sorted(set(method_sets) - set(args.methods))

@@ -14,3 +14,6 @@ ASYMMETRIC_FLIP = {
     0: 2,  # Neutral -> Sad
     7: 0,  # Contempt -> Neutral
 }
+
+# RAF-DB's 1-based labels (Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral) -> canonical index.
+RAF_TO_CANONICAL = {1: 3, 2: 4, 3: 5, 4: 1, 5: 2, 6: 6, 7: 0}

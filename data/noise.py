@@ -173,6 +173,57 @@ def apply_label_noise(frame: pd.DataFrame, kind: str, rate: float, num_classes: 
     return out
 
 
+def raf_label_file_name(path: str) -> str:
+    """The RAF-DB image name a table path stands for: ``.../train_00001_aligned.jpg`` → ``train_00001``."""
+    stem = Path(str(path).replace("\\", "/")).stem
+    return stem[: -len("_aligned")] if stem.endswith("_aligned") else stem
+
+
+def apply_label_file(frame: pd.DataFrame, label_file, num_classes: int, source="<table>") -> pd.DataFrame:
+    """Replace ``expression`` by the labels of a released noisy-label file (RAF-DB layout).
+
+    The file has lines ``<image name> <RAF label 1-7>``, as RAF-DB's ``list_patition_label.txt`` and the
+    noisy copies EAC's authors released (``noise01.txt``, ``noise02.txt``, ``noise03.txt``: 10/20/30 % of the
+    training labels flipped); names are matched to the table's paths by stem (``train_00001.jpg`` ↔
+    ``train_00001_aligned.jpg``). ``clean_expression`` keeps the table's labels (unless it has one
+    already), so the noise-detection AUC is measured on exactly the papers' flips. Every training row must
+    be listed; a malformed line is a DataError naming the file and line.
+    """
+    from data.classes import RAF_TO_CANONICAL
+
+    label_file = Path(label_file)
+    try:
+        text = label_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{label_file}: cannot be read as a label file ({exc})") from None
+    labels = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DataError(f"{label_file}, line {number}: expected '<image name> <label 1-7>', got {line[:60]!r}")
+        raf = int(parts[1])
+        if raf not in RAF_TO_CANONICAL:
+            raise DataError(f"{label_file}, line {number}: label {raf} is outside RAF-DB's 1..7")
+        labels[raf_label_file_name(parts[0])] = RAF_TO_CANONICAL[raf]
+    if not labels:
+        raise DataError(f"{label_file}: no labelled lines")
+    num_classes = _check_num_classes(num_classes)
+    given = _frame_labels(frame, "expression", num_classes, source)
+    names = [raf_label_file_name(p) for p in frame["path"].astype(str)]
+    missing = [i for i, name in enumerate(names) if name not in labels]
+    if missing:
+        raise DataError(f"{source}, row {missing[0] + 1}: image {frame['path'].iloc[missing[0]]!r} is not listed in "
+                        f"{label_file} ({len(missing)} of {len(names)} rows are not); is it the label file of this "
+                        "dataset's training split?")
+    out = frame.copy()
+    if "clean_expression" not in out.columns:
+        out["clean_expression"] = given
+    out["expression"] = [labels[name] for name in names]
+    return out
+
+
 # ------------------------------------------------------------------------------------------- imbalance
 
 def _check_imbalance_factor(imbalance_factor) -> float:

@@ -70,6 +70,9 @@ class RunConfig:
         choices=("none", "symmetric", "asymmetric")))
     noise_rate: float = field(default=0.0, metadata=_opt("fraction of training labels flipped, in [0, 1)", DATA))
     noise_seed: int = field(default=0, metadata=_opt("seed of the noise / imbalance draw", DATA))
+    noise_file: str | None = field(default=None, metadata=_opt(
+        "a released noisy-label file replacing the training labels (RAF-DB layout '<name> <1-7>', e.g. EAC's "
+        "noise01.txt / noise02.txt / noise03.txt); instead of --noise", DATA))
     imbalance_factor: float = field(default=1.0, metadata=_opt(
         "long-tailed subsampling: largest/smallest class ratio (>= 1; 1 = off)", DATA))
     synthetic: dict = field(default_factory=dict, metadata=_opt(
@@ -221,6 +224,8 @@ def resolve(cfg: RunConfig):
         # Recorded resolved, so a rebuilt run (evaluate, export) normalises as it was trained, weights file or not.
         cfg = dataclasses.replace(cfg, input_norm=resolve_input_norm(cfg.backbone, cfg.weights))
     validate_run_config(cfg)
+    if cfg.noise_file and cfg.noise_kind != "none":
+        raise ConfigError("--noise-file replaces the training labels: it cannot be combined with --noise")
     return cfg, spec, model_cls, method_cfg
 
 

@@ -102,12 +102,15 @@ class Trainer:
         self.data.test_table, self.data.test_source = table, None
 
     def _apply_protocols(self, table):
-        from data.noise import apply_label_noise, imbalance_subsample
+        from data.noise import apply_label_file, apply_label_noise, imbalance_subsample
         from data.schema import validate_frame
 
         cfg = self.cfg
         frame = table.frame
         changed = False
+        if cfg.noise_file:
+            frame = apply_label_file(frame, cfg.noise_file, cfg.num_classes, table.csv_path)
+            changed = True
         if cfg.imbalance_factor != 1.0:
             frame = imbalance_subsample(frame, cfg.imbalance_factor, cfg.num_classes, cfg.noise_seed)
             changed = True

@@ -26,6 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from common.errors import DataError
+# RAF-DB 1-based label -> canonical index (0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear, 5 Disgust, 6 Anger).
+from data.classes import RAF_TO_CANONICAL
 from data.classes import BASIC7_CLASSES
 from common.cli import ArgumentParser, run_command
 from common.progress import Progress
@@ -33,8 +35,6 @@ from preprocess.common import (ImportReport, add_force_argument, check_can_write
                                prepared_outputs, write_prepared)
 
 LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"  # sic: the official file name
-# RAF-DB 1-based label -> canonical index (0 Neutral, 1 Happy, 2 Sad, 3 Surprise, 4 Fear, 5 Disgust, 6 Anger).
-RAF_TO_CANONICAL = {1: 3, 2: 4, 3: 5, 4: 1, 5: 2, 6: 6, 7: 0}
 
 
 def image_name(name: str, variant: str) -> str:

@@ -188,3 +188,35 @@ def test_cli_bad_rate_and_missing_table(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     assert main(["--table", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o.csv"), "--rate", "0.1"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_released_noisy_label_file_replaces_the_training_labels(tmp_path):
+    """EAC's RAF-DB noise01/02/03.txt layout ('<name> <RAF label 1-7>'), matched to the prepared table."""
+    from common.cli import run_main
+    from common.errors import DataError
+    from data.classes import RAF_TO_CANONICAL
+    from data.noise import apply_label_file
+    from fixtures_raw import make_rafdb
+    from preprocess import rafdb
+
+    labels = make_rafdb(tmp_path / "raf")
+    assert run_main(rafdb.main, ["--root", str(tmp_path / "raf"), "--out", str(tmp_path / "prep")]) == 0
+    frame = pd.read_csv(tmp_path / "prep" / "train.csv")
+    train_names = [n for n in labels if n.startswith("train")]
+    flipped = {name: (labels[name] % 7) + 1 for name in train_names[:2]}  # two RAF labels changed
+    noise = tmp_path / "noise01.txt"
+    noise.write_text("\n".join(f"{n} {flipped.get(n, labels[n])}" for n in labels) + "\n")
+    out = apply_label_file(frame, noise, 7, "train.csv")
+    assert (out["clean_expression"] == frame["expression"]).all()
+    changed = out["expression"] != frame["expression"]
+    assert changed.sum() == len([n for n in flipped if any(n[:-4] in p for p in frame["path"])])
+    for name, raf in flipped.items():
+        rows = frame["path"].str.contains(name[:-4])
+        if rows.any():
+            assert (out.loc[rows, "expression"] == RAF_TO_CANONICAL[raf]).all()
+    noise.write_text("\n".join(f"{n} {labels[n]}" for n in train_names[1:]) + "\n")
+    with pytest.raises(DataError, match="is not listed in"):
+        apply_label_file(frame, noise, 7, "train.csv")
+    noise.write_text("train_00001.jpg nine\n")
+    with pytest.raises(DataError, match="noise01.txt, line 1"):
+        apply_label_file(frame, noise, 7, "train.csv")
