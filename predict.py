@@ -1,10 +1,12 @@
-"""Predict the facial expression of every face in photos with an exported model.
+"""Predict the facial expression of every face in photos, videos or a webcam with an exported model.
 
     python predict.py PHOTO [PHOTO ...] --run RUN [--out-dir predictions] [--json FILE]
+    python predict.py clip.mp4 --run RUN [--detect-every 5] [--smooth 0.3]     # any video OpenCV reads
+    python predict.py --camera 0 --run RUN [--max-frames 600] [--show]          # live, same per-frame code
 
 For each photo:
 
-1. faces are detected with MTCNN (``preprocess.align.detect_faces``; the optional ``mtcnn`` package);
+1. faces are detected with MTCNN (``preprocess.align.detect_faces``; ``mtcnn`` is in requirements.txt);
 2. each face is aligned to the ArcFace 5-point template at 112 px (``preprocess.align.align_face``),
    the alignment ``python -m preprocess.align`` applies to raw photos before training;
 3. the SavedModel (``train.py`` / ``export.py`` output; resizing and normalisation are inside it)
@@ -17,6 +19,14 @@ of the photo is used as the single face, and the output says so: a tightly cropp
 gives a meaningful answer, a wide shot will not.
 
 ``--run`` (alias ``--model``) takes a run directory holding ``saved_model/`` or a SavedModel directory.
+A model trained on the synthetic benchmark is a demonstration: it does not transfer to real faces, and
+predict.py says so when it loads one.
+
+Videos and cameras: faces are detected every ``--detect-every`` frames and tracked in between (box
+overlap), each face's prediction is smoothed over time (exponential moving average, ``--smooth``), and
+``OUT_DIR/<stem>_annotated.mp4`` (boxes and smoothed labels), ``<stem>_frames.csv`` (one row per face
+per frame: raw and smoothed probabilities, and valence/arousal for models that predict it, e.g. DDAF)
+and ``<stem>_timeline.png`` (each face's smoothed probabilities and VA over time) are written.
 
 Photos are decoded as in training (``data.images.decode_image``: EXIF orientation applied, so a phone
 photo is upright; images above ``FER_MAX_IMAGE_PIXELS`` pixels, default 40 megapixels, are refused).
@@ -28,14 +38,13 @@ predicted; ``--json`` then lists the predicted photos under ``photos`` and the f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from common.cli import quiet_tensorflow, run_main
+from common.cli import ArgumentParser, nonnegative_int, positive_int, probability, quiet_tensorflow, run_main
 from common.errors import CheckpointError, ConfigError, DataError
 
 ALIGN_SIZE = 112  # side of the ArcFace template crop (preprocess.align default)
@@ -53,7 +62,7 @@ class Face:
 
 def load_model(path):
     """(serving function, export metadata) from a SavedModel directory or a run directory."""
-    import tensorflow as tf
+    from engine.export import load_export
 
     path = Path(path)
     if (path / "saved_model" / "saved_model.pb").is_file():
@@ -61,18 +70,24 @@ def load_model(path):
     if not (path / "saved_model.pb").is_file():
         raise CheckpointError(f"--run {path}: no SavedModel there (export one with `python export.py` or train "
                               "without --no-export)")
-    meta_path = path / "fer_export.json"
-    if not meta_path.is_file():
-        raise CheckpointError(f"--run {path}: fer_export.json missing (not a FER toolkit export)")
-    meta = json.loads(meta_path.read_text())
-    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    serve, meta = load_export(path)
+    if meta.get("synthetic"):
+        print("warning: this model was trained on the toolkit's synthetic benchmark (rendered cartoon faces): it "
+              "does not transfer to photographs of real faces, and its predictions on them are meaningless. "
+              "Train on a real dataset (README, Real datasets) for real use.", file=sys.stderr)
     return serve, meta
 
 
 def classify(serve, crops: np.ndarray) -> np.ndarray:
+    return classify_all(serve, crops)[0]
+
+
+def classify_all(serve, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities (n, C), valence–arousal (n, 2) or None) of aligned uint8 face crops."""
     import tensorflow as tf
 
-    return serve(images=tf.constant(crops, tf.uint8))["probabilities"].numpy()
+    out = serve(images=tf.constant(crops, tf.uint8))
+    return out["probabilities"].numpy(), (out["va"].numpy() if "va" in out else None)
 
 
 # --------------------------------------------------------------------------------------- the faces
@@ -186,6 +201,7 @@ def format_distribution(probabilities, class_names) -> str:
 
 
 def predict_photo(path, serve, meta, args) -> dict:
+    from common.io import check_output_file
     from tools.figures import save_png
 
     image = read_photo(path)
@@ -201,6 +217,7 @@ def predict_photo(path, serve, meta, args) -> dict:
         conf = "" if face.confidence is None else f", detector confidence {face.confidence:.3f}"
         print(f"  face {i} ({where}{conf}): {format_distribution(face.probabilities, names)}")
     out = Path(args.out_dir) / f"{path.stem}_emotions.png"
+    check_output_file(out, args.force, flag="--out-dir")
     title = f"{path.name}: " + ("centre crop (no face detection)" if faces[0].confidence is None else
                                 f"{len(faces)} face(s) (MTCNN)")
     save_png(annotated_figure(image, faces, names, title), out)
@@ -211,35 +228,170 @@ def predict_photo(path, serve, meta, args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("photos", nargs="+", metavar="PHOTO", help="JPEG/PNG photos")
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="*", metavar="PHOTO_OR_VIDEO",
+                   help="JPEG/PNG photos and/or videos (any format OpenCV reads: .mp4, .avi, .mov, .mkv, ...)")
     p.add_argument("--run", "--model", dest="run", required=True,
                    help="run directory with saved_model/ (or a SavedModel directory)")
-    p.add_argument("--out-dir", default="predictions", help="where the annotated images go (default ./predictions)")
-    p.add_argument("--json", help="also write every face's distribution to this JSON file")
-    p.add_argument("--min-confidence", type=float, default=0.9, help="MTCNN face confidence threshold (default 0.9)")
+    p.add_argument("--camera", type=nonnegative_int, help="read webcam N live instead of files (as a video)")
+    p.add_argument("--out-dir", default="predictions", help="where the outputs go (default ./predictions)")
+    p.add_argument("--json", help="also write every face's distribution to this JSON file (photos)")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs this toolkit did not write")
+    p.add_argument("--min-confidence", type=probability, default=0.9,
+                   help="MTCNN face confidence threshold (default 0.9)")
     p.add_argument("--no-detect", action="store_true", help="skip face detection: use the centre square crop")
+    g = p.add_argument_group("videos and cameras")
+    g.add_argument("--detect-every", type=positive_int, default=5,
+                   help="run the face detector every N frames; faces are tracked in between (default 5)")
+    g.add_argument("--smooth", type=probability, default=0.3,
+                   help="weight of the newest frame in the moving average of each face's prediction "
+                        "(1 = no smoothing; default 0.3)")
+    g.add_argument("--max-frames", type=positive_int, help="stop after N frames (a camera runs until Ctrl-C)")
+    g.add_argument("--show", action="store_true", help="also show the annotated frames in a window (needs a display)")
     return p
+
+
+# ------------------------------------------------------------------------------------- videos, cameras
+
+def detect_all(frame: np.ndarray, args) -> list[dict]:
+    """Detections of one frame as tracker input (the centre square when detection is off or unavailable)."""
+    if not args.no_detect:
+        try:
+            from preprocess.align import detect_faces
+
+            return [{"box": tuple(float(v) for v in d["box"]), "keypoints": d["keypoints"],
+                     "confidence": float(d["confidence"])} for d in detect_faces(frame, args.min_confidence)]
+        except (ImportError, ConfigError):
+            args.no_detect = True  # mtcnn missing: say it once, then the centre crop for every frame
+            print("warning: face detection unavailable (install mtcnn); the centre square is used as the face",
+                  file=sys.stderr)
+    face = centre_face(frame)
+    return [{"box": face.box, "keypoints": None, "confidence": None}]
+
+
+def track_crop(frame: np.ndarray, track) -> np.ndarray:
+    """The track's face as the model's input crop: aligned on its landmarks, else the box's square."""
+    import cv2
+
+    if track.keypoints is not None:
+        from preprocess.align import align_face
+
+        return align_face(frame, track.keypoints, ALIGN_SIZE)
+    x, y, w, h = (int(round(v)) for v in track.box)
+    crop = frame[max(y, 0):y + h, max(x, 0):x + w]
+    return cv2.resize(crop, (ALIGN_SIZE, ALIGN_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def predict_stream(source, serve, meta, args) -> dict:
+    """A video file (``source`` a path) or a webcam (``source`` an int): track, classify, smooth, write.
+
+    Every frame goes through the same per-frame code: faces detected every ``--detect-every`` frames and
+    tracked in between (:class:`tools.video.Tracker`), each track's aligned crop classified by the
+    SavedModel, its prediction smoothed over time; the annotated video, the per-frame CSV and the
+    timeline plot go to ``--out-dir`` as ``<stem>_annotated.mp4``, ``<stem>_frames.csv``,
+    ``<stem>_timeline.png``.
+    """
+    import cv2
+
+    from common.io import check_output_file
+    from tools.video import Tracker, VideoOutputs
+
+    camera = isinstance(source, int)
+    name = f"camera{source}" if camera else Path(source).stem
+    if not camera and not Path(source).is_file():
+        raise DataError(f"{source}: file does not exist")
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise DataError(f"{source}: OpenCV cannot open it as a video" + (" (no such camera?)" if camera else ""))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    ok, first = capture.read()
+    if not ok:
+        capture.release()
+        raise DataError(f"{source}: no frame could be read (empty or unsupported video)")
+    stem = Path(args.out_dir) / name
+    for suffix in ("_annotated.mp4", "_frames.csv", "_timeline.png"):
+        check_output_file(stem.with_name(stem.name + suffix), args.force, flag="--out-dir")
+    names = meta["class_names"]
+    has_va = "va" in (getattr(serve, "structured_outputs", None) or {})
+    tracker = Tracker(alpha=args.smooth)
+    outputs = None
+    frame_index, faces_seen = 0, 0
+    bgr = first
+    try:
+        while ok:
+            frame = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            if outputs is None:
+                outputs = VideoOutputs(stem, fps, (frame.shape[1], frame.shape[0]), names, has_va=has_va)
+            if frame_index % args.detect_every == 0:
+                tracker.update(detect_all(frame, args))
+            tracks = list(tracker.tracks)
+            shown = []
+            if tracks:
+                probabilities, va = classify_all(serve, np.stack([track_crop(frame, t) for t in tracks]))
+                for i, track in enumerate(tracks):
+                    tracker.smooth(track, frame_index, probabilities[i], None if va is None else va[i])
+                    shown.append((track, probabilities[i], None if va is None else va[i]))
+                faces_seen += len(tracks)
+            outputs.write_frame(frame, frame_index, shown)
+            if args.show:
+                cv2.imshow(name, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+                if cv2.waitKey(1) & 0xFF == ord("q"):
+                    break
+            frame_index += 1
+            if args.max_frames and frame_index >= args.max_frames:
+                break
+            ok, bgr = capture.read()
+    except KeyboardInterrupt:
+        if not camera:
+            raise
+    finally:
+        capture.release()
+        if outputs is not None:
+            outputs.close(tracker.all_tracks())
+    where = f"camera {source}" if camera else source
+    print(f"{where}: {frame_index} frame(s), {len(tracker.all_tracks())} face track(s), {faces_seen} face "
+          f"prediction(s) at {fps:g} frames/s; wrote {outputs.video_path}, {outputs.csv_path}, {outputs.plot_path}")
+    return {"video": str(source), "frames": frame_index, "tracks": len(tracker.all_tracks()),
+            "annotated": str(outputs.video_path), "csv": str(outputs.csv_path), "timeline": str(outputs.plot_path)}
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".gif")
+
+
+def is_video(path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.inputs and args.camera is None:
+        raise ConfigError("give photos or videos to predict, or --camera N")
+    from common.io import check_output_file
+
+    if args.json:
+        check_output_file(args.json, args.force, flag="--json")
     quiet_tensorflow()
     serve, meta = load_model(args.run)
     results, errors = [], []
-    for photo in args.photos:
+    if args.camera is not None:
+        results.append(predict_stream(args.camera, serve, meta, args))
+    for item in args.inputs:
         try:
-            results.append(predict_photo(photo, serve, meta, args))
-        except DataError as exc:  # an unreadable photo: say so, go on with the others
+            if is_video(item):
+                results.append(predict_stream(item, serve, meta, args))
+            else:
+                results.append(predict_photo(item, serve, meta, args))
+        except DataError as exc:  # an unreadable photo or video: say so, go on with the others
             print(f"error: {exc}", file=sys.stderr)
-            errors.append({"photo": str(photo), "error": str(exc)})
+            errors.append({"photo": str(item), "error": str(exc)})
     if args.json:
-        from common.io import atomic_write_json
+        from common.io import atomic_write_json, stamp
 
-        atomic_write_json(args.json, {"model": str(args.run), "class_names": meta["class_names"], "photos": results,
-                                      "errors": errors})
+        atomic_write_json(args.json, stamp({"model": str(args.run), "class_names": meta["class_names"],
+                                            "photos": results, "errors": errors}, "predict.py"))
     if errors:
-        print(f"error: {len(errors)} of {len(args.photos)} photo(s) could not be read "
+        total = len(args.inputs) + (args.camera is not None)
+        print(f"error: {len(errors)} of {total} input(s) could not be read "
               f"({', '.join(e['photo'] for e in errors[:5])}{', ...' if len(errors) > 5 else ''}); "
               f"{len(results)} predicted", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 OUTPUT_MARKER = ".fer-output.json"
+OWN_FILES_MANIFEST = ".fer-output-files.json"  # files without room for a mark (CSV, video): name -> size
 WRITER = "fer-ldl"
 LEGACY_STALE_SECONDS = 3600.0  # a temporary without a pid in its name is left alone for this long
 
@@ -202,8 +203,36 @@ def is_own_file(path) -> bool:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return False
-        return isinstance(record, dict) and str(record.get("written_by", "")).startswith(WRITER)
-    return False
+        if isinstance(record, dict) and str(record.get("written_by", "")).startswith(WRITER):
+            return True
+    return _listed_as_own(path)
+
+
+def _listed_as_own(path: Path) -> bool:
+    """Whether the folder's :data:`OWN_FILES_MANIFEST` lists the file at its current size."""
+    try:
+        listed = json.loads((path.parent / OWN_FILES_MANIFEST).read_text(encoding="utf-8")).get("files", {})
+        return isinstance(listed, dict) and listed.get(path.name) == path.stat().st_size
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def record_own_files(paths) -> None:
+    """List files this project wrote that cannot carry a mark themselves (a CSV, a video) in their folder's
+    :data:`OWN_FILES_MANIFEST`, with their size, so a later run may replace them and a user's file of the
+    same name (or one the user edited since) is still refused by :func:`check_output_file`."""
+    by_folder: dict[Path, list[Path]] = {}
+    for path in map(Path, paths):
+        by_folder.setdefault(path.parent, []).append(path)
+    for folder, files in by_folder.items():
+        manifest = folder / OWN_FILES_MANIFEST
+        try:
+            listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
+            listed = listed if isinstance(listed, dict) else {}
+        except (OSError, ValueError, AttributeError):
+            listed = {}
+        listed.update({f.name: f.stat().st_size for f in files})
+        atomic_write_json(manifest, stamp({"files": listed}, "record_own_files"))
 
 
 def check_output_file(path, force: bool = False, flag: str = "--out") -> None:

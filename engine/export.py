@@ -31,7 +31,12 @@ class FERServingModule(tf.Module):
         images = keras.Input((image_size, image_size, 3), name="image")
         features = model.backbone(images, training=False)
         logits = model.classifier(keras.ops.cast(features, "float32"))
-        self.network = keras.Model(images, logits, name="fer_inference")
+        # Extra inference heads a method serves beside the classes (DDAF: valence/arousal, key "va").
+        heads = model.serving_heads(features)
+        self.extra_names = sorted(heads)
+        # A list output, even of one tensor: Keras 3 returns a single-output model's tensor unwrapped.
+        self.network = keras.Model(images, [logits] + [heads[name] for name in self.extra_names],
+                                   name="fer_inference")
         # Track the underlying tf.Variables so the SavedModel's object graph (and the TF1 loader used by
         # `saved_model_cli run`) restores them, not only the functions that capture them.
         self.network_variables = [v.value for v in self.network.variables]
@@ -40,9 +45,12 @@ class FERServingModule(tf.Module):
 
     def _predict_uint8(self, images):
         x = normalize(tf.image.resize(tf.cast(images, tf.float32), [self.image_size, self.image_size]))
-        logits = tf.cast(self.network(x, training=False), tf.float32)
-        probs = tf.nn.softmax(logits, axis=-1)
-        return {"probabilities": probs, "label": tf.argmax(probs, axis=-1)}
+        outputs = self.network(x, training=False)
+        logits, extras = (outputs[0], outputs[1:]) if isinstance(outputs, (list, tuple)) else (outputs, [])
+        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        outputs = {"probabilities": probs, "label": tf.argmax(probs, axis=-1)}
+        outputs.update({name: tf.cast(value, tf.float32) for name, value in zip(self.extra_names, extras)})
+        return outputs
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(self, images):

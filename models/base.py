@@ -27,6 +27,7 @@ hook                        when / what
 ``per_sample_state()``      per-training-sample values to log; key ``uncertainty`` is logged every
                             epoch (``RUN/uncertainty/``) and scored for noise detection (ROC-AUC)
 ``predict_outputs(images)`` inference outputs: ``logits`` and ``probabilities``, plus e.g. ``va``
+``serving_heads(features)`` extra SavedModel outputs from the pooled features (DDAF's ``va``)
 ``callbacks(context)``      extra Keras callbacks for ``fit`` (e.g. SWA)
 ``before_training(ctx)``    once before the first step of every ``fit`` (idempotent; e.g. a bank fill)
 ``after_training(ctx)``     once training is complete, before the final evaluation (idempotent)
@@ -150,6 +151,11 @@ class FERModel(keras.Model):
         """
         logits = tf.cast(self(images, training=False), tf.float32)
         return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+
+    def serving_heads(self, features) -> dict:
+        """Extra outputs of the SavedModel beside the class probabilities, from the pooled ``features``
+        (a symbolic tensor: use layers only), e.g. DDAF's ``{"va": va_head(features)}``."""
+        return {}
 
     def build_all(self, image_size: int) -> None:
         """Create every variable (model, method state, optimizer slots) so a checkpoint can be loaded.

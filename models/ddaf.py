@@ -254,6 +254,10 @@ class DDAFModel(FERModel):
         context.save_checkpoint({"swa_applied": True})
 
     # --- inference -----------------------------------------------------------------------------------
+    def serving_heads(self, features) -> dict:
+        """The SavedModel also serves the VA head's (valence, arousal), key ``va`` (B, 2) in [-1, 1]."""
+        return {"va": self.va_head(features)}
+
     def predict_outputs(self, images) -> dict:
         """Class probabilities and the VA head's (valence, arousal) prediction, key ``va``."""
         features, logits = self.embed(images, training=False)

@@ -365,9 +365,6 @@ def _check_benchmark_resumes(env, out):
 
 RUNS_CSV = "method,level,seed,accuracy,mean_class_accuracy\nce,0.3,0,0.5,0.4\nce,0.3,1,0.6,0.5\n"
 RUNS_CSV_DAMAGED = RUNS_CSV + "ce,0.3,2,high,0.4\n"
-PREDICT_GAP = "predict.py: load_model reads fer_export.json with a bare json.loads and no field checks " \
-              "(engine.export.load_export does both)"
-
 CASES = {
     # --- train.py: numeric flags, names, hand-edited files, paths, outputs -------------------------------
     "train_batch_size_zero": Case("train", lambda env: _train(env, "--batch-size", "0"), ("--batch-size", ">= 1", "0")),
@@ -447,35 +444,29 @@ CASES = {
         "export", lambda env: (edit_json(env.run() / "config.json", lambda r: r.pop("run")),
                                ["--run", env.run(), "--out", env.out / "sm"])[1],
         ("config.json", "'run'")),
-    # --- predict.py (not owned here: gaps are xfail) ------------------------------------------------------
+    # --- predict.py ----------------------------------------------------------------------------------
     "predict_photo_missing": Case("predict", lambda env: [env.inputs / "nowhere.jpg", "--run", env.export(),
                                                           "--no-detect", "--out-dir", env.out / "p"],
-                                  ("nowhere.jpg", "does not exist", "1 of 1 photo(s)")),
+                                  ("nowhere.jpg", "does not exist", "1 of 1 input(s)")),
     "predict_photo_not_an_image": Case("predict", lambda env: [env.ds() / "train.csv", "--run", env.export(),
                                                                "--no-detect", "--out-dir", env.out / "p"],
                                        ("train.csv", "not a decodable image")),
     "predict_export_json_damaged": Case("predict", _predict(lambda sm: (sm / "fer_export.json").write_text("{oops")),
-                                        ("fer_export.json", "not valid JSON"), xfail=PREDICT_GAP + ": a raw JSONDecodeError"),
+                                        ("fer_export.json", "not valid JSON")),
     "predict_export_class_names_wrong_type": Case(
         "predict", _predict(lambda sm: edit_json(sm / "fer_export.json", lambda m: m.__setitem__("class_names", "abc"))),
-        ("fer_export.json", "class_names"), xfail=PREDICT_GAP + ": an IndexError traceback while printing"),
+        ("fer_export.json", "class_names")),
     "predict_truncated_saved_model_pb": Case(
-        "predict", _predict(lambda sm: truncate(sm / "saved_model.pb", 100)), ("export: ", "saved_model.pb"),
-        xfail="predict.py: a truncated saved_model.pb is reported as 'error: (file): Cannot parse file b'...'' "
-              "(the OSError has no filename); load_export names the export and how to fix it"),
+        "predict", _predict(lambda sm: truncate(sm / "saved_model.pb", 100)), ("export: ", "saved_model.pb")),
     "predict_json_is_users_file": Case(
         "predict", lambda env: _predict()(env) + ["--json", env.file("faces.json", "{}\n")],
-        ("--json", "faces.json", "not written by this toolkit"),
-        xfail="predict.py: --json overwrites a user's existing file (no common.io.check_output_file)"),
+        ("--json", "faces.json", "not written by this toolkit")),
     "predict_out_dir_holds_users_png": Case(
         "predict", lambda env: [photo(env), "--run", env.export(), "--no-detect", "--out-dir",
                                 env.file("mine/00000_emotions.png", b"my own picture").parent],
-        ("00000_emotions.png", "not written by this toolkit"),
-        xfail="predict.py: OUT_DIR/<stem>_emotions.png of the user's is overwritten (save_png without a check)"),
+        ("00000_emotions.png", "not written by this toolkit")),
     "predict_min_confidence_out_of_range": Case(
-        "predict", _predict(None, "--min-confidence", "1.5"), ("--min-confidence", "1.5"),
-        xfail="predict.py: --min-confidence is a plain float (1.5, nan accepted; a non-project ArgumentParser); "
-              "should be common.cli.probability"),
+        "predict", _predict(None, "--min-confidence", "1.5"), ("--min-confidence", "1.5")),
     # --- visualize.py --------------------------------------------------------------------------------------
     "visualize_metrics_json_damaged": Case(
         "visualize", _visualize("confusion", lambda run: (run / "metrics.json").write_text('{"accuracy": 0.')),

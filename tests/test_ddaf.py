@@ -203,8 +203,11 @@ def test_run_swa_mean_metrics_export_and_reload(trained_run):
     # The SavedModel serves the same probabilities as the model.
     served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
     uint8 = np.clip(np.round(images[:4] * 127.5 + 127.5), 0, 255).astype(np.uint8)
-    probs = served(images=tf.constant(uint8))["probabilities"].numpy()
-    np.testing.assert_allclose(probs, tf.nn.softmax(rebuilt.model(images[:4])).numpy(), atol=1e-4)
+    outputs = served(images=tf.constant(uint8))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), tf.nn.softmax(rebuilt.model(images[:4])).numpy(),
+                               atol=1e-4)
+    # ... and the VA head's valence/arousal (model.serving_heads), which predict.py logs per video frame.
+    np.testing.assert_allclose(outputs["va"].numpy(), manual[:4], atol=1e-4)
 
 
 def test_swa_average_survives_an_interrupted_resume(trained_run, tiny_dataset, tmp_path):

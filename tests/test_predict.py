@@ -121,7 +121,7 @@ def test_several_photos_report_each_unreadable_one_and_predict_the_rest(saved_mo
     captured = capsys.readouterr()
     assert f"error: {broken}: not a decodable image" in captured.err
     assert f"error: {missing}: file does not exist" in captured.err
-    assert "2 of 3 photo(s) could not be read" in captured.err
+    assert "2 of 3 input(s) could not be read" in captured.err
     assert "face 1" in captured.out  # grace_hopper was still predicted
     report = json.loads(out_json.read_text())
     assert [r["photo"] for r in report["photos"]] == [str(grace_hopper)]
@@ -146,3 +146,69 @@ def test_photo_reader_applies_exif_orientation(saved_model, grace_hopper, tmp_pa
     report, _ = _run([str(rotated), "--run", str(saved_model), "--no-detect"], tmp_path, capsys)
     assert report["photos"][0]["faces"][0]["box"] == [0, 44, 512, 512]  # the upright 512x600 photo's centre square
     assert report["errors"] == []
+
+
+# ------------------------------------------------------------------------------------------- videos
+
+def _clip(path, photo, frames: int, fps: float = 10.0):
+    """A short video of the photo drifting a few pixels a frame (a face that moves, as in real footage)."""
+    import cv2
+
+    image = cv2.cvtColor(predict.read_photo(photo), cv2.COLOR_RGB2BGR)[:480, :480]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (400, 400))
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.ascontiguousarray(image[2 * i:2 * i + 400, 3 * i:3 * i + 400]))
+    writer.release()
+    return path
+
+
+def test_video_is_tracked_and_every_frame_is_written(saved_model, grace_hopper, tmp_path, capsys):
+    import csv
+
+    import cv2
+
+    clip = _clip(tmp_path / "clip.mp4", grace_hopper, frames=12)
+    out = tmp_path / "out"
+    report, stdout = _run([str(clip), "--run", str(saved_model), "--detect-every", "4", "--smooth", "0.5"],
+                          tmp_path, capsys)
+    video = report["photos"][0]
+    assert video["frames"] == 12 and video["tracks"] >= 1 and "12 frame(s)" in stdout
+    annotated = cv2.VideoCapture(video["annotated"])
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 12  # frames out = frames in
+    annotated.release()
+    rows = list(csv.DictReader(open(out / "clip_frames.csv")))
+    assert sorted({int(r["frame"]) for r in rows}) == list(range(12))  # one face in every frame
+    names = report["class_names"]
+    track = [r for r in rows if r["track"] == rows[0]["track"]]
+    raw = np.array([[float(r[f"p_{n}"]) for n in names] for r in track])
+    smooth = np.array([[float(r[f"p_smoothed_{n}"]) for n in names] for r in track])
+    assert np.allclose(raw.sum(1), 1, atol=1e-4) and np.allclose(smooth.sum(1), 1, atol=1e-4)
+    expected = raw[0]
+    for t in range(1, len(raw)):  # the exponential moving average, alpha = --smooth
+        expected = 0.5 * raw[t] + 0.5 * expected
+        assert np.allclose(smooth[t], expected, atol=1e-5)
+    assert cv2.imread(str(out / "clip_timeline.png")) is not None
+    assert not list(out.glob(".*partial*"))  # temporaries renamed into place
+    # A rerun replaces its own outputs; a user's CSV of the same name is refused.
+    _run([str(clip), "--run", str(saved_model), "--no-detect"], tmp_path, capsys)
+    (out / "clip_frames.csv").write_text("my,own\n1,2\n")
+    with pytest.raises(Exception, match="not written by this toolkit"):
+        predict.main([str(clip), "--run", str(saved_model), "--no-detect", "--out-dir", str(out)])
+
+
+def test_camera_uses_the_video_code(saved_model, grace_hopper, tmp_path, capsys, monkeypatch):
+    """``--camera N`` goes through the same per-frame code as a file, stopping at --max-frames."""
+    import cv2
+
+    clip = _clip(tmp_path / "cam.mp4", grace_hopper, frames=8)
+    real_capture = cv2.VideoCapture
+    opened = []
+    monkeypatch.setattr(cv2, "VideoCapture", lambda source: opened.append(source) or real_capture(str(clip)))
+    out = tmp_path / "out"
+    assert predict.main(["--camera", "0", "--run", str(saved_model), "--no-detect", "--max-frames", "5",
+                         "--out-dir", str(out)]) == 0
+    assert opened == [0]
+    annotated = real_capture(str(out / "camera0_annotated.mp4"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+    assert "camera 0: 5 frame(s)" in capsys.readouterr().out
