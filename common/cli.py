@@ -92,6 +92,8 @@ def run_main(main, argv=None) -> int:
     except OSError as exc:
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         return 2
+    except SystemExit as exc:  # argparse: a usage error (already printed, code 2) or --help (code 0)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except KeyboardInterrupt:
         print("interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from common.cli import ArgumentParser, finite_float, fraction, nonnegative_int, positive_int
-from common.errors import ConfigError, DataError, FERError
+from common.errors import ConfigError, DataError
 from data.classes import ASYMMETRIC_FLIP
 
 NOISE_KINDS = ("symmetric", "asymmetric")
@@ -357,12 +357,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except FERError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from common.cli import run_main
+
+    return run_main(lambda a: run(build_parser().parse_args(a)), argv)
 
 
 if __name__ == "__main__":

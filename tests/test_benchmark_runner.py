@@ -228,18 +228,18 @@ def test_pseudo_va_e2e_small_regime_splits_disjoint_faces_and_averages_seeds(tmp
 
 
 def test_gpu_suite_runs_at_a_toy_size(tmp_path):
-    """benchmarks.gpu is known to run without a GPU: its first two configurations at a toy size, through
+    """benchmarks.gpu is known to run without a GPU: its first configuration at a toy size, through
     fresh `python -m benchmarks.speed` processes, into one markdown block with the goals."""
     from helpers_cli import ROOT, subprocess_env
 
     out = tmp_path / "gpu.md"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--tiny", "--max-configs", "2", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "benchmarks.gpu", "--tiny", "--max-configs", "1", "--out", str(out)],
                           cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()
     assert "TOY SIZE, not a measurement" in text
-    for needle in ("| 32 px, mixed precision | ce |", "| 32 px, mixed precision | ldlva-bank |", "| 24 px, mixed precision | ce |",
+    for needle in ("| 32 px, mixed precision | ce |", "| 32 px, mixed precision | ldlva-bank |",
                    "Input pipeline", "LDLVA bank images/s", "projected AffectNet-8 LDLVA run"):
         assert needle in text, needle
     raw = json.loads(out.with_suffix(".json").read_text())
-    assert len(raw["results"]) == 2 and all("training" in r for r in raw["results"])
+    assert len(raw["results"]) == 1 and all("training" in r for r in raw["results"])

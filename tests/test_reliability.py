@@ -36,6 +36,23 @@ def _python(script, argv, limit_bytes=None, timeout=300):
                           preexec_fn=limit if limit_bytes else None)
 
 
+def _cli(script, argv):
+    """``python <script> argv`` in this interpreter (no TensorFlow start-up per call): its exit code and
+    what it printed. Tests that need a real process (a kill, a lock, ``ulimit``) use :func:`_python`."""
+    import contextlib
+    import importlib
+    import io
+    import types
+
+    from common.cli import run_main
+
+    module = importlib.import_module(Path(script).stem)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_main(module.main, [str(a) for a in argv])
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def _assert_clean_error(result, *needles):
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -81,14 +98,14 @@ def test_disk_full_while_checkpointing_then_resume_once_space_is_back(tiny_datas
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     argv = lambda run: train_args(ds, run, "--epochs", "2", "--checkpoint-every", "2", "--seed", "3", *QUIET)
     reference = tmp_path / "reference"
-    done = _python("train.py", argv(reference))
+    done = _cli("train.py", argv(reference))
     assert done.returncode == 0, done.stderr[-3000:]
     size = _checkpoint_bytes(reference)
     # Two checkpoints fit, a third does not: the new one is written before the oldest is pruned.
     small = tmpfs(int(2.6 * size) + 64 * 1024)
     run = small / "run"
     before = tree_digest(ds)
-    error = _assert_clean_error(_python("train.py", argv(run)), "disk full")
+    error = _assert_clean_error(_cli("train.py", argv(run)), "disk full")
     assert "intact" in error and "--resume" in error
     assert tree_digest(ds) == before  # nothing outside the run directory changed
     ckpt = run / "ckpt"
@@ -97,7 +114,7 @@ def test_disk_full_while_checkpointing_then_resume_once_space_is_back(tiny_datas
     assert latest.name in error
     h5_datasets(latest / "model.weights.h5")  # the previous checkpoint reads back
     tmpfs.resize(small, 40 * size)  # space is back
-    resumed = _python("train.py", argv(run) + ["--resume"])
+    resumed = _cli("train.py", argv(run) + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = "step-000000014"
     mine, theirs = h5_datasets(run / "ckpt" / final / "model.weights.h5"), h5_datasets(
@@ -109,7 +126,7 @@ def test_disk_full_while_checkpointing_then_resume_once_space_is_back(tiny_datas
 @pytest.fixture(scope="module")
 def finished_run(tiny_dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("rel") / "run"
-    done = _python("train.py", train_args(tiny_dataset, run, *QUIET))
+    done = _cli("train.py", train_args(tiny_dataset, run, *QUIET))
     assert done.returncode == 0, done.stderr[-3000:]
     return run
 
@@ -120,13 +137,13 @@ def _saved_model_bytes(folder: Path) -> int:
 
 def test_disk_full_while_exporting_keeps_the_previous_export(finished_run, tmp_path, tmpfs):
     first = tmp_path / "probe"
-    assert _python("export.py", ["--run", finished_run, "--out", first]).returncode == 0
+    assert _cli("export.py", ["--run", finished_run, "--out", first]).returncode == 0
     size = _saved_model_bytes(first)
     small = tmpfs(int(1.5 * size))
     out = small / "sm"
-    assert _python("export.py", ["--run", finished_run, "--out", out]).returncode == 0
+    assert _cli("export.py", ["--run", finished_run, "--out", out]).returncode == 0
     before = tree_digest(out)
-    error = _assert_clean_error(_python("export.py", ["--run", finished_run, "--out", out, "--force"]), "disk full")
+    error = _assert_clean_error(_cli("export.py", ["--run", finished_run, "--out", out, "--force"]), "disk full")
     assert "intact" in error
     assert tree_digest(out) == before and [p.name for p in small.iterdir()] == ["sm"]  # no temporary left
     import tensorflow as tf
@@ -160,7 +177,7 @@ def test_a_second_process_on_a_live_run_is_refused(tiny_dataset, tmp_path):
             assert first.poll() is None and time.time() < deadline, first.communicate()[0][-3000:]
             time.sleep(0.2)
         for extra in (["--resume"], ["--force"]):
-            error = _assert_clean_error(_python("train.py", argv + extra), "in use by another process")
+            error = _assert_clean_error(_cli("train.py", argv + extra), "in use by another process")
             assert f"pid {first.pid}" in error
         assert first.poll() is None  # the first run was not disturbed
     finally:
@@ -189,17 +206,17 @@ def test_export_never_replaces_a_users_folder_or_file(finished_run, tmp_path):
     (mine / "thesis.tex").write_text("three years of work\n")
     before = tree_digest(mine)
     for extra in ([], ["--force"]):
-        _assert_clean_error(_python("export.py", ["--run", finished_run, "--out", mine, *extra]), "did not write")
+        _assert_clean_error(_cli("export.py", ["--run", finished_run, "--out", mine, *extra]), "did not write")
         assert tree_digest(mine) == before
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep me\n")
-    _assert_clean_error(_python("export.py", ["--run", finished_run, "--out", a_file, "--force"]), "not a directory")
+    _assert_clean_error(_cli("export.py", ["--run", finished_run, "--out", a_file, "--force"]), "not a directory")
     assert a_file.read_text() == "keep me\n"
     # An earlier export of the toolkit is replaced only with --force.
     out = tmp_path / "sm"
-    assert _python("export.py", ["--run", finished_run, "--out", out]).returncode == 0
-    _assert_clean_error(_python("export.py", ["--run", finished_run, "--out", out]), "--force")
-    assert _python("export.py", ["--run", finished_run, "--out", out, "--force"]).returncode == 0
+    assert _cli("export.py", ["--run", finished_run, "--out", out]).returncode == 0
+    _assert_clean_error(_cli("export.py", ["--run", finished_run, "--out", out]), "--force")
+    assert _cli("export.py", ["--run", finished_run, "--out", out, "--force"]).returncode == 0
 
 
 def test_an_interrupted_exports_temporary_folder_is_cleaned_up(finished_run, tmp_path):
@@ -210,7 +227,7 @@ def test_an_interrupted_exports_temporary_folder_is_cleaned_up(finished_run, tmp
     (leftover / "variables").mkdir()
     alive = tmp_path / f".sm.{os.getpid()}.def456.tmp"  # a live writer's: left alone
     alive.mkdir()
-    assert _python("export.py", ["--run", finished_run, "--out", tmp_path / "sm"]).returncode == 0
+    assert _cli("export.py", ["--run", finished_run, "--out", tmp_path / "sm"]).returncode == 0
     assert not leftover.exists() and alive.exists()
 
 
@@ -219,7 +236,7 @@ def test_resume_falls_back_past_a_damaged_checkpoint(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     argv = train_args(ds, run, "--epochs", "2", "--checkpoint-every", "2", *QUIET)
     reference = tmp_path / "reference"
-    assert _python("train.py", train_args(ds, reference, "--epochs", "2", "--checkpoint-every", "2", *QUIET)).returncode == 0
+    assert _cli("train.py", train_args(ds, reference, "--epochs", "2", "--checkpoint-every", "2", *QUIET)).returncode == 0
     killed = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, argv)], env=subprocess_env(), cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -232,10 +249,10 @@ def test_resume_falls_back_past_a_damaged_checkpoint(tiny_dataset, tmp_path):
     newest = ckpt / (ckpt / "latest").read_text().strip()
     weights = newest / "model.weights.h5"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated on disk
-    result = _python("evaluate.py", ["--run", run])
+    result = _cli("evaluate.py", ["--run", run])
     error = _assert_clean_error(result, "damaged")
     assert "intact" in error
-    resumed = _python("train.py", argv + ["--resume"])
+    resumed = _cli("train.py", argv + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "falling back" in resumed.stdout + resumed.stderr
     final = "step-000000014"

@@ -158,5 +158,5 @@ def test_cli(tmp_path, capsys):
     assert main(argv) == 2  # existing output without --force
     assert capsys.readouterr().err.startswith("error: ")
     assert main(["identities", "--out", str(tmp_path / "bad"), "--test-per-identity", "0"]) == 2
-    assert "test_per_identity" in capsys.readouterr().err
+    assert "--test-per-identity: must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
