@@ -2,7 +2,8 @@
 
     python -m benchmarks.pretrain --out benchmark_runs/pretrain            # once: the identity backbone
     python -m benchmarks.pretrained_regime --out benchmark_runs/pt --weights benchmark_runs/pretrain/backbone.weights.h5 \\
-        [--methods ce ldlva lanet ddaf nla] [--seeds 0 1 2] [--settings sym30 asym30 imb100 clean]
+        [--methods ce ldlva lanet ddaf nla] [--table1-methods scn rul eac] [--seeds 0 1 2] \\
+        [--settings sym30 asym30 imb100 clean sym10 sym20]
 
 Two regimes × four settings, each an ordinary ``benchmark.py`` grid (``OUT/<regime>/<setting>``, resumable):
 
@@ -24,6 +25,10 @@ random erasing 0.2; each method's own settings are its official defaults (LDLVA 
 run seed-major across all sixteen grids, so a run stopped early still has every column for the seeds
 done. ``OUT/table.md`` is the combined table (mean ± std over seeds: accuracy, mean-class accuracy and
 the noise-detection AUC of a method's per-sample score), rewritten after every cell.
+
+LDLVA's Table 1 (baseline, SCN, RUL, LDLVA at 10/20/30 % symmetric noise; here with EAC, LA-Net, NLA
+and DDAF beside them) is the pretrained regime's ``sym10``/``sym20``/``sym30`` cells, where the
+``--table1-methods`` train as well: ``OUT/table1.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +44,12 @@ SETTINGS = {
     "asym30": (["--protocol", "noise", "--levels", "0.3", "--noise", "asymmetric"], "0.3", "30 % asymmetric"),
     "imb100": (["--protocol", "imbalance", "--levels", "100"], "100", "IF 100 (clean)"),
     "clean": (["--protocol", "original"], "clean", "clean"),
+    # LDLVA's Table 1 levels (with sym30): pretrained regime only, where the Table 1 methods run too.
+    "sym10": (["--protocol", "noise", "--levels", "0.1", "--noise", "symmetric"], "0.1", "10 % symmetric"),
+    "sym20": (["--protocol", "noise", "--levels", "0.2", "--noise", "symmetric"], "0.2", "20 % symmetric"),
 }
+TABLE1_SETTINGS = ("sym10", "sym20", "sym30")  # LDLVA Table 1: symmetric noise 10 / 20 / 30 %
+PRETRAINED_ONLY_SETTINGS = ("sym10", "sym20")
 REGIMES = ("pretrained", "scratch")
 
 
@@ -47,9 +57,13 @@ def build_parser():
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--weights", required=True, help="the pretrained backbone (benchmarks.pretrain's backbone.weights.h5)")
-    p.add_argument("--methods", nargs="+", default=["ce", "ldlva", "lanet", "ddaf", "nla"])
+    p.add_argument("--methods", nargs="+", default=["ce", "ldlva", "lanet", "ddaf", "nla"],
+                   help="methods of the pretrained-vs-scratch table (every regime and setting)")
+    p.add_argument("--table1-methods", nargs="*", default=["scn", "rul", "eac"],
+                   help="further methods of LDLVA's Table 1 layout: pretrained regime, 10/20/30 %% symmetric noise only")
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
+                   help="label settings, run in this order within a seed (sym10/sym20: pretrained regime only)")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
     p.add_argument("--backbone", default="small_cnn")
     p.add_argument("--image-size", type=positive_int, default=48)
@@ -60,15 +74,24 @@ def build_parser():
     return p
 
 
+def cell_methods(args, regime: str, setting: str) -> list[str]:
+    """The methods one (regime, setting) grid trains: the table's methods everywhere, and the Table 1
+    methods where Table 1 is (pretrained, symmetric noise); the 10/20 % levels only in Table 1's regime."""
+    if setting in PRETRAINED_ONLY_SETTINGS and regime != "pretrained":
+        return []
+    extra = args.table1_methods if regime == "pretrained" and setting in TABLE1_SETTINGS else []
+    return [*args.methods, *[m for m in extra if m not in args.methods]]
+
+
 def grid_argv(args, regime: str, setting: str, seeds) -> list[str]:
     protocol, _, _ = SETTINGS[setting]
-    argv = [*protocol, "--methods", *args.methods, "--seeds", *map(str, seeds),
+    argv = [*protocol, "--methods", *cell_methods(args, regime, setting), "--seeds", *map(str, seeds),
             "--out", str(Path(args.out) / regime / setting),
             "--dataset", "synthetic", "--synthetic", f"train_size={args.train_size}",
             "--backbone", args.backbone, "--image-size", str(args.image_size), "--pad", str(max(1, args.image_size // 16)),
             "--epochs", str(args.epochs), "--batch-size", "64", "--lr", f"{args.lr:g}", "--lr-schedule", "cosine",
             "--random-erasing", "0.2", "--val-every", "0", "--weights", args.weights if regime == "pretrained" else "none"]
-    if "ldlva" in args.methods:
+    if "ldlva" in cell_methods(args, regime, setting):
         argv += ["--method-set", "ldlva:neighbor_source=bank"]
     return argv
 
@@ -80,11 +103,8 @@ def run_grid(argv) -> int:
     return grid(grid_parser().parse_args(argv), log=lambda *a, **k: None)
 
 
-def combined_table(args) -> str:
+def read_rows(args) -> dict:
     import csv
-
-    from benchmarks.grid import mean_std
-    from models.registry import method_title
 
     rows = {}
     for regime in args.regimes:
@@ -93,7 +113,24 @@ def combined_table(args) -> str:
             if path.is_file():
                 with open(path, newline="") as handle:
                     rows[regime, setting] = [r for r in csv.DictReader(handle) if int(r["seed"]) in args.seeds]
-    titles = [SETTINGS[s][2] for s in args.settings]
+    return rows
+
+
+def _cell(rows, key, method, regime, setting, seeds) -> tuple[str, int]:
+    from benchmarks.grid import mean_std
+
+    values = [float(r[key]) for r in rows.get((regime, setting), [])
+              if r["method"] == method and r.get(key) not in (None, "")]
+    mean, std, n = mean_std(values)
+    return ("–" if n == 0 else f"{100 * mean:.1f} ± {100 * std:.1f}" + ("" if n == len(seeds) else f" (n={n})")), n
+
+
+def combined_table(args) -> str:
+    from models.registry import method_title
+
+    rows = read_rows(args)
+    settings = [s for s in args.settings if s not in PRETRAINED_ONLY_SETTINGS]
+    titles = [SETTINGS[s][2] for s in settings]
     lines = [f"Synthetic benchmark, {args.train_size} training faces, {args.backbone} @ {args.image_size} px, "
              f"{args.epochs} epochs (Adam {args.lr:g}, cosine), seeds {' '.join(map(str, args.seeds))}; "
              "mean ± std over seeds (n = seeds finished when fewer).", ""]
@@ -105,24 +142,51 @@ def combined_table(args) -> str:
         for method in args.methods:
             for regime in args.regimes:
                 cells = []
-                for setting in args.settings:
-                    values = [float(r[key]) for r in rows.get((regime, setting), [])
-                              if r["method"] == method and r.get(key) not in (None, "")]
-                    mean, std, n = mean_std(values)
+                for setting in settings:
+                    text, n = _cell(rows, key, method, regime, setting, args.seeds)
                     any_value |= n > 0
-                    cells.append("–" if n == 0 else f"{100 * mean:.1f} ± {100 * std:.1f}"
-                                 + ("" if n == len(args.seeds) else f" (n={n})"))
+                    cells.append(text)
                 section.append(f"| {method_title(method)} | {regime} | " + " | ".join(cells) + " |")
         if any_value:
             lines += [*section, ""]
     return "\n".join(lines) + "\n"
 
 
+TABLE1_ORDER = ("ce", "scn", "rul", "ldlva", "eac", "lanet", "nla", "ddaf")  # LDLVA Table 1, then the others
+
+
+def table1(args) -> str:
+    """LDLVA's Table 1 layout: accuracy at 10/20/30 % symmetric noise, pretrained regime."""
+    from models.registry import method_title
+
+    rows = read_rows(args)
+    settings = [s for s in TABLE1_SETTINGS if s in args.settings]
+    methods = [m for m in TABLE1_ORDER if m in {*args.methods, *args.table1_methods}]
+    methods += [m for m in [*args.methods, *args.table1_methods] if m not in methods]
+    lines = [f"LDLVA Table 1 layout: synthetic benchmark, pretrained regime ({args.backbone} @ {args.image_size} px "
+             f"from the identity backbone), {args.train_size} training faces, {args.epochs} epochs; accuracy (%) "
+             f"after the last epoch, mean ± std over seeds {' '.join(map(str, args.seeds))}.", "",
+             "| method | " + " | ".join(SETTINGS[s][2] for s in settings) + " |", "|---|" + "---:|" * len(settings)]
+    for method in methods:
+        cells = [_cell(rows, "accuracy", method, "pretrained", s, args.seeds)[0] for s in settings]
+        lines.append(f"| {method_title(method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(args) -> None:
+    from common.io import atomic_write_text
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "table.md", combined_table(args))
+    if "pretrained" in args.regimes and any(s in args.settings for s in TABLE1_SETTINGS):
+        atomic_write_text(out / "table1.md", table1(args))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from common.cli import quiet_tensorflow
     from common.errors import ConfigError
-    from common.io import atomic_write_text
 
     quiet_tensorflow()
     if "pretrained" in args.regimes and not Path(args.weights).is_file():
@@ -133,17 +197,21 @@ def main(argv=None) -> int:
         for seed in args.seeds:  # seed-major: every column gets seed 0 first
             for setting in args.settings:
                 for regime in args.regimes:
+                    if not cell_methods(args, regime, setting):
+                        continue
                     start = time.perf_counter()
                     code |= run_grid(grid_argv(args, regime, setting, [seed]))
                     print(f"[{time.strftime('%H:%M')}] seed {seed} {setting} {regime}: {time.perf_counter() - start:.0f} s",
                           flush=True)
-                    out.mkdir(parents=True, exist_ok=True)
-                    atomic_write_text(out / "table.md", combined_table(args))
+                    write_tables(args)
     for setting in args.settings:  # the per-grid tables over all seeds
         for regime in args.regimes:
-            run_grid(grid_argv(args, regime, setting, args.seeds) + ["--report-only"])
-    atomic_write_text(out / "table.md", combined_table(args))
+            if cell_methods(args, regime, setting) and (out / regime / setting / "runs.csv").is_file():
+                run_grid(grid_argv(args, regime, setting, args.seeds) + ["--report-only"])
+    write_tables(args)
     print((out / "table.md").read_text())
+    if (out / "table1.md").is_file():
+        print((out / "table1.md").read_text())
     return code
 
 

@@ -8,9 +8,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N`: N workers share the cores; one intra-op thread each (inherited by the subprocesses
+    # the tests start) instead of N thread pools the size of the machine fighting over it.
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "2")
 # Caches the code writes under the data home (the neighbour-table cache, generated datasets) go to a
 # throw-away folder, never into the developer's own ~/.cache/fer-ldl.
 os.environ["FER_DATA_HOME"] = __import__("tempfile").mkdtemp(prefix="fer-test-home-")
+__import__("atexit").register(__import__("shutil").rmtree, os.environ["FER_DATA_HOME"], True)
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

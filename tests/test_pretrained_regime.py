@@ -1,0 +1,58 @@
+"""benchmarks.pretrained_regime: which cells it trains, and the two tables it builds from the grids' runs.csv."""
+
+from __future__ import annotations
+
+import csv
+
+from benchmarks import pretrained_regime as pr
+
+
+def _args(tmp_path, *extra):
+    return pr.build_parser().parse_args(["--out", str(tmp_path / "pt"), "--weights", str(tmp_path / "w.h5"), *extra])
+
+
+def test_cells_table1_methods_only_where_table1_is(tmp_path):
+    args = _args(tmp_path)
+    assert pr.cell_methods(args, "pretrained", "sym30") == ["ce", "ldlva", "lanet", "ddaf", "nla", "scn", "rul", "eac"]
+    assert pr.cell_methods(args, "scratch", "sym30") == ["ce", "ldlva", "lanet", "ddaf", "nla"]
+    assert pr.cell_methods(args, "pretrained", "clean") == ["ce", "ldlva", "lanet", "ddaf", "nla"]
+    assert pr.cell_methods(args, "scratch", "sym10") == []  # 10/20 % only in Table 1's regime
+    argv = pr.grid_argv(args, "scratch", "asym30", [1])
+    assert argv[argv.index("--weights") + 1] == "none" and argv[argv.index("--noise") + 1] == "asymmetric"
+    argv = pr.grid_argv(args, "pretrained", "sym10", [0])
+    assert argv[argv.index("--weights") + 1].endswith("w.h5") and argv[argv.index("--levels") + 1] == "0.1"
+    assert "ldlva:neighbor_source=bank" in argv
+
+
+def _write_runs(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["method", "level", "seed", "accuracy", "mean_class_accuracy",
+                                         "noise_detection_auc"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_tables_from_finished_grids(tmp_path):
+    args = _args(tmp_path, "--seeds", "0", "1")
+    out = tmp_path / "pt"
+    _write_runs(out / "pretrained" / "sym30" / "runs.csv", [
+        {"method": "ce", "level": 0.3, "seed": 0, "accuracy": 0.50, "mean_class_accuracy": 0.40, "noise_detection_auc": ""},
+        {"method": "ce", "level": 0.3, "seed": 1, "accuracy": 0.60, "mean_class_accuracy": 0.50, "noise_detection_auc": ""},
+        {"method": "scn", "level": 0.3, "seed": 0, "accuracy": 0.70, "mean_class_accuracy": 0.60,
+         "noise_detection_auc": 0.9}])
+    _write_runs(out / "pretrained" / "sym10" / "runs.csv", [
+        {"method": "ce", "level": 0.1, "seed": 0, "accuracy": 0.80, "mean_class_accuracy": 0.7, "noise_detection_auc": ""}])
+    _write_runs(out / "scratch" / "sym30" / "runs.csv", [
+        {"method": "ce", "level": 0.3, "seed": 2, "accuracy": 0.1, "mean_class_accuracy": 0.1, "noise_detection_auc": ""}])
+    pr.write_tables(args)
+    table = (out / "table.md").read_text()
+    assert "| CE | pretrained | 55.0 ± 7.1 | – | – | – |" in table  # seeds 0 and 1 (sample std)
+    assert "| CE | scratch | – |" in table  # seed 2 is not asked for
+    assert "10 % symmetric" not in table  # the Table 1 levels are in table1.md
+    table1 = (out / "table1.md").read_text().splitlines()
+    header = next(line for line in table1 if line.startswith("| method"))
+    assert header == "| method | 10 % symmetric | 20 % symmetric | 30 % symmetric |"
+    rows = [line for line in table1 if line.startswith("| ") and not line.startswith("| method")]
+    assert rows[0].startswith("| CE | 80.0 ± 0.0 (n=1) | – | 55.0 ± 7.1 |")
+    assert rows[1].startswith("| SCN |") and rows[1].endswith("| 70.0 ± 0.0 (n=1) |")
