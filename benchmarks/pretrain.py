@@ -95,7 +95,7 @@ def pretrain(args, train, test, log=print):
     held_out = make_eval_dataset(ImageSource(test, args.image_size), config, 256).map(lambda b: (b["image"], b["label"]))
     start = time.perf_counter()
     history = model.fit(stream, epochs=args.epochs, steps_per_epoch=steps, validation_data=held_out,
-                        validation_freq=max(1, args.epochs // 5), verbose=2)
+                        validation_freq=max(1, args.epochs // 5), verbose=2, shuffle=False)
     seconds = time.perf_counter() - start
     _, accuracy = model.evaluate(held_out, verbose=0)
     log(f"identity accuracy on held-out images: {100 * accuracy:.1f}% ({args.identities} people, {seconds:.0f} s)")

@@ -269,7 +269,7 @@ class MethodRun:
         start_step = int(self.model.optimizer.iterations.numpy())
         dataset = self.trainer.train_dataset(self.method_data, start_step)
         timer = step_timer()
-        self.model.fit(dataset, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0)
+        self.model.fit(dataset, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0, shuffle=False)
         if self.first_step_s is None:
             self.first_step_s = timer.times[0]
         self.times.extend(timer.times[drop:])

@@ -7,8 +7,9 @@ and compute exactly what they computed there):
   ``models/resnet.py``: ``BasicBlock``, ``Bottleneck`` with the stride on the 3×3 convolution, i.e.
   "ResNet v1.5"). Layers are named after torchvision's state-dict keys with ``.`` → ``_`` (``conv1``,
   ``layer2_0_downsample_0``…), which is what :mod:`models.pretrained` maps ``.pth`` tensors by.
-  Padding is explicit (``ZeroPadding2D`` + ``padding="valid"``) because Keras' ``"same"`` pads stride-2
-  layers asymmetrically (the extra row/column at the bottom/right) where PyTorch pads symmetrically.
+  Stride-2 padding is explicit (``ZeroPadding2D`` + ``padding="valid"``) because Keras' ``"same"`` pads
+  stride-2 layers asymmetrically (the extra row/column at the bottom/right) where PyTorch pads
+  symmetrically; stride-1 convolutions use ``"same"``, which is symmetric there.
   BatchNorm: eps 1e-5, momentum 0.9 (PyTorch's momentum 0.1 is the weight of the *new* statistic).
 * ``resnet18_ic`` — the ResNet-18 of the ``image-classifiers`` package (qubvel/classification_models,
   ``classification_models/models/resnet.py``: ``ResNet``, ``residual_conv_block``), whose ImageNet
@@ -190,8 +191,12 @@ def _bn(x, name):
 
 
 def _conv(x, filters, kernel, stride, name):
-    """Conv2D as PyTorch's ``Conv2d(padding=kernel // 2, bias=False)``: symmetric zero padding, then valid."""
+    """Conv2D as PyTorch's ``Conv2d(padding=kernel // 2, bias=False)``. At stride 1 Keras ``"same"`` pads an
+    odd kernel symmetrically, as PyTorch does (and costs no extra op); at stride 2 it would pad the bottom/right
+    more, so the padding is explicit (``ZeroPadding2D``, then ``"valid"``)."""
     pad = kernel // 2
+    if stride == 1:
+        return layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=name)(x)
     if pad:
         x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
     return layers.Conv2D(filters, kernel, strides=stride, padding="valid", use_bias=False, name=name)(x)

@@ -56,3 +56,28 @@ def test_tables_from_finished_grids(tmp_path):
     rows = [line for line in table1 if line.startswith("| ") and not line.startswith("| method")]
     assert rows[0].startswith("| CE | 80.0 ± 0.0 (n=1) | – | 55.0 ± 7.1 |")
     assert rows[1].startswith("| SCN |") and rows[1].endswith("| 70.0 ± 0.0 (n=1) |")
+
+
+def test_ablation_variants_change_one_switch_of_the_main_recipe(tmp_path):
+    from benchmarks import paper_ablations as pa
+
+    args = pa.build_parser().parse_args(["--out", str(tmp_path / "abl"), "--main", str(tmp_path / "pt"),
+                                         "--weights", str(tmp_path / "w.h5"), "--seeds", "0"])
+    main = pr.grid_argv(_args(tmp_path), "pretrained", "sym30", [0])
+    variant = pa.variant_argv(args, "nla_naw_cam", [0])
+    assert variant[variant.index("--methods") + 1:variant.index("--seeds")] == ["nla"]
+    assert variant[variant.index("--out") + 1] == str(tmp_path / "abl" / "nla_naw_cam")
+    assert variant[-2:] == ["--method-set", "nla:consistency=cam"]
+    # Everything but the methods, the output folder and the switch is the main table's recipe.
+    strip = lambda argv: [a for i, a in enumerate(argv) if i not in (argv.index("--out") + 1,)
+                          and not (argv.index("--methods") < i < argv.index("--seeds"))]
+    assert strip(variant)[:-2] == [a for a in strip(main) if a != "ldlva:neighbor_source=bank"][:-1]
+    _write_runs(tmp_path / "pt" / "pretrained" / "sym30" / "runs.csv", [
+        {"method": "nla", "level": 0.3, "seed": 0, "accuracy": 0.6, "mean_class_accuracy": 0.5, "noise_detection_auc": ""},
+        {"method": "ce", "level": 0.3, "seed": 0, "accuracy": 0.5, "mean_class_accuracy": 0.4, "noise_detection_auc": ""}])
+    _write_runs(tmp_path / "abl" / "nla_naw_cam" / "runs.csv", [
+        {"method": "nla", "level": 0.3, "seed": 0, "accuracy": 0.55, "mean_class_accuracy": 0.45, "noise_detection_auc": ""}])
+    table = pa.ablation_tables(args)
+    assert "| NAW + CAM | 55.0 ± 0.0 | 45.0 ± 0.0 |" in table
+    assert "| NAW + JSD (NLA) | 60.0 ± 0.0 | 50.0 ± 0.0 |" in table and "| CE baseline | 50.0 ± 0.0 |" in table
+    assert "| NAW + L1 | – | – |" in table
