@@ -37,22 +37,38 @@ def uncertainty_summary(values, train_table=None) -> dict:
     return summary
 
 
-def write_uncertainty_csv(path, values, train_table, class_names) -> Path:
-    """The per-sample table of one epoch (atomic write)."""
+def uncertainty_csv_rows(train_table, class_names):
+    """The per-epoch CSV's fixed part, formatted once per run: ``(header, before, after)``, where row i of an
+    epoch's CSV is ``before[i] + value + after[i]``. Only the values change between epochs, so at AffectNet's
+    287 651 rows an epoch formats one float column (≈ 0.3 s) instead of the whole table (≈ 2 s)."""
     import pandas as pd
 
+    labels = np.asarray(train_table.labels)
+    fixed = pd.DataFrame({"index": np.arange(len(labels)), "path": train_table.absolute_paths(), "label": labels,
+                          "label_name": np.asarray(class_names, dtype=object)[labels.astype(np.int64)]})
+    header = ["index", "path", "label", "label_name", "uncertainty"]
+    before = [line + "," for line in fixed.to_csv(index=False, header=False, lineterminator="\n").split("\n")[:-1]]
+    after = [""] * len(labels)
+    if train_table.clean_labels is not None:
+        clean = np.asarray(train_table.clean_labels)
+        after = [f",{int(c)},{int(f)}" for c, f in zip(clean, clean != labels)]
+        header += ["clean_label", "flipped"]
+    return ",".join(header), before, after
+
+
+def write_uncertainty_csv(path, values, train_table, class_names, rows=None) -> Path:
+    """The per-sample table of one epoch (atomic write); ``rows``: :func:`uncertainty_csv_rows`, reused."""
     from common.io import atomic_write_text
 
     values = np.asarray(values, np.float64).reshape(-1)
-    labels = np.asarray(train_table.labels)
-    frame = pd.DataFrame({"index": np.arange(len(values)), "path": train_table.absolute_paths(), "label": labels,
-                          "label_name": [class_names[int(y)] for y in labels], "uncertainty": values})
-    if train_table.clean_labels is not None:
-        frame["clean_label"] = np.asarray(train_table.clean_labels)
-        frame["flipped"] = (frame["clean_label"] != frame["label"]).astype(int)
+    header, before, after = rows if rows is not None else uncertainty_csv_rows(train_table, class_names)
+    if len(before) != len(values):
+        raise ValueError(f"{len(values)} per-sample values for a table of {len(before)} rows")
+    formatted = np.char.mod("%.6g", values)
+    text = "\n".join([header, *(b + v + a for b, v, a in zip(before, formatted, after))]) + "\n"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(path, text)
     return path
 
 
@@ -72,6 +88,7 @@ class UncertaintyLogger(keras.callbacks.Callback):
         self.tensorboard = bool(tensorboard)
         self.key = key
         self._writer = None
+        self._rows = None  # the CSV's fixed columns, formatted at the first epoch
         self.seconds: list[float] = []  # wall time of each epoch's logging (summary, AUC, CSV, TensorBoard)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -86,8 +103,10 @@ class UncertaintyLogger(keras.callbacks.Callback):
         summary = uncertainty_summary(values, self.table)
         if logs is not None:
             logs.update({k: (float("nan") if v is None else v) for k, v in summary.items()})
+        if self._rows is None:
+            self._rows = uncertainty_csv_rows(self.table, self.class_names)
         write_uncertainty_csv(self.run_dir / "uncertainty" / f"epoch_{epoch + 1:03d}.csv", values, self.table,
-                              self.class_names)
+                              self.class_names, self._rows)
         if self.tensorboard:
             import tensorflow as tf
 
