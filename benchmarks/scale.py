@@ -10,7 +10,8 @@ LDLVA in bank mode (VA neighbour table K = 8, per-sample λ, probability and fea
 logging with the noise-detection AUC, checkpoints with every state), the tf.data pipeline, evaluation
 and no export. The backbone is a tiny 16-px network, so what is measured is everything *but* the
 model. Per N it reports the wall time of every stage (``metrics.json`` ``timings_s``), the per-epoch
-overhead outside the train steps (epoch time − step time, from ``log.csv``), the peak resident memory,
+overhead outside the train steps — all in, ``(fit − steps) / epochs``, and steady, an epoch's gaps between
+steps (``log.csv``) + its checkpoint write + its uncertainty logging —, the peak resident memory,
 the checkpoint size and write time; and between consecutive sizes the growth exponent
 ``log(t₂/t₁) / log(N₂/N₁)`` of each stage (1 = linear; N log N shows as slightly above 1).
 
@@ -135,8 +136,16 @@ def measure_one(args) -> dict:
             "image_cache": trainer.data.train_source.mode, "steps_per_epoch": trainer.steps_per_epoch}
 
 
-STAGES = ("load_data", "method_data", "data_facts", "build", "image_sources", "uncertainty_logging_per_epoch",
+STAGES = ("load_data", "method_data", "data_facts", "build", "image_sources", "uncertainty_logging_first_epoch",
+          "uncertainty_logging_per_epoch",
           "per_sample_metrics", "evaluate", "checkpoint_write_max")
+
+
+def steady(result: dict) -> float:
+    """An epoch's cost outside the model once the run is going: the gaps between its steps, its checkpoint
+    write and its uncertainty logging (the first epoch's one-time CSV formatting excluded)."""
+    t = result["timings"]
+    return max(result["overhead_seconds"]) + t.get("checkpoint_write_max", 0.0) + t.get("uncertainty_logging_per_epoch", 0.0)
 
 
 def exponent(a, b, n_a, n_b):
@@ -159,8 +168,9 @@ def markdown(results: list[dict], args) -> str:
         lines.append(f"| {stage} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in values) + " | "
                      + ", ".join(f"{e:.2f}" for e in exps) + " |")
     rows = [("gaps between the steps of an epoch (s, max)", [max(r["overhead_seconds"]) for r in results]),
-            ("per-epoch overhead outside the steps, epoch-end checkpoint and logging included (s)",
+            ("per-epoch overhead outside the steps, all in: (fit − steps) / epochs, one-time set-up included (s)",
              [r["fit_overhead_per_epoch"] for r in results]),
+            ("steady per-epoch overhead: gaps + checkpoint + uncertainty logging (s)", [steady(r) for r in results]),
             ("train steps per epoch (s, mean)", [float(np.mean(r["step_seconds"])) for r in results]),
             ("peak resident memory (GB)", [r["peak_rss_gb"] for r in results]),
             ("checkpoint size (MB)", [r["timings"].get("checkpoint_bytes", 0) / 1e6 for r in results])]
@@ -170,8 +180,9 @@ def markdown(results: list[dict], args) -> str:
                      + ", ".join(f"{e:.2f}" for e in exps) + " |")
     largest = results[-1]
     lines += ["", f"Image cache at the largest N: {largest['image_cache']}. Goals at N = {largest['n']:,}:", ""]
-    checks = [("per-epoch overhead outside the model (checkpoint and logging included)",
+    checks = [("per-epoch overhead outside the model, all in (one-time set-up spread over the epochs run)",
                largest["fit_overhead_per_epoch"], GOAL_OVERHEAD_S, "s"),
+              ("steady per-epoch overhead outside the model", steady(largest), GOAL_OVERHEAD_S, "s"),
               ("peak host memory", largest["peak_rss_gb"], GOAL_MEMORY_GB, "GB"),
               ("checkpoint write", largest["timings"].get("checkpoint_write_max", float("nan")), GOAL_CHECKPOINT_S, "s")]
     for name, value, goal, unit in checks:
