@@ -21,7 +21,8 @@ clean      the labels as they are
 use one recipe for every method (so methods are compared on equal terms, as in the papers' own tables
 against their baselines): the synthetic benchmark's first ``--train-size`` faces, ``--backbone`` at
 ``--image-size`` px, Adam ``--lr`` with cosine decay over ``--epochs`` epochs, batch 64, flip + pad-crop,
-random erasing 0.2; each method's own settings are its official defaults (LDLVA in bank mode). Cells
+random erasing 0.2; each method's own settings are its official defaults (LDLVA in bank mode; EAC's
+in-model erasing off, since the recipe's erasing already erases its first view: the paper's erase-then-flip). Cells
 run seed-major across all sixteen grids, so a run stopped early still has every column for the seeds
 done. ``OUT/table.md`` is the combined table (mean ± std over seeds: accuracy, mean-class accuracy and
 the noise-detection AUC of a method's per-sample score), rewritten after every cell.
@@ -93,6 +94,10 @@ def grid_argv(args, regime: str, setting: str, seeds) -> list[str]:
             "--random-erasing", "0.2", "--val-every", "0", "--weights", args.weights if regime == "pretrained" else "none"]
     if "ldlva" in cell_methods(args, regime, setting):
         argv += ["--method-set", "ldlva:neighbor_source=bank"]
+    if "eac" in cell_methods(args, regime, setting):
+        # The recipe's pipeline erasing (p 0.2, every method) is EAC's view 1; EAC's own in-model erasing is off
+        # so view 1 is not erased twice, and view 2 is view 1's mirror (the paper's erase-then-flip).
+        argv += ["--method-set", "eac:erasing=0"]
     return argv
 
 

@@ -21,7 +21,8 @@ def test_cells_table1_methods_only_where_table1_is(tmp_path):
     assert argv[argv.index("--weights") + 1] == "none" and argv[argv.index("--noise") + 1] == "asymmetric"
     argv = pr.grid_argv(args, "pretrained", "sym10", [0])
     assert argv[argv.index("--weights") + 1].endswith("w.h5") and argv[argv.index("--levels") + 1] == "0.1"
-    assert "ldlva:neighbor_source=bank" in argv
+    assert "ldlva:neighbor_source=bank" in argv and "eac:erasing=0" in argv
+    assert "eac:erasing=0" not in pr.grid_argv(args, "pretrained", "clean", [0])
 
 
 def _write_runs(path, rows):
