@@ -17,6 +17,7 @@ Conventions of every command: the run directory is ``--run``; lists are space-se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -33,19 +34,30 @@ def quiet_tensorflow() -> None:
     the level is set to 3 and file descriptor 2 points at a temporary file for the import; if the import
     fails, what it printed is shown. A user who sets ``TF_CPP_MIN_LOG_LEVEL`` sees everything.
     """
-    import tempfile
-
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    with native_stderr_captured():
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def native_stderr_captured():
+    """Hold back what native code writes to file descriptor 2 inside the block (TensorFlow's import chatter,
+    TensorFlow Lite's "Created ... XNNPACK delegate" line); if the block fails, what was held back is shown."""
+    import tempfile
+
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
-            import tensorflow as tf
-
-            tf.get_logger().setLevel("ERROR")
+            yield
         except BaseException:
             os.dup2(saved, 2)
             capture.seek(0)
@@ -54,9 +66,6 @@ def quiet_tensorflow() -> None:
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-    import logging
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def describe_os_error(exc: OSError) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.cli import native_stderr_captured
 from common.errors import ConfigError, WriteError, write_error
 
 FORMATS = {"tflite": "model.tflite", "tflite-int8": "model_int8.tflite", "onnx": "model.onnx"}
@@ -69,7 +70,17 @@ def predictor(path, fmt: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # tf.lite.Interpreter's deprecation notice
             runner = tf.lite.Interpreter(model_path=path).get_signature_runner("serving_default")
-        return lambda images: runner(images=np.asarray(images, np.uint8))["probabilities"]
+        first_call = [True]
+
+        def predict(images):
+            images = np.asarray(images, np.uint8)
+            if first_call[0]:  # the native runtime prints an INFO line when it applies its CPU delegate
+                first_call[0] = False
+                with native_stderr_captured():
+                    return runner(images=images)["probabilities"]
+            return runner(images=images)["probabilities"]
+
+        return predict
     if fmt == "onnx":
         try:
             import onnxruntime

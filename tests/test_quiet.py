@@ -1,0 +1,47 @@
+"""A command's output is the project's own: no TensorFlow/CUDA/absl start-up lines, no progress-bar control
+characters when redirected; native output held back is shown when the code that printed it fails."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from helpers_cli import ROOT, TINY_ARGS
+
+# What TensorFlow's native start-up prints on a CPU machine when nobody silences it.
+CHATTER = re.compile(r"cuInit|cuda|absl|oneDNN|cpu_feature_guard|port\.cc|E0000|I0000|W0000", re.IGNORECASE)
+
+
+def _user_env() -> dict:
+    # As a user runs it: no TF_CPP_MIN_LOG_LEVEL of our own (that would switch the silencing off).
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return dict(env, PYTHONPATH=str(ROOT))
+
+
+def test_train_redirected_prints_no_chatter_and_plain_epoch_lines(tiny_dataset, tmp_path):
+    argv = [a for a in TINY_ARGS if a not in ("--verbose", "0")]  # the default verbosity, as the quick start
+    argv = [*argv, "--data-dir", str(tiny_dataset), "--out", str(tmp_path / "run"), "--epochs", "2"]
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv], env=_user_env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert not CHATTER.search(output), output[:3000]
+    assert "\r" not in output and "\x1b[" not in output  # no progress bar when stdout is not a terminal
+    assert output.count("Epoch ") == 2 and "test: " in output
+
+
+def test_native_stderr_held_back_unless_the_block_fails(capfd):
+    from common.cli import native_stderr_captured
+
+    with native_stderr_captured():
+        os.write(2, b"native chatter\n")
+    assert "native chatter" not in capfd.readouterr().err
+    with pytest.raises(RuntimeError):
+        with native_stderr_captured():
+            os.write(2, b"why it failed\n")
+            raise RuntimeError("boom")
+    assert "why it failed" in capfd.readouterr().err
