@@ -92,7 +92,8 @@ def main(argv=None) -> int:
                 raise CheckpointError(f"the checkpoint in {run_dir} has {cfg.num_classes} classes but dataset "
                                       f"'{args.dataset}' has {spec.num_classes}")
             trainer.spec = spec
-        data_dir = Path(args.data_dir) if args.data_dir else _recorded_data_dir(run_dir, record)
+        data_dir = resolve_data_dir(trainer.spec, args.data_dir) if args.data_dir else \
+            _recorded_data_dir(run_dir, record)
         table = load_split(data_dir, _table_name(args.split), cfg.num_classes, args.image_root or cfg.image_root,
                            allow_outside_root=cfg.allow_outside_root or args.allow_outside_root)
         trainer.use_test_table(table)

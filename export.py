@@ -23,10 +23,16 @@ def main(argv=None) -> int:
     from engine.export import SAVED_MODEL_LEGACY, export_saved_model
     from engine.run import load_run_model
 
-    check_output_dir(args.out, "saved_model", args.force, flag="--out", legacy=SAVED_MODEL_LEGACY)
-
     path = Path(args.run)
     run_dir, ckpt = (path, None) if (path / "config.json").is_file() else (path.parent.parent, path)
+    ckpt_dir = (run_dir / "ckpt").resolve()
+    out = Path(args.out).resolve()
+    if out == ckpt_dir or ckpt_dir in out.parents:
+        from common.errors import WriteError
+
+        raise WriteError(f"--out {args.out} is inside the run's checkpoint folder {run_dir / 'ckpt'}, which the run "
+                         "manages (resuming or --force would remove it); choose another --out (nothing was changed)")
+    check_output_dir(args.out, "saved_model", args.force, flag="--out", legacy=SAVED_MODEL_LEGACY)
     trainer, _ = load_run_model(run_dir, ckpt)
     trainer.run_dir = run_dir
     metrics = None

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import ArgumentParser, nonnegative_int, positive_int, probability, quiet_tensorflow, run_main
-from common.errors import CheckpointError, ConfigError, DataError
+from common.errors import CheckpointError, ConfigError, DataError, WriteError
 
 ALIGN_SIZE = 112  # side of the ArcFace template crop (preprocess.align default)
 
@@ -370,6 +370,9 @@ def main(argv=None) -> int:
 
     if args.json:
         check_output_file(args.json, args.force, flag="--json")
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise WriteError(f"--out-dir {args.out_dir} is a file, not a folder; give a folder for the annotated outputs "
+                         "(nothing was changed)")
     quiet_tensorflow()
     serve, meta = load_model(args.run)
     results, errors = [], []

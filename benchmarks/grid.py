@@ -127,7 +127,14 @@ def grid_levels(args) -> list[float | None]:
             raise ConfigError(f"--levels: a noise rate must be in [0, 1), got {value:g}")
         if args.protocol == "imbalance" and value < 1.0:
             raise ConfigError(f"--levels: an imbalance factor must be >= 1, got {value:g}")
-    return list(args.levels)
+    by_label: dict[str, float] = {}  # a level's label names its run folders: one cell per label
+    for value in args.levels:
+        label = level_label(args.protocol, value)
+        if label in by_label and by_label[label] != value:
+            raise ConfigError(f"--levels: {by_label[label]!r} and {value!r} would share the run folders of level "
+                              f"'{label}'; give levels that differ in their first 6 significant digits")
+        by_label.setdefault(label, value)
+    return list(by_label.values())
 
 
 # Grid-wide defaults that differ from train.py's (a grid writes no SavedModels or TensorBoard logs by default).

@@ -271,6 +271,23 @@ def validate_neighbor_indices(indices: np.ndarray, num_rows: int, k: int, source
     return indices.astype(np.int32)
 
 
+def _checked_distances(distances, num_rows: int, k: int, source) -> np.ndarray:
+    """The stored ``distances`` as (N, k) float32: shape, type and finite non-negative values checked."""
+    distances = np.asarray(distances)
+    if distances.ndim != 2 or distances.shape[0] != num_rows or distances.shape[1] < k:
+        raise DataError(f"{source}: neighbour distances must have shape ({num_rows}, >= {k}) like the indices, got "
+                        f"{distances.shape}; rebuild it with `python -m preprocess.knn`")
+    if distances.dtype.kind not in "iuf":
+        raise DataError(f"{source}: neighbour distances must be numbers, got {distances.dtype} values")
+    distances = distances[:, :k].astype(np.float32)
+    bad = ~np.isfinite(distances) | (distances < 0)
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise DataError(f"{source}, row {row + 1}: neighbour distance {distances[row][bad[row]][0]} is not a finite "
+                        "non-negative number; rebuild it with `python -m preprocess.knn`")
+    return distances
+
+
 def load_neighbor_table(path, table, k: int, *, rebuild_k: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Load and validate a ``.neighbors.npz`` table; returns (indices (N,k) int32, distances or None).
 
@@ -296,7 +313,7 @@ def load_neighbor_table(path, table, k: int, *, rebuild_k: int | None = None) ->
     num_rows = len(table) if csv_path is not None else int(table)
     indices = validate_neighbor_indices(indices, num_rows, k, path)
     if distances is not None:
-        distances = np.asarray(distances, np.float32)[:, :k]
+        distances = _checked_distances(distances, num_rows, k, path)
     if csv_path is not None:
         check_neighbor_fingerprint(path, table, rebuild_k or k)
     return indices, distances

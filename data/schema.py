@@ -21,6 +21,8 @@ stay inside the image root: an absolute path (``/etc/hostname``, ``C:/x.jpg``, `
 with ``allow_outside_root=True`` (``train.py --allow-outside-root`` or ``"allow_outside_root": true`` in
 ``dataset.json``). The check is lexical only: symlinks are not resolved, so an image folder (or file)
 inside the root that is a symlink to elsewhere, e.g. a user's own linked download, stays allowed.
+Two rows naming the same file after that normalisation (``a/b.png``, ``a/./b.png``, ``a//b.png``) are a
+row error, and so is a header that names a schema column twice.
 
 Fingerprints
 ------------
@@ -113,6 +115,25 @@ def _escape_message(path: str, reason: str) -> str:
     return (f"path {path!r} escapes the image root ({reason}); table paths must be relative to the image root. "
             "If the files really live outside it, pass --allow-outside-root (or set \"allow_outside_root\": true "
             "in dataset.json)")
+
+
+def _duplicated_paths(paths: list) -> dict[int, int]:
+    """``{row: first row}`` (0-based) of every path naming the same file as an earlier one, compared after
+    lexical normalisation (``a/./b.png``, ``a//b.png`` and ``a/b.png`` are one file)."""
+    keys = [posixpath.normpath(v) if isinstance(v, str) and ("/." in v or "//" in v or v.startswith(".")
+                                                             or v.endswith("/")) else v for v in paths]
+    dup = pd.Series(keys, dtype=object).duplicated(keep="first").to_numpy()
+    if not dup.any():
+        return {}
+    first: dict = {}
+    for row, key in enumerate(keys):
+        first.setdefault(key, row)
+    return {int(row): first.get(keys[row], int(row)) for row in np.flatnonzero(dup)}
+
+
+def _duplicate_message(paths: list, row: int, first: int) -> str:
+    same = "" if paths[row] == paths[first] else f" as {paths[first]!r} in row {first + 1}"
+    return f"duplicated path {paths[row]!r} (first seen earlier in the table{same})"
 
 
 def _parse_int_column(frame, column, csv_path, num_classes, bad=None):
@@ -208,10 +229,10 @@ def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=N
         frame["path"] = normalize_table_paths(raw_paths)
         frame.attrs["backslash_paths"] = int(backslashes)
     paths = frame["path"]
-    dup = paths.duplicated(keep="first")
-    if dup.any():
-        row = int(np.flatnonzero(dup.to_numpy())[0])
-        raise row_error(csv_path, row + 1, f"duplicated path {paths.iloc[row]!r} (first seen earlier in the table)")
+    dup = _duplicated_paths(paths.tolist())
+    if dup:
+        row, first = next(iter(dup.items()))
+        raise row_error(csv_path, row + 1, _duplicate_message(paths.tolist(), row, first))
     labels = _parse_int_column(frame, "expression", csv_path, num_classes)
 
     va = None
@@ -292,8 +313,8 @@ def _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num
         frame = frame.copy()
         frame["path"] = normalize_table_paths(raw_paths)
     paths = frame["path"].tolist()
-    for row in np.flatnonzero(frame["path"].duplicated(keep="first").to_numpy()):
-        bad(row, f"duplicated path {paths[row]!r} (first seen earlier in the table)")
+    for row, first in _duplicated_paths(paths).items():
+        bad(row, _duplicate_message(paths, row, first))
     for column in ("expression", "clean_expression"):
         if column in frame.columns:
             _parse_int_column(frame, column, csv_path, num_classes, bad)
@@ -342,11 +363,32 @@ def read_csv(csv_path) -> pd.DataFrame:
     if not csv_path.is_file():
         raise DataError(f"{csv_path}: annotation table not found")
     try:
-        return pd.read_csv(csv_path, dtype={"path": str}, keep_default_na=True)
+        frame = pd.read_csv(csv_path, dtype={"path": str}, keep_default_na=True)
     except pd.errors.EmptyDataError:
         raise DataError(f"{csv_path}: the file is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv_path}: not a readable CSV table ({str(exc).splitlines()[0]})") from None
+    _check_header(csv_path, frame)
+    return frame
+
+
+_SCHEMA_COLUMNS = (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS)
+_MANGLED = re.compile(r"^(%s)\.\d+$" % "|".join(_SCHEMA_COLUMNS))
+
+
+def _check_header(csv_path: Path, frame: pd.DataFrame) -> None:
+    """Refuse a header that names a schema column twice (pandas would silently read the first as the
+    column and rename the second ``NAME.1``): which of the two holds the data is ambiguous."""
+    if not any(_MANGLED.match(str(c)) for c in frame.columns):
+        return
+    import csv
+
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    for name in _SCHEMA_COLUMNS:
+        if header.count(name) > 1:
+            raise DataError(f"{csv_path}: the header names column '{name}' {header.count(name)} times; keep one "
+                            "(which one holds the data is ambiguous)")
 
 
 def load_table(csv_path, num_classes: int, image_root=None, require_va: bool = False,

@@ -20,7 +20,8 @@ def resolve_data_dir(spec: DatasetSpec, data_dir, options: dict | None = None) -
         if not path.is_dir():
             how = f"`{spec.import_command} --out {path}`" if spec.import_command else \
                 "one of the importers (README, Real datasets)"
-            raise DataError(f"--data-dir {path} does not exist; prepare the dataset with {how}")
+            what = "is a file, not a prepared dataset folder" if path.exists() else "does not exist"
+            raise DataError(f"--data-dir {path} {what}; prepare the dataset with {how}")
         return path
     if spec.provider:
         return provide_dataset(spec, options)

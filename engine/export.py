@@ -146,4 +146,10 @@ def load_export(path):
         first = str(exc).splitlines()[0][:200] if str(exc) else ""
         raise CheckpointError(f"{path}: cannot load the SavedModel ({type(exc).__name__}: {first}); "
                               "export it again with `python export.py --run RUN --out DIR --force`") from None
+    spec = getattr(serve, "structured_outputs", {}).get("probabilities")
+    classes = spec.shape[-1] if spec is not None and spec.shape.rank else None
+    if classes is not None and classes != len(meta["class_names"]):
+        raise CheckpointError(f"{path / 'fer_export.json'}: class_names lists {len(meta['class_names'])} classes but "
+                              f"the SavedModel outputs {classes}; export it again with "
+                              "`python export.py --run RUN --out DIR --force`")
     return serve, meta

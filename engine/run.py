@@ -487,7 +487,11 @@ def load_run_model(run_dir, ckpt=None, log=print):
     config_path = run_dir / "config.json"
     cfg = run_config_from_record(record, config_path)
     cfg = dataclasses.replace(cfg, mixed_precision="off", strategy="default")
-    trainer = Trainer(cfg, log=log)
+    try:
+        trainer = Trainer(cfg, log=log)
+    except ConfigError as exc:  # a recorded setting out of range, an unknown method: the file was edited or damaged
+        raise CheckpointError(f"{config_path}: the recorded run settings are invalid ({exc}); the file was edited "
+                              "or damaged") from None
     config_cls = type(trainer.method_cfg)
     try:
         saved = check_values(config_cls, record["method_config"], f"{config_path}: method_config")

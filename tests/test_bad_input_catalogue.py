@@ -363,6 +363,78 @@ def _check_benchmark_resumes(env, out):
     assert (env.out / "bench" / "results.md").is_file()
 
 
+def _duplicate_header(table: Path, column: str, value: str) -> Path:
+    """Append a second ``column`` to ``table``'s header, holding ``value`` in every row."""
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join([f"{lines[0]},{column}"] + [f"{line},{value}" for line in lines[1:]]) + "\n")
+    return table
+
+
+def _header_only(table: Path) -> Path:
+    table.write_text(table.read_text().splitlines()[0] + "\n")
+    return table
+
+
+def _symlink_loop(ds: Path) -> None:
+    image = ds / "images" / "train" / "00004.png"
+    image.unlink()
+    image.symlink_to(image.name)  # a link to itself
+
+
+def _train_with_neighbors(change):
+    """LDLVA on a copy whose ``train.neighbors.npz`` (built by preprocess.knn, fingerprint intact) is edited."""
+    def setup(env):
+        import preprocess.knn
+        from common.cli import run_main
+
+        ds = env.ds()
+        assert run_main(preprocess.knn.main, ["--table", str(ds / "train.csv"), "--k", "2"]) == 0
+        with np.load(ds / "train.neighbors.npz") as data:
+            arrays = {key: data[key] for key in data.files}
+        change(arrays)
+        np.savez(ds / "train.neighbors.npz", **arrays)
+        return _train(env, "--set", "num_neighbors=2", method="ldlva")
+    return setup
+
+
+def _unicode_table(env):
+    """A dataset under a folder with spaces and accents, one image renamed likewise (valid input)."""
+    ds = env.ds().rename(env.inputs / "dä ta set")
+    env._copies["ds"] = ds
+    (ds / "images" / "train" / "00001.png").rename(ds / "images" / "train" / "fé lix 1.png")
+    edit_csv(ds / "train.csv", set_cell(1, "path", "train/fé lix 1.png"))
+    (ds / "train.csv").write_bytes(b"\xef\xbb\xbf" + (ds / "train.csv").read_bytes())  # a UTF-8 BOM, as Excel saves
+    return ["--table", ds / "train.csv", "--out", env.out / "nöisy tablé.csv", "--rate", "0.2"]
+
+
+def _check_unicode_table(env, out):
+    written = pd.read_csv(env.out / "nöisy tablé.csv")
+    assert len(written) == 56 and "train/fé lix 1.png" in written["path"].tolist()
+
+
+def _predict_unicode(env):
+    photo_copy = shutil.copy(photo(env), env.inputs / "fé lix ñ.png")
+    return [photo_copy, "--run", env.export(), "--no-detect", "--out-dir", env.out / "pré dictions"]
+
+
+def _check_predict_unicode(env, out):
+    assert (env.out / "pré dictions" / "fé lix ñ_emotions.png").is_file()
+
+
+def _check_curves_written(env, out):
+    assert (env.out / "curves.png").is_file()
+
+
+def _check_one_cell(env, out):
+    assert "1 cell(s) not trained yet" in out, out[-2000:]
+
+
+def _empty_ckpt_folder(run: Path) -> None:
+    for step in (run / "ckpt").iterdir():
+        if step.is_dir():
+            shutil.rmtree(step)
+
+
 RUNS_CSV = "method,level,seed,accuracy,mean_class_accuracy\nce,0.3,0,0.5,0.4\nce,0.3,1,0.6,0.5\n"
 RUNS_CSV_DAMAGED = RUNS_CSV + "ce,0.3,2,high,0.4\n"
 CASES = {
@@ -737,6 +809,98 @@ CASES = {
         "data.noise", _noise("--rate", "0.3", "--num-classes", "9", table=lambda env: edit_csv(
             env.ds() / "train.csv", lambda f: f.drop(columns=["votes"]))),
         ("--num-classes", "9")),
+    # --- messy data, round 2: train.py ----------------------------------------------------------------------
+    "train_duplicate_header_column": Case(
+        "train", _train_with(lambda ds: _duplicate_header(ds / "train.csv", "expression", "3")),
+        ("train.csv", "column 'expression' 2 times", "ambiguous")),
+    "train_path_normalises_to_a_duplicate": Case(
+        "train", _train_with(lambda ds: edit_csv(ds / "train.csv", set_cell(3, "path", "train/./00001.png"))),
+        ("train.csv, row 4", "duplicated path 'train/./00001.png'", "'train/00001.png' in row 2")),
+    "train_path_is_a_directory": Case(
+        "train", _train_with(lambda ds: edit_csv(ds / "train.csv", set_cell(3, "path", "train"))),
+        ("train.csv, row 4", "Is a directory", "--skip-bad")),
+    "train_image_symlink_loop": Case("train", _train_with(_symlink_loop),
+                                     ("train.csv, row 5", "00004.png", "symbolic links")),
+    "train_test_csv_header_only": Case("train", _train_with(lambda ds: _header_only(ds / "test.csv")),
+                                       ("test.csv", "empty")),
+    "train_test_votes_nan": Case(
+        "train", _train_with(lambda ds: edit_csv(ds / "test.csv", set_cell(2, "votes", "5;nan;2;1;1;1;1"))),
+        ("test.csv, row 3", "'votes'", "NaN")),
+    "train_label_overflows_to_inf": Case(
+        "train", _train_with(lambda ds: edit_csv(ds / "train.csv", set_cell(2, "expression", "1e400"))),
+        ("train.csv, row 3", "'expression'", "integer class index", "inf")),
+    "train_set_key_of_another_method": Case("train", lambda env: _train(env, "--set", "gamma=0.5"),
+                                            ("unknown setting 'gamma'", "CEConfig", "label_smoothing")),
+    "train_data_dir_is_a_file": Case("train", lambda env: train_args(env.file("data.txt"), env.out / "run", *NO_VAL),
+                                     ("--data-dir", "data.txt", "is a file")),
+    "train_neighbor_distances_1d": Case(
+        "train", _train_with_neighbors(lambda a: a.__setitem__("distances", a["distances"][:, 0])),
+        ("train.neighbors.npz", "distances", "(56, >= 2)", "(56,)")),
+    "train_neighbor_distances_nan": Case(
+        "train", _train_with_neighbors(lambda a: a.__setitem__("distances", np.full_like(a["distances"], np.nan))),
+        ("train.neighbors.npz, row 1", "distance nan", "preprocess.knn")),
+    "train_neighbor_indices_strings": Case(
+        "train", _train_with_neighbors(lambda a: a.__setitem__("indices", a["indices"].astype(str))),
+        ("train.neighbors.npz", "must be integers")),
+    # --- evaluate.py / export.py ------------------------------------------------------------------------------
+    "evaluate_config_image_size_negative": Case(
+        "evaluate", _eval_config(lambda r: r["run"].__setitem__("image_size", -5)),
+        ("config.json", "recorded run settings are invalid", "image-size", "-5")),
+    "evaluate_config_unknown_method": Case(
+        "evaluate", _eval_config(lambda r: r["run"].__setitem__("method", "foo")),
+        ("config.json", "recorded run settings are invalid", "'foo'")),
+    "evaluate_checkpoints_deleted": Case("evaluate", _eval_run(_empty_ckpt_folder),
+                                         ("ckpt/latest", "missing", "no intact checkpoint")),
+    "evaluate_data_dir_is_a_file": Case("evaluate", lambda env: ["--run", env.run(), "--data-dir", env.file("x.txt")],
+                                        ("--data-dir", "x.txt", "is a file")),
+    "evaluate_run_is_a_file": Case("evaluate", lambda env: ["--run", env.file("notes.txt")],
+                                   ("--run", "notes.txt", "not a run directory")),
+    "export_out_inside_ckpt_folder": Case(
+        "export", lambda env: ["--run", env.run(), "--out", env.run() / "ckpt" / "sm"],
+        ("--out", "inside the run's checkpoint folder", "nothing was changed")),
+    "export_out_is_a_checkpoint_force": Case(
+        "export", lambda env: ["--run", env.run(), "--out", latest_checkpoint(env.run()), "--force"],
+        ("--out", "checkpoint", "nothing was changed")),
+    # --- predict.py / visualize.py ----------------------------------------------------------------------------
+    "predict_class_names_do_not_fit_the_model": Case(
+        "predict", _predict(lambda sm: edit_json(sm / "fer_export.json", lambda m: m.__setitem__("class_names", ["a", "b"]))),
+        ("fer_export.json", "2 classes", "outputs 7")),
+    "predict_out_dir_is_a_file": Case(
+        "predict", lambda env: [photo(env), "--run", env.export(), "--no-detect", "--out-dir", env.file("o.txt")],
+        ("--out-dir", "o.txt", "is a file")),
+    "predict_zero_byte_photo": Case(
+        "predict", lambda env: [env.file("z.jpg", b""), "--run", env.export(), "--no-detect", "--out-dir", env.out / "p"],
+        ("z.jpg", "zero-byte")),
+    "predict_directory_as_photo": Case(
+        "predict", lambda env: [env.folder(), "--run", env.export(), "--no-detect", "--out-dir", env.out / "p"],
+        ("mine", "Is a directory", "1 of 1 input(s)")),
+    "predict_unicode_and_space_paths": Case("predict", _predict_unicode, code=0, check=_check_predict_unicode),
+    "visualize_curves_every_loss_nonfinite": Case(  # valid: a run that diverged still gets its figure
+        "visualize", _visualize("curves", lambda run: (run / "log.csv").write_text("epoch,loss,acc\n1,nan,0.1\n2,inf,0.2\n")),
+        code=0, check=_check_curves_written),
+    "visualize_lanet_distributions_of_a_ce_run": Case("visualize", _visualize("lanet-distributions"),
+                                                      ("needs an LA-Net run", "'ce'")),
+    # --- benchmark.py ---------------------------------------------------------------------------------------
+    "benchmark_duplicate_levels_one_cell": Case("benchmark", lambda env: bench_args(env, "--levels", "0.1", "0.1"),
+                                                code=0, check=_check_one_cell),
+    "benchmark_levels_sharing_a_folder": Case("benchmark", lambda env: bench_args(env, "--levels", "0.1", "0.1000001"),
+                                              ("--levels", "0.1000001", "run folders", "'0.1'")),
+    # --- importers, tables ------------------------------------------------------------------------------------
+    "affectnet_missing_validation_csv": Case("preprocess.affectnet", _affectnet(lambda r: (r / "validation.csv").unlink()),
+                                             ("validation.csv", "not found")),
+    "rafdb_missing_image_folder": Case(
+        "preprocess.rafdb", lambda env: (_rafdb()(env), shutil.rmtree(env.inputs / "raf" / "Image"))[0],
+        ("Image/aligned", "does not exist")),
+    "sfew_missing_train_folder": Case("preprocess.sfew", _sfew(lambda r: shutil.rmtree(r / "Train")),
+                                      ("no 'Train' folder", "--train-dir")),
+    "release_train_header_only": Case("preprocess.release_csv", _release(_header_only), ("train.csv", "empty")),
+    "knn_duplicate_valence_header": Case(
+        "preprocess.knn", lambda env: (_duplicate_header(env.ds() / "train.csv", "valence", "0.5"),
+                                       ["--table", env.ds() / "train.csv", "--k", "2", "--out", env.out / "n.npz"])[1],
+        ("train.csv", "column 'valence' 2 times")),
+    "va_import_valence_nan": Case("preprocess.va_import", _va_import(set_cell(3, "valence", "nan")),
+                                  ("va.csv, row 4", "NaN")),
+    "noise_unicode_paths_and_bom": Case("data.noise", _unicode_table, code=0, check=_check_unicode_table),
 }
 
 

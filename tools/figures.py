@@ -175,7 +175,7 @@ def curves_figure(log, title: str = ""):
     plot(ax, "val_loss", "test CE", color="crimson")
     ax.set_title("loss")
     plotted = np.concatenate([line.get_ydata() for line in ax.get_lines()]) if ax.get_lines() else np.ones(1)
-    if plotted.min() > 0 and plotted.max() > 20 * plotted.min():
+    if plotted.size and plotted.min() > 0 and plotted.max() > 20 * plotted.min():  # empty: every loss non-finite
         ax.set_yscale("log")  # e.g. LDLVA's centre loss starts far above the CE term
     ax = axes[1]
     plot(ax, "acc", "train accuracy (given labels)", color="black")
