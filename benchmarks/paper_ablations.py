@@ -19,6 +19,8 @@ LA-Net Table 2
 NLA Table 5
   JSD / L1 / CAM   ``naw=false`` and ``consistency=jsd|l1|cam``: the regulariser without NAW
   NAW + L1 / CAM   ``consistency=l1|cam``: NAW with the regulariser NLA compares against
+diagnosis          LA-Net with ``lm_weight=0``, ``balanced_sampler=false`` or ``landmark_loss=mse``: rows
+                   that are not in the paper, to find which part costs accuracy where LA-Net trails CE
 =================  ===============================================================================
 
 ``OUT/ablations.md`` holds both tables (mean ± std of accuracy and mean-class accuracy over seeds).
@@ -37,6 +39,10 @@ VARIANTS = {
     "lanet_no_lde_landmarks": ("lanet", ["lde_landmarks=false"], "LDE without landmarks"),
     "lanet_el_onehot": ("lanet", ["el_labels=onehot"], "EL with one-hot labels"),
     "lanet_no_el": ("lanet", ["el_weight=0"], "without EL"),
+    # Diagnosis rows (not in the paper): which part of LA-Net costs accuracy where it trails CE.
+    "lanet_no_landmark_loss": ("lanet", ["lm_weight=0"], "diagnosis: no landmark loss (`lm_weight=0`)"),
+    "lanet_uniform_sampler": ("lanet", ["balanced_sampler=false"], "diagnosis: uniform sampling (`balanced_sampler=false`)"),
+    "lanet_mse_landmarks": ("lanet", ["landmark_loss=mse"], "diagnosis: the paper's MSE landmark loss"),
     "nla_jsd": ("nla", ["naw=false", "consistency=jsd"], "JSD (NAW off)"),
     "nla_l1": ("nla", ["naw=false", "consistency=l1"], "L1 (NAW off)"),
     "nla_cam": ("nla", ["naw=false", "consistency=cam"], "CAM (NAW off)"),
