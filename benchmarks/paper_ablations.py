@@ -19,8 +19,9 @@ LA-Net Table 2
 NLA Table 5
   JSD / L1 / CAM   ``naw=false`` and ``consistency=jsd|l1|cam``: the regulariser without NAW
   NAW + L1 / CAM   ``consistency=l1|cam``: NAW with the regulariser NLA compares against
-diagnosis          LA-Net with ``lm_weight=0``, ``balanced_sampler=false`` or ``landmark_loss=mse``: rows
-                   that are not in the paper, to find which part costs accuracy where LA-Net trails CE
+diagnosis          LA-Net with ``lm_weight=0``, ``balanced_sampler=false`` or ``landmark_loss=mse``; NLA with
+                   ``jsd_mode=textbook`` or ``consistency=none``: rows that are not in the papers, to find
+                   which part costs accuracy where a method trails CE
 =================  ===============================================================================
 
 ``OUT/ablations.md`` holds both tables (mean ± std of accuracy and mean-class accuracy over seeds).
@@ -43,6 +44,8 @@ VARIANTS = {
     "lanet_no_landmark_loss": ("lanet", ["lm_weight=0"], "diagnosis: no landmark loss (`lm_weight=0`)"),
     "lanet_uniform_sampler": ("lanet", ["balanced_sampler=false"], "diagnosis: uniform sampling (`balanced_sampler=false`)"),
     "lanet_mse_landmarks": ("lanet", ["landmark_loss=mse"], "diagnosis: the paper's MSE landmark loss"),
+    "nla_textbook_jsd": ("nla", ["jsd_mode=textbook"], "diagnosis: NAW + the textbook JSD (`jsd_mode=textbook`)"),
+    "nla_naw_only": ("nla", ["consistency=none"], "diagnosis: NAW alone (`consistency=none`)"),
     "nla_jsd": ("nla", ["naw=false", "consistency=jsd"], "JSD (NAW off)"),
     "nla_l1": ("nla", ["naw=false", "consistency=l1"], "L1 (NAW off)"),
     "nla_cam": ("nla", ["naw=false", "consistency=cam"], "CAM (NAW off)"),
