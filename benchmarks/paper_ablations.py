@@ -108,7 +108,8 @@ def ablation_tables(args) -> str:
         values = [float(r[key]) for r in rows if r["method"] == method
                   and int(r["seed"]) in args.seeds and r.get(key) not in (None, "")]
         mean, std, n = mean_std(values)
-        return "–" if n == 0 else f"{100 * mean:.1f} ± {100 * std:.1f}" + ("" if n == len(args.seeds) else f" (n={n})")
+        return "–" if n == 0 else ((f"{100 * mean:.1f}" if n == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}")
+                                   + ("" if n == len(args.seeds) else f" (n={n})"))
 
     main = Path(args.main) / "pretrained" / args.setting
     lines = [f"Pretrained regime, {title} (the main table's recipe); mean ± std over seeds "

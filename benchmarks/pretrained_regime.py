@@ -127,7 +127,8 @@ def _cell(rows, key, method, regime, setting, seeds) -> tuple[str, int]:
     values = [float(r[key]) for r in rows.get((regime, setting), [])
               if r["method"] == method and r.get(key) not in (None, "")]
     mean, std, n = mean_std(values)
-    return ("–" if n == 0 else f"{100 * mean:.1f} ± {100 * std:.1f}" + ("" if n == len(seeds) else f" (n={n})")), n
+    return ("–" if n == 0 else (f"{100 * mean:.1f}" if n == 1 else f"{100 * mean:.1f} ± {100 * std:.1f}")
+            + ("" if n == len(seeds) else f" (n={n})")), n
 
 
 def combined_table(args) -> str:
