@@ -20,7 +20,7 @@ NLA Table 5
   JSD / L1 / CAM   ``naw=false`` and ``consistency=jsd|l1|cam``: the regulariser without NAW
   NAW + L1 / CAM   ``consistency=l1|cam``: NAW with the regulariser NLA compares against
 diagnosis          LA-Net with ``lm_weight=0``, ``balanced_sampler=false`` or ``landmark_loss=mse``; NLA with
-                   ``jsd_mode=textbook`` or ``consistency=none``; EAC with ``lam=0`` or ``lam=1``: rows that are not in the papers, to find
+                   ``jsd_mode=textbook|official_mean`` or ``consistency=none``; EAC with ``lam=0`` or ``lam=1``: rows that are not in the papers, to find
                    which part costs accuracy where a method trails CE
 =================  ===============================================================================
 
@@ -46,6 +46,8 @@ VARIANTS = {
     "lanet_mse_landmarks": ("lanet", ["landmark_loss=mse"], "diagnosis: the paper's MSE landmark loss"),
     "nla_textbook_jsd": ("nla", ["jsd_mode=textbook"], "diagnosis: NAW + the textbook JSD (`jsd_mode=textbook`)"),
     "nla_naw_only": ("nla", ["consistency=none"], "diagnosis: NAW alone (`consistency=none`)"),
+    "nla_official_mean": ("nla", ["jsd_mode=official_mean"],
+                          "diagnosis: the official JSD form averaged over the batch (`jsd_mode=official_mean`)"),
     "eac_no_consistency": ("eac", ["lam=0"], "diagnosis: no attention consistency (`lam=0`)"),
     "eac_lam1": ("eac", ["lam=1"], "diagnosis: consistency weight 1 (`lam=1`)"),
     "nla_jsd": ("nla", ["naw=false", "consistency=jsd"], "JSD (NAW off)"),

@@ -145,20 +145,23 @@ def jsd_consistency(logits_a, logits_b, mode: str = "official") -> tf.Tensor:
     linearly with B). This is what the release trains with; it is not the textbook JSD.
     ``"textbook"``: M = ½(p_a + p_b), JSD = ½KL(p_a‖M) + ½KL(p_b‖M), **mean over the batch**
     (bounded by ln 2).
+    ``"official_mean"``: the official form, averaged over the batch instead of summed (= official / B): a
+    diagnosis mode that separates the batch-sum (the term's weight grows with B) from the form.
 
     Args:
       logits_a, logits_b: ``(B, C)`` logits of the image and of its flipped view; both get gradients.
     """
     log_pa = tf.nn.log_softmax(as_float(logits_a), axis=-1)
     log_pb = tf.nn.log_softmax(as_float(logits_b), axis=-1)
-    if mode == "official":
+    if mode in ("official", "official_mean"):
         log_pm = tf.nn.log_softmax(0.5 * (as_float(logits_a) + as_float(logits_b)), axis=-1)
-        return 0.5 * tf.reduce_sum(_kl_from_log_probs(log_pm, log_pa) + _kl_from_log_probs(log_pm, log_pb))
+        per_sample = 0.5 * (_kl_from_log_probs(log_pm, log_pa) + _kl_from_log_probs(log_pm, log_pb))
+        return tf.reduce_sum(per_sample) if mode == "official" else tf.reduce_mean(per_sample)
     if mode == "textbook":
         log_m = tf.reduce_logsumexp(tf.stack([log_pa, log_pb], axis=0), axis=0) - math.log(2.0)
         jsd = 0.5 * _kl_from_log_probs(log_pa, log_m) + 0.5 * _kl_from_log_probs(log_pb, log_m)
         return tf.reduce_mean(jsd)
-    raise ValueError(f"jsd mode must be 'official' or 'textbook', got {mode!r}")
+    raise ValueError(f"jsd mode must be 'official', 'official_mean' or 'textbook', got {mode!r}")
 
 
 def nla_total_loss(

@@ -66,7 +66,7 @@ from losses.nla import covariance_schedule, jsd_consistency, l1_consistency, naw
 from models.backbones import stage_models
 from models.base import FERModel
 
-JSD_MODES = ("official", "textbook")
+JSD_MODES = ("official", "textbook", "official_mean")
 CONSISTENCIES = ("jsd", "l1", "cam", "none")
 
 
@@ -77,7 +77,8 @@ class NLAConfig:
     lam: float = 0.5  # λ in λ·NAW-CE + (1 − λ)·J (paper and official: 0.5)
     # Covariance-scheduler slope in ε(e) = 1 − exp(slope·e/E). Official ``--slope`` −15; the paper says −10.
     slope: float = -15.0
-    # Consistency form: "official" (logit-space mixture, reversed KL, batch sum) or "textbook" JSD.
+    # Consistency form: "official" (logit-space mixture, reversed KL, batch sum), "textbook" JSD (batch mean), or
+    # "official_mean" (the official form averaged over the batch: a diagnosis mode, official / B).
     jsd_mode: str = "official"
     # Coupled L2 (PyTorch Adam(weight_decay)); official 1e-4 (see the ``official`` preset). DEVIATION: 0 by
     # default so that NLA and the CE baseline share the same optimisation in comparisons.

@@ -104,6 +104,9 @@ def test_consistency_is_on_the_image_and_its_flip(built):
         assert _losses(model, symmetric, 0)[0]["jsd"] == pytest.approx(0.0, abs=1e-5)
     official = float(jsd_consistency(plain, flipped, "official"))
     assert official != pytest.approx(losses["jsd"], rel=1e-3)  # the two forms differ (sum vs mean, KL direction)
+    # official_mean: the official form averaged over the batch = the official sum / B.
+    per_batch = float(jsd_consistency(plain, flipped, "official_mean"))
+    assert per_batch == pytest.approx(official / int(plain.shape[0]), rel=1e-6)
     _with_config(model, jsd_mode="official")
 
 
