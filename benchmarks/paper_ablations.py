@@ -44,6 +44,8 @@ VARIANTS = {
     "lanet_no_landmark_loss": ("lanet", ["lm_weight=0"], "diagnosis: no landmark loss (`lm_weight=0`)"),
     "lanet_uniform_sampler": ("lanet", ["balanced_sampler=false"], "diagnosis: uniform sampling (`balanced_sampler=false`)"),
     "lanet_mse_landmarks": ("lanet", ["landmark_loss=mse"], "diagnosis: the paper's MSE landmark loss"),
+    "lanet_lde_only": ("lanet", ["lm_weight=0", "balanced_sampler=false", "el_weight=0"],
+                       "diagnosis: LDE alone (no landmark loss, no EL, uniform sampling)"),
     "nla_textbook_jsd": ("nla", ["jsd_mode=textbook"], "diagnosis: NAW + the textbook JSD (`jsd_mode=textbook`)"),
     "nla_naw_only": ("nla", ["consistency=none"], "diagnosis: NAW alone (`consistency=none`)"),
     "nla_official_mean": ("nla", ["jsd_mode=official_mean"],
