@@ -91,7 +91,9 @@ def grid_argv(args, regime: str, setting: str, seeds) -> list[str]:
             "--dataset", "synthetic", "--synthetic", f"train_size={args.train_size}",
             "--backbone", args.backbone, "--image-size", str(args.image_size), "--pad", str(max(1, args.image_size // 16)),
             "--epochs", str(args.epochs), "--batch-size", "64", "--lr", f"{args.lr:g}", "--lr-schedule", "cosine",
-            "--random-erasing", "0.2", "--val-every", "0", "--weights", args.weights if regime == "pretrained" else "none"]
+            "--random-erasing", "0.2", "--val-every", "0", "--weights",
+            # resolved, so a rerun that names the same file by another path (relative, absolute) resumes the grid
+            str(Path(args.weights).resolve()) if regime == "pretrained" else "none"]
     if "ldlva" in cell_methods(args, regime, setting):
         argv += ["--method-set", "ldlva:neighbor_source=bank"]
     if "eac" in cell_methods(args, regime, setting):
