@@ -105,10 +105,13 @@ def _tracked(*patterns) -> list[Path]:
     return [ROOT / line for line in listed.stdout.splitlines() if (ROOT / line).is_file()]
 
 
-@pytest.mark.parametrize("needle", ["reference §", "shared/reference", "/work/", "/root/", "/home/", "/Users/"])
+# The needles are assembled from parts so that this file does not contain them itself (and is checked too).
+NEEDLES = ["reference " + "§", "shared/" + "reference", *("/" + d + "/" for d in ("work", "root", "home", "Users"))]
+
+
+@pytest.mark.parametrize("needle", NEEDLES)
 def test_no_file_cites_outside_documents_or_machine_paths(needle):
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in _tracked("*.py", "*.md", "*.txt", "*.json")
-            if p.name != "test_architecture.py"
             for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1) if needle in line]
     assert hits == [], f"{needle!r} in {hits[:10]}"
 

@@ -93,6 +93,7 @@ def _finite(*tensors):
             continue
         t = tf.convert_to_tensor(t)
         assert np.isfinite(t.numpy()).all(), t
+    return True
 
 
 def _value_and_grads(fn, *inputs):
@@ -154,11 +155,11 @@ def test_nla_losses_guarded(schedule, logits):
          "uniform": np.zeros((B, C)), "huge": 1e30 * (ONE_HOT - 0.5)}[logits]
     value, grads = _value_and_grads(
         lambda a, b: nla.nla_total_loss(a, b, LABELS, schedule), z, z[:, ::-1])
-    _finite(value, *grads)
+    assert _finite(value, *grads)
     for mode in ("official", "textbook"):
         value, grads = _value_and_grads(lambda a, b: nla.jsd_consistency(a, b, mode), z, -z)
-        _finite(value, *grads)
-    _finite(nla.naw_weights(z, LABELS, schedule), nla.covariance_schedule(0, 1), nla.covariance_schedule(1, 1))
+        assert _finite(value, *grads)
+    assert _finite(nla.naw_weights(z, LABELS, schedule), nla.covariance_schedule(0, 1), nla.covariance_schedule(1, 1))
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])

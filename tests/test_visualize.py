@@ -50,12 +50,14 @@ def _draw(kind, run, tmp_path, *extra):
 
 @pytest.mark.parametrize("kind", ["confusion", "curves", "tsne", "gradcam", "votes"])
 def test_any_run_figures(kind, ce_run, tmp_path):
-    _draw(kind, ce_run, tmp_path, *(["--n", "4"] if kind in ("gradcam", "votes") else []))
+    image = _draw(kind, ce_run, tmp_path, *(["--n", "4"] if kind in ("gradcam", "votes") else []))
+    assert image.ndim == 3
 
 
 @pytest.mark.parametrize("kind", ["uncertain", "neighbors", "distributions", "curves"])
 def test_ldlva_figures(kind, ldlva_run, tmp_path):
-    _draw(kind, ldlva_run, tmp_path, *(["--n", "4"] if kind != "neighbors" else []))
+    image = _draw(kind, ldlva_run, tmp_path, *(["--n", "4"] if kind != "neighbors" else []))
+    assert image.ndim == 3
 
 
 def test_default_output_goes_to_run_figures(ce_run):
