@@ -19,7 +19,9 @@ LA-Net Table 2
 NLA Table 5
   JSD / L1 / CAM   ``naw=false`` and ``consistency=jsd|l1|cam``: the regulariser without NAW
   NAW + L1 / CAM   ``consistency=l1|cam``: NAW with the regulariser NLA compares against
-diagnosis          LA-Net with ``lm_weight=0``, ``balanced_sampler=false`` or ``landmark_loss=mse``; NLA with
+diagnosis          LA-Net with ``lm_weight=0``, ``balanced_sampler=false`` or ``landmark_loss=mse``, and LDE alone
+                   with ``detach_target=true``, ``target_momentum=0`` or ``num_neighbors=4`` (beside CE alone on
+                   LA-Net's model, ``kl_weight=0``); NLA with
                    ``jsd_mode=textbook|official_mean`` or ``consistency=none``; EAC with ``lam=0`` or ``lam=1``: rows that are not in the papers, to find
                    which part costs accuracy where a method trails CE
 =================  ===============================================================================
@@ -46,6 +48,15 @@ VARIANTS = {
     "lanet_mse_landmarks": ("lanet", ["landmark_loss=mse"], "diagnosis: the paper's MSE landmark loss"),
     "lanet_lde_only": ("lanet", ["lm_weight=0", "balanced_sampler=false", "el_weight=0"],
                        "diagnosis: LDE alone (no landmark loss, no EL, uniform sampling)"),
+    # Is the architecture alone at CE's level (every LA-Net term off but CE), and which LDE detail costs?
+    "lanet_ce_only": ("lanet", ["lm_weight=0", "balanced_sampler=false", "el_weight=0", "kl_weight=0"],
+                      "diagnosis: CE alone on LA-Net's model (every other term off)"),
+    "lanet_lde_detached": ("lanet", ["lm_weight=0", "balanced_sampler=false", "el_weight=0", "detach_target=true"],
+                           "diagnosis: LDE alone with ŷ detached (`detach_target=true`)"),
+    "lanet_lde_no_bank": ("lanet", ["lm_weight=0", "balanced_sampler=false", "el_weight=0", "target_momentum=0"],
+                          "diagnosis: LDE alone without the target bank (`target_momentum=0`)"),
+    "lanet_lde_k4": ("lanet", ["lm_weight=0", "balanced_sampler=false", "el_weight=0", "num_neighbors=4"],
+                     "diagnosis: LDE alone with K = 4 in-batch neighbours"),
     "nla_textbook_jsd": ("nla", ["jsd_mode=textbook"], "diagnosis: NAW + the textbook JSD (`jsd_mode=textbook`)"),
     "nla_naw_only": ("nla", ["consistency=none"], "diagnosis: NAW alone (`consistency=none`)"),
     "nla_official_mean": ("nla", ["jsd_mode=official_mean"],

@@ -90,3 +90,15 @@ def test_ablation_variants_change_one_switch_of_the_main_recipe(tmp_path):
     assert "| NAW + CAM | 55.0 | 45.0 |" in table
     assert "| NAW + JSD (NLA) | 60.0 | 50.0 |" in table and "| CE baseline | 50.0 |" in table
     assert "| NAW + L1 | – | – |" in table
+
+
+def test_every_ablation_variant_sets_real_fields_of_its_method():
+    import dataclasses
+
+    from benchmarks import paper_ablations as pa
+    from models.registry import get_method
+
+    for variant, (method, settings, label) in pa.VARIANTS.items():
+        fields = {f.name for f in dataclasses.fields(get_method(method)[1])}
+        for setting in settings:
+            assert setting.split("=")[0] in fields, (variant, setting)

@@ -1,0 +1,186 @@
+"""Keep a grid's finished runs across machines: save their small records to a folder that can be committed,
+restore them into a fresh OUT, and the grid resumes where it stopped.
+
+    python -m benchmarks.archive save --out benchmark_runs/pt --archive benchmarks/results/pt
+    python -m benchmarks.archive restore --out benchmark_runs/pt --archive benchmarks/results/pt
+
+A grid (``benchmark.py``, ``benchmarks.pretrained_regime``, ``benchmarks.paper_ablations``) treats a cell
+whose ``metrics.json`` exists as finished: it reads it and never trains it again. Run folders are large
+(checkpoints, per-sample CSVs) and live in an ignored ``benchmark_runs/``, so a grid that takes longer
+than one machine session would start over on every new checkout. ``save`` copies, for every finished
+run under OUT, the four files a grid and its tables read (``metrics.json``, ``config.json``,
+``benchmark_cell.json``, ``log.csv``; a few kB) into ARCHIVE, with the same relative layout; ``restore``
+copies them back. A restored run is finished: its checkpoints are not restored, so it is read, not resumed.
+
+* **No machine paths in the archive.** Absolute paths in the records are written relative to three
+  roots, ``{OUT}`` (the grid's folder), ``{REPO}`` (this project) and ``{HOME}``, and expanded again on
+  restore, so a restored config matches what the same command asks for on another machine or checkout.
+* **The same backbone.** A record names its ``--weights`` file by path only; the archive also stores the
+  file's SHA-256 (``archive.json``). ``restore`` refuses when that file is missing or differs (e.g. a
+  pretraining rerun that is not bit-identical), so runs from two different backbones are never mixed in
+  one table.
+* **Nothing is overwritten.** ``save`` adds runs that the archive lacks and leaves alone the ones it holds
+  with the same content; one whose archived records differ is reported and kept (the archive's copy is
+  what was committed). ``restore`` skips every run folder that already exists in OUT (finished or
+  partly trained).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from common.cli import ArgumentParser, run_main
+from common.errors import ConfigError, DataError
+
+RECORDS = ("metrics.json", "config.json", "benchmark_cell.json", "log.csv")  # what a grid reads of a finished run
+MANIFEST = "archive.json"
+ARCHIVE_KIND = "fer-grid-archive"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def roots(out: Path) -> list[tuple[str, str]]:
+    """(placeholder, absolute path) pairs, most specific first (OUT may lie inside REPO, REPO in HOME)."""
+    pairs = [("{OUT}", str(out.resolve())), ("{REPO}", str(REPO)), ("{HOME}", str(Path.home().resolve()))]
+    return sorted(pairs, key=lambda pair: -len(pair[1]))
+
+
+def portable(text: str, out: Path) -> str:
+    for name, path in roots(out):
+        if path not in ("", "/"):
+            text = text.replace(path, name)
+    return text
+
+
+def expand(text: str, out: Path) -> str:
+    for name, path in roots(out):
+        text = text.replace(name, path)
+    return text
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def finished_runs(out: Path) -> list[Path]:
+    """Run folders under OUT that hold a metrics.json, as paths relative to OUT, sorted."""
+    return sorted(p.parent.relative_to(out) for p in out.rglob("metrics.json") if p.is_file())
+
+
+def weights_of(config_path: Path) -> str | None:
+    """The run's ``--weights`` file as its config records it (None for no file)."""
+    try:
+        weights = json.loads(config_path.read_text()).get("run", {}).get("weights")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return weights if isinstance(weights, str) and weights not in ("", "none", "imagenet") else None
+
+
+def read_manifest(archive: Path) -> dict:
+    path = archive / MANIFEST
+    if not path.is_file():
+        return {"kind": ARCHIVE_KIND, "weights": {}, "runs": []}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"error: {path}, row {exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != ARCHIVE_KIND:
+        raise DataError(f"error: {path}: not a grid archive (no \"kind\": \"{ARCHIVE_KIND}\")")
+    return manifest
+
+
+def save(out: Path, archive: Path, log=print) -> dict:
+    from common.io import atomic_write_json, atomic_write_text
+
+    if not out.is_dir():
+        raise ConfigError(f"--out {out}: not a folder")
+    manifest = read_manifest(archive)
+    known = set(manifest["runs"])
+    counts = {"added": 0, "unchanged": 0, "differs": 0}
+    for run in finished_runs(out):
+        key = run.as_posix()
+        texts = {name: portable((out / run / name).read_text(), out)
+                 for name in RECORDS if (out / run / name).is_file()}
+        target = archive / run  # a folder not in the manifest is an interrupted save of ours: rewritten
+        if key in known:
+            same = all((target / name).is_file() and (target / name).read_text() == text for name, text in texts.items())
+            counts["unchanged" if same else "differs"] += 1
+            if not same:
+                log(f"kept the archived records of {key}: they differ from {out / run} (remove them from the "
+                    "archive by hand to replace them)")
+            continue
+        weights = weights_of(out / run / "config.json")
+        if weights is not None:
+            if not Path(weights).is_file():
+                raise ConfigError(f"{out / run / 'config.json'}: its --weights {weights} is missing, so the archive "
+                                  "could not record which backbone the run was trained from")
+            manifest["weights"].setdefault(portable(weights, out), sha256(Path(weights)))
+        for name, text in texts.items():
+            atomic_write_text(target / name, text)
+        manifest["runs"].append(key)
+        counts["added"] += 1
+        atomic_write_json(archive / MANIFEST, {**manifest, "runs": sorted(set(manifest["runs"]))})
+    archive.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(archive / MANIFEST, {**manifest, "runs": sorted(set(manifest["runs"]))})
+    log(f"{archive}: {counts['added']} run(s) added, {counts['unchanged']} already there, "
+        f"{counts['differs']} differing (kept)")
+    return counts
+
+
+def restore(out: Path, archive: Path, log=print) -> dict:
+    from common.io import atomic_write_text
+
+    if not (archive / MANIFEST).is_file():
+        raise ConfigError(f"--archive {archive}: no {MANIFEST} (not written by `benchmarks.archive save`)")
+    manifest = read_manifest(archive)
+    for name, digest in manifest["weights"].items():
+        path = Path(expand(name, out))
+        if not path.is_file():
+            raise ConfigError(f"{path}: the archived runs were trained from this weights file (SHA-256 {digest[:12]}…), "
+                              "and it is missing; remake it first (e.g. `python -m benchmarks.pretrain`)")
+        found = sha256(path)
+        if found != digest:
+            raise ConfigError(f"{path}: differs from the weights file the archived runs were trained from (SHA-256 "
+                              f"{found[:12]}… vs {digest[:12]}…); restoring would mix two backbones in one table")
+    counts = {"restored": 0, "present": 0}
+    for key in manifest["runs"]:
+        source, target = archive / key, out / key
+        if target.exists():
+            counts["present"] += 1
+            continue
+        if not (source / "metrics.json").is_file():
+            raise DataError(f"error: {archive / MANIFEST}: lists {key}, but {source / 'metrics.json'} is missing")
+        for name in RECORDS:
+            if (source / name).is_file():
+                atomic_write_text(target / name, expand((source / name).read_text(), out))
+        counts["restored"] += 1
+    log(f"{out}: {counts['restored']} run(s) restored, {counts['present']} already there (left as they are)")
+    return counts
+
+
+def build_parser():
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("action", choices=["save", "restore"])
+    p.add_argument("--out", required=True, help="the grid's folder (the --out it was run with)")
+    p.add_argument("--archive", required=True, help="the archive folder (e.g. benchmarks/results/<grid>)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    out, archive = Path(args.out), Path(args.archive)
+    if args.action == "save":
+        save(out, archive)
+    else:
+        restore(out, archive)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,86 @@
+"""benchmarks.archive: a grid's finished runs saved without machine paths and restored exactly."""
+
+import json
+
+import pytest
+
+from benchmarks import archive as ar
+from common.errors import ConfigError
+
+
+def _run(out, rel, weights, accuracy=0.5):
+    run = out / rel
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "run_dir": str(run)}))
+    (run / "config.json").write_text(json.dumps({"run": {"weights": str(weights), "out": str(run)}}))
+    (run / "benchmark_cell.json").write_text('{"seconds": 12.5}')
+    (run / "log.csv").write_text("epoch,loss\n1,0.5\n")
+    (run / "ckpt").mkdir()
+    (run / "ckpt" / "big.weights.h5").write_bytes(b"x" * 100)
+    return run
+
+
+def test_save_restore_round_trip_without_machine_paths(tmp_path, monkeypatch):
+    monkeypatch.setattr(ar, "REPO", tmp_path)  # the weights lie in the project, as benchmark_runs/ does
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"backbone")
+    out = tmp_path / "grid"
+    _run(out, "pretrained/sym30/runs/ce_0.3_s0", weights)
+    _run(out, "scratch/sym30/runs/ce_0.3_s0", "none", accuracy=0.4)
+    (out / "pretrained" / "sym30" / "runs" / "ce_0.3_s1").mkdir(parents=True)  # unfinished: not archived
+    archive = tmp_path / "archive"
+    assert ar.save(out, archive, log=lambda *a: None)["added"] == 2
+    manifest = json.loads((archive / ar.MANIFEST).read_text())
+    assert manifest["runs"] == ["pretrained/sym30/runs/ce_0.3_s0", "scratch/sym30/runs/ce_0.3_s0"]
+    assert list(manifest["weights"].values()) == [ar.sha256(weights)]
+    for path in archive.rglob("*"):
+        if path.is_file():
+            assert str(tmp_path) not in path.read_text(), path
+    assert not list(archive.rglob("*.h5"))  # checkpoints stay behind
+
+    fresh = tmp_path / "fresh"
+    (fresh / "scratch" / "sym30" / "runs" / "ce_0.3_s0").mkdir(parents=True)  # already there: left alone
+    assert ar.restore(fresh, archive, log=lambda *a: None) == {"restored": 1, "present": 1}
+    restored = fresh / "pretrained" / "sym30" / "runs" / "ce_0.3_s0"
+    assert json.loads((restored / "config.json").read_text())["run"] == {"weights": str(weights), "out": str(restored)}
+    assert json.loads((restored / "metrics.json").read_text())["accuracy"] == 0.5
+    assert (restored / "log.csv").read_text() == "epoch,loss\n1,0.5\n"
+    assert not (fresh / "scratch" / "sym30" / "runs" / "ce_0.3_s0" / "metrics.json").exists()
+
+
+def test_save_is_additive_and_keeps_differing_records(tmp_path):
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"backbone")
+    out, archive = tmp_path / "grid", tmp_path / "archive"
+    run = _run(out, "runs/ce_0.3_s0", weights)
+    ar.save(out, archive, log=lambda *a: None)
+    assert ar.save(out, archive, log=lambda *a: None) == {"added": 0, "unchanged": 1, "differs": 0}
+    (run / "metrics.json").write_text('{"accuracy": 0.9}')
+    said = []
+    assert ar.save(out, archive, log=said.append)["differs"] == 1
+    assert json.loads((archive / "runs/ce_0.3_s0/metrics.json").read_text())["accuracy"] == 0.5
+    assert "kept the archived records of runs/ce_0.3_s0" in said[0]
+
+
+def test_restore_refuses_another_or_missing_backbone(tmp_path):
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"backbone")
+    out, archive = tmp_path / "grid", tmp_path / "archive"
+    _run(out, "runs/ce_0.3_s0", weights)
+    ar.save(out, archive, log=lambda *a: None)
+    weights.write_bytes(b"a different pretraining")
+    with pytest.raises(ConfigError, match="differs from the weights file the archived runs were trained from"):
+        ar.restore(tmp_path / "fresh", archive, log=lambda *a: None)
+    weights.unlink()
+    with pytest.raises(ConfigError, match="is missing; remake it first"):
+        ar.restore(tmp_path / "fresh", archive, log=lambda *a: None)
+    assert not (tmp_path / "fresh").exists()
+    with pytest.raises(ConfigError, match="no archive.json"):
+        ar.restore(tmp_path / "fresh", tmp_path / "nothing", log=lambda *a: None)
+
+
+def test_archive_command_reports_errors_in_one_line(tmp_path, capsys):
+    code = ar.run_main(ar.main, ["restore", "--out", str(tmp_path / "o"), "--archive", str(tmp_path / "none")])
+    assert code != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err
