@@ -25,7 +25,11 @@ never from an RNG state, so a resumed run draws what the uninterrupted run drew.
 
 Per-sample score: ``uncertainty`` = u of each training sample's latest visit (training-mode forward; a
 per-sample state written in ``after_step``, 1 = u at logvar 0 before the first visit). It is *relative*
-(only ratios within a batch are trained): compare it by rank (ROC-AUC), not by value.
+(only ratios within a batch are trained): compare it by rank (ROC-AUC), not by value. It marks *ambiguous*
+images, not confidently mislabelled ones: the add-up loss asks the mixed feature for both labels, so a
+feature that clearly shows a third class (a flipped label shows its true class) earns a smaller share and
+its u falls, while a weak feature's u rises (``tests/test_losses_rul.py`` checks both gradient signs). Its
+noise-detection AUC can therefore sit at or below 50 % while RUL still beats CE.
 
 Deviations / choices (paper vs official code ``63b73f2`` vs ours)
 ---------------------------------------------------------------------------------------------
