@@ -41,21 +41,33 @@ ARCHIVE_KIND = "fer-grid-archive"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def roots(out: Path) -> list[tuple[str, str]]:
-    """(placeholder, absolute path) pairs, most specific first (OUT may lie inside REPO, REPO in HOME)."""
-    pairs = [("{OUT}", str(out.resolve())), ("{REPO}", str(REPO)), ("{HOME}", str(Path.home().resolve()))]
+def project_root(archive: Path | None) -> Path:
+    """The checkout the archive lies in (nearest folder above it with a ``.git``), else this code's project."""
+    if archive is not None:
+        for folder in [archive.resolve(), *archive.resolve().parents]:
+            if (folder / ".git").exists():
+                return folder
+    return REPO
+
+
+def roots(out: Path, archive: Path | None = None) -> list[tuple[str, str]]:
+    """(placeholder, absolute path) pairs, most specific first (OUT may lie inside REPO, REPO in HOME).
+    {REPO} is the checkout holding the archive, so a grid run from a snapshot of the code elsewhere still
+    names the checkout's files (its ``benchmark_runs/``) relative to it."""
+    pairs = [("{OUT}", str(out.resolve())), ("{REPO}", str(project_root(archive))),
+             ("{HOME}", str(Path.home().resolve()))]
     return sorted(pairs, key=lambda pair: -len(pair[1]))
 
 
-def portable(text: str, out: Path) -> str:
-    for name, path in roots(out):
+def portable(text: str, out: Path, archive: Path | None = None) -> str:
+    for name, path in roots(out, archive):
         if path not in ("", "/"):
             text = text.replace(path, name)
     return text
 
 
-def expand(text: str, out: Path) -> str:
-    for name, path in roots(out):
+def expand(text: str, out: Path, archive: Path | None = None) -> str:
+    for name, path in roots(out, archive):
         text = text.replace(name, path)
     return text
 
@@ -105,7 +117,7 @@ def save(out: Path, archive: Path, log=print) -> dict:
     counts = {"added": 0, "unchanged": 0, "differs": 0}
     for run in finished_runs(out):
         key = run.as_posix()
-        texts = {name: portable((out / run / name).read_text(), out)
+        texts = {name: portable((out / run / name).read_text(), out, archive)
                  for name in RECORDS if (out / run / name).is_file()}
         target = archive / run  # a folder not in the manifest is an interrupted save of ours: rewritten
         if key in known:
@@ -120,7 +132,7 @@ def save(out: Path, archive: Path, log=print) -> dict:
             if not Path(weights).is_file():
                 raise ConfigError(f"{out / run / 'config.json'}: its --weights {weights} is missing, so the archive "
                                   "could not record which backbone the run was trained from")
-            manifest["weights"].setdefault(portable(weights, out), sha256(Path(weights)))
+            manifest["weights"].setdefault(portable(weights, out, archive), sha256(Path(weights)))
         for name, text in texts.items():
             atomic_write_text(target / name, text)
         manifest["runs"].append(key)
@@ -140,7 +152,7 @@ def restore(out: Path, archive: Path, log=print) -> dict:
         raise ConfigError(f"--archive {archive}: no {MANIFEST} (not written by `benchmarks.archive save`)")
     manifest = read_manifest(archive)
     for name, digest in manifest["weights"].items():
-        path = Path(expand(name, out))
+        path = Path(expand(name, out, archive))
         if not path.is_file():
             raise ConfigError(f"{path}: the archived runs were trained from this weights file (SHA-256 {digest[:12]}…), "
                               "and it is missing; remake it first (e.g. `python -m benchmarks.pretrain`)")
@@ -158,7 +170,7 @@ def restore(out: Path, archive: Path, log=print) -> dict:
             raise DataError(f"error: {archive / MANIFEST}: lists {key}, but {source / 'metrics.json'} is missing")
         for name in RECORDS:
             if (source / name).is_file():
-                atomic_write_text(target / name, expand((source / name).read_text(), out))
+                atomic_write_text(target / name, expand((source / name).read_text(), out, archive))
         counts["restored"] += 1
     log(f"{out}: {counts['restored']} run(s) restored, {counts['present']} already there (left as they are)")
     return counts

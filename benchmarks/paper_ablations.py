@@ -160,6 +160,9 @@ def main(argv=None) -> int:
                 print(f"[{time.strftime('%H:%M')}] seed {seed} {variant}: {time.perf_counter() - start:.0f} s", flush=True)
                 out.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(out / "ablations.md", ablation_tables(args))
+    for variant in args.variants:  # every variant's runs.csv over all seeds (also rebuilds a restored archive's)
+        if (out / variant / "runs").is_dir():
+            run_grid(variant_argv(args, variant, args.seeds) + ["--report-only"])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "ablations.md", ablation_tables(args))
     print((out / "ablations.md").read_text())

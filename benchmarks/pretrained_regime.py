@@ -214,7 +214,8 @@ def main(argv=None) -> int:
                     write_tables(args)
     for setting in args.settings:  # the per-grid tables over all seeds
         for regime in args.regimes:
-            if cell_methods(args, regime, setting) and (out / regime / setting / "runs.csv").is_file():
+            # runs/ rather than runs.csv: a grid restored by benchmarks.archive has its runs but no table yet
+            if cell_methods(args, regime, setting) and (out / regime / setting / "runs").is_dir():
                 run_grid(grid_argv(args, regime, setting, args.seeds) + ["--report-only"])
     write_tables(args)
     print((out / "table.md").read_text())

@@ -84,3 +84,19 @@ def test_archive_command_reports_errors_in_one_line(tmp_path, capsys):
     assert code != 0
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err
+
+
+def test_repo_root_is_the_checkout_holding_the_archive(tmp_path):
+    """A grid run from a snapshot of the code elsewhere still archives the checkout's paths as {REPO}."""
+    checkout = tmp_path / "checkout"
+    (checkout / ".git").mkdir(parents=True)
+    weights = checkout / "benchmark_runs" / "w.h5"
+    weights.parent.mkdir()
+    weights.write_bytes(b"backbone")
+    out, archive = checkout / "benchmark_runs" / "grid", checkout / "benchmarks" / "results" / "grid"
+    _run(out, "runs/ce_0.3_s0", weights)
+    ar.save(out, archive, log=lambda *a: None)
+    assert ar.project_root(archive) == checkout
+    assert list(json.loads((archive / ar.MANIFEST).read_text())["weights"]) == ["{REPO}/benchmark_runs/w.h5"]
+    config = (archive / "runs/ce_0.3_s0/config.json").read_text()
+    assert str(tmp_path) not in config and "{REPO}/benchmark_runs/w.h5" in config

@@ -102,3 +102,15 @@ def test_every_ablation_variant_sets_real_fields_of_its_method():
         fields = {f.name for f in dataclasses.fields(get_method(method)[1])}
         for setting in settings:
             assert setting.split("=")[0] in fields, (variant, setting)
+
+
+def test_report_only_rebuilds_the_tables_of_a_restored_grid(tmp_path, monkeypatch):
+    """A grid restored by benchmarks.archive has runs/ but no runs.csv: --report-only still re-reads it."""
+    (tmp_path / "w.h5").write_bytes(b"w")
+    (tmp_path / "pt" / "pretrained" / "sym30" / "runs").mkdir(parents=True)
+    called = []
+    monkeypatch.setattr(pr, "run_grid", lambda argv: called.append(argv) or 0)
+    pr.main(["--out", str(tmp_path / "pt"), "--weights", str(tmp_path / "w.h5"), "--seeds", "0", "1",
+             "--settings", "sym30", "clean", "--report-only"])
+    assert len(called) == 1 and called[0][-1] == "--report-only"
+    assert called[0][called[0].index("--out") + 1] == str(tmp_path / "pt" / "pretrained" / "sym30")
