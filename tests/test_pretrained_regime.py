@@ -51,12 +51,22 @@ def test_tables_from_finished_grids(tmp_path):
     assert "| CE | pretrained | 55.0 ± 7.1 | – | – | – |" in table  # seeds 0 and 1 (sample std)
     assert "| CE | scratch | – |" in table  # seed 2 is not asked for
     assert "10 % symmetric" not in table  # the Table 1 levels are in table1.md
-    table1 = (out / "table1.md").read_text().splitlines()
-    header = next(line for line in table1 if line.startswith("| method"))
-    assert header == "| method | 10 % symmetric | 20 % symmetric | 30 % symmetric |"
-    rows = [line for line in table1 if line.startswith("| ") and not line.startswith("| method")]
-    assert rows[0].startswith("| CE | 80.0 (n=1) | – | 55.0 ± 7.1 |")
-    assert rows[1].startswith("| SCN |") and rows[1].endswith("| 70.0 (n=1) |")
+    sections = {}  # heading → its table's lines
+    for line in (out / "table1.md").read_text().splitlines():
+        if line.startswith("#### "):
+            heading = line[5:]
+            sections[heading] = []
+        elif line.startswith("| ") and sections:
+            sections[heading].append(line)
+    accuracy = next(v for k, v in sections.items() if k.startswith("Accuracy (%) after the last epoch"))
+    assert accuracy[0] == "| method | 10 % symmetric | 20 % symmetric | 30 % symmetric |"
+    assert accuracy[1].startswith("| CE | 80.0 (n=1) | – | 55.0 ± 7.1 |")
+    assert accuracy[2].startswith("| SCN |") and accuracy[2].endswith("| 70.0 (n=1) |")
+    # The AUC section lists only the methods with a per-sample score; the protocols the runs did not
+    # record (no mean_last_5_accuracy column here) get no section.
+    auc = next(v for k, v in sections.items() if k.startswith("Noise-detection"))
+    assert auc[1:] == ["| SCN | – | – | 90.0 (n=1) |"]
+    assert not any("last 5" in k or "best epoch" in k for k in sections)
 
 
 def test_ablation_variants_change_one_switch_of_the_main_recipe(tmp_path):
