@@ -22,7 +22,7 @@ NLA Table 5
 diagnosis          LA-Net with ``lm_weight=0``, ``balanced_sampler=false`` or ``landmark_loss=mse``, and LDE alone
                    with ``detach_target=true``, ``target_momentum=0`` or ``num_neighbors=4`` (beside CE alone on
                    LA-Net's model, ``kl_weight=0``); NLA with
-                   ``jsd_mode=textbook|official_mean`` or ``consistency=none``; EAC with ``lam=0`` or ``lam=1``: rows that are not in the papers, to find
+                   ``jsd_mode=textbook|official_mean`` or ``consistency=none``; EAC with ``lam=0|1|2|3``: rows that are not in the papers, to find
                    which part costs accuracy where a method trails CE
 =================  ===============================================================================
 
@@ -63,6 +63,8 @@ VARIANTS = {
                           "diagnosis: the official JSD form averaged over the batch (`jsd_mode=official_mean`)"),
     "eac_no_consistency": ("eac", ["lam=0"], "diagnosis: no attention consistency (`lam=0`)"),
     "eac_lam1": ("eac", ["lam=1"], "diagnosis: consistency weight 1 (`lam=1`)"),
+    "eac_lam2": ("eac", ["lam=2"], "diagnosis: consistency weight 2 (`lam=2`)"),
+    "eac_lam3": ("eac", ["lam=3"], "diagnosis: consistency weight 3 (`lam=3`)"),
     "nla_jsd": ("nla", ["naw=false", "consistency=jsd"], "JSD (NAW off)"),
     "nla_l1": ("nla", ["naw=false", "consistency=l1"], "L1 (NAW off)"),
     "nla_cam": ("nla", ["naw=false", "consistency=cam"], "CAM (NAW off)"),
