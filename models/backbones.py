@@ -18,6 +18,10 @@ and compute exactly what they computed there):
   (BN → ReLU → conv; the projection shortcut of a stage's first unit taken after that unit's first
   BN-ReLU), a final ``bn1``/``relu1``, BatchNorm eps 2e-5 and momentum 0.99. Layer names are the
   package's own, so its ``.h5`` loads by name.
+* ``dlib_resnet`` — dlib's face-recognition ResNet (davisking/dlib ``examples/dnn_face_recognition_ex.cpp``,
+  ``anet_type``; trained on ~3 M real faces), built in :mod:`models.dlib_resnet` and loaded from dlib's own
+  ``.dat`` (``--weights dlib``: the copy the ``face-recognition-models`` package installs). 150 px native;
+  256-D pooled feature.
 * ``small_cnn`` — a light CNN for CPU tests and the synthetic benchmark.
 
 From ``keras.applications``: ``resnet50_keras`` (Keras' ResNet-50 v1: stride on the first 1×1
@@ -45,6 +49,9 @@ mode          output                                                     used fo
                                                                          (its ``preprocess_input`` is
                                                                          the identity on 0..255)
 ``caffe``     BGR 0..255 minus (103.939, 116.779, 123.68)                Keras ImageNet ResNets
+``dlib``      (RGB 0..255 − (122.782, 117.001, 104.298)) / 256            dlib's face ResNet (``.dat``;
+                                                                         dlib/dnn/input.h,
+                                                                         ``input_rgb_image``)
 ============  =========================================================  ==============================
 
 ``input_norm="auto"`` (the default) picks it from ``weights`` (:func:`resolve_input_norm`); any
@@ -77,8 +84,8 @@ from common.errors import ConfigError
 from models.registry import BACKBONES  # the one list of backbone names
 
 FEATURE_DIMS = {"resnet50": 2048, "resnet50_keras": 2048, "resnet101": 2048, "resnet18": 512, "resnet18_ic": 512,
-                "mobilenetv2": 1280, "small_cnn": 256}
-INPUT_NORMS = ("none", "imagenet", "pixels", "caffe")
+                "mobilenetv2": 1280, "small_cnn": 256, "dlib_resnet": 256}
+INPUT_NORMS = ("none", "imagenet", "pixels", "caffe", "dlib")
 _TORCHVISION = ("resnet18", "resnet50")
 _KERAS_APPS = ("resnet50_keras", "resnet101", "mobilenetv2")
 
@@ -90,6 +97,7 @@ _RESNET_STAGE_LAYERS = {
 
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_DLIB_MEAN_RGB = (122.782, 117.001, 104.298)  # dlib/dnn/input.h: input_rgb_image's avg_red/green/blue
 
 
 # ------------------------------------------------------------------------------ normalisation ----
@@ -116,6 +124,8 @@ class InputNorm(layers.Layer):
         pixels = (x + 1.0) * 127.5
         if self.mode == "pixels":
             return pixels
+        if self.mode == "dlib":  # input_rgb_image::to_tensor: (pixel - avg) / 256
+            return (pixels - ops.cast(ops.convert_to_tensor(_DLIB_MEAN_RGB), x.dtype)) / 256.0
         return pixels[..., ::-1] - ops.cast(ops.convert_to_tensor(_CAFFE_MEAN_BGR), x.dtype)  # caffe
 
     def compute_output_shape(self, input_shape):
@@ -134,6 +144,8 @@ def input_norm_spec(mode: str) -> dict:
         "pixels": {"formula": "(x + 1) * 127.5", "mean": None, "std": None, "channels": "RGB"},
         "caffe": {"formula": "bgr((x + 1) * 127.5) - mean", "mean": list(_CAFFE_MEAN_BGR), "std": None,
                   "channels": "BGR"},
+        "dlib": {"formula": "((x + 1) * 127.5 - mean) / 256", "mean": list(_DLIB_MEAN_RGB), "std": [256.0] * 3,
+                 "channels": "RGB"},
     }
     if mode not in specs:
         raise ConfigError(f"unknown input normalisation '{mode}'; known: {', '.join(INPUT_NORMS)}")
@@ -167,6 +179,8 @@ def resolve_input_norm(name: str, weights: str | None, input_norm: str = "auto",
         return "none"
     if weights == "imagenet":
         return "caffe" if name in ("resnet50_keras", "resnet101") else "none"
+    if weights == "dlib":
+        return "dlib"
     from models.pretrained import weights_input_norm
 
     return weights_input_norm(weights, missing_ok=missing_ok)
@@ -181,6 +195,15 @@ def _imagenet_preprocess(name):
 
 def _normalise_weights_arg(weights):
     return None if weights in (None, "", "none", "None") else weights
+
+
+def resolve_weights_path(weights):
+    """``dlib`` → the ``.dat`` installed by face-recognition-models; anything else unchanged."""
+    if weights == "dlib":
+        from models.dlib_dat import default_dlib_path
+
+        return str(default_dlib_path())
+    return weights
 
 
 # ------------------------------------------------------------------------- torchvision ResNets ----
@@ -342,18 +365,25 @@ def _check_imagenet(name):
 
 
 def build_backbone(name: str, image_size: int, weights: str | None = None, name_prefix: str = "backbone",
-                   input_norm: str = "auto") -> keras.Model:
+                   input_norm: str = "auto", keep_head: bool = False) -> keras.Model:
     """Build a backbone: (B, S, S, 3) in [-1, 1] → (B, D) pooled features (see the module docstring).
 
-    ``weights``: ``none`` | ``imagenet`` | a weights file; ``input_norm``: ``auto`` (from the weights)
-    or one of :data:`INPUT_NORMS`. The result carries ``fer_input_norm`` and ``fer_weights_report``.
+    ``weights``: ``none`` | ``imagenet`` | ``dlib`` | a weights file; ``input_norm``: ``auto`` (from the
+    weights) or one of :data:`INPUT_NORMS`. ``keep_head`` (``dlib_resnet`` only): end in dlib's bias-free
+    128-D ``fc`` (the face descriptor) instead of the pooled feature. The result carries
+    ``fer_input_norm`` and ``fer_weights_report``.
     """
     if name not in BACKBONES:
         raise ConfigError(f"unknown --backbone '{name}'; known: {', '.join(BACKBONES)}")
     weights = _normalise_weights_arg(weights)
     if weights == "imagenet":
         _check_imagenet(name)
+    if weights == "dlib" and name != "dlib_resnet":
+        raise ConfigError(f"--weights dlib is dlib's face ResNet: use it with --backbone dlib_resnet, not {name}")
+    if keep_head and name != "dlib_resnet":
+        raise ConfigError("keep_head is for --backbone dlib_resnet (its 128-D face descriptor)")
     mode = resolve_input_norm(name, weights, input_norm)
+    weights = resolve_weights_path(weights)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     if name in _KERAS_APPS:
         base = _keras_application(name, image_size, weights)
@@ -361,6 +391,11 @@ def build_backbone(name: str, image_size: int, weights: str | None = None, name_
         if norm is None and mode != "none":
             norm = InputNorm(mode, name="input_norm")
         stages = [base(norm(inputs) if norm is not None else inputs)]
+    elif name == "dlib_resnet":
+        from models.dlib_resnet import check_image_size, dlib_resnet_stages
+
+        check_image_size(image_size)
+        stages = dlib_resnet_stages(InputNorm(mode, name="input_norm")(inputs))
     elif name == "small_cnn":
         # Unchanged unless a normalisation is asked for: its outputs must stay bit-identical.
         x = InputNorm(mode, name="input_norm")(inputs) if mode != "none" else inputs
@@ -369,6 +404,8 @@ def build_backbone(name: str, image_size: int, weights: str | None = None, name_
         x = InputNorm(mode, name="input_norm")(inputs)
         stages = _ic_resnet18(x) if name == "resnet18_ic" else _torchvision_resnet(x, name)
     pooled = layers.GlobalAveragePooling2D(name="gap")(stages[-1])
+    if keep_head:  # dlib's fc_no_bias<128>: the face descriptor
+        pooled = layers.Dense(128, use_bias=False, name="fc")(pooled)
     model = keras.Model(inputs, pooled, name=f"{name_prefix}_{name}")
     report = None
     if weights and weights != "imagenet":
@@ -387,6 +424,7 @@ _INHOUSE_STAGE_LAYERS = {
     "resnet50": ("layer1_2_out", "layer2_3_out", "layer3_5_out", "layer4_2_out"),
     "resnet18_ic": ("stage1_unit2_add", "stage2_unit2_add", "stage3_unit2_add", "relu1"),
     "small_cnn": ("s0_pool", "s1_pool", "s2_pool", "s3_pool"),
+    "dlib_resnet": ("alevel4_2_out", "alevel3_3_out", "alevel2_2_out", "alevel0_0_out"),
 }
 _BLOCK_NAME = re.compile(r"^(layer\d+_|stage\d+_unit)(\d+)(_out|_add)$")
 
@@ -448,3 +486,8 @@ def load_backbone_weights(model: keras.Model, path: str, backbone: str | None = 
     from models.pretrained import load_weights_file
 
     return load_weights_file(model, path, backbone=backbone)
+
+
+def build_dlib_embedder(weights: str | None = "dlib", image_size: int = 150) -> keras.Model:
+    """dlib's whole face-recognition network: (B, S, S, 3) in [-1, 1] → dlib's 128-D face descriptor."""
+    return build_backbone("dlib_resnet", image_size, weights, name_prefix="dlib", keep_head=True)
