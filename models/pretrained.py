@@ -33,6 +33,7 @@ API::
     convert(src, out, backbone, force=False, allow_missing=False) -> report
     inspect_weights(path) -> (rows, info)                    # [(name, shape, dtype)], layout facts
     format_report(report, verbose=True) -> str
+    format_load_summary(report) -> str                       # one line: loaded, dropped by reason, missing
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import numpy as np
 from common.errors import ConfigError
 
 CONVERTED_FORMAT = "fer-ldl backbone weights"
-CONVERTIBLE = ("resnet18", "resnet50", "resnet18_ic")
+CONVERTIBLE = ("resnet18", "resnet50", "resnet18_ic", "dlib_resnet")
 TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt", ".bin")  # ".pth.tar" ends in ".tar"
 _HEAD_LAYERS = {"fc", "fc1", "classifier", "predictions", "head"}
 _BN_ROLES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
@@ -61,16 +62,20 @@ def weights_kind(path) -> str:
 
     from models.torch_checkpoint import is_torch_checkpoint
 
+    from models.dlib_dat import is_dlib_dat
+
     p = Path(path)
     if is_torch_checkpoint(p):
         return "pytorch"
+    if is_dlib_dat(p):
+        return "dlib-dat"
     if h5py.is_hdf5(p):
         with _open_h5(p) as handle:
             return "keras2-h5" if _keras2_group(handle) is not None else "keras-weights"
     if p.suffix == ".keras":
         return "keras-model"
     raise ConfigError(f"{path}: not a weights file this toolkit reads (a PyTorch checkpoint, a Keras .h5, "
-                      ".weights.h5 or .keras file)")
+                      ".weights.h5 or .keras file, or dlib's face-recognition ResNet .dat)")
 
 
 def _open_h5(path):
@@ -112,6 +117,8 @@ def weights_input_norm(path, missing_ok: bool = False) -> str:
             raise ConfigError(f"--weights {path}: file not found (use 'imagenet', 'none' or a weights file)")
         return "imagenet" if p.name.lower().endswith(TORCH_SUFFIXES) else "none"
     kind = weights_kind(p)
+    if kind == "dlib-dat":
+        return "dlib"  # dlib/dnn/input.h: (RGB - channel means) / 256
     if kind == "pytorch":
         return "imagenet"  # torchvision's transforms.Normalize(mean, std) on x / 255, as every FER recipe here
     if kind == "keras2-h5":
@@ -312,6 +319,12 @@ def load_weights_file(model, path, backbone: str | None = None, allow_missing: b
     if not p.is_file():
         raise ConfigError(f"--weights {path}: file not found (use 'imagenet', 'none' or a weights file)")
     kind = weights_kind(p)
+    if kind == "dlib-dat":
+        from models.dlib_resnet import load_dlib_weights
+
+        if backbone != "dlib_resnet" and not backbone.endswith("_dlib_resnet"):
+            raise ConfigError(f"{path}: dlib's face-recognition ResNet fits --backbone dlib_resnet, not {backbone}")
+        return load_dlib_weights(model, p)
     if kind == "keras2-h5":
         stored, full_model = _keras2_layer_names(p)
         if full_model and not stored & {layer.name for layer in model.layers if layer.weights}:
@@ -375,7 +388,8 @@ def convert(src, out, backbone: str, force: bool = False, allow_missing: bool = 
         raise ConfigError(f"{out}: already exists; pass --force to overwrite it")
     if not Path(src).is_file():
         raise ConfigError(f"{src}: file not found")
-    model = build_backbone(backbone, 64, None, input_norm="none")  # weights do not depend on the image size
+    # The weights do not depend on the image size; dlib's unpadded network needs its own minimum.
+    model = build_backbone(backbone, 150 if backbone == "dlib_resnet" else 64, None, input_norm="none")
     report = load_weights_file(model, src, backbone=backbone, allow_missing=allow_missing)
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / "staged.weights.h5"
@@ -398,7 +412,22 @@ def inspect_weights(path) -> tuple[list, dict]:
         raise ConfigError(f"{path}: file not found")
     kind = weights_kind(p)
     info = {"format": kind, "input_norm": weights_input_norm(p)}
-    if kind == "pytorch":
+    if kind == "dlib-dat":
+        from models.dlib_dat import anet_layers, read_dlib_resnet
+
+        weights = read_dlib_resnet(p)
+        info.update({"input_size": list(weights.input_size), "channel_means": [round(m, 3) for m in weights.channel_means],
+                     "loss": weights.loss})
+        rows = []
+        for layer in anet_layers():
+            if layer.kind == "con":
+                kernel, bias = weights.conv[layer.name]
+                rows += [(f"{layer.name}/kernel", kernel.shape, "float32"), (f"{layer.name}/bias", bias.shape, "float32")]
+            elif layer.kind == "affine":
+                gamma, beta = weights.affine[layer.name]
+                rows += [(f"{layer.name}/scale", gamma.shape, "float32"), (f"{layer.name}/shift", beta.shape, "float32")]
+        rows.append(("fc/kernel", weights.fc.shape, "float32"))
+    elif kind == "pytorch":
         from models.torch_checkpoint import load_state_dict
 
         tensors, layout = load_state_dict(p)
@@ -421,6 +450,8 @@ def inspect_weights(path) -> tuple[list, dict]:
 
 def guess_backbone(shapes: dict) -> str | None:
     """Which in-house backbone a tensor listing fits, from its names and depth (None if none does)."""
+    if "alevel0_0_conv1/kernel" in shapes and "conv0/kernel" in shapes:
+        return "dlib_resnet"
     if "conv1.weight" in shapes and "layer1.0.conv1.weight" in shapes:
         depths = tuple(len({k.split(".")[1] for k in shapes if k.startswith(f"layer{s}.")}) for s in (1, 2, 3, 4))
         bottleneck = "layer1.0.conv3.weight" in shapes
@@ -447,3 +478,31 @@ def format_report(report: dict, verbose: bool = True) -> str:
     if report.get("ignored"):
         lines.append(f"non-tensor entries ignored: {', '.join(report['ignored'][:10])}")
     return "\n".join(lines)
+
+
+def format_load_summary(report: dict, max_names: int = 4) -> str:
+    """One line for a training log: how many tensors loaded, and the dropped ones named, grouped by reason.
+
+    e.g. ``100 tensors loaded, 22 dropped: fc.weight, fc.bias (classifier head), 20 × num_batches_tracked
+    (BatchNorm step counter)``. A group of more than ``max_names`` tensors that all end in the same
+    name is counted (``20 × num_batches_tracked``); any other long group lists its first names.
+    """
+    dropped = report.get("dropped") or []
+    line = f"{len(report.get('mapped') or [])} tensors loaded, {len(dropped)} dropped"
+    groups: dict[str, list] = {}  # short reason → tensor names, in file order
+    for name, reason in dropped:
+        groups.setdefault(str(reason).split(" (", 1)[0], []).append(str(name))
+    if groups:
+        line += ": " + ", ".join(f"{_name_list(names, max_names)} ({reason})" for reason, names in groups.items())
+    if report.get("missing"):
+        line += f"; {len(report['missing'])} missing: {_name_list(list(report['missing']), max_names)}"
+    return line
+
+
+def _name_list(names: list, max_names: int) -> str:
+    if len(names) <= max_names:
+        return ", ".join(names)
+    leaves = {re.split(r"[./]", name)[-1] for name in names}
+    if len(leaves) == 1:
+        return f"{len(names)} × {leaves.pop()}"
+    return ", ".join(names[:max_names]) + f", … {len(names) - max_names} more"
