@@ -60,13 +60,13 @@ def test_detected_face_on_grace_hopper(saved_model, grace_hopper, tmp_path, caps
 
 
 def test_without_mtcnn_the_centre_crop_is_used_and_said(saved_model, grace_hopper, tmp_path, capsys, monkeypatch):
-    import preprocess.align
+    import fer_api
     from preprocess.common import OptionalDependencyError
 
     def missing(*_args, **_kwargs):
         raise OptionalDependencyError("face detection needs the optional package 'mtcnn' (import failed)")
 
-    monkeypatch.setattr(preprocess.align, "detect_faces", missing)
+    monkeypatch.setattr(fer_api, "load_detector", missing)
     report, out = _run([str(grace_hopper), "--run", str(saved_model.parent)], tmp_path, capsys)  # run dir works too
     result = report["photos"][0]
     assert not result["detected"] and result["faces"][0]["box"] == [0, 44, 512, 512]  # 512x600: centre square
