@@ -11,11 +11,45 @@ Follows the official code:
   * the expression-landmark contrastive loss :func:`el_contrastive_loss` (code ``resnet.py``
     ``MoCo_ResNet.forward`` / ``MoCo_ResNet._cal``);
   * the landmark heatmap targets and Adaptive Wing loss (code ``utils.py`` ``generate_target``,
-    ``AWingLoss``; used in ``loss.py`` ``MyLoss``);
+    ``AWingLoss``; used in ``loss.py`` ``MyLoss``), on the release's grid or scaled to any image size
+    (:func:`landmark_heatmap_loss`, the rule below);
+  * the paper's landmark loss, an FC regression of the normalised coordinates with MSE
+    (:func:`coordinate_regression_loss`; not in the release);
   * the progressively balanced sampler's per-class counts (code ``dataloader.py``
     ``MySampler.set_num``; numpy).
 
 Shapes: B or N batch, C classes, d embedding dim, M queue length, L landmarks, H×W heatmap grid.
+
+Heatmaps at any image size (:func:`landmark_heatmap_loss`, ``heatmap_scale``)
+---------------------------------------------------------------------------
+The release draws its targets on the stride-4 grid of 224-px images, G = 56 cells across, with σ = 1.5
+cells, and weights by 10 the cells where the 3×3-dilated target exceeds 0.2; the loss is the mean over
+all cells. Counted in cells, that rule does not scale: on the 12×12 grid of a 48-px image the same σ and
+dilation weight 29.6 % of the grid per landmark instead of 1.43 %, and the loss of an all-zero prediction
+is 21.7× the release's (19 random landmarks), while CE does not change with the image size.
+
+``heatmap_scale="grid"`` (default) keeps every length of the rule a fixed fraction of the image, with the
+release as the reference: on a G-cell grid σ_grid = σ·G/56 cells (σ = 1.5), the near-peak band is the
+release's band scaled by G/56 (its dilation radius 1 cell → G/56 cells), and the loss is the mean over
+the image. Below G ≈ 37 the scaled Gaussian is narrower than a cell (σ_grid = 0.32 cells at G = 12), so
+sampling it at the G×G cell centres is no longer a fair estimate of that mean: the peak covers one cell
+or none depending on where the landmark falls and the weighted area comes in whole cells (a landmark on
+a 12-cell grid weights 1 cell, 0.69 % of the grid, where the scaled band covers 1.43 %). The rule is
+therefore evaluated on the reference lattice itself: the predicted G×G heatmaps are read at the 56×56
+cell centres by bilinear interpolation (``tf.image.resize``, half-pixel centres; the identity when
+G = 56) and compared there with the release's targets and weights for the landmarks in reference units
+(x·56/S for an S-px image). So for the same normalised landmarks and the same prediction field:
+
+* the target, the weight map and the weighted area fraction (per landmark, Σ(w − 1)/(9·56²)) are the
+  release's, exactly, at every image size;
+* the loss per landmark (the mean of w·AWing over the 56² cells) is the release's;
+* at 224 px with stride 4 (G = 56) the rule *is* the release (bit for bit).
+
+What still depends on G is what the network can express: a 12×12 map read bilinearly cannot form a peak
+as narrow as the release's, so its reachable loss floor is higher; that is the coarse grid's own limit,
+not a change of the term's weight. ``heatmap_scale="release"`` keeps the release's rule in cells of
+whatever grid the backbone gives (the earlier behaviour of this toolkit). Cost: the loss runs on
+56²·L elements per image at every size (the release's own count), e.g. 21.8× the native count at 48 px.
 """
 
 from __future__ import annotations
@@ -213,6 +247,96 @@ def gaussian_heatmaps(
     dilated = tf.nn.max_pool2d(heat, ksize=3, strides=1, padding="SAME")
     weights = tf.where(dilated > 0.2, 10.0, 1.0)
     return heat, weights
+
+
+# The release's heatmap geometry (``dataloader.py``: 224-px images, heatmaps at img/4): the reference
+# of heatmap_scale="grid".
+REFERENCE_IMAGE_SIZE = 224
+REFERENCE_GRID = 56
+HEATMAP_SCALES = ("grid", "release")
+
+
+def heatmap_lattice(image_size: float, heatmap_size, heatmap_scale: str = "grid") -> tuple[tuple[int, int], float]:
+    """The lattice the heatmap loss is evaluated on: ``((H, W), stride in image pixels)``.
+
+    ``"release"``: the backbone's own grid, stride = image size / W (the release's rule counted in its
+    cells). ``"grid"``: the 56×56 reference lattice, stride = image size / 56 (see the module docstring).
+    """
+    height, width = (heatmap_size, heatmap_size) if np.isscalar(heatmap_size) else tuple(heatmap_size)
+    if heatmap_scale == "release":
+        return (int(height), int(width)), float(image_size) / float(width)
+    if heatmap_scale == "grid":
+        return (REFERENCE_GRID, REFERENCE_GRID), float(image_size) / REFERENCE_GRID
+    raise ValueError(f"heatmap_scale must be one of {', '.join(HEATMAP_SCALES)}, got '{heatmap_scale}'")
+
+
+def landmark_heatmap_loss(
+    heatmaps, landmarks, image_size: float, heatmap_scale: str = "grid", sigma: float = 1.5, weighted: bool = True
+) -> tf.Tensor:
+    """The landmark heatmap loss at any image size; scalar float32.
+
+    Official counterpart: ``loss.py`` ``MyLoss`` (``loss_2``: weighted ``AWingLoss`` against
+    ``generate_target``'s heatmaps), which exists for 224-px images only.
+
+    Args:
+      heatmaps: ``(B, H, W, L)`` predicted heatmaps on the backbone's grid.
+      landmarks: ``(B, L, 2)`` (x, y) in pixels of the ``image_size``-px training image.
+      image_size: S, the training image's side in pixels.
+      heatmap_scale: ``"grid"`` (the release's rule as fractions of the image, evaluated on the 56×56
+        reference lattice; the module docstring states the rule and what it keeps invariant) or
+        ``"release"`` (the release's rule in cells of the backbone's grid).
+      sigma: Gaussian σ in lattice cells (1.5 = the release; with ``"grid"`` in reference cells).
+      weighted: ``True``: the release's weighted Adaptive Wing; ``False``: the unweighted mean squared
+        error of the heatmaps (``landmark_loss=heatmap_mse``), on the same lattice.
+    """
+    heatmaps = as_float(heatmaps)
+    lattice, stride = heatmap_lattice(image_size, heatmaps.shape[1:3], heatmap_scale)
+    if tuple(heatmaps.shape[1:3]) != lattice:
+        heatmaps = tf.image.resize(heatmaps, lattice, method="bilinear")
+    target, weight = gaussian_heatmaps(landmarks, lattice, stride, sigma=sigma)
+    if not weighted:
+        return tf.reduce_mean(tf.square(heatmaps - target))
+    return adaptive_wing_loss(heatmaps, target, weight)
+
+
+def normalized_coordinates(landmarks, image_size: float) -> tf.Tensor:
+    """``(B, L, 2)`` pixel (x, y) → ``(B, 2L)`` [x₁/S, y₁/S, x₂/S, …], the coordinate head's target."""
+    landmarks = as_float(landmarks)
+    return tf.reshape(landmarks / float(image_size), [tf.shape(landmarks)[0], -1])
+
+
+def coordinate_regression_loss(predicted, landmarks, image_size: float) -> tf.Tensor:
+    """The paper's landmark loss: MSE of regressed landmark coordinates; scalar float32.
+
+    The paper supervises its landmark branch by regressing the landmark coordinates with an FC layer and
+    an MSE loss; the release replaces this by weighted Adaptive Wing on heatmaps (§ ``loss.py``
+    ``MyLoss``). Here L_lm = mean over B·2L of (ĉ − c)² with c = :func:`normalized_coordinates`
+    (coordinates divided by the image side, so the term has the same size at every image size;
+    landmarks that augmentation moved off the image are regressed as they are, slightly outside [0, 1]).
+
+    Args:
+      predicted: ``(B, 2L)`` coordinates ĉ from the FC head, in the order of :func:`normalized_coordinates`.
+      landmarks: ``(B, L, 2)`` (x, y) in pixels of the ``image_size``-px image (no gradient).
+    """
+    target = tf.stop_gradient(normalized_coordinates(landmarks, image_size))
+    return tf.reduce_mean(tf.square(as_float(predicted) - target))
+
+
+def neighbor_label_agreement(adjacency, labels) -> tuple[tf.Tensor, tf.Tensor]:
+    """How many of the kNN graph's neighbour slots carry the row sample's label.
+
+    Args:
+      adjacency: ``(B, B)`` {0, 1} graph A (row i: sample i's in-batch neighbours, :func:`knn_adjacency`).
+      labels: ``(B,)`` labels to compare (the clean ones where known).
+
+    Returns:
+      ``(agreeing, slots)`` float32 scalars: Σ_ij A_ij·1[ℓ_i = ℓ_j] and Σ_ij A_ij; their ratio is the
+      graph's neighbour purity (undefined, 0/0, for a batch of one).
+    """
+    adjacency = tf.stop_gradient(as_float(adjacency))
+    labels = tf.reshape(labels, [-1])
+    same = tf.cast(tf.equal(labels[:, None], labels[None, :]), tf.float32)
+    return tf.reduce_sum(adjacency * same), tf.reduce_sum(adjacency)
 
 
 def balanced_sampler_counts(class_counts, epoch: int, total_epochs: int) -> np.ndarray:

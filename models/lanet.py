@@ -16,7 +16,8 @@ A shared stem (stage 1 of the backbone) feeds two branches:
   the landmark branch and have the size of a plain backbone;
 * the **landmark branch** (its own copies lm_layer2..4 of stages 2–4, an FPN with bias-free 1×1
   laterals to the stage-1 width d, summed top-down with bilinear upsampling, then ``lm_fc``, a 1×1
-  conv to L heatmaps, and GAP → g), supervised by Gaussian heatmaps of the table's landmarks.
+  conv to L heatmaps, and GAP → g), supervised by Gaussian heatmaps of the table's landmarks (the
+  release), or by an FC regression of their coordinates from g (the paper, ``landmark_loss=paper_coords``).
 
 Per step, with p = softmax(logits) (official ``resnet.py`` ``MoCo_ResNet.forward`` and ``loss.py`` ``MyLoss``):
 
@@ -33,18 +34,33 @@ Per step, with p = softmax(logits) (official ``resnet.py`` ``MoCo_ResNet.forward
 A progressively balanced sampler (``epoch_indices``) moves the class proportions of each epoch from the
 data's to uniform, keeping N samples per epoch.
 
+Per-epoch diagnostics in ``log.csv`` (:meth:`LANetModel.track_purity`): the purity of the in-batch kNN
+neighbours in both spaces (``neighbor_purity_f``, ``neighbor_purity_g``), of the model's own predictions
+(``prediction_purity``) and of the LDE's t_cur (``lde_purity``), all against the clean labels where the
+table has them (``clean_expression``), else the given ones.
+
 Deviations/choices (official code = "release"):
 
 =============================  ==========================================  =============================================
 aspect                         release / paper                             here (default) — option
 =============================  ==========================================  =============================================
 landmark loss                  release: weighted Adaptive Wing (α 2.1,     awing as the release —
-                               ω 14, ε 1, θ 0.5); paper: MSE               ``landmark_loss=mse`` (unweighted, paper)
+                               ω 14, ε 1, θ 0.5) on heatmaps; paper: FC    ``paper_coords``: Dense(2L) on g, MSE to
+                               coordinate regression with MSE              the coordinates / image side (the paper);
+                                                                           ``heatmap_mse``: unweighted heatmap MSE
+                                                                           (neither; ``mse`` is read as this)
 landmarks                      19 HRNet points (AFLW layout) at 224 px     any L from the table's ``landmarks`` column
                                                                            (68 iBUG in the fixtures); ``num_landmarks``
                                                                            must match the table (DataError otherwise)
-heatmap grid                   stride 4 (56×56 at 224 px), σ 1.5 cells     stride of the stage-1 map (4 for ResNets and
-                                                                           small_cnn), σ 1.5 cells — ``heatmap_sigma``
+heatmap grid                   stride 4 (56×56 at 224 px), σ 1.5 cells,    ``heatmap_scale=grid``: the release's rule as
+                               weight 10 where the 3×3-dilated target      fractions of the image (σ_grid = 1.5·G/56 cells
+                               exceeds 0.2 (224 px only)                   on a G-cell grid), evaluated on the 56×56
+                                                                           reference lattice (prediction read bilinearly):
+                                                                           the term weighs what it weighs in the release
+                                                                           at every image size; identical at 224 px —
+                                                                           ``release``: σ 1.5 cells of the stage-1 grid,
+                                                                           whatever its size (21.7× heavier at 48 px);
+                                                                           ``heatmap_sigma`` (1.5)
 FPN upsampling                 ×2 bilinear                                 bilinear resize to the next lateral's exact size
                                                                            (same at 224 px; also works for odd sizes)
 lm_layer2..4 init              copies of the pretrained layer2..4          copies of the expression stages at build time,
@@ -86,12 +102,15 @@ import tensorflow as tf
 from keras import layers
 
 from common.errors import ConfigError, DataError
-from losses.lanet import (adaptive_wing_loss, balanced_sampler_counts, el_contrastive_loss, gaussian_heatmaps,
-                          kl_divergence_batchmean, knn_adjacency, normalize_contributions)
+from losses.lanet import (HEATMAP_SCALES, balanced_sampler_counts, coordinate_regression_loss, el_contrastive_loss,
+                          kl_divergence_batchmean, knn_adjacency, landmark_heatmap_loss, neighbor_label_agreement,
+                          normalize_contributions)
 from models.backbones import stage_models
 from models.base import FERModel, MethodData
 
-LANDMARK_LOSSES = ("awing", "mse")
+LANDMARK_LOSSES = ("awing", "heatmap_mse", "paper_coords")
+# Older runs recorded the unweighted heatmap MSE as "mse" (then called the paper's loss, which it is not).
+_LEGACY_LANDMARK_LOSSES = {"mse": "heatmap_mse"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +118,13 @@ class LANetConfig:
     """LA-Net settings; defaults are the official code's (``hw-tony/LA-Net`` ``train.py`` arguments)."""
 
     num_landmarks: int = 68  # L heatmap channels; must match the table (release: 19 HRNet points, toolkit: 68 iBUG)
-    landmark_loss: str = "awing"  # awing (release, α 2.1 ω 14 ε 1 θ 0.5, weighted) | mse (paper)
-    heatmap_sigma: float = 1.5  # Gaussian σ in heatmap cells (release 1.5, 10×10 window)
+    # awing (release: weighted Adaptive Wing on heatmaps, α 2.1 ω 14 ε 1 θ 0.5) | paper_coords (paper: FC
+    # regression of the normalised coordinates from g, MSE) | heatmap_mse (unweighted heatmap MSE; "mse" = this)
+    landmark_loss: str = "awing"
+    # grid: the release's heatmap rule scaled to the image (reference 56×56 at 224 px; losses.lanet docstring)
+    # | release: σ and the near-peak weighting in cells of whatever grid the backbone gives
+    heatmap_scale: str = "grid"
+    heatmap_sigma: float = 1.5  # Gaussian σ in cells (release 1.5, 10×10 window); with grid: reference cells
     num_neighbors: int = 8  # K of the in-batch kNN graphs in both feature spaces (release 8)
     target_momentum: float = 0.9  # m of the per-sample target bank EMA (release dis_momentum 0.9); 0 = no bank
     detach_target: bool = False  # release: ŷ is not detached in the KL (the score nets learn only through it)
@@ -123,8 +147,12 @@ class LANetConfig:
     l2_weight_decay: float = 0.0  # coupled L2 (release Adam weight_decay 0)
 
     def __post_init__(self):
+        if self.landmark_loss in _LEGACY_LANDMARK_LOSSES:
+            object.__setattr__(self, "landmark_loss", _LEGACY_LANDMARK_LOSSES[self.landmark_loss])
         if self.landmark_loss not in LANDMARK_LOSSES:
             raise ConfigError(f"lanet: landmark_loss must be one of {', '.join(LANDMARK_LOSSES)}, got '{self.landmark_loss}'")
+        if self.heatmap_scale not in HEATMAP_SCALES:
+            raise ConfigError(f"lanet: heatmap_scale must be one of {', '.join(HEATMAP_SCALES)}, got '{self.heatmap_scale}'")
         if self.num_landmarks < 1 or self.num_neighbors < 1 or self.queue_size < 1:
             raise ConfigError("lanet: num_landmarks, num_neighbors and queue_size must be positive")
         for name in ("target_momentum", "encoder_momentum", "confidence_threshold"):
@@ -246,6 +274,9 @@ class ContributionScore(layers.Layer):
         return tf.nn.softmax(self.score(self.hidden(pair)), axis=-1)[..., 0]  # (B, B)
 
 
+PURITY_METRICS = ("neighbor_purity_f", "neighbor_purity_g", "prediction_purity", "lde_purity")
+
+
 def _unit_rows(seed: int):
     """Initializer: random unit vectors per row (the release's queue initialisation)."""
     def init(shape, dtype=None):
@@ -265,12 +296,12 @@ class LANetModel(FERModel):
         "official": {"run": {"backbone": "resnet18", "image_size": 224, "batch_size": 128, "epochs": 80, "lr": 1e-3,
                              "optimizer": "adam", "lr_schedule": "linear", "random_erasing": 0.2}, "method": {},
                      "weights": "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)"},
-        # The paper's landmark loss (MSE) instead of the release's Adaptive Wing.
-        "paper": {"run": {}, "method": {"landmark_loss": "mse"}},
+        # The paper's landmark loss (FC coordinate regression, MSE) instead of the release's heatmap Adaptive Wing.
+        "paper": {"run": {}, "method": {"landmark_loss": "paper_coords"}},
     }
 
     def __init__(self, backbone, num_classes, num_train_samples, config: LANetConfig, steps_per_epoch=1,
-                 total_epochs=1, train_labels=None, **kwargs):
+                 total_epochs=1, train_labels=None, purity_labels=None, **kwargs):
         super().__init__(backbone, num_classes, num_train_samples, config, steps_per_epoch, total_epochs, **kwargs)
         cfg = config
         n = self.num_train_samples
@@ -283,7 +314,6 @@ class LANetModel(FERModel):
         stage1_shape = stages.outputs[1].shape
         self.image_size = int(stages.input.shape[1])
         self.heatmap_size = (int(stage1_shape[1]), int(stage1_shape[2]))
-        self.heatmap_stride = self.image_size / self.heatmap_size[1]
         feature_dim, embed_dim = int(stages.outputs[0].shape[-1]), int(stage1_shape[-1])  # 512e, 64e in the release
         self.expression_projection = projection_head(feature_dim, embed_dim, "expression_projection")
         self.landmark_projection = projection_head(embed_dim, embed_dim, "landmark_projection")
@@ -291,6 +321,12 @@ class LANetModel(FERModel):
         self.landmark_score = ContributionScore(embed_dim, name="landmark_score")
         self.expression_score.build((None, feature_dim))
         self.landmark_score.build((None, embed_dim))
+        # The paper's landmark head: an FC layer g → 2L normalised coordinates (only with paper_coords, so the
+        # other settings' checkpoints keep their variables).
+        self.landmark_coordinates = None
+        if cfg.landmark_loss == "paper_coords":
+            self.landmark_coordinates = layers.Dense(2 * cfg.num_landmarks, dtype="float32", name="landmark_coordinates")
+            self.landmark_coordinates.build((None, embed_dim))
         # === Momentum key encoders: a full copy, moved only by EMA in after_step ===
         key_backbone = keras.models.clone_model(backbone, clone_function=_fresh_clone)
         key_stages, key_tail = stage_models(key_backbone)
@@ -307,6 +343,13 @@ class LANetModel(FERModel):
         if labels is not None and len(labels) != n:
             raise DataError(f"lanet: {len(labels)} train labels for {n} training samples")
         self.train_labels = None if labels is None else tf.constant(labels)
+        # Labels the per-epoch purity diagnostics compare with: the clean labels where the table has them, else
+        # the given ones (data, not state: absent in a model rebuilt from a checkpoint, which does not train).
+        purity = None if purity_labels is None else np.asarray(purity_labels, np.int32).reshape(-1)
+        if purity is not None and len(purity) != n:
+            raise DataError(f"lanet: {len(purity)} purity labels for {n} training samples")
+        self.purity_labels = None if purity is None else tf.constant(purity)
+        self.purity_trackers = {name: keras.metrics.Mean(name=name) for name in PURITY_METRICS}
         bank_init = "zeros" if labels is None else (
             lambda shape, dtype=None: tf.one_hot(labels, num_classes, dtype=tf.float32))
         # T (N, C): the per-sample EMA target; an all-zero row (no labels given) is set on first visit.
@@ -331,8 +374,10 @@ class LANetModel(FERModel):
         if cfg.balanced_sampler:
             epoch_indices = functools.partial(balanced_epoch_indices, np.asarray(train_table.labels),
                                               train_table.num_classes, total_epochs=context.epochs, seed=context.seed)
+        purity = train_table.clean_labels if train_table.clean_labels is not None else train_table.labels
         return MethodData(landmarks=True, epoch_indices=epoch_indices,
-                          model_kwargs={"train_labels": np.asarray(train_table.labels, np.int32)})
+                          model_kwargs={"train_labels": np.asarray(train_table.labels, np.int32),
+                                        "purity_labels": np.asarray(purity, np.int32)})
 
     @classmethod
     def empty_method_data(cls, cfg: LANetConfig, num_train_samples: int) -> MethodData:
@@ -344,24 +389,37 @@ class LANetModel(FERModel):
         cfg = self.config
         return {"lm": cfg.lm_weight, "kl": cfg.kl_weight, "el": cfg.el_weight}.get(name, 1.0)
 
-    def landmark_loss(self, heatmaps, landmarks):
-        """Heatmap loss against Gaussian targets of the (augmented) landmarks (``loss.py`` ``MyLoss``, ``loss_2``)."""
-        target, weight = gaussian_heatmaps(landmarks, self.heatmap_size, self.heatmap_stride,
-                                           sigma=self.config.heatmap_sigma)
-        if self.config.landmark_loss == "mse":
-            return tf.reduce_mean(tf.square(heatmaps - target))
-        return adaptive_wing_loss(heatmaps, target, weight)
+    def landmark_loss(self, heatmaps, landmarks, landmark_features=None):
+        """L_lm for the (augmented) landmarks ``(B, L, 2)`` in pixels of the training image.
 
-    def current_distribution(self, features, landmark_features, probs):
+        ``awing`` / ``heatmap_mse``: the heatmaps against Gaussian targets (``loss.py`` ``MyLoss``, ``loss_2``),
+        on the lattice ``heatmap_scale`` picks (:func:`losses.lanet.landmark_heatmap_loss`); ``paper_coords``:
+        the FC head on the landmark features g against the normalised coordinates
+        (:func:`losses.lanet.coordinate_regression_loss`).
+        """
+        cfg = self.config
+        if cfg.landmark_loss == "paper_coords":
+            if landmark_features is None:
+                raise ValueError("lanet: landmark_loss=paper_coords needs the landmark features g")
+            return coordinate_regression_loss(self.landmark_coordinates(landmark_features), landmarks, self.image_size)
+        return landmark_heatmap_loss(heatmaps, landmarks, self.image_size, cfg.heatmap_scale, cfg.heatmap_sigma,
+                                     weighted=cfg.landmark_loss == "awing")
+
+    def current_distribution(self, features, landmark_features, probs, adjacency_f=None, adjacency_g=None):
         """t_cur = ½ (W^f p + W^g p): kNN- and score-weighted mix of the batch predictions.
 
-        As the first half of the release's ``layers.py`` ``Label_Distribution_Estimation.forward``.
+        As the first half of the release's ``layers.py`` ``Label_Distribution_Estimation.forward``. The kNN
+        graphs A^f, A^g are computed here unless given.
         """
         k = self.config.num_neighbors
-        w_f = normalize_contributions(self.expression_score(features) * knn_adjacency(features, k))
+        if adjacency_f is None:
+            adjacency_f = knn_adjacency(features, k)
+        w_f = normalize_contributions(self.expression_score(features) * adjacency_f)
         if not self.config.lde_landmarks:  # Table 2 ablation: the expression-space graph alone
             return tf.matmul(w_f, probs)
-        w_g = normalize_contributions(self.landmark_score(landmark_features) * knn_adjacency(landmark_features, k))
+        if adjacency_g is None:
+            adjacency_g = knn_adjacency(landmark_features, k)
+        w_g = normalize_contributions(self.landmark_score(landmark_features) * adjacency_g)
         return 0.5 * (tf.matmul(w_f, probs) + tf.matmul(w_g, probs))
 
     def keys(self, images, training):
@@ -383,11 +441,13 @@ class LANetModel(FERModel):
         landmark = self.landmark_branch(stage1, training=training)
         landmark_features = tf.cast(landmark["landmark_features"], tf.float32)
         ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
-        lm = self.landmark_loss(tf.cast(landmark["heatmaps"], tf.float32), batch["landmarks"])
+        lm = self.landmark_loss(tf.cast(landmark["heatmaps"], tf.float32), batch["landmarks"], landmark_features)
 
         # Label-distribution estimation and the EMA target (ŷ keeps its gradient unless detach_target).
         probs = tf.nn.softmax(logits, axis=-1)
-        t_cur = self.current_distribution(features, landmark_features, probs)
+        adjacency_f = knn_adjacency(features, cfg.num_neighbors)
+        adjacency_g = knn_adjacency(landmark_features, cfg.num_neighbors)
+        t_cur = self.current_distribution(features, landmark_features, probs, adjacency_f, adjacency_g)
         onehot = tf.one_hot(labels, self.num_classes)
         bank_rows = tf.gather(self.target_bank, index)
         bank_rows = tf.where(tf.reduce_sum(bank_rows, -1, keepdims=True) > 0, bank_rows, onehot)  # first visit
@@ -415,7 +475,8 @@ class LANetModel(FERModel):
         if cfg.l2_weight_decay:
             losses["l2"] = self.l2_penalty(cfg.l2_weight_decay)
         outputs = {"logits": logits, "bank_rows": m * bank_rows + (1.0 - m) * tf.stop_gradient(t_cur),
-                   "expression_keys": expr_k, "landmark_keys": lm_k, "pseudo_labels": pseudo}
+                   "expression_keys": expr_k, "landmark_keys": lm_k, "pseudo_labels": pseudo,
+                   "adjacency_f": adjacency_f, "adjacency_g": adjacency_g, "t_cur": tf.stop_gradient(t_cur)}
         return losses, outputs
 
     # --- non-gradient updates --------------------------------------------------------------------------
@@ -423,6 +484,31 @@ class LANetModel(FERModel):
         self.update_target_bank(batch["index"], outputs["bank_rows"])
         self.enqueue(outputs["expression_keys"], outputs["landmark_keys"], outputs["pseudo_labels"])
         self.momentum_update()
+        self.track_purity(batch["index"], outputs)
+
+    def track_purity(self, index, outputs) -> None:
+        """Per-epoch diagnostics of the label-distribution estimation (columns of ``log.csv``).
+
+        All against the clean label of each sample (the given label where the table has no clean one):
+        ``neighbor_purity_f`` / ``neighbor_purity_g``: the fraction of the in-batch K neighbours of A^f
+        (expression space) / A^g (landmark space) whose label is the sample's; ``prediction_purity``: how
+        often the model's own prediction argmax p is; ``lde_purity``: how often argmax t_cur is. The LDE
+        helps where its neighbours are purer than the model's own predictions. Epoch means over neighbour
+        slots (the graphs) and samples (the rest). Not tracked in a model without the labels.
+        """
+        if self.purity_labels is None:
+            return
+        labels = tf.gather(self.purity_labels, tf.cast(index, tf.int32))
+        for name, key in (("neighbor_purity_f", "adjacency_f"), ("neighbor_purity_g", "adjacency_g")):
+            agreeing, slots = neighbor_label_agreement(outputs[key], labels)
+            self.purity_trackers[name].update_state(tf.math.divide_no_nan(agreeing, slots), sample_weight=slots)
+        for name, key in (("prediction_purity", "logits"), ("lde_purity", "t_cur")):
+            hits = tf.equal(tf.argmax(outputs[key], axis=-1, output_type=tf.int32), labels)
+            self.purity_trackers[name].update_state(tf.cast(hits, tf.float32))
+
+    @property
+    def metrics(self):
+        return [*super().metrics, *self.purity_trackers.values()]
 
     def update_target_bank(self, index, rows) -> None:
         """T_i ← rows_i for the batch rows only; a sample twice in the batch keeps its last row."""
