@@ -35,13 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__, epilog=defaults_epilog(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_options(p, RunConfig)
+    p.add_argument("--config", metavar="RUN/config.json", help=(
+        "replay a run from its config.json (its resolved settings and method config); options given beside it "
+        "override it (a typed option > a typed --preset > the file > the dataset's defaults); the new run's "
+        "config.json records the file and its SHA-256 as replayed_from"))
     return p
 
 
-def config_from_args(args):
-    from engine.config import RunConfig
+def config_from_args(args, replay=None):
+    """The RunConfig the command line asks for (``replay``: a config.json read for ``--config``, under the
+    options typed beside it)."""
+    from engine.config import RunConfig, replay_kwargs
 
-    return RunConfig(**dataclass_kwargs(args, RunConfig))
+    typed = dataclass_kwargs(args, RunConfig)
+    return RunConfig(**(replay_kwargs(replay, typed) if replay is not None else typed))
 
 
 def main(argv=None) -> int:
@@ -49,7 +56,19 @@ def main(argv=None) -> int:
     quiet_tensorflow()
     from engine.run import Trainer
 
-    trainer = Trainer(config_from_args(args))
+    replay = None
+    if getattr(args, "config", None):
+        from engine.config import read_config_file
+
+        replay = read_config_file(args.config)
+    trainer = Trainer(config_from_args(args, replay))
+    if replay is not None:
+        from engine.config import replayed_method_config
+
+        method_cfg = replayed_method_config(replay, trainer.model_cls, trainer.cfg, args.preset)
+        if method_cfg is not None:
+            trainer.method_cfg = method_cfg
+        trainer.record_extras["replayed_from"] = replay.provenance()
     try:
         report = trainer.train()
     except Exception as exc:

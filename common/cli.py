@@ -189,8 +189,9 @@ def add_dataclass_options(parser, cls, exclude=(), groups: dict | None = None) -
 
     Field metadata: ``help``; ``flag`` (default ``--field-name``); ``aliases``; ``choices``;
     ``group`` (argparse group title); ``negate`` (a bool whose flag turns it off, e.g.
-    ``--no-export``); ``pairs`` (a dict field given as repeatable ``KEY=VALUE``); ``cli=False`` to leave a
-    field out. Every option's argparse default is ``None`` (unset).
+    ``--no-export``); ``pairs`` (a dict field given as repeatable ``KEY=VALUE``); ``optional_value`` (the
+    value of a bare flag whose argument may be omitted, e.g. ``--mlflow`` = ``--mlflow ./mlruns``);
+    ``cli=False`` to leave a field out. Every option's argparse default is ``None`` (unset).
     """
     hints = typing.get_type_hints(cls)
     groups = {} if groups is None else groups
@@ -212,6 +213,8 @@ def add_dataclass_options(parser, cls, exclude=(), groups: dict | None = None) -
         if kind is bool:
             const = not meta.get("negate", False)
             target.add_argument(*flags, action="store_const", const=const, **common)
+        elif meta.get("optional_value") is not None:
+            target.add_argument(*flags, nargs="?", const=meta["optional_value"], type=str, **common)
         elif meta.get("pairs"):
             target.add_argument(*flags, action="append", metavar="KEY=VALUE", **common)
         elif typing.get_origin(kind) in (tuple, list) or kind in (tuple, list):

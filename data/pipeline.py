@@ -223,6 +223,54 @@ def steps_per_epoch(num_samples: int, batch_size: int) -> int:
     return math.ceil(num_samples / batch_size)
 
 
+# --- which rows each epoch visits (--sampler) -----------------------------------------------------------
+
+SAMPLERS = ("uniform", "balanced")
+
+
+def class_balanced_indices(labels, num_classes: int, epoch: int, seed: int = 0) -> np.ndarray:
+    """Rows of epoch ``epoch`` under ``--sampler balanced``: N rows drawn with replacement, row i with
+    probability ∝ 1 / n_{y_i} (the count of its class), so every class is drawn equally often in expectation.
+
+    As torchsampler's ``ImbalancedDatasetSampler`` (github.com/ufoym/imbalanced-dataset-sampler,
+    ``torchsampler/imbalanced.py``: weights 1 / label count, ``torch.multinomial(weights, num_samples,
+    replacement=True)``, ``num_samples`` = the dataset size). The draw is keyed by (seed, epoch) as the
+    progressively balanced sampler of LA-Net is, so the sequence is a pure function of them and a resumed
+    run sees exactly the rows an uninterrupted one does. A class with no rows is never drawn.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = 1.0 / counts[labels]
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    return rng.choice(len(labels), size=len(labels), replace=True, p=weights / weights.sum()).astype(np.int32)
+
+
+def epoch_sampler(sampler: str, labels, num_classes: int, seed: int, method_indices=None, method: str = "",
+                  log=print):
+    """``(epoch_indices, record)``: the callable ``epoch → rows`` the training stream visits (None = the
+    uniform shuffle of :func:`make_train_dataset`) and what config.json records of it.
+
+    ``method_indices`` is a method's own sampler (``MethodData.epoch_indices``): the method keeps it whatever
+    ``sampler`` asks for, and a ``balanced`` request says so in the log.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if method_indices is not None:
+        inner = getattr(method_indices, "func", method_indices)
+        own = f"{method}'s own ({getattr(inner, '__name__', type(inner).__name__)})"
+        if sampler == "balanced":
+            log(f"--sampler balanced: {method} keeps its own sampler ({getattr(inner, '__name__', 'epoch_indices')}); "
+                "the run-level sampler is not applied")
+        return method_indices, {"requested": sampler, "effective": own}
+    if sampler == "balanced":
+        labels = np.asarray(labels).reshape(-1)
+
+        def balanced(epoch):
+            return class_balanced_indices(labels, num_classes, epoch, seed)
+        return balanced, {"requested": sampler, "effective": "balanced"}
+    return None, {"requested": sampler, "effective": "uniform"}
+
+
 def make_train_dataset(source: ImageSource, config: PipelineConfig, batch_size: int, epochs: int,
                        start_step: int = 0, extras: dict | None = None, landmarks: bool = False,
                        neighbor_table: np.ndarray | None = None, neighbor_images: bool = False,

@@ -27,7 +27,8 @@ from common.config import apply_overrides, to_dict
 from common.errors import ConfigError
 
 # Settings that may differ between the original run and a --resume without changing the result.
-RESUME_NEUTRAL = {"resume", "force", "out", "verbose", "checkpoint_every", "export", "tensorboard", "extend"}
+RESUME_NEUTRAL = {"resume", "force", "out", "verbose", "checkpoint_every", "export", "tensorboard", "extend",
+                  "mlflow"}
 
 # Values of the unset (None) recipe fields when neither the dataset nor a preset sets them.
 RUN_DEFAULTS = {"weights": "none", "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0,
@@ -77,6 +78,10 @@ class RunConfig:
         "long-tailed subsampling: largest/smallest class ratio (>= 1; 1 = off)", DATA))
     synthetic: dict = field(default_factory=dict, metadata=_opt(
         "synthetic benchmark setting (e.g. train_size=3000; repeatable)", DATA, pairs=True))
+    sampler: str = field(default="uniform", metadata=_opt(
+        "rows of each epoch: uniform (every row once, shuffled) | balanced (classes drawn equally: N rows drawn "
+        "with replacement, weight 1/class count, as torchsampler's ImbalancedDatasetSampler); a method with its "
+        "own sampler (LA-Net's progressively balanced one) keeps it", DATA, choices=("uniform", "balanced")))
     # --- method and model ---------------------------------------------------------------------------
     method: str = field(default="ce", metadata=_opt("method (see the list below)", MODEL))
     preset: str | None = field(default=None, metadata=_opt("a method preset, e.g. ldlva: release-r18-raf", MODEL))
@@ -135,6 +140,10 @@ class RunConfig:
         "with --resume: continue a finished or killed run to a larger --epochs (from the resume point on, "
         "whatever depends on the total epoch count follows the new total: see README, Extending a run)", RUN))
     force: bool = field(default=False, metadata=_opt("replace an existing run directory", RUN))
+    mlflow: str | None = field(default=None, metadata=_opt(
+        "log the run to MLflow: the resolved config as params, every epoch's metrics, the final metrics, "
+        "config.json, the model card and the export as artifacts (URI default ./mlruns, a local file store; "
+        "--resume continues the same MLflow run)", RUN, optional_value="./mlruns", metavar="URI"))
     verbose: int | None = field(default=None, metadata=_opt(
         "0 silent, 1 progress bar, 2 one line per epoch (default: 1 on a terminal, 2 when the output is "
         "redirected, so logs hold no progress-bar control characters)", RUN, choices=(0, 1, 2)))
@@ -280,3 +289,142 @@ def run_config_from_record(record: dict, path) -> RunConfig:
     except TypeError as exc:
         raise ConfigError(f"{path}: 'run' section does not fit ({exc})") from None
     return cfg
+
+
+# --- replaying a run from its config.json (train.py / benchmark.py --config) ------------------------------
+
+# Where and how a run is written, not what it computes: never taken from a replayed config.json (a replay
+# is a new run; pass --run / --resume / --mlflow for it).
+REPLAY_SKIPPED = ("out", "resume", "force", "extend", "verbose", "mlflow")
+# The top-level keys of a config.json written by train.py (engine.run.Trainer.train).
+CONFIG_SECTIONS = ("run", "method_config", "data", "versions", "extensions", "replayed_from", "sampler")
+
+
+@dataclass(frozen=True)
+class ReplaySource:
+    """A config.json read for ``--config``: its path, SHA-256 and record; ``run`` is checked field by field."""
+
+    path: str
+    sha256: str
+    record: dict
+    run: dict
+
+    def provenance(self) -> dict:
+        """What the new run's config.json records as ``replayed_from``."""
+        return {"path": self.path, "sha256": self.sha256}
+
+
+def read_config_file(path) -> ReplaySource:
+    """A run's ``config.json`` for ``--config``: every key known, every value of the right type and range.
+
+    A malformed file, an unknown key (top level, ``run`` or ``method_config``), a value of the wrong type or
+    out of range is a :class:`ConfigError` naming the file and the key.
+    """
+    import hashlib
+
+    from common.config import check_values
+
+    shown = str(path)
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigError(f"{shown}: no such file (--config takes a run's config.json, e.g. runs/NAME/config.json)")
+    data = source.read_bytes()
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(record, dict):
+        raise ConfigError(f"{shown}: must hold a JSON object (a run's config.json), got {type(record).__name__}")
+    for key in record:
+        if key not in CONFIG_SECTIONS:
+            raise ConfigError(f"{shown}: unknown key '{key}' (a run's config.json has {', '.join(CONFIG_SECTIONS)})")
+    run = record.get("run")
+    if not isinstance(run, dict):
+        raise ConfigError(f"{shown}: run: missing or not an object (the run settings train.py records)")
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for key in run:
+        if key not in fields:
+            raise ConfigError(f"{shown}: run.{key}: unknown setting (not a train.py option)")
+    if not isinstance(record.get("method_config", {}), dict):
+        raise ConfigError(f"{shown}: method_config: not an object")
+    values = check_values(RunConfig, run, f"{shown}: run")
+    for key, value in values.items():
+        choices = fields[key].metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"{shown}: run.{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+        if fields[key].metadata.get("pairs") and not all(isinstance(k, str) and isinstance(v, (str, int, float, bool))
+                                                         for k, v in value.items()):
+            raise ConfigError(f"{shown}: run.{key}: must map setting names to values")
+    try:
+        validate_run_config(RunConfig(**values))
+    except ConfigError as exc:  # "--lr must be > 0, got -1": name the file and the key it came from
+        flag = str(exc).split(" ", 1)[0]
+        key = flag.lstrip("-").replace("-", "_")
+        raise ConfigError(f"{shown}: run.{key}: {exc}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{shown}: run: does not fit ({exc})") from None
+    return ReplaySource(shown, hashlib.sha256(data).hexdigest(), record, values)
+
+
+def _pairs_text(values: dict) -> dict:
+    """A recorded ``--set`` / ``--synthetic`` dict as the strings the command line gives."""
+    return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in values.items()}
+
+
+def replay_kwargs(source: ReplaySource, typed: dict, exclude=()) -> dict:
+    """RunConfig keyword arguments: a replayed config.json under the options typed beside ``--config``.
+
+    Precedence, highest first: an option typed on the command line; the run settings of a ``--preset``
+    typed on the command line; the config.json's value; then, for what neither sets, the dataset's
+    defaults (:func:`resolve`). ``--set`` and ``--synthetic`` settings merge key by key (typed ones win). A
+    config.json is a run of one method on one dataset: typing another ``--method`` or ``--dataset`` beside
+    it is refused (start a new run without ``--config``). ``exclude`` names fields the caller sets itself
+    (a benchmark grid's per-cell fields).
+    """
+    run = source.run
+    for key in ("method", "dataset"):
+        if key in typed and key not in exclude and key in run and typed[key] != run[key]:
+            flag = "--" + key
+            raise ConfigError(f"{source.path}: {key}: the config is a '{run[key]}' run; {flag} {typed[key]} would "
+                              f"replay it as another {key} (drop {flag}, or train without --config)")
+    values = {k: v for k, v in run.items() if k not in REPLAY_SKIPPED and k not in exclude}
+    preset = typed.get("preset")
+    if preset and "method" in values:
+        from models.registry import get_method
+
+        model_cls, _ = get_method(values["method"])
+        for name in model_cls.presets.get(preset, {}).get("run", {}):
+            values.pop(name, None)  # the typed preset sets it (resolve() fills it from the preset)
+    merged = {**values, **typed}
+    for name in ("method_overrides", "synthetic"):
+        if name in values or name in typed:
+            merged[name] = {**_pairs_text(values.get(name, {})), **typed.get(name, {})}
+    return merged
+
+
+def replayed_method_config(source: ReplaySource, model_cls, cfg: RunConfig, typed_preset: str | None):
+    """The replayed run's method config: the config.json's ``method_config`` (so a replay keeps the
+    settings the run had even if a default changed since), then a typed ``--preset``'s method settings,
+    then every ``--set`` (the recorded ones and the typed ones, already merged in ``cfg.method_overrides``)."""
+    from common.config import check_values
+    from models.registry import get_method
+
+    _, config_cls = get_method(cfg.method)
+    saved = source.record.get("method_config")
+    if saved is None:
+        return None
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    for key in saved:
+        if key not in known:
+            raise ConfigError(f"{source.path}: method_config.{key}: unknown setting of --method {cfg.method} "
+                              f"(known: {', '.join(sorted(known))})")
+    values = check_values(config_cls, saved, f"{source.path}: method_config")
+    try:
+        method_cfg = dataclasses.replace(config_cls(), **values)
+    except ConfigError as exc:
+        raise ConfigError(f"{source.path}: method_config: {exc}") from None
+    if typed_preset:
+        method_cfg = dataclasses.replace(method_cfg, **model_cls.presets.get(typed_preset, {}).get("method", {}))
+    return apply_overrides(method_cfg, cfg.method_overrides)

@@ -62,6 +62,10 @@ class Trainer:
         # Wall time of each stage of train() (seconds), written to metrics.json as timings_s: what a
         # scale benchmark (benchmarks/scale.py) reads to see where the time outside the model goes.
         self.timings: dict = {}
+        # Top-level config.json entries beside the run/method/data sections (e.g. replayed_from, sampler).
+        self.record_extras: dict = {}
+        self.tracking_tags: dict = {}  # tags of the MLflow run (--mlflow), e.g. a benchmark cell's
+        self.tracker = None
 
     # --- data ----------------------------------------------------------------------------------------
     @property
@@ -151,7 +155,14 @@ class Trainer:
             train_images=self._train_images, save_checkpoint=self._save_checkpoint)
 
     def method_data(self) -> MethodData:
-        return self.model_cls.prepare_data(self.method_cfg, self.train_table, self.context())
+        from data.pipeline import epoch_sampler
+
+        data = self.model_cls.prepare_data(self.method_cfg, self.train_table, self.context())
+        # --sampler: the run-level sampler goes through the same hook as a method's own (which it keeps).
+        data.epoch_indices, self.record_extras["sampler"] = epoch_sampler(
+            self.cfg.sampler, self.train_table.labels, self.cfg.num_classes, self.cfg.seed, data.epoch_indices,
+            self.cfg.method, log=self.log)
+        return data
 
     def _train_images(self):
         """The augmented training images of the first epoch (no method extras), batch by batch."""
@@ -202,9 +213,9 @@ class Trainer:
             backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights if load_weights else None,
                                       input_norm=cfg.input_norm)
             if load_weights and getattr(backbone, "fer_weights_report", None):
-                report = backbone.fer_weights_report
-                self.log(f"--weights {cfg.weights}: {len(report.get('mapped', []))} tensors loaded, "
-                         f"{len(report.get('dropped', []))} dropped ({', '.join(report.get('dropped', [])[:4])})")
+                from models.pretrained import format_load_summary
+
+                self.log(f"--weights {cfg.weights}: {format_load_summary(backbone.fer_weights_report)}")
             self.model = self.model_cls(backbone, cfg.num_classes, num_train_samples, self.method_cfg,
                                         steps_per_epoch=self.steps_per_epoch, total_epochs=cfg.epochs,
                                         **method_data.model_kwargs)
@@ -274,11 +285,21 @@ class Trainer:
         self.make_strategy()  # before any TensorFlow op: a multi-worker strategy configures the runtime
         self._timed("load_data", self.load_data)
         method_data = self._timed("method_data", self.method_data)
-        record = self._timed("data_facts", lambda: config_record(cfg, self.method_cfg, self.data_facts()))
+        record = self._timed("data_facts", lambda: {**config_record(cfg, self.method_cfg, self.data_facts()),
+                                                    **self.record_extras})
+        if cfg.mlflow:
+            from engine.callbacks import MLflowTracker
+
+            self.tracker = MLflowTracker(cfg.mlflow, run_dir, cfg.resume, tags=self.tracking_tags, log=self.log)
         with RunLock(run_dir, worker=_worker_index(cfg)):
             prepare_run_dir(run_dir, record, cfg.resume, cfg.force, cfg.extend)
             self.log(f"run directory: {run_dir}")
-            return self._fit(run_dir, method_data)
+            if self.tracker is None:
+                return self._fit(run_dir, method_data)
+            with self.tracker:  # the MLflow run ends FINISHED, or FAILED / KILLED with the exception
+                report = self._fit(run_dir, method_data)
+                self.tracker.log_final(report, run_dir)
+            return report
 
     def _resume(self, manager, model) -> int:
         """Load the newest intact checkpoint (falling back past damaged ones); its global step (0: none)."""
@@ -329,7 +350,7 @@ class Trainer:
             uncertainty = self._uncertainty_callbacks()
             self._callbacks = {"checkpoint": checkpoint, "uncertainty": uncertainty}
             callbacks = [NonFiniteGuard(manager), EpochTimer(), checkpoint, *uncertainty, *model.callbacks(context),
-                         epoch_log]
+                         *([self.tracker] if self.tracker is not None else []), epoch_log]
             if cfg.tensorboard:
                 callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tb"), write_graph=False, profile_batch=0))
             val = self.eval_dataset() if cfg.val_every else None

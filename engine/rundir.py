@@ -23,7 +23,8 @@ from engine.config import compare_configs
 LOCK_FILE = ".lock"
 # What a run writes into its directory (all of it is removed by --force, nothing else is).
 RUN_ARTEFACTS = ("config.json", "ckpt", "log.csv", "tb", "uncertainty", "metrics.json", "saved_model", "figures",
-                 "eval.json", "benchmark_cell.json", "benchmark_error.txt", "MODEL_CARD.md", "exports")
+                 "eval.json", "benchmark_cell.json", "benchmark_error.txt", "MODEL_CARD.md", "exports",
+                 "mlflow.json")
 
 
 class RunLock:
