@@ -270,3 +270,19 @@ def test_train_export_serve_and_continue_exactly(face_dataset, tmp_path, capsys)
     b = h5_datasets(straight / "ckpt" / final / "model.weights.h5")
     assert sorted(a) == sorted(b) and any("affine" in k for k in a)
     assert all(np.array_equal(a[k], b[k]) for k in b), [k for k in b if not np.array_equal(a[k], b[k])][:5]
+
+
+def test_probe_benchmark_runs_every_backbone_side_by_side(tmp_path, capsys):
+    from benchmarks import probe
+
+    code, out, err = run_cli(probe, ["--out", tmp_path / "probe", "--train-size", "42", "--test-size", "21"], capsys)
+    assert code == 0, err[-3000:]
+    record = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    names = [row["backbone"] for row in record["rows"]]
+    assert names == ["small_cnn, random init", "dlib_resnet, random init", "dlib_resnet, --weights dlib: 256-D pool",
+                     "dlib_resnet, --weights dlib: 128-D descriptor"]
+    assert all(0.0 <= row["clean"] <= 1.0 and 0.0 <= row["given"] <= 1.0 for row in record["rows"])
+    assert "| dlib_resnet, --weights dlib: 256-D pool | 150 px | 256 |" in (tmp_path / "probe" / "probe.md").read_text()
+    code, _, err = run_cli(probe, ["--out", tmp_path / "probe", "--standin", tmp_path / "missing.weights.h5",
+                                   "--force"], capsys)
+    assert code == 2 and "missing.weights.h5" in err
