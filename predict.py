@@ -311,7 +311,7 @@ def predict_photos(items: list, predictor: Predictor, args) -> tuple[list, list,
               file=sys.stderr)
     entries, errors = [], []
     progress = FaceProgress("predict", total=len(todo), enabled=len(todo) > 1)
-    start = time.perf_counter()
+    start, spent = time.perf_counter(), dict(predictor.timings)
     try:
         for results in predictor.iter_results(todo, detect=not args.no_detect, min_confidence=args.min_confidence,
                                               batch_size=args.batch_size, keep_images=bool(figures)):
@@ -338,7 +338,7 @@ def predict_photos(items: list, predictor: Predictor, args) -> tuple[list, list,
     progress.close()
     wall = time.perf_counter() - start
     timing = {"photos": len(todo), "faces": progress.faces, "wall_s": round(wall, 3),
-              "detect_s": round(predictor.timings["detect_s"], 3), "model_s": round(predictor.timings["model_s"], 3)}
+              **{key: round(predictor.timings[key] - spent[key], 3) for key in ("detect_s", "model_s")}}
     if len(todo) > 1 or table is not None:
         rate = f" ({progress.faces / wall:.1f} faces/s)" if wall > 0 else ""
         print(f"predicted {len(todo) - len(errors)} photo(s), {progress.faces} face(s) in {wall:.1f} s{rate}"
