@@ -9,7 +9,9 @@
 
 Every ``train.py`` option (``--epochs``, ``--lr-schedule``, ``--lr-steps``, ``--random-erasing``,
 ``--weight-decay``, ``--weights`` ...) applies to every cell of the grid; ``--method-set`` and
-``--method-preset`` apply to one method.
+``--method-preset`` apply to one method. ``--config RUN/config.json`` takes those common options from a
+run's config.json (options typed beside it win); ``--mlflow [URI]`` tracks every cell as an MLflow run
+tagged with its cell (``fer.cell``, ``fer.method``, ``fer.level``, ``fer.seed``, ``fer.protocol``).
 
 Protocols
 ---------
@@ -55,15 +57,47 @@ import sys
 from common.cli import quiet_tensorflow, run_main
 
 
+# Not taken from a --config file: what the grid sets per cell, by protocol, or with its own defaults.
+CONFIG_EXCLUDED = ("method", "seed", "noise_seed", "out", "resume", "force", "preset", "method_overrides",
+                   "noise_kind", "noise_rate", "noise_file", "imbalance_factor", "export", "tensorboard", "verbose")
+
+
 def build_parser():
     from benchmarks.grid import build_parser as grid_parser
 
-    return grid_parser(__doc__)
+    p = grid_parser(__doc__)
+    p.add_argument("--config", metavar="RUN/config.json", help=(
+        "take the grid's common options from a run's config.json (every train.py option but the per-cell ones: "
+        "method, seed, preset, --set, noise and imbalance); options given beside it override it"))
+    return p
+
+
+def apply_config(args) -> None:
+    """Fill the options ``args`` leaves unset from ``args.config`` (a run's config.json), as train.py --config
+    does; the file's path and SHA-256 go into every cell's config.json (``replayed_from``) and results.md."""
+    import dataclasses
+
+    from common.cli import dataclass_kwargs
+    from engine.config import GRID_FIELDS, RunConfig, read_config_file, replay_kwargs
+
+    source = read_config_file(args.config)
+    excluded = (*GRID_FIELDS, *CONFIG_EXCLUDED)
+    typed = dataclass_kwargs(args, RunConfig, exclude=excluded)
+    pairs = {f.name for f in dataclasses.fields(RunConfig) if f.metadata.get("pairs")}
+    for key, value in replay_kwargs(source, typed, exclude=excluded).items():
+        if key in pairs:
+            value = [f"{k}={v}" for k, v in value.items()] or None
+        elif isinstance(value, tuple):
+            value = list(value)
+        setattr(args, key, value)
+    args.config_source = source
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
+    if args.config:
+        apply_config(args)
     from benchmarks.grid import run_grid
 
     return run_grid(args)

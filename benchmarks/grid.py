@@ -284,8 +284,11 @@ def logged_seconds(run_dir: Path) -> float | None:
     return float(frame["epoch_seconds"].fillna(0).sum())
 
 
-def train_cell(cfg, run_dir: Path, lock, log):
-    """Train (or resume) one cell; returns the Trainer (its model is used for extra test tables)."""
+def train_cell(cfg, run_dir: Path, lock, log, tags: dict | None = None, record_extras: dict | None = None):
+    """Train (or resume) one cell; returns the Trainer (its model is used for extra test tables).
+
+    ``tags`` label the cell's MLflow run (``--mlflow``); ``record_extras`` go into its config.json (e.g. the
+    ``replayed_from`` of ``benchmark.py --config``)."""
     import gc
 
     import keras
@@ -303,6 +306,8 @@ def train_cell(cfg, run_dir: Path, lock, log):
     with cpu_lock(lock):
         start = time.perf_counter()
         trainer = Trainer(cfg, log=log if cfg.verbose else (lambda *a, **k: None))
+        trainer.tracking_tags.update(tags or {})
+        trainer.record_extras.update(record_extras or {})
         trainer.train()
         seconds = prior + time.perf_counter() - start
     from common.io import atomic_write_json
@@ -511,6 +516,8 @@ def _settings_line(args, cells) -> str:
                          f"{cfg.batch_size}, lr {cfg.lr:g} ({cfg.optimizer}, {cfg.lr_schedule} schedule)")
         except FERError:
             pass
+    if getattr(args, "config_source", None):
+        parts.append(f"common options from `{args.config_source.path}` (sha256 {args.config_source.sha256[:12]})")
     if args.protocol == "noise":
         parts.append(f"{args.noise_kind} noise on the training labels (noise seed = run seed)")
     if args.method_set:
@@ -639,7 +646,11 @@ def run_grid(args, log=print) -> int:
                 if args.report_only or (args.max_cells is not None and trained >= args.max_cells):
                     continue
                 log(f"[{index}/{len(cells)}] {cell.name}")
-                trainer = train_cell(cfg, cell.run_dir, args.lock, log)
+                tags = {"fer.benchmark": str(out), "fer.protocol": args.protocol, "fer.cell": cell.name,
+                        "fer.method": cell.method, "fer.level": cell.level, "fer.seed": str(cell.seed)}
+                source = getattr(args, "config_source", None)
+                trainer = train_cell(cfg, cell.run_dir, args.lock, log, tags=tags,
+                                     record_extras={"replayed_from": source.provenance()} if source else None)
                 trained += 1
             report = json.loads((cell.run_dir / "metrics.json").read_text())
             seconds = cell_seconds(cell.run_dir)

