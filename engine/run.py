@@ -212,6 +212,11 @@ class Trainer:
         with strategy.scope():
             backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights if load_weights else None,
                                       input_norm=cfg.input_norm)
+            if cfg.freeze != "none":
+                from models.backbones import freeze_backbone
+
+                frozen = freeze_backbone(backbone, cfg.backbone, cfg.freeze)
+                self.log(f"--freeze {cfg.freeze}: {frozen} backbone layers keep their initial weights")
             if load_weights and getattr(backbone, "fer_weights_report", None):
                 from models.pretrained import format_load_summary
 

@@ -416,6 +416,41 @@ def build_backbone(name: str, image_size: int, weights: str | None = None, name_
     return model
 
 
+# ------------------------------------------------------------------------------------- freezing ----
+
+FREEZE_POINTS = ("none", "stem", "stage1", "stage2", "stage3")
+# Per backbone, the layer-name prefixes of its stem and of each stage, input side first.
+_FREEZE_GROUPS = {
+    "resnet18": (("conv1", "bn1", "relu", "maxpool"), ("layer1_",), ("layer2_",), ("layer3_",)),
+    "resnet50": (("conv1", "bn1", "relu", "maxpool"), ("layer1_",), ("layer2_",), ("layer3_",)),
+    "resnet18_ic": (("bn_data", "conv0", "bn0", "relu0", "pooling0"), ("stage1_",), ("stage2_",), ("stage3_",)),
+    "small_cnn": (("stem_",), ("s0_",), ("s1_",), ("s2_",)),
+    "dlib_resnet": (("conv0", "affine0", "relu0", "max_pool"), ("alevel4_",), ("alevel3_",), ("alevel2_",)),
+}
+
+
+def freeze_backbone(backbone: keras.Model, name: str, upto: str) -> int:
+    """Make the stem and the stages up to ``upto`` untrainable (``none`` | ``stem`` | ``stage1..3``).
+
+    A common fine-tuning recipe: the early layers' generic features stay as pretrained and the step costs
+    less (no weight gradients there). Frozen BatchNormalization layers also keep their statistics
+    (Keras runs a non-trainable BatchNormalization in inference mode). Returns the number of layers frozen.
+    """
+    if upto not in FREEZE_POINTS:
+        raise ConfigError(f"--freeze {upto}: choose one of {', '.join(FREEZE_POINTS)}")
+    if upto == "none":
+        return 0
+    if name not in _FREEZE_GROUPS:
+        raise ConfigError(f"--freeze {upto}: stems and stages are known for {', '.join(_FREEZE_GROUPS)}, not {name}")
+    prefixes = tuple(p for group in _FREEZE_GROUPS[name][:FREEZE_POINTS.index(upto)] for p in group)
+    frozen = 0
+    for layer in backbone.layers:
+        if layer.name.startswith(prefixes) and layer.weights:
+            layer.trainable = False
+            frozen += 1
+    return frozen
+
+
 # ------------------------------------------------------------------------------------- stages ----
 
 # Layers whose outputs are the stage maps of the in-house backbones (strides 4, 8, 16, 32).
