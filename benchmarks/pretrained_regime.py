@@ -57,7 +57,8 @@ REGIMES = ("pretrained", "scratch")
 def build_parser():
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--weights", required=True, help="the pretrained backbone (benchmarks.pretrain's backbone.weights.h5)")
+    p.add_argument("--weights", required=True, help="the pretrained backbone: benchmarks.pretrain's backbone.weights.h5, "
+                                                    "or dlib (dlib's face ResNet; with --backbone dlib_resnet)")
     p.add_argument("--methods", nargs="+", default=["ce", "ldlva", "lanet", "ddaf", "nla"],
                    help="methods of the pretrained-vs-scratch table (every regime and setting)")
     p.add_argument("--table1-methods", nargs="*", default=["scn", "rul", "eac"],
@@ -71,6 +72,11 @@ def build_parser():
     p.add_argument("--train-size", type=positive_int, default=2000)
     p.add_argument("--epochs", type=positive_int, default=20)
     p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--freeze", default="none", choices=("none", "stem", "stage1", "stage2", "stage3"),
+                   help="keep the backbone's stem and stages up to this one fixed (pretrained regime only)")
+    p.add_argument("--order", default="seed", choices=("seed", "setting"),
+                   help="seed: every setting's seed 0 first (default); setting: each setting's seeds before the next")
     p.add_argument("--report-only", action="store_true", help="train nothing; rebuild OUT/table.md")
     return p
 
@@ -90,10 +96,12 @@ def grid_argv(args, regime: str, setting: str, seeds) -> list[str]:
             "--out", str(Path(args.out) / regime / setting),
             "--dataset", "synthetic", "--synthetic", f"train_size={args.train_size}",
             "--backbone", args.backbone, "--image-size", str(args.image_size), "--pad", str(max(1, args.image_size // 16)),
-            "--epochs", str(args.epochs), "--batch-size", "64", "--lr", f"{args.lr:g}", "--lr-schedule", "cosine",
-            "--random-erasing", "0.2", "--val-every", "0", "--weights",
+            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}",
+            "--lr-schedule", "cosine", "--random-erasing", "0.2", "--val-every", "0", "--weights",
             # resolved, so a rerun that names the same file by another path (relative, absolute) resumes the grid
-            str(Path(args.weights).resolve()) if regime == "pretrained" else "none"]
+            _weights_arg(args.weights) if regime == "pretrained" else "none"]
+    if regime == "pretrained" and args.freeze != "none":
+        argv += ["--freeze", args.freeze]
     if "ldlva" in cell_methods(args, regime, setting):
         argv += ["--method-set", "ldlva:neighbor_source=bank"]
     if "eac" in cell_methods(args, regime, setting):
@@ -101,6 +109,18 @@ def grid_argv(args, regime: str, setting: str, seeds) -> list[str]:
         # so view 1 is not erased twice, and view 2 is view 1's mirror (the paper's erase-then-flip).
         argv += ["--method-set", "eac:erasing=0"]
     return argv
+
+
+def _weights_arg(weights: str) -> str:
+    return weights if weights == "dlib" else str(Path(weights).resolve())
+
+
+def recipe(args) -> str:
+    """One line naming the recipe every cell shares."""
+    weights = "dlib's face ResNet (--weights dlib)" if args.weights == "dlib" else "the identity backbone"
+    frozen = f", {args.freeze} frozen" if args.freeze != "none" else ""
+    return (f"{args.backbone} @ {args.image_size} px from {weights}{frozen}, {args.train_size} training faces, "
+            f"{args.epochs} epochs, batch {args.batch_size} (Adam {args.lr:g}, cosine)")
 
 
 def run_grid(argv) -> int:
@@ -139,8 +159,7 @@ def combined_table(args) -> str:
     rows = read_rows(args)
     settings = [s for s in args.settings if s not in PRETRAINED_ONLY_SETTINGS]
     titles = [SETTINGS[s][2] for s in settings]
-    lines = [f"Synthetic benchmark, {args.train_size} training faces, {args.backbone} @ {args.image_size} px, "
-             f"{args.epochs} epochs (Adam {args.lr:g}, cosine), seeds {' '.join(map(str, args.seeds))}; "
+    lines = [f"Synthetic benchmark; {recipe(args)}; seeds {' '.join(map(str, args.seeds))}; "
              "mean ± std over seeds (n = seeds finished when fewer).", ""]
     for key, heading in (("accuracy", "Accuracy (%)"), ("mean_class_accuracy", "Mean-class accuracy (%)"),
                          ("noise_detection_auc", "Noise-detection ROC-AUC (%) of the per-sample score")):
@@ -182,8 +201,7 @@ def table1(args) -> str:
     settings = [s for s in TABLE1_SETTINGS if s in args.settings]
     methods = [m for m in TABLE1_ORDER if m in {*args.methods, *args.table1_methods}]
     methods += [m for m in [*args.methods, *args.table1_methods] if m not in methods]
-    lines = [f"LDLVA Table 1 layout: synthetic benchmark, pretrained regime ({args.backbone} @ {args.image_size} px "
-             f"from the identity backbone), {args.train_size} training faces, {args.epochs} epochs; "
+    lines = [f"LDLVA Table 1 layout: synthetic benchmark, pretrained regime ({recipe(args)}); "
              f"mean ± std over seeds {' '.join(map(str, args.seeds))}.", ""]
     header = ["| method | " + " | ".join(SETTINGS[s][2] for s in settings) + " |", "|---|" + "---:|" * len(settings)]
     for key, heading in TABLE1_SECTIONS:
@@ -215,21 +233,24 @@ def main(argv=None) -> int:
     from common.errors import ConfigError
 
     quiet_tensorflow()
-    if "pretrained" in args.regimes and not Path(args.weights).is_file():
+    if "pretrained" in args.regimes and args.weights != "dlib" and not Path(args.weights).is_file():
         raise ConfigError(f"--weights {args.weights}: not found (run `python -m benchmarks.pretrain` first)")
     out = Path(args.out)
     code = 0
     if not args.report_only:
-        for seed in args.seeds:  # seed-major: every column gets seed 0 first
-            for setting in args.settings:
-                for regime in args.regimes:
-                    if not cell_methods(args, regime, setting):
-                        continue
-                    start = time.perf_counter()
-                    code |= run_grid(grid_argv(args, regime, setting, [seed]))
-                    print(f"[{time.strftime('%H:%M')}] seed {seed} {setting} {regime}: {time.perf_counter() - start:.0f} s",
-                          flush=True)
-                    write_tables(args)
+        if args.order == "seed":  # seed-major: every column gets seed 0 first
+            order = [(seed, setting) for seed in args.seeds for setting in args.settings]
+        else:  # setting-major: a column's every seed before the next column
+            order = [(seed, setting) for setting in args.settings for seed in args.seeds]
+        for seed, setting in order:
+            for regime in args.regimes:
+                if not cell_methods(args, regime, setting):
+                    continue
+                start = time.perf_counter()
+                code |= run_grid(grid_argv(args, regime, setting, [seed]))
+                print(f"[{time.strftime('%H:%M')}] seed {seed} {setting} {regime}: {time.perf_counter() - start:.0f} s",
+                      flush=True)
+                write_tables(args)
     for setting in args.settings:  # the per-grid tables over all seeds
         for regime in args.regimes:
             # runs/ rather than runs.csv: a grid restored by benchmarks.archive has its runs but no table yet
