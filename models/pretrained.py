@@ -493,7 +493,9 @@ def format_load_summary(report: dict, max_names: int = 4) -> str:
     for name, reason in dropped:
         groups.setdefault(str(reason).split(" (", 1)[0], []).append(str(name))
     if groups:
-        line += ": " + ", ".join(f"{_name_list(names, max_names)} ({reason})" for reason, names in groups.items())
+        listed = [(reason, _name_list(names, max_names)) for reason, names in groups.items()]
+        listed.sort(key=lambda item: " × " in item[1])  # groups named in full first, counted ones after
+        line += ": " + ", ".join(f"{names} ({reason})" for reason, names in listed)
     if report.get("missing"):
         line += f"; {len(report['missing'])} missing: {_name_list(list(report['missing']), max_names)}"
     return line
