@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             raise
         from engine.data import find_undecodable_image
 
-        error = find_undecodable_image([trainer.train_table, trainer.test_table])
+        error = find_undecodable_image([trainer.train_table, trainer.test_table], exc)  # exc names the file
         if error is None:
             raise
         raise error from None

@@ -30,7 +30,8 @@ def make_optimizer(cfg, steps_per_epoch: int):
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=schedule)
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay or 1e-4)
+        # An explicit 0 means no decay; unset resolves to the help's default 0 (None only before resolving).
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay or 0.0)
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None)
     raise ConfigError(f"unknown --optimizer '{cfg.optimizer}' (adam, adamw, sgd)")
