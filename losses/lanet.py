@@ -34,25 +34,32 @@ release's band scaled by G/56 (its dilation radius 1 cell → G/56 cells), and t
 the image. Below G ≈ 37 the scaled Gaussian is narrower than a cell (σ_grid = 0.32 cells at G = 12), so
 sampling it at the G×G cell centres is no longer a fair estimate of that mean: the peak covers one cell
 or none depending on where the landmark falls and the weighted area comes in whole cells (a landmark on
-a 12-cell grid weights 1 cell, 0.69 % of the grid, where the scaled band covers 1.43 %). The rule is
-therefore evaluated on the reference lattice itself: the predicted G×G heatmaps are read at the 56×56
-cell centres by bilinear interpolation (``tf.image.resize``, half-pixel centres; the identity when
-G = 56) and compared there with the release's targets and weights for the landmarks in reference units
-(x·56/S for an S-px image). So for the same normalised landmarks and the same prediction field:
+a 12-cell grid weights 1 cell, 0.69 % of the grid, where the scaled band covers 1.43 %). The targets
+and weights are therefore drawn on the reference lattice itself, for the landmarks in reference units
+(x·56/S for an S-px image), and the G×G prediction is read there (:func:`_reference_lattice_loss`):
+inside each landmark's window (the 12×12 reference cells that hold every target above 0 and every
+weight of 10) at the reference cells' centres by bilinear interpolation (``tf.image.resize``'s
+half-pixel geometry), and outside it, where the target is 0 and the weight 1, on its own cells (the
+midpoint rule of the same mean; this keeps the cost at G² + 144 elements per landmark instead of 56²).
+So, for the same normalised landmarks:
 
-* the target, the weight map and the weighted area fraction (per landmark, Σ(w − 1)/(9·56²)) are the
-  release's, exactly, at every image size;
-* the loss per landmark (the mean of w·AWing over the 56² cells) is the release's;
-* at 224 px with stride 4 (G = 56) the rule *is* the release (bit for bit).
+* the target, the weight map and the weighted area fraction (per landmark, the share of the 56² cells
+  with weight 10: 1.43 % for 19 random landmarks) are the release's, exactly, at every image size;
+* the loss per landmark of an all-zero prediction is the release's exactly, and of an error pattern
+  defined on the image (a displaced, too-low bump) within 7 % at 48 px and 3 % from 112 px; of
+  independent per-cell errors with the same distribution, within 6 % (``tests/test_lanet_scale.py``);
+* at 224 px with stride 4 (G = 56) the rule is the release's loss (to float rounding).
 
-What still depends on G is what the network can express: a 12×12 map read bilinearly cannot form a peak
-as narrow as the release's, so its reachable loss floor is higher; that is the coarse grid's own limit,
-not a change of the term's weight. ``heatmap_scale="release"`` keeps the release's rule in cells of
-whatever grid the backbone gives (the earlier behaviour of this toolkit). Cost: the loss runs on
-56²·L elements per image at every size (the release's own count), e.g. 21.8× the native count at 48 px.
+The residual differences are the coarse grid's own: a 12×12 map read bilinearly cannot hold a peak as
+narrow as the release's, so its reachable loss floor is higher; that is a limit of the resolution, not
+a change of the term's weight. ``heatmap_scale="release"`` keeps the release's rule in cells of
+whatever grid the backbone gives (this toolkit's earlier behaviour; 8.7× the release's loss for the
+same per-cell errors at 48 px, 2.2× at 112 px).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import tensorflow as tf
@@ -183,6 +190,15 @@ def adaptive_wing_loss(
     Returns:
       Scalar float32 mean of weight·AWing.
     """
+    loss = adaptive_wing(pred, target, alpha, omega, epsilon, theta)
+    if weight is not None:
+        loss = loss * as_float(weight)
+    return tf.reduce_mean(loss)
+
+
+def adaptive_wing(pred, target, alpha: float = 2.1, omega: float = 14.0, epsilon: float = 1.0,
+                  theta: float = 0.5) -> tf.Tensor:
+    """Elementwise Adaptive Wing loss (the formula of :func:`adaptive_wing_loss`), same shape as ``pred``."""
     pred = as_float(pred)
     target = as_float(target)
     err = tf.abs(target - pred)
@@ -191,10 +207,18 @@ def adaptive_wing_loss(
     a = omega * (1.0 / (1.0 + tf.pow(ratio, gamma))) * gamma * tf.pow(ratio, gamma - 1.0) / epsilon
     c = theta * a - omega * tf.math.log1p(tf.pow(ratio, gamma))
     small = omega * tf.math.log1p(tf.pow(err / epsilon, gamma))
-    loss = tf.where(err < theta, small, a * err - c)
-    if weight is not None:
-        loss = loss * as_float(weight)
-    return tf.reduce_mean(loss)
+    return tf.where(err < theta, small, a * err - c)
+
+
+def _adaptive_wing_background(pred, alpha: float = 2.1, omega: float = 14.0, epsilon: float = 1.0,
+                              theta: float = 0.5) -> tf.Tensor:
+    """Elementwise Adaptive Wing at target 0 (γ = α: scalar constants, a cheaper graph on large maps)."""
+    err = tf.abs(as_float(pred))
+    ratio = theta / epsilon
+    a = omega * (1.0 / (1.0 + ratio**alpha)) * alpha * ratio ** (alpha - 1.0) / epsilon
+    c = theta * a - omega * math.log1p(ratio**alpha)
+    small = omega * tf.math.log1p(tf.pow(err / epsilon, alpha))
+    return tf.where(err < theta, small, a * err - c)
 
 
 def gaussian_heatmaps(
@@ -291,12 +315,89 @@ def landmark_heatmap_loss(
     """
     heatmaps = as_float(heatmaps)
     lattice, stride = heatmap_lattice(image_size, heatmaps.shape[1:3], heatmap_scale)
-    if tuple(heatmaps.shape[1:3]) != lattice:
-        heatmaps = tf.image.resize(heatmaps, lattice, method="bilinear")
+    if heatmap_scale == "grid":
+        return _reference_lattice_loss(heatmaps, landmarks, stride, sigma, weighted)
     target, weight = gaussian_heatmaps(landmarks, lattice, stride, sigma=sigma)
     if not weighted:
         return tf.reduce_mean(tf.square(heatmaps - target))
     return adaptive_wing_loss(heatmaps, target, weight)
+
+
+def _window_axis(centre, offsets, sigma: float, lo: int, hi: int, native: int):
+    """One axis of the landmark windows on the reference lattice (see :func:`_reference_lattice_loss`).
+
+    ``centre`` (B, L) reference cell of each landmark; ``offsets`` (n,) window offsets lo − 1 … hi + 1
+    around the release's target window [lo, hi]. Returns the
+    truncated Gaussian factor on lattice cells (B, L, n), its 3-cell running max (the separable part of
+    the 3×3 dilation), the lattice-membership mask, the bilinear read matrix (B, L, n, native) that gives
+    each window cell's centre from the native grid (``tf.image.resize`` half-pixel geometry), and the
+    fraction of each native cell's side that the window (its lattice part) covers (B, L, native).
+    """
+    index = centre[..., None] + tf.cast(offsets, tf.float32)  # (B, L, n) reference cell index
+    valid = tf.cast((index >= 0) & (index < REFERENCE_GRID), tf.float32)
+    o = tf.cast(offsets, tf.float32)
+    factor = tf.exp(-tf.square(o) / (2.0 * sigma * sigma)) * tf.cast((offsets >= lo) & (offsets <= hi), tf.float32)
+    factor = factor * valid
+    padded = tf.pad(factor, [[0, 0], [0, 0], [1, 1]])
+    running_max = tf.maximum(tf.maximum(padded[..., :-2], padded[..., 1:-1]), padded[..., 2:])
+    position = tf.clip_by_value((index + 0.5) * (native / REFERENCE_GRID) - 0.5, 0.0, native - 1.0)
+    low = tf.floor(position)
+    frac = position - low
+    low = tf.cast(low, tf.int32)
+    high = tf.minimum(low + 1, native - 1)
+    read = tf.one_hot(low, native) * (1.0 - frac[..., None]) + tf.one_hot(high, native) * frac[..., None]
+    scale = native / REFERENCE_GRID
+    start = tf.clip_by_value(centre + float(lo - 1), 0.0, REFERENCE_GRID) * scale  # native units
+    end = tf.clip_by_value(centre + float(hi + 2), 0.0, REFERENCE_GRID) * scale
+    cells = tf.range(native, dtype=tf.float32)
+    covered = tf.nn.relu(tf.minimum(end[..., None], cells + 1.0) - tf.maximum(start[..., None], cells))
+    return factor, running_max, valid, read, covered
+
+
+def _reference_lattice_loss(heatmaps, landmarks, stride: float, sigma: float, weighted: bool) -> tf.Tensor:
+    """``heatmap_scale="grid"``: the release's loss on the 56×56 reference lattice for a G×G prediction.
+
+    The image splits, per landmark, into its window, the release's (n = int(6σ + 1))-cell target window
+    widened by the dilation's one cell (12×12 reference cells for σ = 1.5; it holds every cell with a
+    target above 0 or a weight of 10), and the background, where the target is 0 and the weight 1:
+
+        L = 1/(B·L) Σ_{b,l} [ 1/G² Σ_native (1 − a_c)·f₀(p_c) + 1/56² Σ_window w·AWing(t, p̃) ],
+
+    with f₀ = AWing at target 0 (``weighted=False``: f₀(p) = p² and (p̃ − t)² in the window), a_c the
+    fraction of native cell c inside the window, t and w the release's target and weight on the lattice
+    (``gaussian_heatmaps``' rule, computed per window: the truncated Gaussian and the 3×3 dilation are
+    separable), and p̃ the prediction read bilinearly at the window cells' centres. The background is the
+    midpoint rule on the native cells (a partition of the image with the window, so no area is counted
+    twice), which makes the cost ∝ G² + (n + 2)² per landmark instead of 56². Exact for a zero prediction
+    at every G, and the release's loss (to float rounding) at G = 56, where a_c ∈ {0, 1} and p̃ = p.
+    """
+    heatmaps = as_float(heatmaps)
+    landmarks = tf.stop_gradient(as_float(landmarks))
+    batch, num_landmarks = tf.shape(heatmaps)[0], tf.shape(heatmaps)[3]
+    native_h, native_w = int(heatmaps.shape[1]), int(heatmaps.shape[2])
+    size = int(6.0 * sigma + 1.0)  # the release's window (gaussian_heatmaps, truncate=True)
+    lo, hi = -(size // 2), size - 1 - size // 2
+    offsets = tf.range(lo - 1, hi + 2)  # the window and the dilation's ring
+    centre = tf.floor(landmarks / stride + 0.5)  # (B, L, 2) reference cells, as the release
+    inside = tf.cast(tf.reduce_all((centre >= 0) & (centre < REFERENCE_GRID), axis=-1), tf.float32)  # (B, L)
+    gx, max_x, valid_x, read_x, cover_x = _window_axis(centre[..., 0], offsets, sigma, lo, hi, native_w)
+    gy, max_y, valid_y, read_y, cover_y = _window_axis(centre[..., 1], offsets, sigma, lo, hi, native_h)
+    outer = lambda a, b: a[..., :, None] * b[..., None, :]  # noqa: E731  (B, L, n) × (B, L, n) → (B, L, n, n)
+    target = inside[..., None, None] * outer(gy, gx)
+    dilated = inside[..., None, None] * outer(max_y, max_x)
+    mask = inside[..., None, None] * outer(valid_y, valid_x)
+    rows = tf.einsum("blih,bhwl->bliw", read_y, heatmaps)
+    window_pred = tf.einsum("bliw,bljw->blij", rows, read_x)  # (B, L, n, n)
+    if weighted:
+        background = _adaptive_wing_background(heatmaps)
+        window = tf.where(dilated > 0.2, 10.0, 1.0) * adaptive_wing(window_pred, target)
+    else:
+        background = tf.square(heatmaps)
+        window = tf.square(window_pred - target)
+    in_window = tf.einsum("blh,bhwl,blw->bl", cover_y, background, cover_x) * inside  # Σ_c a_c·f₀(p_c)
+    pairs = tf.cast(batch * num_landmarks, tf.float32)
+    return ((tf.reduce_sum(background) - tf.reduce_sum(in_window)) / (pairs * float(native_h * native_w))
+            + tf.reduce_sum(mask * window) / (pairs * float(REFERENCE_GRID**2)))
 
 
 def normalized_coordinates(landmarks, image_size: float) -> tf.Tensor:

@@ -124,6 +124,38 @@ def test_landmark_loss_options_and_landmark_count_check(built, tiny_dataset):
         LANetModel.prepare_data(LANetConfig(num_landmarks=19), trainer.train_table, trainer.context())
 
 
+def test_neighbour_purity_is_logged_against_the_purity_labels(built):
+    """The per-epoch purity trackers: the fraction of A^f / A^g neighbour slots whose (clean) label is the
+    sample's, and how often argmax p / argmax t_cur is, by hand from the same step's tensors."""
+    _, model, batches = built
+    batch = batches[1]
+    index = batch["index"].numpy()
+    rng = np.random.default_rng(4)
+    purity = rng.integers(0, 3, model.num_train_samples).astype(np.int32)  # few classes: some agreement
+    original = model.purity_labels
+    model.purity_labels = tf.constant(purity)
+    try:
+        _, outputs = model.compute_losses(batch, {}, training=True)  # the step's forward (BN: batch statistics)
+        labels = purity[index]
+        same = labels[:, None] == labels[None, :]
+        expected = {}
+        for name, key in (("neighbor_purity_f", "adjacency_f"), ("neighbor_purity_g", "adjacency_g")):
+            adjacency = outputs[key].numpy()
+            assert (adjacency.sum(1) == min(model.config.num_neighbors, len(index) - 1)).all()
+            assert (np.diag(adjacency) == 0).all()
+            expected[name] = (adjacency * same).sum() / adjacency.sum()
+        expected["prediction_purity"] = np.mean(outputs["logits"].numpy().argmax(1) == labels)
+        expected["lde_purity"] = np.mean(outputs["t_cur"].numpy().argmax(1) == labels)
+        for tracker in model.metrics:
+            tracker.reset_state()
+        logs = model.train_step(batch)
+    finally:
+        model.purity_labels = original
+    for name, value in expected.items():
+        assert float(logs[name]) == pytest.approx(value, abs=1e-6), name
+    assert len({round(v, 6) for v in expected.values()}) > 1  # the four are different measurements
+
+
 def test_balanced_sampler_moves_towards_uniform():
     from models.lanet import balanced_epoch_indices
 
@@ -147,8 +179,8 @@ def trained_run(tiny_dataset, tmp_path_factory):
     from engine.run import Trainer
 
     out = tmp_path_factory.mktemp("lanet_run") / "run"
-    trainer = Trainer(tiny_run_config(tiny_dataset, out, method="lanet", method_overrides={"queue_size": 32}),
-                      log=lambda *a: None)
+    trainer = Trainer(tiny_run_config(tiny_dataset, out, method="lanet", method_overrides={"queue_size": 32},
+                                      noise_kind="symmetric", noise_rate=0.3), log=lambda *a: None)
     report = trainer.train()
     return trainer, report, out
 
@@ -162,6 +194,15 @@ def test_trainer_run_reload_and_export(trained_run, tmp_path):
     assert "noise_detection_auc" in report and "target_agrees_with_given" in report
     log = (out / "log.csv").read_text().splitlines()
     assert len(log) == 3 and all(k in log[0] for k in ("ce", "lm", "kl", "el"))
+    # The purity diagnostics: a column each, fractions, against the clean labels (the table has them).
+    import pandas as pd
+
+    frame = pd.read_csv(out / "log.csv")
+    for name in ("neighbor_purity_f", "neighbor_purity_g", "prediction_purity", "lde_purity"):
+        assert frame[name].between(0, 1).all() and frame[name].notna().all(), name
+    table = trainer.train_table
+    assert table.clean_labels is not None and (table.clean_labels != table.labels).any()
+    np.testing.assert_array_equal(trainer.model.purity_labels.numpy(), table.clean_labels)
     model = trainer.model
     assert int(model.queue_pointer.numpy()) == (2 * 7 * 8) % 32  # 2 epochs × 7 steps × batch 8 (N constant)
 

@@ -126,6 +126,31 @@ def test_normalize_contributions_and_kl():
     np.testing.assert_allclose(lanet.kl_divergence_batchmean(target, np.exp(logp)).numpy(), kl, rtol=1e-4)
 
 
+def test_coordinate_regression_hand_case_and_gradient():
+    landmarks = np.array([[[10.0, 20.0], [30.0, 40.0]]], np.float32)  # a 40-px image
+    np.testing.assert_allclose(lanet.normalized_coordinates(landmarks, 40).numpy(), [[0.25, 0.5, 0.75, 1.0]])
+    pred = tf.Variable([[0.25, 0.5, 0.5, 1.5]])
+    with tf.GradientTape() as tape:
+        loss = lanet.coordinate_regression_loss(pred, landmarks, 40)
+    # Errors 0, 0, −0.25, 0.5: mean of squares (0.0625 + 0.25)/4.
+    assert loss.numpy() == pytest.approx(0.078125, rel=1e-6)
+    np.testing.assert_allclose(tape.gradient(loss, pred).numpy(), [[0.0, 0.0, -0.125, 0.25]], rtol=1e-6)
+    # Batch of two: mean over B·2L; the same error per element gives the same loss at any image size.
+    two = np.concatenate([landmarks, landmarks * 2], 0)
+    target = lanet.normalized_coordinates(two * 2.8, 112).numpy()
+    assert lanet.coordinate_regression_loss(target + 0.1, two * 2.8, 112).numpy() == pytest.approx(0.01, rel=1e-5)
+
+
+def test_neighbor_label_agreement_hand_case():
+    adjacency = np.array([[0, 1, 1, 0], [1, 0, 0, 1], [1, 1, 0, 0], [0, 0, 1, 1]], np.float32)
+    labels = np.array([2, 2, 5, 5])
+    agreeing, slots = lanet.neighbor_label_agreement(adjacency, labels)
+    # Row 0: neighbours 1 (2 ✓), 2 (5 ✗); row 1: 0 ✓, 3 ✗; row 2: 0 ✗, 1 ✗; row 3: 2 ✓, 3 ✓ (self if given).
+    assert float(slots) == 8.0 and float(agreeing) == 4.0
+    agreeing, slots = lanet.neighbor_label_agreement(np.zeros((1, 1), np.float32), [0])
+    assert float(slots) == 0.0 and float(agreeing) == 0.0
+
+
 def test_balanced_sampler_counts():
     counts = np.array([705, 717, 281, 4772, 1982, 1290, 2524])
     np.testing.assert_array_equal(lanet.balanced_sampler_counts(counts, 0, 80), counts)
@@ -146,3 +171,12 @@ def test_works_inside_tf_function():
 
     out = f(tf.constant([[[10.0, 20.0]], [[30.0, 5.0]]]), tf.random.normal([5, 3], seed=1))
     assert np.isfinite(out.numpy())
+
+    @tf.function
+    def scaled(heatmaps, landmarks):  # heatmap_scale=grid in a graph, with an unknown batch size
+        return lanet.landmark_heatmap_loss(heatmaps, landmarks, 48, "grid")
+
+    heat = tf.random.uniform((3, 12, 12, 2))
+    points = tf.constant(np.random.default_rng(0).uniform(0, 48, (3, 2, 2)), tf.float32)
+    got = scaled.get_concrete_function(tf.TensorSpec([None, 12, 12, 2]), tf.TensorSpec([None, 2, 2]))(heat, points)
+    assert float(got) == pytest.approx(float(lanet.landmark_heatmap_loss(heat, points, 48, "grid")), rel=1e-6)
