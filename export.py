@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
         try:
             metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             metrics = None  # the card then shows no metrics; the export itself does not need them
     images = None
     if args.formats:  # the test split, as uint8 at the network's input size, to check every format on

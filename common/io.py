@@ -28,6 +28,12 @@ OUTPUT_MARKER = ".fer-output.json"
 OWN_FILES_MANIFEST = ".fer-output-files.json"  # files without room for a mark (CSV, video): name -> size
 WRITER = "fer-ldl"
 LEGACY_STALE_SECONDS = 3600.0  # a temporary without a pid in its name is left alone for this long
+# What a reader of an untrusted file may allocate: an array or record may inflate to at most MAX_EXPANSION times
+# the bytes the file stores for it, plus EXPANSION_SLACK. Compressed data stays readable; a zip member, HDF5
+# dataset or pickled view of a few kilobytes that claims gigabytes (a zip bomb, an unallocated chunked dataset,
+# a stride-0 view) is refused before anything of that size is allocated.
+MAX_EXPANSION = 16
+EXPANSION_SLACK = 1 << 20
 
 
 def _fsync_dir(path: Path) -> None:
@@ -154,7 +160,7 @@ def output_kind(path, legacy: dict | None = None) -> str | None:
             record = json.loads(marker.read_text(encoding="utf-8"))
             if isinstance(record, dict) and record.get("written_by") == WRITER:
                 return str(record.get("kind"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return None
     for kind, names in (legacy or {}).items():
         if all((path / name).exists() for name in names):
@@ -201,7 +207,7 @@ def is_own_file(path) -> bool:
     if path.suffix.lower() == ".json":
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return False
         if isinstance(record, dict) and str(record.get("written_by", "")).startswith(WRITER):
             return True
@@ -213,7 +219,7 @@ def _listed_as_own(path: Path) -> bool:
     try:
         listed = json.loads((path.parent / OWN_FILES_MANIFEST).read_text(encoding="utf-8")).get("files", {})
         return isinstance(listed, dict) and listed.get(path.name) == path.stat().st_size
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, RecursionError, AttributeError):
         return False
 
 
@@ -229,7 +235,7 @@ def record_own_files(paths) -> None:
         try:
             listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
             listed = listed if isinstance(listed, dict) else {}
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, RecursionError, AttributeError):
             listed = {}
         listed.update({f.name: f.stat().st_size for f in files})
         atomic_write_json(manifest, stamp({"files": listed}, "record_own_files"))

@@ -228,10 +228,50 @@ def _scalar(value):
     return value if isinstance(value, (str, int)) else None
 
 
+def check_npz_members(path) -> None:
+    """Refuse an ``.npz`` whose members claim more than they store, before NumPy allocates anything.
+
+    A member may inflate at most :data:`common.io.MAX_EXPANSION` times (a zip bomb of zeros is refused), and
+    an array header's shape may not need more bytes than follow it in the member (a header claiming
+    (56, 4·10^9) int64 would otherwise be allocated first and found short after). A header NumPy cannot
+    parse is a DataError too (NumPy raises ValueError, SyntaxError or tokenize's TokenError for those).
+    """
+    from common.io import EXPANSION_SLACK, MAX_EXPANSION
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.file_size > MAX_EXPANSION * info.compress_size + EXPANSION_SLACK:
+                    raise DataError(f"{path}: member '{info.filename}' inflates from {info.compress_size} to "
+                                    f"{info.file_size} bytes (a zip bomb?); rebuild it with `python -m preprocess.knn`")
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _fortran, dtype = read_header(member)
+                    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                    if needed > info.file_size - member.tell():
+                        raise DataError(f"{path}: array '{info.filename}' claims shape {shape} of {dtype} ({needed} "
+                                        f"bytes) but stores {info.file_size - member.tell()}; rebuild it with "
+                                        "`python -m preprocess.knn`")
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, header parse errors of every kind: the file is damaged
+        raise DataError(f"{path}: not a readable neighbour table ({type(exc).__name__}: {str(exc)[:160]}); "
+                        "rebuild it with `python -m preprocess.knn`") from None
+
+
 def read_neighbor_meta(path) -> dict:
     """The stored metadata of a neighbour table (``{}`` when unreadable; missing keys absent).
 
     Holds ``fingerprint`` etc. when written by this version, and always ``columns`` (the stored K)."""
+    try:
+        check_npz_members(path)
+    except DataError:
+        return {}
     try:
         with np.load(Path(path), allow_pickle=False) as data:
             meta = {key: _scalar(data[key]) for key in _META_KEYS if key in data.files}
@@ -303,6 +343,7 @@ def load_neighbor_table(path, table, k: int, *, rebuild_k: int | None = None) ->
     if not path.is_file():
         raise DataError(f"{path}: neighbour table not found; build it with "
                         f"`python -m preprocess.knn --table {csv_path or '<train.csv>'}`")
+    check_npz_members(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             indices = data["indices"]

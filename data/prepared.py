@@ -30,6 +30,8 @@ def read_dataset_json(dataset_dir) -> dict:
         raise DataError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # a number of 5000 digits, nesting deeper than the parser recurses
+        raise DataError(f"{path}: not valid JSON ({str(exc)[:160]})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(meta, dict):

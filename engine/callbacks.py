@@ -263,7 +263,7 @@ class MLflowTracker(keras.callbacks.Callback):
             if not isinstance(state, dict) or not all(isinstance(state.get(k), str)
                                                       for k in ("tracking_uri", "run_id")):
                 raise ValueError("tracking_uri and run_id must be strings")
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise CheckpointError(f"{path}: not a valid MLflow run record ({exc}); delete it to track the rest "
                                   "of this run as a new MLflow run") from None
         return state

@@ -61,10 +61,17 @@ def check_weights_file(path) -> str | None:
     """Why an ``.h5`` weights file cannot be read (truncated, not HDF5, an unreadable dataset), or None."""
     import h5py
 
+    from common.io import EXPANSION_SLACK, MAX_EXPANSION
+
     try:
         with h5py.File(path, "r") as handle:
-            def visit(_name, obj):
+            def visit(name, obj):
                 if isinstance(obj, h5py.Dataset):
+                    # Refused before reading: a chunked dataset whose chunks were never written reads as
+                    # gigabytes of fill value from a file of a few kilobytes (common/io.py MAX_EXPANSION).
+                    declared, stored = int(obj.size) * obj.dtype.itemsize, int(obj.id.get_storage_size())
+                    if declared > MAX_EXPANSION * stored + EXPANSION_SLACK:
+                        raise ValueError(f"dataset {name} declares {declared} bytes but stores {stored}")
                     obj[()]
             handle.visititems(visit)
     except Exception as exc:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError... for damage
@@ -177,7 +184,7 @@ class CheckpointManager:
         state_file = Path(path) / STATE_FILE
         try:
             state = json.loads(state_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: also 5000-digit numbers
             raise CheckpointDamaged(f"{state_file}: unreadable checkpoint state ({exc})") from None
         if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) or state["global_step"] < 0:
             raise CheckpointDamaged(f"{state_file}: not a checkpoint state (no non-negative integer 'global_step')")
@@ -203,8 +210,11 @@ class CheckpointManager:
         if state_file.is_file():
             try:
                 saved = json.loads(state_file.read_text()).get("model")
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError, AttributeError):
                 saved = None
+        if saved is not None and not isinstance(saved, dict):
+            raise CheckpointDamaged(f"{state_file}: 'model' must be an object (the signature of the model that wrote "
+                                    f"the checkpoint), got {type(saved).__name__}")
         if saved:
             mine = model_signature(model)
             if saved != mine:

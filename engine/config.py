@@ -341,6 +341,8 @@ def read_config_file(path) -> ReplaySource:
         raise ConfigError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{shown}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # a number of 5000 digits, nesting deeper than the parser recurses
+        raise ConfigError(f"{shown}: not valid JSON ({str(exc)[:160]})") from None
     if not isinstance(record, dict):
         raise ConfigError(f"{shown}: must hold a JSON object (a run's config.json), got {type(record).__name__}")
     for key in record:

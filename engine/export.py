@@ -119,7 +119,7 @@ def read_export_metadata(path) -> dict:
         raise CheckpointError(f"{meta_path}: missing (not an export of this toolkit; export one with `python export.py`)")
     try:
         meta = json.loads(meta_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # also 5000-digit numbers, 50 000-deep nesting
         raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{meta_path}: must hold a JSON object")

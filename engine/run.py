@@ -494,7 +494,7 @@ def read_run_record(run_dir) -> dict:
         raise CheckpointError(f"{run_dir}: not a run directory (no config.json)")
     try:
         record = json.loads(config_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # also 5000-digit numbers, 50 000-deep nesting
         raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
     if not isinstance(record, dict):
         raise CheckpointError(f"{config_path}: must hold a JSON object")

@@ -137,7 +137,7 @@ def prepare_run_dir(run_dir: Path, record: dict, resume: bool, force: bool, exte
             for section in ("run", "method_config", "data"):
                 if not isinstance(old.get(section), dict):
                     raise ValueError(f"section '{section}' is missing or not an object")
-        except (UnicodeDecodeError, ValueError, OSError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError, OSError) as exc:
             if not force or resume:
                 raise CheckpointError(f"{config_path} is corrupt ({exc}); pass --force to start this run over") from None
             old = {}

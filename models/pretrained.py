@@ -38,6 +38,7 @@ API::
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from pathlib import Path
@@ -78,14 +79,41 @@ def weights_kind(path) -> str:
                       ".weights.h5 or .keras file, or dlib's face-recognition ResNet .dat)")
 
 
+@contextlib.contextmanager
 def _open_h5(path):
-    """h5py.File for reading; a corrupt or truncated file is a ConfigError naming it, not an OSError."""
+    """h5py.File for reading, as a context manager; a corrupt or truncated file is a ConfigError naming it.
+
+    Damage inside a file that opens shows up while it is read: h5py raises KeyError (a broken link or object
+    header), ValueError (a float type NumPy cannot hold), TypeError, RuntimeError or OSError, all turned into
+    the same ConfigError here.
+    """
     import h5py
 
     try:
-        return h5py.File(path, "r")
+        handle = h5py.File(path, "r")
     except OSError as exc:
         raise ConfigError(f"{path}: unreadable HDF5 file ({str(exc)[:160]})") from None
+    try:
+        with handle:
+            yield handle
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"{path}: corrupt HDF5 file ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
+def _dataset_array(path, dataset) -> np.ndarray:
+    """A dataset's values, refused when it declares far more bytes than it stores (common/io.py MAX_EXPANSION):
+    a chunked dataset whose chunks were never written reads as gigabytes of fill value from a tiny file."""
+    import h5py
+
+    from common.io import EXPANSION_SLACK, MAX_EXPANSION
+
+    if not isinstance(dataset, h5py.Dataset):
+        raise ConfigError(f"{path}: '{dataset.name}' is listed as a weight but is not a dataset")
+    declared, stored = int(dataset.size) * dataset.dtype.itemsize, int(dataset.id.get_storage_size())
+    if declared > MAX_EXPANSION * stored + EXPANSION_SLACK:
+        raise ConfigError(f"{path}: dataset '{dataset.name}' declares {declared} bytes but stores {stored}; "
+                          "not a weights file")
+    return np.asarray(dataset)
 
 
 def _keras2_group(handle):
@@ -261,7 +289,7 @@ def _read_keras2_h5(path) -> dict:
         try:
             for raw in group.attrs["layer_names"]:
                 layer = _text(raw)
-                out[layer] = {_text(w).split(":", 1)[0]: np.asarray(group[layer][_text(w)])
+                out[layer] = {_text(w).split(":", 1)[0]: _dataset_array(path, group[layer][_text(w)])
                               for w in group[layer].attrs.get("weight_names", [])}
         except (KeyError, OSError) as exc:  # a listed layer or weight without its dataset
             raise ConfigError(f"{path}: corrupt Keras .h5 ({type(exc).__name__}: {str(exc)[:160]})") from None

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
 import pickletools
 import re
@@ -49,6 +50,9 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import DataError
+# torch.save stores every record uncompressed: a record may inflate, and a tensor view (stride 0) repeat its
+# storage, at most MAX_EXPANSION times (common/io.py: the allocation rule of every reader).
+from common.io import EXPANSION_SLACK as _EXPANSION_SLACK, MAX_EXPANSION as _MAX_EXPANSION
 
 # Legacy-format header values (torch/serialization.py: MAGIC_NUMBER, PROTOCOL_VERSION).
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -142,6 +146,10 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused):
     if len(size) != len(stride):
         raise pickle.UnpicklingError(f"tensor size {size} and stride {stride} differ in length")
     offset = _int(storage_offset, "tensor storage offset")
+    elements = int(np.prod(size, dtype=object)) if size else 1
+    if elements * _itemsize(storage.dtype) > _MAX_EXPANSION * storage.numel * _itemsize(storage.dtype) + _EXPANSION_SLACK:
+        raise pickle.UnpicklingError(f"tensor of size {size} (stride {stride}) repeats its storage of {storage.numel} "
+                                     "elements more than a checkpoint can mean")
     if all(size):  # a tensor with no elements touches no memory
         last = offset + sum((n - 1) * s for n, s in zip(size, stride))
         if last >= storage.numel:
@@ -281,6 +289,10 @@ def _zip_top(path, names) -> str:
 
 def _read_zip(path):
     with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.file_size > _MAX_EXPANSION * info.compress_size + _EXPANSION_SLACK:
+                raise DataError(f"{path}: record '{info.filename}' inflates from {info.compress_size} to {info.file_size} "
+                                "bytes (torch.save does not compress; a zip bomb?)")
         names = set(archive.namelist())
         top = _zip_top(path, names)
         order = "little"
@@ -306,9 +318,34 @@ def _read_zip(path):
     return obj, buffers
 
 
+class _Bounded:
+    """A binary file whose ``read(n)`` never asks for more than the bytes left in it.
+
+    ``BufferedReader.read(n)`` allocates ``n`` bytes before reading, so a damaged length field (a pickled
+    string or a storage claiming 2^62 bytes) would allocate what it claims before failing as truncated."""
+
+    def __init__(self, handle):
+        self.handle = handle
+        self.size = os.fstat(handle.fileno()).st_size
+
+    def read(self, n=-1):
+        left = max(self.size - self.handle.tell(), 0)
+        return self.handle.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self, limit=-1):
+        return self.handle.readline(limit)
+
+    def tell(self):
+        return self.handle.tell()
+
+    def seek(self, *args):
+        return self.handle.seek(*args)
+
+
 def _read_legacy(path):
     numels: dict = {}
-    with open(path, "rb") as stream:
+    with open(path, "rb") as handle:
+        stream = _Bounded(handle)
         if _unpickle(path, stream, numels, True) != LEGACY_MAGIC:
             raise DataError(f"{path}: not a PyTorch checkpoint (bad magic number)")
         version = _unpickle(path, stream, numels, True)
@@ -379,7 +416,10 @@ def _materialise(obj, buffers, memo):
             out = memo[id(obj)] = []
             out.extend(_materialise(v, buffers, memo) for v in obj)
             return out
-        return tuple(_materialise(v, buffers, memo) for v in obj)
+        # Tuples too are built once per object: shared references (memo gets) nest a tuple DAG that doubles
+        # at every level, which a tree walk would expand 2^depth times.
+        out = memo[id(obj)] = tuple(_materialise(v, buffers, memo) for v in obj)
+        return out
     if isinstance(obj, _Frozen):  # a storage or storage type left outside a tensor: meaningless here
         return None
     return obj

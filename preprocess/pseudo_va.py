@@ -404,8 +404,8 @@ def load_regressors(model_dir) -> tuple[RegressorConfig, list, Path]:
                         "`python -m preprocess.pseudo_va train`")
     try:
         record = json.loads(config_path.read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{config_path}: not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # ValueError: also 5000-digit numbers
+        raise DataError(f"{config_path}: not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(record, dict):
         raise DataError(f"{config_path}: must hold a JSON object, got {type(record).__name__}")
     if record.get("format") != FORMAT:
