@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import json
 import pickle
+import pickletools
 import re
 
 import numpy as np
@@ -86,7 +87,8 @@ def write_protocol4_zip(path, obj) -> None:
 
     buffer = io.BytesIO()
     _Protocol4Pickler(buffer, legacy=False).dump(tf_._wrap(obj))
-    assert buffer.getvalue()[:2] == b"\x80\x04" and pickle.STACK_GLOBAL in buffer.getvalue()
+    opcodes = {op.name for op, _, _ in pickletools.genops(buffer.getvalue())}
+    assert {"PROTO", "FRAME", "STACK_GLOBAL", "MEMOIZE"} <= opcodes and "GLOBAL" not in opcodes
     tf_.write_zip(path, obj, pickled=buffer.getvalue())  # storages are keyed in the same traversal order
 
 
@@ -238,6 +240,33 @@ def test_pickle_protocol_4_checkpoint_loads(tmp_path):
     assert (len(report["mapped"]), report["missing"], report["stripped_prefix"]) == (100, [], "module.")
     kernel = next(v for v in backbone.weights if v.path == "layer3_1_conv2/kernel")
     np.testing.assert_array_equal(np.asarray(kernel), np.transpose(sd["layer3.1.conv2.weight"], (2, 3, 1, 0)))
+
+
+def test_legacy_checkpoint_with_views_half_bfloat16_and_parameters(tmp_path):
+    """The legacy format with what real state dicts hold beside plain tensors (the zip case is in test_weights)."""
+    from models.torch_checkpoint import load_state_dict
+
+    shared = tf_.Storage(np.arange(40, dtype=np.float32))
+    bf16 = np.array([1.5, -2.25, 2.0 ** -9, 65280.0], np.float32)  # exactly representable in bfloat16
+    weight = np.random.default_rng(3).standard_normal((4, 5)).astype(np.float32)
+    cases = collections.OrderedDict([
+        ("offset", (tf_.Strided(shared, 7, (3, 4), (4, 1)), np.arange(7, 19, dtype=np.float32).reshape(3, 4))),
+        ("transposed", (tf_.Strided(shared, 2, (4, 3), (1, 4)), (np.arange(12, dtype=np.float32) + 2).reshape(3, 4).T)),
+        ("expanded", (tf_.Strided(shared, 5, (3, 2), (1, 0)), np.array([[5, 5], [6, 6], [7, 7]], np.float32))),
+        ("half", (tf_.contiguous(weight.astype(np.float16)), weight.astype(np.float16))),
+        ("bfloat16", (tf_.Strided(tf_.Storage((bf16.view(np.uint32) >> 16).astype(np.uint16), "BFloat16Storage"),
+                                  0, (4,), (1,)), bf16)),
+        ("parameter", (tf_.Parameter(weight), weight)),
+        ("num_batches_tracked", (tf_.contiguous(np.array(1234, np.int64)), np.array(1234, np.int64))),
+    ])
+    path = tmp_path / "legacy_views.pth"
+    tf_.write_legacy(path, {"state_dict": collections.OrderedDict((f"module.{k}", t) for k, (t, _) in cases.items()),
+                            "epoch": 3})
+    tensors, info = load_state_dict(path)
+    assert (info["format"], info["layout"], info["stripped_prefix"]) == ("legacy", "state_dict", "module.")
+    for key, (_, expected) in cases.items():
+        assert tensors[key].dtype == expected.dtype and tensors[key].shape == expected.shape, key
+        np.testing.assert_array_equal(tensors[key], expected, err_msg=key)
 
 
 # ---------------------------------------------------------------- image-classifiers Keras-2 .h5 ----
