@@ -1,14 +1,20 @@
 """Deployment formats beside the SavedModel: TFLite (float32, dynamic-range int8) and ONNX, each checked.
 
-Every format is converted from the exported SavedModel's ``serving_default`` signature, so it carries
-the same preprocessing (uint8 RGB of any size in → resize → [-1, 1] → the backbone's input layer →
-probabilities): a phone or an ONNX runtime feeds raw pixels exactly as a TensorFlow server does.
+Every format is exported with Keras 3's own ``keras.Model.export`` from
+:class:`engine.export.FERServingModel`, the serving computation the SavedModel's ``serving_default`` runs
+(:func:`engine.export.serving_outputs`), so it carries the same preprocessing (uint8 RGB of any size in →
+resize → [-1, 1] → the backbone's input layer → probabilities): a phone or an ONNX runtime feeds raw
+pixels exactly as a TensorFlow server does.
 
-* ``tflite``: ``tf.lite.TFLiteConverter.from_saved_model`` (float32).
-* ``tflite-int8``: the same with ``tf.lite.Optimize.DEFAULT``, i.e. dynamic-range quantisation (int8
-  weights, float activations): about 4× smaller, no calibration data needed.
-* ``onnx``: ``tf2onnx`` (1.17, which converts TensorFlow 2.21 SavedModels; opset 17), run with
-  ``onnxruntime``.
+* ``tflite``: ``export(format="litert")`` (float32), builtin LiteRT ops only.
+* ``tflite-int8``: the same with ``optimizations=[tf.lite.Optimize.DEFAULT]``, i.e. dynamic-range
+  quantisation (int8 weights, float activations): about 4× smaller, no calibration data needed.
+* ``onnx``: ``export(format="onnx")`` (Keras converts with ``tf2onnx``, which must be installed; opset 17),
+  run with ``onnxruntime``.
+
+Measured against the conversions this replaced (``TFLiteConverter.from_saved_model`` and the ``tf2onnx``
+command line on the SavedModel), side by side on the same model and test split:
+``python -m benchmarks.keras_export --run RUN`` (BENCHMARKS.md, "Keras export").
 
 :func:`agreement` compares a format's probabilities with the SavedModel's on the same uint8 images (the
 run's test split): top-1 agreement and the largest absolute probability difference, recorded in the
@@ -29,36 +35,48 @@ FORMATS = {"tflite": "model.tflite", "tflite-int8": "model_int8.tflite", "onnx":
 GOALS = {"tflite": 0.99, "tflite-int8": 0.98, "onnx": 0.99}
 
 
-def convert(saved_model_dir, fmt: str) -> bytes:
-    """The serialised model of format ``fmt`` converted from a SavedModel directory."""
-    saved_model_dir = str(saved_model_dir)
-    if fmt in ("tflite", "tflite-int8"):
-        import tensorflow as tf
+# The input of every exported format: uint8 RGB images, any batch and size (resized inside).
+def serving_signature():
+    import tensorflow as tf
 
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["serving_default"])
-        if fmt == "tflite-int8":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        return converter.convert()
+    return [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+
+
+def convert(serving_model, fmt: str) -> bytes:
+    """The serialised model of format ``fmt``, exported by ``keras.Model.export`` from ``serving_model``
+    (an :class:`engine.export.FERServingModel`)."""
+    import tempfile
+
+    import tensorflow as tf
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format '{fmt}'; known: savedmodel, {', '.join(FORMATS)}")
     if fmt == "onnx":
         import importlib.util
-        import os
-        import subprocess
-        import sys
-        import tempfile
 
-        if importlib.util.find_spec("tf2onnx") is None:
+        if importlib.util.find_spec("tf2onnx") is None:  # Keras' ONNX export converts with tf2onnx
             raise ConfigError("ONNX export needs the tf2onnx package (`pip install -r requirements.txt`)")
-        # tf2onnx's converter is run in its own interpreter: it re-imports TensorFlow in graph mode.
-        with tempfile.TemporaryDirectory() as folder:
-            target = Path(folder) / "model.onnx"
-            done = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", saved_model_dir,
-                                   "--signature_def", "serving_default", "--opset", "17", "--output", str(target)],
-                                  capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-            if done.returncode != 0 or not target.is_file():
-                last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
-                raise ConfigError(f"tf2onnx could not convert {saved_model_dir}: {last[0][:300]}")
-            return target.read_bytes()
-    raise ConfigError(f"unknown export format '{fmt}'; known: savedmodel, {', '.join(FORMATS)}")
+        options = {"format": "onnx", "opset_version": 17}
+    else:
+        # Keras' LiteRT export also allows TensorFlow ops (SELECT_TF_OPS), which would need the Flex delegate
+        # that the standalone LiteRT runtime lacks: builtin ops only, so a model needing more fails here, as
+        # TFLiteConverter's default did, instead of exporting a file a phone cannot run.
+        options = {"format": "litert", "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+        if fmt == "tflite-int8":
+            options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / FORMATS[fmt]
+        try:
+            with warnings.catch_warnings(), native_stderr_captured():
+                # Keras' tf2onnx shim probes np.object (a NumPy FutureWarning); the converters' native logs.
+                warnings.simplefilter("ignore", FutureWarning)
+                serving_model.export(str(target), input_signature=serving_signature(), verbose=False, **options)
+        except Exception as exc:  # noqa: BLE001 - any converter failure: name the format and the first line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ConfigError(f"{fmt} export failed ({type(exc).__name__}: {first})") from None
+        if not target.is_file():
+            raise ConfigError(f"{fmt} export wrote no file")
+        return target.read_bytes()
 
 
 def predictor(path, fmt: str):
@@ -105,8 +123,9 @@ def batched(predict, images: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
-def export_formats(saved_model_dir, formats, images: np.ndarray | None, log=print) -> dict:
-    """Write each format beside the SavedModel's files and check it on ``images``; returns the checks."""
+def export_formats(saved_model_dir, formats, images: np.ndarray | None, log=print, *, serving_model) -> dict:
+    """Write each format beside the SavedModel's files (exported from ``serving_model``, the SavedModel's
+    computation as a Keras model) and check it on ``images`` against the SavedModel; returns the checks."""
     from common.io import atomic_write_bytes
     from engine.export import load_export
 
@@ -120,7 +139,7 @@ def export_formats(saved_model_dir, formats, images: np.ndarray | None, log=prin
     checks = {}
     for fmt in formats:
         target = saved_model_dir / FORMATS[fmt]
-        data = convert(saved_model_dir, fmt)
+        data = convert(serving_model, fmt)
         try:
             atomic_write_bytes(target, data)
         except WriteError:

@@ -25,6 +25,37 @@ from models.backbones import input_norm_spec
 SAVED_MODEL_LEGACY = {"saved_model": ("saved_model.pb", "fer_export.json")}
 
 
+def serving_outputs(network, image_size: int, extra_names, images) -> dict:
+    """uint8 images (B, H, W, 3) of any size → ``probabilities``, ``label`` and the extra heads: resize, the
+    [-1, 1] scaling, the network, softmax. The one serving computation of the SavedModel and of the
+    formats converted beside it (:class:`FERServingModel`)."""
+    x = normalize(tf.image.resize(tf.cast(images, tf.float32), [image_size, image_size]))
+    outputs = network(x, training=False)
+    logits, extras = (outputs[0], outputs[1:]) if isinstance(outputs, (list, tuple)) else (outputs, [])
+    probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    result = {"probabilities": probs, "label": tf.argmax(probs, axis=-1)}
+    result.update({name: tf.cast(value, tf.float32) for name, value in zip(extra_names, extras)})
+    return result
+
+
+class FERServingModel(keras.Model):
+    """The serving computation as a Keras model, for ``keras.Model.export(format="onnx" | "litert")``.
+
+    Keras exports a model's ``call``; the inference network's call takes normalised images of the training
+    size, so this wrapper carries what a served model must do first (uint8 of any size → resize → [-1, 1])
+    and after (softmax, label), exactly as the SavedModel's ``serving_default`` (:func:`serving_outputs`).
+    """
+
+    def __init__(self, network, image_size: int, extra_names=(), **kwargs):
+        super().__init__(name="fer_serving", **kwargs)
+        self.network = network
+        self.image_size = int(image_size)
+        self.extra_names = list(extra_names)
+
+    def call(self, images):
+        return serving_outputs(self.network, self.image_size, self.extra_names, images)
+
+
 class FERServingModule(tf.Module):
     def __init__(self, model, image_size: int, class_names):
         super().__init__()
@@ -44,13 +75,13 @@ class FERServingModule(tf.Module):
         self.class_names = tf.constant(list(class_names))
 
     def _predict_uint8(self, images):
-        x = normalize(tf.image.resize(tf.cast(images, tf.float32), [self.image_size, self.image_size]))
-        outputs = self.network(x, training=False)
-        logits, extras = (outputs[0], outputs[1:]) if isinstance(outputs, (list, tuple)) else (outputs, [])
-        probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-        outputs = {"probabilities": probs, "label": tf.argmax(probs, axis=-1)}
-        outputs.update({name: tf.cast(value, tf.float32) for name, value in zip(self.extra_names, extras)})
-        return outputs
+        return serving_outputs(self.network, self.image_size, self.extra_names, images)
+
+    def keras_model(self) -> FERServingModel:
+        """The same computation as a built Keras model (what the deployment formats are exported from)."""
+        model = FERServingModel(self.network, self.image_size, self.extra_names)
+        model(tf.zeros([1, self.image_size, self.image_size, 3], tf.uint8))
+        return model
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(self, images):
@@ -99,7 +130,7 @@ def export_saved_model(model, out_dir, image_size: int, class_names, method: str
             })
             (tmp / "fer_export.json").write_text(json.dumps(meta, indent=2, default=str))
             if formats:
-                meta["formats"] = export_formats(tmp, formats, check_images, log=log)
+                meta["formats"] = export_formats(tmp, formats, check_images, log=log, serving_model=module.keras_model())
                 (tmp / "fer_export.json").write_text(json.dumps(meta, indent=2, default=str))
             (tmp / "MODEL_CARD.md").write_text(model_card(meta))
     except (OSError, tf.errors.OpError, WriteError) as exc:  # disk full, read-only folder: an older export is untouched
