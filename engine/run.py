@@ -292,7 +292,7 @@ class Trainer:
         method_data = self._timed("method_data", self.method_data)
         record = self._timed("data_facts", lambda: {**config_record(cfg, self.method_cfg, self.data_facts()),
                                                     **self.record_extras})
-        if cfg.mlflow:
+        if cfg.mlflow and not _worker_index(cfg):  # one MLflow run: under --strategy multiworker, worker 0's
             from engine.callbacks import MLflowTracker
 
             self.tracker = MLflowTracker(cfg.mlflow, run_dir, cfg.resume, tags=self.tracking_tags, log=self.log)
