@@ -122,18 +122,23 @@ def normalized_margin_score(labels, probs) -> np.ndarray:
     return 1.0 - (given - others.max(axis=1) + 1.0) / 2.0
 
 
-def ranks(score) -> np.ndarray:
-    """1-based rank of every row by descending score, ties by row order (rank 1 = most suspicious)."""
+def ranks(score, tiebreak=None) -> np.ndarray:
+    """1-based rank of every row by descending ``score`` (rank 1 = most suspicious); equal scores are ordered
+    by descending ``tiebreak`` (the audit passes the final model's 1 − p(y|x): a projected λ saturates at 1
+    for many rows), then by row order."""
     score = np.asarray(score, np.float64)
-    order = np.lexsort((np.arange(len(score)), -score))
+    keys = [np.arange(len(score))]
+    if tiebreak is not None:
+        keys.append(-np.asarray(tiebreak, np.float64))
+    order = np.lexsort((*keys, -score))
     out = np.empty(len(score), np.int64)
     out[order] = np.arange(1, len(score) + 1)
     return out
 
 
-def top_n(score, n: int) -> np.ndarray:
-    """(N,) bool: the ``n`` highest scores (ties by row order)."""
-    return ranks(score) <= int(n)
+def top_n(score, n: int, tiebreak=None) -> np.ndarray:
+    """(N,) bool: the ``n`` best-ranked rows (:func:`ranks`)."""
+    return ranks(score, tiebreak) <= int(n)
 
 
 def flagged_metrics(flagged, score, given, clean) -> dict:
@@ -174,6 +179,11 @@ class Audit:
     probabilities: np.ndarray  # the final model's, on the training table without augmentation
     estimated_issues: int  # confident learning's count on ``probabilities``
 
+    @property
+    def rank(self) -> np.ndarray:
+        """1-based rank by score (ties: the final model's lower belief in the given label first, then row)."""
+        return ranks(self.score, self_confidence_score(self.given, self.probabilities))
+
     def frame(self):
         """The audit table: ``path, given_label, suggested_label, score, rank, flagged[, clean_label]`` plus
         the class names, one row per training image in table order."""
@@ -181,7 +191,7 @@ class Audit:
 
         names = np.asarray(self.class_names, dtype=object)
         columns = {"path": self.paths, "given_label": self.given, "suggested_label": self.suggested,
-                   "score": self.score, "rank": ranks(self.score), "flagged": self.flagged.astype(int)}
+                   "score": self.score, "rank": self.rank, "flagged": self.flagged.astype(int)}
         if self.clean is not None:
             columns["clean_label"] = self.clean
         columns["given_name"] = names[self.given]
@@ -304,6 +314,27 @@ def method_state(trainer) -> dict | None:
     return None
 
 
+def check_audit_request(record: dict, score: str, flag: str) -> None:
+    """Refuse, from a run's config.json alone (before the model is built), a method score or an own flag rule
+    of a method that keeps no per-sample state (its class does not override ``per_sample_state``)."""
+    from models.base import FERModel
+    from models.registry import get_method
+
+    method = str(record.get("run", {}).get("method"))
+    try:
+        stateless = get_method(method)[0].per_sample_state is FERModel.per_sample_state
+    except ConfigError:
+        return  # an unknown method: load_run_model names the damaged config.json
+    if stateless and score == "method":
+        raise ConfigError(f"a '{method}' run keeps no per-sample noise score (only LDLVA's λ, SCN's α, RUL's u and "
+                          "LA-Net's target bank are one); use --score self-confidence or normalized-margin (the final "
+                          "model's belief in the given label)")
+    if flag == "own" and (stateless or score in ("self-confidence", "normalized-margin")):
+        what = f"a '{method}' run" if stateless else f"--score {score}"
+        raise ConfigError(f"--flag own: {what} has no threshold of its own; use --flag count (confident learning's "
+                          "estimate of the number of errors)")
+
+
 def audit_run(trainer, score: str = "auto", flag: str = "auto") -> Audit:
     """Score, suggest and flag every training row of a loaded run (see the module docstring)."""
     if score not in SCORES:
@@ -341,7 +372,7 @@ def audit_run(trainer, score: str = "auto", flag: str = "auto") -> Audit:
     if own is not None and flag in ("auto", "own"):
         flagged, rule = np.asarray(own, bool), f"own: {rule_text}"
     else:
-        flagged = top_n(values, estimated)
+        flagged = top_n(values, estimated, self_confidence_score(given, probs))
         rule = (f"count: the {estimated} highest scores (confident learning's off-diagonal count on the final "
                 "model's in-sample probabilities)")
     values = np.asarray(values, np.float64)
@@ -441,23 +472,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def write_cleaned_table(trainer, audit: Audit, out_csv, action: str, force: bool = False) -> dict:
-    """Write the cleaned copy of the run's training table to ``out_csv``; the user's tables are never touched.
-
-    * ``out_csv`` in the run's own data directory: only the CSV is written (same ``dataset.json``, image
-      root and test table); an existing file there is never replaced unless this toolkit wrote it.
-    * anywhere else: ``out_csv``'s folder becomes a prepared directory (new, empty, or one this toolkit
-      wrote) that reuses the run's images through an absolute ``image_root`` in its ``dataset.json``, with
-      the run's test table as ``test.csv`` (:func:`write_prepared_dir`).
-
-    Returns ``{"table", "data_dir", "rows", "changed", "action", "train_command"}``.
-    """
-    from common.io import atomic_write_text, is_own_file, record_own_files
-    from data.prepared import DATASET_JSON, read_dataset_json
+def check_cleaned_target(trainer, out_csv, force: bool = False) -> bool:
+    """Refuse a ``--write-table`` target before any work: the run's own tables (even with ``--force``), a
+    file this toolkit did not write, an existing file without ``--force``, a folder of the user's. Returns
+    whether the target lies in the run's data directory."""
+    from common.io import is_own_file, output_kind
+    from data.prepared import DATASET_JSON
 
     out_csv = Path(out_csv)
     table, test = trainer.train_table, trainer.test_table
-    data_dir = Path(trainer.data.data_dir)
     for theirs in (table.csv_path, test.csv_path):
         if _same_file(out_csv, Path(theirs)):
             raise ConfigError(f"--write-table {out_csv} is the run's own table {theirs}; the cleaned copy never "
@@ -467,15 +490,44 @@ def write_cleaned_table(trainer, audit: Audit, out_csv, action: str, force: bool
     if out_csv.is_dir():
         raise ConfigError(f"--write-table {out_csv} is a directory; give a file name")
     folder = out_csv.parent
-    in_data_dir = folder.is_dir() and _same_file(folder, data_dir)
+    in_data_dir = folder.is_dir() and _same_file(folder, Path(trainer.data.data_dir))
     if out_csv.exists() and not is_own_file(out_csv):
         raise ConfigError(f"--write-table {out_csv} already exists and was not written by this toolkit; it is never "
                           "replaced (choose another name)")
     if out_csv.exists() and not force:
         raise ConfigError(f"--write-table {out_csv} already exists; pass --force to replace it")
-    if not in_data_dir and out_csv.name in ("test.csv", DATASET_JSON):
-        raise ConfigError(f"--write-table {out_csv}: that name is the prepared directory's own file; choose another "
-                          "name (e.g. train.csv)")
+    if not in_data_dir:
+        if out_csv.name in ("test.csv", DATASET_JSON):
+            raise ConfigError(f"--write-table {out_csv}: that name is the prepared directory's own file; choose "
+                              "another name (e.g. train.csv)")
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"--write-table {out_csv}: {folder} is not a folder")
+        if folder.is_dir() and any(folder.iterdir()) and output_kind(folder) != CLEANED_DATASET_KIND:
+            raise ConfigError(f"--write-table {out_csv}: {folder} is a non-empty folder this toolkit did not write; "
+                              "give a file in the run's data directory or in a new or empty folder (nothing was "
+                              "changed)")
+    return in_data_dir
+
+
+def write_cleaned_table(trainer, audit: Audit, out_csv, action: str, force: bool = False) -> dict:
+    """Write the cleaned copy of the run's training table to ``out_csv``; the user's tables are never touched
+    (:func:`check_cleaned_target` first).
+
+    * ``out_csv`` in the run's own data directory: only the CSV is written (same ``dataset.json``, image
+      root and test table).
+    * anywhere else: ``out_csv``'s folder becomes a prepared directory (new, empty, or one this toolkit
+      wrote) that reuses the run's images through an absolute ``image_root`` in its ``dataset.json``, with
+      the run's test table as ``test.csv`` (:func:`write_prepared_dir`).
+
+    Returns ``{"table", "data_dir", "rows", "changed", "action", "train_command"}``.
+    """
+    from common.io import atomic_write_text, record_own_files
+    from data.prepared import read_dataset_json
+
+    out_csv = Path(out_csv)
+    in_data_dir = check_cleaned_target(trainer, out_csv, force)
+    table, test = trainer.train_table, trainer.test_table
+    data_dir, folder = Path(trainer.data.data_dir), out_csv.parent
     frame = cleaned_frame(table.frame, audit.flagged, audit.suggested, action)
     if len(frame) == 0:
         raise DataError(f"--action drop would drop every one of the {len(table)} training rows; nothing written")

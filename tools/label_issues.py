@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from common.cli import ArgumentParser, positive_int, quiet_tensorflow, run_main
-from common.errors import ConfigError, DataError
+from common.errors import CheckpointError, ConfigError, DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,9 +77,7 @@ def issues_figure(audit, image_root, n: int, title: str):
     from data.images import decode_rgb
     from tools.figures import CLEAN_COLOR, GIVEN_COLOR, _image_axis, _plt
 
-    from engine.label_audit import ranks
-
-    order = np.argsort(ranks(audit.score))[:n]
+    order = np.argsort(audit.rank)[:n]
     plt = _plt()
     cols = min(8, max(len(order), 1))
     rows = max(1, -(-len(order) // cols))
@@ -132,10 +130,17 @@ def main(argv=None) -> int:
         check_output_file(path, args.force, flag)
     if args.write_table and Path(args.write_table).resolve() in (out.resolve(), summary.resolve()):
         raise ConfigError("--write-table must differ from --out and its summary JSON")
+    if not Path(args.run).is_dir():
+        raise CheckpointError(f"--run {args.run}: no such run directory")
     quiet_tensorflow()
-    from engine.label_audit import audit_run, load_audited_run, recorded_auc, write_cleaned_table
+    from engine.label_audit import (audit_run, check_audit_request, check_cleaned_target, load_audited_run,
+                                    recorded_auc, write_cleaned_table)
+    from engine.run import read_run_record
 
+    check_audit_request(read_run_record(args.run), args.score, args.flag)
     trainer, record, state = load_audited_run(args.run, args.ckpt)
+    if args.write_table:
+        check_cleaned_target(trainer, args.write_table, args.force)
     audit = audit_run(trainer, args.score, args.flag)
     frame = audit.frame()
     atomic_write_text(out, frame.to_csv(index=False))

@@ -1,0 +1,351 @@
+"""The label audit (``python -m tools.label_issues``, ``engine/label_audit.py``) and its benchmark at toy size.
+
+A tiny learnable dataset gets a few *planted* wrong labels (``clean_expression`` keeps the truth); CE and
+LDLVA are trained on it, SCN, RUL and LA-Net get the per-sample state they hold once they have recognised
+a wrong label, and every audit must rank the planted rows first.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import tiny_run_config, write_tiny_dataset
+from helpers_cli import run_cli, tree_digest
+
+PLANTED = (3, 17, 30)  # rows given a wrong label
+N_TRAIN = 56
+
+
+def _quiet(*_a, **_k):
+    pass
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> Path:
+    root = write_tiny_dataset(tmp_path_factory.mktemp("planted"), n_train=N_TRAIN, n_test=14, votes=False)
+    frame = pd.read_csv(root / "train.csv")
+    frame["clean_expression"] = frame["expression"]
+    for row in PLANTED:
+        frame.loc[row, "expression"] = (frame.loc[row, "expression"] + 3) % 7
+    frame.to_csv(root / "train.csv", index=False)
+    return root
+
+
+def _train(data_dir, out, method, **overrides):
+    from engine.run import Trainer
+
+    Trainer(tiny_run_config(data_dir, out, method=method, **overrides), log=_quiet).train()
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(planted, tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("label_runs")
+    return {"ce": _train(planted, base / "ce", "ce", epochs=6),
+            "ldlva": _train(planted, base / "ldlva", "ldlva", epochs=6,
+                            method_overrides={"num_neighbors": "4", "neighbor_source": "bank", "gamma": "0.01"})}
+
+
+# ------------------------------------------------------------------------------ confident learning
+
+def test_confident_learning_count_and_scores_equal_cleanlab():
+    cleanlab = pytest.importorskip("cleanlab")
+    from cleanlab.count import num_label_issues
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    from engine.label_audit import (confident_learning_issues, count_label_issues, normalized_margin_score,
+                                    self_confidence_score)
+
+    assert cleanlab.__version__
+    rng = np.random.default_rng(0)
+    counts = []
+    for trial in range(12):
+        n, c = int(rng.integers(40, 400)), int(rng.integers(3, 9))
+        truth = rng.integers(0, c, n)
+        logits = rng.normal(0, 1.0 + trial % 3, (n, c))
+        logits[np.arange(n), truth] += rng.uniform(0, 4)
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        labels = np.where(rng.random(n) < 0.3, rng.integers(0, c, n), truth)
+        if trial % 4 == 3:
+            labels[labels == c - 1] = 0  # a class nobody carries
+        mask = confident_learning_issues(labels, probs)
+        counts.append(int(mask.sum()))
+        assert mask.sum() == count_label_issues(labels, probs) == num_label_issues(labels, probs)
+        assert np.array_equal(mask, find_label_issues(labels, probs, filter_by="confident_learning"))
+        np.testing.assert_allclose(self_confidence_score(labels, probs),
+                                   1 - get_label_quality_scores(labels, probs, method="self_confidence"), atol=1e-12)
+        np.testing.assert_allclose(normalized_margin_score(labels, probs),
+                                   1 - get_label_quality_scores(labels, probs, method="normalized_margin"), atol=1e-12)
+    assert len(set(counts)) > 5 and min(counts) > 0  # the comparison covered many different counts
+
+
+def test_ranks_break_ties_by_the_models_doubt_then_row():
+    from engine.label_audit import ranks, top_n
+
+    score = np.array([0.2, 1.0, 1.0, 0.5, 1.0])
+    doubt = np.array([0.9, 0.1, 0.7, 0.0, 0.7])
+    assert ranks(score, doubt).tolist() == [5, 3, 1, 4, 2]
+    assert ranks(score).tolist() == [5, 1, 2, 4, 3]
+    assert top_n(score, 2, doubt).tolist() == [False, False, True, False, True]
+
+
+# ---------------------------------------------------------------------------- audits of trained runs
+
+def _audit(capsys, tmp_path, run, *extra, name="audit"):
+    import tools.label_issues as tool
+
+    out = tmp_path / f"{name}.csv"
+    code, stdout, err = run_cli(tool, ["--run", run, "--out", out, *extra], capsys)
+    assert code == 0, err
+    return pd.read_csv(out), json.loads(out.with_suffix(".json").read_text()), stdout
+
+
+def test_ce_self_confidence_ranks_the_planted_rows_first(runs, capsys, tmp_path):
+    frame, report, stdout = _audit(capsys, tmp_path, runs["ce"], "--figure", tmp_path / "top.png", "--n", "6")
+    assert list(frame.columns[:7]) == ["path", "given_label", "suggested_label", "score", "rank", "flagged",
+                                       "clean_label"]
+    assert len(frame) == N_TRAIN and sorted(frame["rank"]) == list(range(1, N_TRAIN + 1))
+    assert report["score"] == "self-confidence" and report["flag_rule"].startswith("count:")
+    assert frame.loc[list(PLANTED), "rank"].max() <= len(PLANTED) + 2, frame.loc[list(PLANTED)]
+    # the count rule flags exactly confident learning's estimate: the best-ranked rows
+    assert frame["flagged"].sum() == report["confident_learning_estimate"] == report["num_flagged"]
+    assert set(frame.index[frame["flagged"] == 1]) == set(frame.index[frame["rank"] <= frame["flagged"].sum()])
+    assert (frame.loc[list(PLANTED), "suggested_label"] == frame.loc[list(PLANTED), "clean_label"]).all()
+    assert report["detection"]["auc"] > 0.9 and "noise-detection ROC-AUC" in stdout
+    assert (tmp_path / "top.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ldlva_audit_is_its_lambda_and_its_auc_is_metrics_json(runs, capsys, tmp_path):
+    from engine.label_audit import recorded_auc
+
+    run = runs["ldlva"]
+    frame, report, stdout = _audit(capsys, tmp_path, run, "--figure", tmp_path / "ldlva.png")
+    recorded = json.loads((run / "metrics.json").read_text())["noise_detection_auc"]
+    assert report["score"] == "ldlva lambda" and report["flag_rule"].startswith("own:")
+    assert report["detection"]["auc"] == recorded == report["metrics_json_auc"]
+    assert "metrics.json noise-detection AUC" in stdout
+    last = sorted((run / "uncertainty").glob("epoch_*.csv"))[-1]  # λ the run logged after its last epoch
+    np.testing.assert_allclose(frame["score"], pd.read_csv(last)["uncertainty"], rtol=1e-5, atol=1e-7)
+    assert frame.loc[list(PLANTED), "rank"].mean() <= N_TRAIN / 4, frame.loc[list(PLANTED)]
+    assert frame["flagged"].sum() == report["num_flagged"] > 0
+    assert (tmp_path / "ldlva.png").read_bytes()[:4] == b"\x89PNG"
+    # a run being extended (config.json already records the larger epoch count, the newest checkpoint does
+    # not reach it yet) has an older metrics.json, which is then not compared
+    record = json.loads((run / "config.json").read_text())
+    assert recorded_auc(run, record, {"epoch": record["run"]["epochs"]}) == (recorded, None)
+    extended = {**record, "run": {**record["run"], "epochs": record["run"]["epochs"] + 2}}
+    value, why = recorded_auc(run, extended, {"epoch": record["run"]["epochs"]})
+    assert value is None and "predates" in why
+
+
+def _planted_state_run(planted, out, method, **overrides):
+    """A run directory of ``method`` on the planted table (config.json + one checkpoint, no training) whose
+    per-sample state is what the method holds once it has recognised the planted labels as wrong."""
+    import tensorflow as tf
+
+    from common.io import atomic_write_json
+    from engine.checkpoint import CheckpointManager
+    from engine.config import config_record
+    from engine.run import Trainer
+
+    trainer = Trainer(tiny_run_config(planted, out, method=method, **overrides), log=_quiet)
+    trainer.load_data()
+    model = trainer.build(len(trainer.train_table), trainer.method_data())
+    given, clean = trainer.train_table.labels, trainer.train_table.clean_labels
+    rows = np.array(PLANTED)
+    rng = np.random.default_rng(1)
+    if method == "lanet":  # the target bank of a planted row has moved to its true class
+        bank = np.eye(7, dtype=np.float32)[given] * 0.8 + 0.2 / 7
+        bank[rows] = np.eye(7, dtype=np.float32)[clean[rows]] * 0.7 + 0.3 / 7
+        bank[rows, given[rows]] = 0.02
+        model.target_bank.assign(bank / bank.sum(1, keepdims=True))
+    else:  # SCN: low importance α (uncertainty 1 − α high); RUL: high u; both relabel to the true class
+        uncertainty = rng.uniform(0.1, 0.4, len(given)).astype(np.float32)
+        uncertainty[rows] = [0.9, 0.85, 0.8]
+        model.last_uncertainty.assign(uncertainty)
+        current = given.copy()
+        current[rows] = clean[rows]
+        model.current_labels.assign(tf.constant(current, tf.int32))
+    out.mkdir(parents=True)
+    atomic_write_json(out / "config.json", config_record(trainer.cfg, trainer.method_cfg, trainer.data_facts()))
+    CheckpointManager(out).save(model, {"global_step": 0, "epoch": 0, "step_in_epoch": 0})
+    return out
+
+
+@pytest.mark.parametrize("method, overrides", [("scn", {}), ("rul", {"relabel": "true"}), ("lanet", {})],
+                         ids=["scn", "rul", "lanet"])
+def test_method_scores_point_at_the_planted_rows(planted, tmp_path, method, overrides):
+    from engine.label_audit import audit_run, load_audited_run
+
+    run = _planted_state_run(planted, tmp_path / method, method, method_overrides=overrides)
+    trainer, _, _ = load_audited_run(run)
+    audit = audit_run(trainer)
+    assert audit.flag_rule.startswith("own:")
+    assert sorted(audit.rank[list(PLANTED)]) == [1, 2, 3]
+    assert np.flatnonzero(audit.flagged).tolist() == list(PLANTED)
+    assert np.array_equal(audit.suggested[list(PLANTED)], audit.clean[list(PLANTED)])
+    assert audit.metrics()["f1"] == 1.0 and audit.metrics()["auc"] == 1.0
+    if method == "rul":  # without relabelling RUL has no rule of its own: confident learning's count decides
+        trainer.model.config = type(trainer.model.config)(relabel=False)
+        plain = audit_run(trainer)
+        assert plain.flag_rule.startswith("count:") and plain.flagged.sum() == plain.estimated_issues
+        assert np.array_equal(plain.score, audit.score)
+
+
+# --------------------------------------------------------------------------------- the cleaned table
+
+def test_cleaned_table_never_touches_the_source(runs, planted, capsys, tmp_path):
+    import tools.label_issues as tool
+    from common.errors import ConfigError
+    from engine.data import load_split
+    from engine.label_audit import audit_run, check_cleaned_target, load_audited_run, write_cleaned_table
+    from engine.run import Trainer
+
+    before = tree_digest(planted)
+    frame, report, stdout = _audit(capsys, tmp_path, runs["ldlva"], "--write-table",
+                                   tmp_path / "dropped" / "train.csv", "--action", "drop")
+    assert "train on it with: python train.py --dataset csv" in stdout
+    flagged = frame["flagged"].to_numpy(bool)
+    assert 0 < flagged.sum() < N_TRAIN and report["cleaned_table"]["rows"] == N_TRAIN - flagged.sum()
+    dropped = pd.read_csv(tmp_path / "dropped" / "train.csv")
+    assert dropped["path"].tolist() == frame.loc[~flagged, "path"].tolist()
+    trainer, _, _ = load_audited_run(runs["ldlva"])
+    audit = audit_run(trainer)
+    assert np.array_equal(audit.flagged, flagged)
+    write_cleaned_table(trainer, audit, tmp_path / "relabelled" / "train.csv", "relabel")
+    relabelled = pd.read_csv(tmp_path / "relabelled" / "train.csv")
+    expected = np.where(flagged, frame["suggested_label"], frame["given_label"])
+    assert relabelled["expression"].tolist() == expected.tolist()
+    assert (relabelled["clean_expression"] == frame["clean_label"]).all()
+    # both copies are prepared directories train.py can load, reusing the original images
+    for name in ("dropped", "relabelled"):
+        meta = json.loads((tmp_path / name / "dataset.json").read_text())
+        assert Path(meta["image_root"]) == (planted / "images").resolve()
+        assert load_split(tmp_path / name, "train.csv", 7).image_root == (planted / "images").resolve()
+    loaded = Trainer(tiny_run_config(tmp_path / "dropped", tmp_path / "unused"), log=_quiet).load_data()
+    assert len(loaded.train_table) == N_TRAIN - flagged.sum()
+    # a copy beside the source table, in the data directory: only that file (and the list of the files this
+    # toolkit wrote there) is added
+    write_cleaned_table(trainer, audit, planted / "train_relabelled.csv", "relabel")
+    added = set(tree_digest(planted)) - set(before)
+    assert added == {"train_relabelled.csv", ".fer-output-files.json"}
+    # the run's own tables (even with --force), a user's file, a file written before without --force: refused
+    for target, force in ((planted / "train.csv", True), (planted / "test.csv", False),
+                          (tmp_path / "dropped" / "test.csv", False), (tmp_path / "dropped" / "train.csv", False)):
+        with pytest.raises(ConfigError):
+            check_cleaned_target(trainer, target, force)
+    (planted / "notes.csv").write_text("mine\n")
+    try:
+        with pytest.raises(ConfigError, match="not written by this toolkit"):
+            check_cleaned_target(trainer, planted / "notes.csv", True)
+    finally:
+        (planted / "notes.csv").unlink()
+    write_cleaned_table(trainer, audit, tmp_path / "dropped" / "train.csv", "drop", force=True)  # its own: replaced
+    # a normalised-margin audit of the same run, flagged by confident learning's count
+    margin = audit_run(trainer, "normalized-margin", "count")
+    assert margin.score_kind == "normalized-margin" and margin.flagged.sum() == margin.estimated_issues
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    code, _, err = run_cli(tool, ["--run", runs["ldlva"], "--out", tmp_path / "y.csv", "--write-table",
+                                  mine / "t.csv", "--action", "drop"], capsys)
+    assert code == 2 and "did not write" in err and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert not (tmp_path / "y.csv").exists()  # refused before any output was written
+    after = tree_digest(planted)
+    assert all(after[path] == digest for path, digest in before.items())  # every source file byte-identical
+
+
+# ---------------------------------------------------------------------------------------- bad input
+
+def test_bad_input_is_an_error_line(runs, planted, capsys, tmp_path):
+    import tools.label_issues as tool
+
+    def fails(argv, *expected):
+        code, out, err = run_cli(tool, argv, capsys)
+        assert code == 2 and err.startswith("error:") and "Traceback" not in err, err
+        for text in expected:
+            assert text in err, err
+        return err
+
+    out = ["--out", tmp_path / "a.csv"]
+    fails(["--run", tmp_path / "nowhere", *out], "no such run directory")
+    fails(["--run", runs["ce"], "--score", "method", *out], "keeps no per-sample noise score")
+    fails(["--run", runs["ce"], "--flag", "own", *out], "no threshold of its own")
+    fails(["--run", runs["ce"], "--write-table", tmp_path / "c" / "t.csv", *out], "--action")
+    fails(["--run", runs["ce"], "--action", "drop", *out], "--write-table")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(runs["ce"] / "config.json", bare / "config.json")
+    fails(["--run", bare, *out], "no checkpoint")
+    (tmp_path / "user.csv").write_text("mine\n")
+    fails(["--run", runs["ce"], "--out", tmp_path / "user.csv"], "already exists")
+    # a table edited since the run: refused, naming the table
+    table = planted / "train.csv"
+    original = table.read_bytes()
+    try:
+        frame = pd.read_csv(table)
+        frame.loc[0, "expression"] = (frame.loc[0, "expression"] + 1) % 7
+        frame.to_csv(table, index=False)
+        fails(["--run", runs["ldlva"], *out], "changed since the run", str(table))
+    finally:
+        table.write_bytes(original)
+    assert not (tmp_path / "a.csv").exists()
+
+
+# ---------------------------------------------------------------------------------------- benchmark
+
+def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
+    pytest.importorskip("cleanlab")
+    from cleanlab.filter import find_label_issues
+
+    import benchmarks.label_issues as bench
+    from engine.data import load_split
+
+    data = write_tiny_dataset(tmp_path / "ds", n_train=70, n_test=14, votes=False)
+    out = tmp_path / "bench"
+    # three trainings: CE on the noisy table and CE on each of two folds (no retraining on a cleaned table:
+    # that is the same grid call on the prepared copy checked below)
+    argv = ["--out", out, "--dataset", "csv", "--data-dir", data, "--num-classes", "7", "--settings", "sym30",
+            "--seeds", "0", "--detectors", "ce", "--folds", "2", "--clean-with", "ce", "--actions",
+            "--image-size", "24", "--epochs", "5", "--lr", "0.003", "--lr-schedule", "constant", "--batch-size", "8"]
+    code, stdout, err = run_cli(bench, argv, capsys)
+    assert code == 0, err
+    rows = pd.read_csv(out / "results.csv")
+    detection = rows[rows["kind"] == "detection"].set_index("name")
+    assert set(detection.index) == {"cleanlab", "ce"}
+    assert (detection["num_noisy"] == round(0.3 * 70)).all()  # the symmetric protocol flips 30 % of the rows
+    assert detection.loc["cleanlab", "epochs"] == 2 * 5 and detection.loc["ce", "epochs"] == 5
+    assert 0 < detection.loc["cleanlab", "num_flagged"] < 70 and detection.loc["cleanlab", "auc"] > 0.5
+    assert rows[rows["kind"] == "accuracy"]["name"].tolist() == ["ce_noisy"]
+    cell = out / "sym30" / "s0"
+    # cleanlab's flags are find_label_issues on the stored out-of-fold probabilities, each row predicted by
+    # the fold run that never saw it
+    probs, fold = np.load(cell / "cv" / "pred_probs.npy"), np.load(cell / "noisy" / "folds.npy")
+    stored = np.load(cell / "audits" / "cleanlab.npz")
+    assert np.array_equal(stored["flagged"], find_label_issues(stored["given"], probs))
+    assert np.allclose(probs.sum(1), 1, atol=1e-5) and sorted(np.bincount(fold)) in ([35, 35], [34, 36])
+    noisy = pd.read_csv(cell / "noisy" / "train.csv")
+    for k in range(2):
+        assert set(pd.read_csv(cell / "noisy" / f"fold{k}.csv")["path"]) == set(noisy["path"][fold != k])
+    assert "cleanlab" in (out / "results.md").read_text()
+    # the cleaned table CE is retrained on: the noisy table with cleanlab's flagged rows relabelled
+    args = bench.build_parser().parse_args([str(a) for a in argv])
+    run = bench.retrain_on_cleaned(args, cell / "noisy", cell / "clean" / "cleanlab_relabel", stored, "relabel", 0,
+                                   train=False)
+    cleaned = load_split(cell / "clean" / "cleanlab_relabel" / "data", "train.csv", 7)
+    assert cleaned.paths == noisy["path"].tolist()
+    assert cleaned.labels.tolist() == np.where(stored["flagged"], stored["suggested"], stored["given"]).tolist()
+    assert not run.exists()
+    # a second call trains nothing and reads everything back
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    code, _, err = run_cli(bench, argv, capsys)
+    assert code == 0, err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
+    assert pd.read_csv(out / "results.csv").equals(rows)
