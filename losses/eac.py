@@ -20,6 +20,12 @@ forward pass (own BN batch statistics). With F the last conv map and W the class
   (M¹ − flip(M²))², PyTorch ``mse_loss`` with mean reduction;
 * **total** (:func:`eac_total_loss`): CE(z¹, y) (view 1 only; z² is never used) + λ·L_ac, λ = 5.
 
+Not in the release (a diagnosis switch, ``cam_norm``): the raw CAMs carry the scale of the features and
+of the classifier kernel, so λ·L_ac weighs differently against CE as those grow and with the map size.
+:func:`normalize_attention_maps` divides each map (per image and class, over H×W) by its largest
+absolute value (``max``) or by its root mean square (``rms``) before the consistency; ``none`` is the
+release. With ``rms`` every map has unit mean square, so L_ac ∈ [0, 4] whatever the scale or the grid.
+
 There is no per-sample state and no relabelling; inference is the plain classifier on one view, and
 EAC has no per-sample uncertainty score.
 
@@ -94,18 +100,44 @@ def flip_back(maps) -> tf.Tensor:
     return flip_width(maps)
 
 
-def attention_consistency(maps, flipped_view_maps) -> tf.Tensor:
+CAM_NORMS = ("none", "max", "rms")
+# Floor of the normalisers, ~1e-6: a map that is (nearly) 0 is not blown up, and its gradients stay finite.
+_MAX_EPS, _MEAN_SQUARE_EPS = 1e-6, 1e-12
+
+
+def normalize_attention_maps(maps, cam_norm: str = "none") -> tf.Tensor:
+    """Scale-free attention maps (a diagnosis option, not the release): ``(B, H, W, C)`` → same.
+
+    Per image and class, over the H×W grid: ``none`` returns M (the release); ``max`` M / max|M|;
+    ``rms`` M / √(mean M²). The normaliser is not detached (the gradient sees the division); it gets
+    1e-6 added (``max``) or 1e-12 under the root (``rms``), so an all-zero map stays zero with finite
+    gradients.
+    """
+    maps = as_float(maps)
+    if cam_norm == "none":
+        return maps
+    if cam_norm == "max":
+        return maps / (tf.reduce_max(tf.abs(maps), axis=[1, 2], keepdims=True) + _MAX_EPS)
+    if cam_norm == "rms":
+        return maps * tf.math.rsqrt(tf.reduce_mean(tf.square(maps), axis=[1, 2], keepdims=True) + _MEAN_SQUARE_EPS)
+    raise ValueError(f"cam_norm must be one of {', '.join(CAM_NORMS)}, got '{cam_norm}'")
+
+
+def attention_consistency(maps, flipped_view_maps, cam_norm: str = "none") -> tf.Tensor:
     """Flip attention consistency L_ac = mean((M¹ − flip_back(M²))²) over all B·H·W·C elements.
 
     Args:
       maps: ``(B, H, W, C)`` attention maps M¹ of view 1.
       flipped_view_maps: ``(B, H, W, C)`` attention maps M² of the horizontally flipped view, in
         that view's own coordinates (they are flipped back here). Both get gradients.
+      cam_norm: ``none`` (the release) or ``max`` / ``rms``: each map normalised first
+        (:func:`normalize_attention_maps`; normalising commutes with the flip).
 
     Returns:
       Scalar float32. Independent of B for a repeated batch (a mean, not a sum).
     """
-    return tf.reduce_mean(tf.square(as_float(maps) - flip_back(flipped_view_maps)))
+    return tf.reduce_mean(tf.square(normalize_attention_maps(maps, cam_norm)
+                                    - flip_back(normalize_attention_maps(flipped_view_maps, cam_norm))))
 
 
 def eac_total_loss(logits, labels, maps, flipped_view_maps, lam: float = LAMBDA) -> tf.Tensor:

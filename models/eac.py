@@ -58,6 +58,9 @@ CAM grid               7×7                     7×7 (224 px)                 th
                                                                             term is then a bias-free logit
                                                                             flip consistency)
 λ                      5                       ``--lam`` 5                  ``lam=5``
+CAM scale              –                       raw CAMs                     raw (``cam_norm=none``) — ``max``
+                                                                            / ``rms``: each map ÷ its max |M|
+                                                                            or RMS over H×W (diagnosis)
 weight decay           –                       Adam(weight_decay=1e-4):     ``l2_weight_decay``: 0 (as CE);
                                                coupled L2                   1e-4 in ``official``
 optimisation           –                       Adam 1e-4 (R50; R18 2e-4),   dataset defaults — ``--preset
@@ -81,7 +84,7 @@ import keras
 import tensorflow as tf
 
 from common.errors import ConfigError
-from losses.eac import LAMBDA, attention_consistency, attention_maps
+from losses.eac import CAM_NORMS, LAMBDA, attention_consistency, attention_maps
 from models.backbones import stage_models
 from models.base import FERModel, MethodData
 
@@ -165,6 +168,9 @@ class EACConfig:
     independent_erasing: bool = True
     # "separate" (official: two forwards, BN statistics per view) | "joint" (one forward of both views).
     views_forward: str = "separate"
+    # Each CAM normalised before the consistency (a diagnosis of the raw CAM scale; not in the release):
+    # "none" (release) | "max" (÷ max |M|) | "rms" (÷ root mean square), per image and class over H×W.
+    cam_norm: str = "none"
     # Coupled L2 (PyTorch Adam(weight_decay)); official 1e-4 (see the ``official`` presets). DEVIATION: 0 by
     # default so that EAC and the CE baseline share the same optimisation in comparisons.
     l2_weight_decay: float = 0.0
@@ -172,6 +178,8 @@ class EACConfig:
     def __post_init__(self):
         if self.views_forward not in VIEWS_FORWARD:
             raise ConfigError(f"eac views_forward must be one of {', '.join(VIEWS_FORWARD)}, got '{self.views_forward}'")
+        if self.cam_norm not in CAM_NORMS:
+            raise ConfigError(f"eac cam_norm must be one of {', '.join(CAM_NORMS)}, got '{self.cam_norm}'")
         if not 0.0 <= self.erasing <= 1.0:
             raise ConfigError(f"eac erasing must lie in [0, 1], got {self.erasing}")
         if self.lam < 0 or self.l2_weight_decay < 0:
@@ -261,7 +269,8 @@ class EACModel(FERModel):
             view_1, view_2 = batch["image"], tf.image.flip_left_right(batch["image"])
         logits, maps, flipped_view_maps = self.forward_views(view_1, view_2, training)
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(batch["label"], tf.int32), logits=logits)
-        losses = {"ce": tf.reduce_mean(ce), "consistency": attention_consistency(maps, flipped_view_maps)}
+        losses = {"ce": tf.reduce_mean(ce),
+                  "consistency": attention_consistency(maps, flipped_view_maps, cfg.cam_norm)}
         if cfg.l2_weight_decay:
             losses["l2"] = self.l2_penalty(cfg.l2_weight_decay)
         return losses, {"logits": logits, "maps": maps, "flipped_view_maps": flipped_view_maps}

@@ -149,10 +149,32 @@ def test_inference_is_the_plain_classifier_and_there_is_no_per_sample_state(buil
     assert model.per_sample_state() == {}
 
 
+@pytest.mark.parametrize("cam_norm", ["max", "rms"])
+def test_cam_norm_switch_normalises_the_maps_before_the_consistency(built, cam_norm):
+    from losses.eac import attention_consistency
+
+    _, model, batches = built
+    assert model.config.cam_norm == "none"  # the release's raw CAMs by default
+    batch = batches[1]
+    raw, outputs = model.compute_losses(batch, {}, training=False)
+    _with_config(model, cam_norm=cam_norm)
+    try:
+        normed, outputs_n = model.compute_losses(batch, {}, training=False)
+    finally:
+        _with_config(model, cam_norm="none")
+    np.testing.assert_allclose(outputs_n["maps"].numpy(), outputs["maps"].numpy(), rtol=1e-6)  # same CAMs
+    expected = attention_consistency(outputs["maps"], outputs["flipped_view_maps"], cam_norm)
+    assert float(normed["consistency"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(normed["consistency"]) != pytest.approx(float(raw["consistency"]), rel=1e-3)
+    assert float(normed["ce"]) == pytest.approx(float(raw["ce"]), rel=1e-6)
+
+
 def test_config_rejects_bad_values():
     from common.errors import ConfigError
     from models.eac import EACConfig
 
+    with pytest.raises(ConfigError, match="cam_norm must be one of none, max, rms"):
+        EACConfig(cam_norm="l2")
     with pytest.raises(ConfigError):
         EACConfig(views_forward="both")
     with pytest.raises(ConfigError):

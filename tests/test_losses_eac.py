@@ -144,3 +144,41 @@ def test_total_loss_in_tf_function_with_dynamic_batch():
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         expected = -logp[np.arange(b), y].mean() + 5 * np.mean((m1 - m2[:, :, ::-1]) ** 2)
         assert total(f1, f2, z, y).numpy() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cam_norm_hand_case_scale_invariance_and_zero_maps():
+    """``cam_norm`` (a diagnosis switch, not the release): max and rms normalise each (image, class) map
+    over H×W; the consistency then ignores the CAMs' scale, which the release's raw maps do not."""
+    maps = np.zeros((1, 2, 2, 2), np.float32)
+    maps[0, :, :, 0] = [[1.0, -2.0], [0.5, 4.0]]  # max |M| = 4, mean M² = (1 + 4 + 0.25 + 16)/4 = 5.3125
+    maps[0, :, :, 1] = [[3.0, 3.0], [3.0, 3.0]]
+    np.testing.assert_array_equal(eac.normalize_attention_maps(maps, "none").numpy(), maps)
+    got_max = eac.normalize_attention_maps(maps, "max").numpy()
+    np.testing.assert_allclose(got_max[0, :, :, 0], [[0.25, -0.5], [0.125, 1.0]], rtol=1e-5)
+    np.testing.assert_allclose(got_max[0, :, :, 1], np.ones((2, 2)), rtol=1e-5)
+    got_rms = eac.normalize_attention_maps(maps, "rms").numpy()
+    np.testing.assert_allclose(got_rms[0, :, :, 0], maps[0, :, :, 0] / np.sqrt(5.3125), rtol=1e-5)
+    np.testing.assert_allclose((got_rms**2).mean(axis=(1, 2)), 1.0, rtol=1e-5)
+    # Consistency of two views whose maps differ only in scale: 0 when normalised, > 0 raw; and a common
+    # factor on both views leaves the normalised term unchanged but scales the raw one by its square.
+    rng = np.random.default_rng(5)
+    m1 = rng.normal(size=(3, 4, 4, 7)).astype(np.float32)
+    m2 = rng.normal(size=(3, 4, 4, 7)).astype(np.float32)
+    mirrored = m1[:, :, ::-1] * 3.0  # view 2's maps = 3 × view 1's, in view 2's coordinates
+    assert float(eac.attention_consistency(m1, mirrored)) > 1.0
+    for norm in ("max", "rms"):
+        assert float(eac.attention_consistency(m1, mirrored, norm)) == pytest.approx(0.0, abs=1e-10)
+        assert float(eac.attention_consistency(10 * m1, 10 * m2, norm)) == pytest.approx(
+            float(eac.attention_consistency(m1, m2, norm)), rel=1e-5)
+    assert float(eac.attention_consistency(10 * m1, 10 * m2)) == pytest.approx(
+        100 * float(eac.attention_consistency(m1, m2)), rel=1e-5)
+    rms_loss = float(eac.attention_consistency(m1, m2, "rms"))
+    assert 0.0 < rms_loss <= 4.0
+    # All-zero maps: zero loss, finite gradients.
+    zero = tf.Variable(tf.zeros((1, 2, 2, 3)))
+    for norm in ("max", "rms"):
+        with tf.GradientTape() as tape:
+            loss = eac.attention_consistency(zero, tf.ones((1, 2, 2, 3)) * 0.0, norm)
+        assert float(loss) == 0.0 and np.isfinite(tape.gradient(loss, zero).numpy()).all()
+    with pytest.raises(ValueError, match="cam_norm"):
+        eac.normalize_attention_maps(maps, "l1")

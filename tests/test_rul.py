@@ -165,6 +165,34 @@ def test_fc_learning_rate_multiplier_is_exact_for_adam():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_fc_lr_multiplier_one_trains_the_fc_at_the_backbone_rate(tiny_dataset, tmp_path):
+    """The diagnosis switch for RUL > CE (the official fc trains at 10× the rest): ``fc_lr_multiplier=1``.
+
+    Adam's first step moves every weight by ≈ lr (its update is lr·g/(|g| + ε)); through the reparametrised
+    fc W = m·V the effective fc weights move by m·lr: 10·lr by default, lr with the switch, as the backbone.
+    """
+    from models.rul import RULConfig
+
+    assert RULConfig().fc_lr_multiplier == 10.0  # the official default
+    trainer, model, method_data = build_method(tiny_dataset, tmp_path, "rul", method_overrides={"fc_lr_multiplier": "1"})
+    assert model.config.fc_lr_multiplier == 1.0 and model.classifier.multiplier == 1.0
+    np.testing.assert_array_equal(model.classifier.effective_kernel.numpy(), model.classifier.inner.kernel.numpy())
+    batch = next(iter(trainer.train_dataset(method_data)))
+    lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    steps = {}
+    for multiplier, candidate in ((1.0, model), (10.0, build_method(tiny_dataset, tmp_path / "ten", "rul")[1])):
+        fc_before = candidate.classifier.effective_kernel.numpy().copy()
+        body = [v for v in candidate.trainable_variables if "dense" in v.path and "kernel" in v.path]
+        body_before = [v.numpy().copy() for v in body]
+        candidate.train_step(batch)
+        fc_step = np.abs(candidate.classifier.effective_kernel.numpy() - fc_before)
+        body_step = np.concatenate([np.abs(v.numpy() - b).ravel() for v, b in zip(body, body_before)])
+        steps[multiplier] = (np.median(fc_step[fc_step > 0]), np.median(body_step[body_step > 0]))
+    for multiplier, (fc_step, body_step) in steps.items():
+        assert fc_step == pytest.approx(multiplier * lr, rel=0.05), multiplier
+        assert body_step == pytest.approx(lr, rel=0.05), multiplier
+
+
 def test_fc_initialisation_and_coupled_l2_use_the_effective_weights(built):
     _, model, _ = built
     kernel = model.classifier.effective_kernel.numpy()
