@@ -286,3 +286,18 @@ def test_probe_benchmark_runs_every_backbone_side_by_side(tmp_path, capsys):
     code, _, err = run_cli(probe, ["--out", tmp_path / "probe", "--standin", tmp_path / "missing.weights.h5",
                                    "--force"], capsys)
     assert code == 2 and "missing.weights.h5" in err
+
+
+def test_convert_writes_a_keras_file_that_loads_the_same_backbone(chips, tmp_path, capsys):
+    from models.backbones import build_backbone
+    from preprocess import weights
+
+    out = tmp_path / "dlib.weights.h5"
+    code, stdout, err = run_cli(weights, ["convert", "dlib", out, "--backbone", "dlib_resnet", "--quiet"], capsys)
+    assert code == 0, err
+    assert "input normalisation dlib" in stdout and "dropped 1" in stdout  # the 128-D fc: not a backbone weight
+    images = np.stack(chips[:4]).astype(np.float32) / 127.5 - 1.0
+    converted = build_backbone("dlib_resnet", 150, str(out))
+    direct = build_backbone("dlib_resnet", 150, "dlib")
+    assert converted.fer_input_norm == "dlib"
+    np.testing.assert_array_equal(np.asarray(converted(images)), np.asarray(direct(images)))
