@@ -59,7 +59,7 @@ heatmap grid                   stride 4 (56×56 at 224 px), σ 1.5 cells,    ``h
                                                                            the term weighs what it weighs in the release
                                                                            at every image size; identical at 224 px —
                                                                            ``release``: σ 1.5 cells of the stage-1 grid,
-                                                                           whatever its size (21.7× heavier at 48 px);
+                                                                           whatever its size (21× heavier at 48 px);
                                                                            ``heatmap_sigma`` (1.5)
 FPN upsampling                 ×2 bilinear                                 bilinear resize to the next lateral's exact size
                                                                            (same at 224 px; also works for odd sizes)
