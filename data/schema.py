@@ -37,7 +37,8 @@ import hashlib
 import math
 import posixpath
 import re
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -77,10 +78,6 @@ class AnnotationTable:
 
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.labels, minlength=self.num_classes)
-
-
-def _raise(row, message, csv_path):
-    raise row_error(csv_path, row + 1, message)
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
@@ -136,55 +133,246 @@ def _duplicate_message(paths: list, row: int, first: int) -> str:
     return f"duplicated path {paths[row]!r} (first seen earlier in the table{same})"
 
 
-def _parse_int_column(frame, column, csv_path, num_classes, bad=None):
-    """Integer class indices; ``bad(row, message)`` (0-based row) is called for each invalid cell (default: raise)."""
-    bad = bad or (lambda row, message: _raise(row, message, csv_path))
-    values = frame[column]
-    out = np.zeros(len(frame), dtype=np.int32)
-    for row, value in enumerate(values.tolist()):
-        if isinstance(value, str):
-            value = value.strip()
-        try:
-            fvalue = float(value)
-        except (TypeError, ValueError, OverflowError):
-            bad(row, f"column '{column}' must be an integer class index, got {value!r}")
-            continue
-        if not math.isfinite(fvalue) or fvalue != int(fvalue):
-            bad(row, f"column '{column}' must be an integer class index, got {value!r}")
-            continue
-        ivalue = int(fvalue)
-        if not 0 <= ivalue < num_classes:
-            bad(row, f"column '{column}' = {ivalue} is out of range for a {num_classes}-class dataset "
-                     f"(0..{num_classes - 1})")
-            continue
-        out[row] = ivalue
-    return out
+# --- row rules ---------------------------------------------------------------------------------------------
+# Every row-level check lives in ROW_RULES, once. validate_frame applies the table in one of two modes:
+# fail-fast (the first rule with a violation raises for its first row) or collecting (--skip-bad: each row
+# gets the message of the first rule it breaks and is left out). Because both modes walk the same rules in
+# the same order, the row a fail-fast run names carries the same message in the --skip-bad report.
 
 
-def parse_float_list(text, csv_path, row, column) -> np.ndarray:
-    """Parse a ``;``-separated (or space/comma-separated) list of floats."""
+@dataclass
+class _RowContext:
+    """One frame under validation: what the rules read, and what they parse (row-aligned, for the table)."""
+
+    frame: pd.DataFrame  # index reset, paths slash-normalised
+    raw_paths: list  # the path cells as written (messages quote them)
+    num_classes: int
+    num_landmarks: int | None
+    allow_outside_root: bool
+    parsed: dict = field(default_factory=dict)  # column -> per-row values (None where a row failed to parse)
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """A row-level rule: ``check`` yields ``(0-based row, message)`` for each row breaking it, in row order.
+
+    It runs only when the frame has every column in ``needs``. A rule may read what earlier rules parsed
+    (``ctx.parsed``) and skips rows they could not parse (those rows already have a message)."""
+
+    name: str
+    needs: tuple[str, ...]
+    check: Callable[[_RowContext], Iterator[tuple[int, str]]]
+
+
+def _path_cells(ctx: _RowContext):
+    for row, value in enumerate(ctx.raw_paths):
+        if not isinstance(value, str) or value.strip() == "":
+            yield row, f"column 'path' is empty or not a string: {value!r}"
+        elif not ctx.allow_outside_root:
+            reason = path_escape_reason(normalize_table_path(value))
+            if reason:
+                yield row, _escape_message(value, reason)
+
+
+def _unique_paths(ctx: _RowContext):
+    paths = ctx.frame["path"].tolist()
+    for row, first in _duplicated_paths(paths).items():
+        yield row, _duplicate_message(paths, row, first)
+
+
+def _class_index_problem(value, column: str, num_classes: int) -> tuple[int, str | None]:
+    """``(class index, None)`` for a valid cell, else ``(0, why)``."""
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        fvalue = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0, f"column '{column}' must be an integer class index, got {value!r}"
+    if not math.isfinite(fvalue) or fvalue != int(fvalue):
+        return 0, f"column '{column}' must be an integer class index, got {value!r}"
+    ivalue = int(fvalue)
+    if not 0 <= ivalue < num_classes:
+        return 0, (f"column '{column}' = {ivalue} is out of range for a {num_classes}-class dataset "
+                   f"(0..{num_classes - 1})")
+    return ivalue, None
+
+
+def _class_index_rule(column: str):
+    def check_column(ctx: _RowContext):
+        out = np.zeros(len(ctx.frame), dtype=np.int32)
+        ctx.parsed[column] = out
+        for row, value in enumerate(ctx.frame[column].tolist()):
+            out[row], problem = _class_index_problem(value, column, ctx.num_classes)
+            if problem:
+                yield row, problem
+
+    return check_column
+
+
+def _va_values(ctx: _RowContext) -> np.ndarray:
+    if "va" not in ctx.parsed:
+        ctx.parsed["va"] = np.stack([pd.to_numeric(ctx.frame[c], errors="coerce").to_numpy(np.float64)
+                                       for c in ("valence", "arousal")], axis=1)
+    return ctx.parsed["va"]
+
+
+def _va_finite(ctx: _RowContext):
+    va, frame = _va_values(ctx), ctx.frame
+    for row in np.flatnonzero(~np.isfinite(va).all(axis=1)):
+        yield int(row), (f"valence/arousal is NaN, infinite or not a number "
+                         f"({frame['valence'].iloc[row]!r}, {frame['arousal'].iloc[row]!r})")
+
+
+def _va_in_range(ctx: _RowContext):
+    va = _va_values(ctx)
+    with np.errstate(invalid="ignore"):  # NaN rows were named by _va_finite
+        outside = (np.abs(va) > 1.0 + 1e-6).any(axis=1)
+    for row in np.flatnonzero(outside):
+        yield int(row), f"valence/arousal ({va[row, 0]}, {va[row, 1]}) outside [-1, 1]"
+
+
+def _float_list_problem(text, column: str) -> tuple[np.ndarray | None, str | None]:
+    """``(values, None)`` for a ``;``- (or space/comma-) separated list of finite float32 numbers, else
+    ``(None, why)``."""
     if isinstance(text, (list, tuple, np.ndarray)):
         try:
             arr = np.asarray(text, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
-            raise row_error(csv_path, row, f"column '{column}' is not a list of numbers: {str(text)[:60]!r}") from None
+            return None, f"column '{column}' is not a list of numbers: {str(text)[:60]!r}"
     else:
         if text is None or (isinstance(text, float) and math.isnan(text)):
-            raise row_error(csv_path, row, f"column '{column}' is empty")
+            return None, f"column '{column}' is empty"
         cleaned = str(text).replace(",", ";").replace(" ", ";").strip("[]() ")
         try:
             arr = np.asarray([float(v) for v in cleaned.split(";") if v.strip() != ""], dtype=np.float64)
         except ValueError:
-            raise row_error(csv_path, row, f"column '{column}' is not a list of numbers: {str(text)[:60]!r}") from None
+            return None, f"column '{column}' is not a list of numbers: {str(text)[:60]!r}"
     if not np.all(np.isfinite(arr)):
-        raise row_error(csv_path, row, f"column '{column}' has a NaN or infinite value")
+        return None, f"column '{column}' has a NaN or infinite value"
     if np.any(np.abs(arr) > np.finfo(np.float32).max):  # stored as float32: would become inf
-        raise row_error(csv_path, row, f"column '{column}' has a value too large for float32")
+        return None, f"column '{column}' has a value too large for float32"
+    return arr, None
+
+
+def _float_list_rule(column: str):
+    def check_column(ctx: _RowContext):
+        values = ctx.parsed[column] = []
+        for row, text in enumerate(ctx.frame[column].tolist()):
+            arr, problem = _float_list_problem(text, column)
+            values.append(arr)
+            if problem:
+                yield row, problem
+
+    return check_column
+
+
+def _landmark_counts(ctx: _RowContext):
+    lengths = {row: len(v) for row, v in enumerate(ctx.parsed["landmarks"]) if v is not None}
+    if ctx.num_landmarks is not None:
+        want = 2 * ctx.num_landmarks
+    else:  # the table's count is the most common even one (so the odd row out is named)
+        even = [n for n in lengths.values() if n and n % 2 == 0]
+        want = max(sorted(set(even)), key=even.count) if even else None
+    for row, n in lengths.items():
+        if n != want:
+            yield row, (f"landmarks have {n} values; expected {want} (x,y pairs)" if want is not None else
+                        f"landmarks have {n} values; expected a positive, even count (x,y pairs)")
+    ctx.parsed["landmark_count"] = want
+
+
+def _vote_counts(ctx: _RowContext):
+    for row, votes in enumerate(ctx.parsed["votes"]):
+        if votes is None:
+            continue
+        if len(votes) != ctx.num_classes:
+            yield row, f"votes have {len(votes)} entries; expected one per class ({ctx.num_classes})"
+        elif (votes < 0).any() or votes.sum() <= 0:
+            yield row, "votes must be non-negative counts with a positive total"
+
+
+ROW_RULES: tuple[RowRule, ...] = (
+    RowRule("path", ("path",), _path_cells),
+    RowRule("unique_path", ("path",), _unique_paths),
+    RowRule("expression", ("expression",), _class_index_rule("expression")),
+    RowRule("va_finite", ("valence", "arousal"), _va_finite),
+    RowRule("va_range", ("valence", "arousal"), _va_in_range),
+    RowRule("landmarks_numbers", ("landmarks",), _float_list_rule("landmarks")),
+    RowRule("landmarks_count", ("landmarks",), _landmark_counts),
+    RowRule("votes_numbers", ("votes",), _float_list_rule("votes")),
+    RowRule("votes_counts", ("votes",), _vote_counts),
+    RowRule("clean_expression", ("clean_expression",), _class_index_rule("clean_expression")),
+)
+
+
+def _apply_rules(ctx: _RowContext, csv_path, found: dict[int, str] | None) -> None:
+    """Run ROW_RULES over ``ctx``: with ``found`` None raise the first violation (fail-fast), else record
+    each row's first message in ``found`` (collecting)."""
+    for rule in ROW_RULES:
+        if not all(column in ctx.frame.columns for column in rule.needs):
+            continue
+        for row, message in rule.check(ctx):
+            if found is None:
+                raise row_error(csv_path, row + 1, message)
+            found.setdefault(int(row), str(row_error(csv_path, row + 1, message)))
+
+
+def _parse_int_column(frame, column, csv_path, num_classes):
+    """Integer class indices of ``frame[column]``; raises :class:`DataError` naming the first bad row."""
+    ctx = _RowContext(frame, [], num_classes, None, False)
+    for row, message in _class_index_rule(column)(ctx):
+        raise row_error(csv_path, row + 1, message)
+    return ctx.parsed[column]
+
+
+def parse_float_list(text, csv_path, row, column) -> np.ndarray:
+    """Parse a ``;``-separated (or space/comma-separated) list of floats (``row``: 1-based, for the error)."""
+    arr, problem = _float_list_problem(text, column)
+    if problem:
+        raise row_error(csv_path, row, problem)
     return arr
 
 
 def format_float_list(values, precision: int = 2) -> str:
     return ";".join(f"{float(v):.{precision}f}" for v in np.ravel(values))
+
+
+def _check_table_level(frame, csv_path: Path, require_va: bool) -> None:
+    """The problems no dropped row can fix (raised in both modes, before any row rule)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{csv_path}: missing required column(s) {', '.join(missing)}; found columns: "
+            f"{', '.join(map(str, frame.columns))}. Expected the schema path, expression[, valence, arousal, landmarks, votes]."
+        )
+    if len(frame) == 0:
+        raise DataError(f"{csv_path}: the split is empty (no data rows)")
+    has_v, has_a = "valence" in frame.columns, "arousal" in frame.columns
+    if has_v != has_a:
+        raise DataError(f"{csv_path}: has a '{'valence' if has_v else 'arousal'}' column but no "
+                        f"'{'arousal' if has_v else 'valence'}' column; VA needs both")
+    if require_va and not has_v:
+        raise DataError(f"{csv_path}: this method needs 'valence' and 'arousal' columns; "
+                        "produce them with `python -m preprocess.pseudo_va` or import your own with `python -m preprocess.va_import`")
+
+
+def _table_rows(ctx: _RowContext, rows: np.ndarray, csv_path: Path, image_root, allow_outside_root: bool,
+                backslashes: int) -> AnnotationTable:
+    """The table of ``rows`` (0-based rows of ``ctx.frame``, all valid) from what the rules parsed."""
+    parsed, frame = ctx.parsed, ctx.frame
+    if len(rows) != len(frame):
+        frame = frame.iloc[rows].reset_index(drop=True)
+    if backslashes:
+        frame.attrs["backslash_paths"] = int(backslashes)
+    va = parsed["va"][rows].astype(np.float32) if "va" in parsed else None
+    landmarks = None
+    if "landmarks" in parsed:
+        landmarks = np.stack([parsed["landmarks"][r] for r in rows]).reshape(len(rows), -1, 2).astype(np.float32)
+    votes = np.stack([parsed["votes"][r] for r in rows]).astype(np.float32) if "votes" in parsed else None
+    clean = parsed["clean_expression"][rows] if "clean_expression" in parsed else None
+    root = Path(image_root) if image_root is not None else csv_path.parent / "images"
+    return AnnotationTable(csv_path=csv_path, image_root=root, frame=frame, num_classes=ctx.num_classes,
+                           labels=parsed["expression"][rows], va=va, landmarks=landmarks, votes=votes,
+                           clean_labels=clean, allow_outside_root=bool(allow_outside_root))
 
 
 def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=None,
@@ -196,165 +384,35 @@ def validate_frame(frame: pd.DataFrame, csv_path, num_classes: int, image_root=N
     root (absolute, a drive letter, or ``..`` after normalisation; lexical, symlinks not followed) is a
     row error unless ``allow_outside_root`` (see the module docstring).
 
-    With a list ``bad_rows`` (``--skip-bad``), rows with an invalid cell are not fatal: each is appended
-    as ``(0-based row of frame, message)`` and left out of the returned table (whose frame then has
-    ``attrs["kept_rows"]``, the frame rows it holds). Table-level problems (missing columns, nothing
-    left) still raise.
+    The row rules are :data:`ROW_RULES`. Without ``bad_rows`` the first violation raises. With a list
+    ``bad_rows`` (``--skip-bad``), rows with an invalid cell are not fatal: each is appended as
+    ``(0-based row of frame, message)`` (the message a fail-fast run would give for that row) and left out
+    of the returned table (whose frame then has ``attrs["kept_rows"]``, the frame rows it holds).
+    Table-level problems (missing columns, an empty split, one VA column, nothing left) raise in both modes.
     """
     csv_path = Path(csv_path)
-    if bad_rows is not None:
-        return _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num_landmarks, bad_rows,
-                                  allow_outside_root)
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{csv_path}: missing required column(s) {', '.join(missing)}; found columns: "
-            f"{', '.join(map(str, frame.columns))}. Expected the schema path, expression[, valence, arousal, landmarks, votes]."
-        )
-    if len(frame) == 0:
-        raise DataError(f"{csv_path}: the split is empty (no data rows)")
+    _check_table_level(frame, csv_path, require_va)
     frame = frame.reset_index(drop=True)
     raw_paths = frame["path"].tolist()
-    backslashes = 0
-    for row, value in enumerate(raw_paths):
-        if not isinstance(value, str) or value.strip() == "":
-            raise row_error(csv_path, row + 1, f"column 'path' is empty or not a string: {value!r}")
-        backslashes += "\\" in value
-        if not allow_outside_root:
-            reason = path_escape_reason(normalize_table_path(value))
-            if reason:
-                raise row_error(csv_path, row + 1, _escape_message(value, reason))
-    if backslashes:
-        frame = frame.copy()
-        frame["path"] = normalize_table_paths(raw_paths)
-        frame.attrs["backslash_paths"] = int(backslashes)
-    paths = frame["path"]
-    dup = _duplicated_paths(paths.tolist())
-    if dup:
-        row, first = next(iter(dup.items()))
-        raise row_error(csv_path, row + 1, _duplicate_message(paths.tolist(), row, first))
-    labels = _parse_int_column(frame, "expression", csv_path, num_classes)
-
-    va = None
-    has_v, has_a = "valence" in frame.columns, "arousal" in frame.columns
-    if has_v != has_a:
-        raise DataError(f"{csv_path}: has a '{'valence' if has_v else 'arousal'}' column but no "
-                        f"'{'arousal' if has_v else 'valence'}' column; VA needs both")
-    if has_v:
-        va = np.stack([pd.to_numeric(frame["valence"], errors="coerce").to_numpy(np.float64),
-                       pd.to_numeric(frame["arousal"], errors="coerce").to_numpy(np.float64)], axis=1)
-        bad = ~np.isfinite(va).all(axis=1)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise row_error(csv_path, row + 1, f"valence/arousal is NaN, infinite or not a number "
-                            f"({frame['valence'].iloc[row]!r}, {frame['arousal'].iloc[row]!r})")
-        out = (np.abs(va) > 1.0 + 1e-6).any(axis=1)
-        if out.any():
-            row = int(np.flatnonzero(out)[0])
-            raise row_error(csv_path, row + 1, f"valence/arousal ({va[row, 0]}, {va[row, 1]}) outside [-1, 1]")
-        va = va.astype(np.float32)
-    elif require_va:
-        raise DataError(f"{csv_path}: this method needs 'valence' and 'arousal' columns; "
-                        "produce them with `python -m preprocess.pseudo_va` or import your own with `python -m preprocess.va_import`")
-
-    landmarks = None
-    if "landmarks" in frame.columns:
-        parsed = [parse_float_list(v, csv_path, r + 1, "landmarks") for r, v in enumerate(frame["landmarks"].tolist())]
-        lengths = [len(p) for p in parsed]
-        # The table's length is the given one, else the most common one (so the odd row out is named).
-        want = 2 * num_landmarks if num_landmarks is not None else max(set(lengths), key=lengths.count)
-        for r, n in enumerate(lengths):
-            if n % 2 or n == 0 or n != want:
-                raise row_error(csv_path, r + 1, f"landmarks have {n} values; expected {want} (x,y pairs)")
-        landmarks = np.stack(parsed).reshape(len(frame), -1, 2).astype(np.float32)
-
-    votes = None
-    if "votes" in frame.columns:
-        parsed = [parse_float_list(v, csv_path, r + 1, "votes") for r, v in enumerate(frame["votes"].tolist())]
-        for r, p in enumerate(parsed):
-            if len(p) != num_classes:
-                raise row_error(csv_path, r + 1, f"votes have {len(p)} entries; expected one per class ({num_classes})")
-            if (p < 0).any() or p.sum() <= 0:
-                raise row_error(csv_path, r + 1, "votes must be non-negative counts with a positive total")
-        votes = np.stack(parsed).astype(np.float32)
-
-    clean = None
-    if "clean_expression" in frame.columns:
-        clean = _parse_int_column(frame, "clean_expression", csv_path, num_classes)
-
-    root = Path(image_root) if image_root is not None else csv_path.parent / "images"
-    return AnnotationTable(csv_path=csv_path, image_root=root, frame=frame, num_classes=num_classes,
-                           labels=labels, va=va, landmarks=landmarks, votes=votes, clean_labels=clean,
-                           allow_outside_root=bool(allow_outside_root))
-
-
-def _validate_skipping(frame, csv_path, num_classes, image_root, require_va, num_landmarks, bad_rows,
-                       allow_outside_root=False):
-    """``validate_frame`` that collects row-level problems into ``bad_rows`` and drops those rows."""
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing or len(frame) == 0:
-        return validate_frame(frame, csv_path, num_classes, image_root, require_va, num_landmarks)  # raises
-    frame = frame.reset_index(drop=True)
-    found: dict[int, str] = {}
-
-    def bad(row, message):
-        found.setdefault(int(row), str(row_error(csv_path, int(row) + 1, message)))
-
-    raw_paths = frame["path"].tolist()
-    for row, value in enumerate(raw_paths):
-        if not isinstance(value, str) or value.strip() == "":
-            bad(row, f"column 'path' is empty or not a string: {value!r}")
-        elif not allow_outside_root:
-            reason = path_escape_reason(normalize_table_path(value))
-            if reason:
-                bad(row, _escape_message(value, reason))
     backslashes = sum(isinstance(v, str) and "\\" in v for v in raw_paths)
     if backslashes:
         frame = frame.copy()
         frame["path"] = normalize_table_paths(raw_paths)
-    paths = frame["path"].tolist()
-    for row, first in _duplicated_paths(paths).items():
-        bad(row, _duplicate_message(paths, row, first))
-    for column in ("expression", "clean_expression"):
-        if column in frame.columns:
-            _parse_int_column(frame, column, csv_path, num_classes, bad)
-    if "valence" in frame.columns and "arousal" in frame.columns:
-        va = np.stack([pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float64)
-                       for c in ("valence", "arousal")], axis=1)
-        with np.errstate(invalid="ignore"):
-            for row in np.flatnonzero(~np.isfinite(va).all(axis=1) | (np.abs(va) > 1.0 + 1e-6).any(axis=1)):
-                bad(row, f"valence/arousal ({frame['valence'].iloc[row]!r}, {frame['arousal'].iloc[row]!r}) "
-                         "is not a finite number in [-1, 1]")
-    for column, want in (("landmarks", None if num_landmarks is None else 2 * num_landmarks),
-                         ("votes", num_classes)):
-        if column not in frame.columns:
-            continue
-        lengths = {}
-        for row, text in enumerate(frame[column].tolist()):
-            try:
-                values = parse_float_list(text, csv_path, row + 1, column)
-            except DataError as exc:
-                found.setdefault(row, str(exc))
-                continue
-            if column == "votes" and ((values < 0).any() or values.sum() <= 0):
-                bad(row, "votes must be non-negative counts with a positive total")
-            lengths[row] = len(values)
-        if want is None and lengths:  # landmarks: the most common even length is the table's
-            even = [n for n in lengths.values() if n and n % 2 == 0]
-            want = max(set(even), key=even.count) if even else -1
-        for row, n in lengths.items():
-            if n != want:
-                bad(row, f"{column} have {n} values; expected {want}")
+    ctx = _RowContext(frame, raw_paths, num_classes, num_landmarks, allow_outside_root)
+    found = None if bad_rows is None else {}
+    _apply_rules(ctx, csv_path, found)
+    if not found:
+        table = _table_rows(ctx, np.arange(len(frame)), csv_path, image_root, allow_outside_root, backslashes)
+        if bad_rows is not None:
+            table.frame.attrs["kept_rows"] = list(range(len(frame)))
+        return table
     bad_rows.extend(sorted(found.items()))
     kept = np.setdiff1d(np.arange(len(frame)), np.fromiter(found, int, len(found)))
     if len(kept) == 0:
         raise DataError(f"{csv_path}: no usable rows left (all {len(frame)} rows are invalid; first: "
                         f"{found[min(found)]})")
-    table = validate_frame(frame.iloc[kept].reset_index(drop=True), csv_path, num_classes, image_root,
-                           require_va, num_landmarks, allow_outside_root=allow_outside_root)
+    table = _table_rows(ctx, kept, csv_path, image_root, allow_outside_root, backslashes)
     table.frame.attrs["kept_rows"] = kept.tolist()
-    if backslashes:
-        table.frame.attrs["backslash_paths"] = int(backslashes)
     return table
 
 
