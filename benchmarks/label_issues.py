@@ -467,9 +467,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from common.cli import quiet_tensorflow
 
-    quiet_tensorflow()
-    from benchmarks.grid import check_benchmark_dir, mark_benchmark_dir
-
     if args.dataset != "synthetic" and not args.data_dir:
         raise ConfigError(f"--dataset {args.dataset} needs --data-dir (a prepared directory with clean_expression)")
     if args.weights not in ("none", "imagenet") and not Path(args.weights).is_file():
@@ -477,6 +474,9 @@ def main(argv=None) -> int:
     if args.folds < 2:
         raise ConfigError(f"--folds must be >= 2, got {args.folds}")
     args.seeds = list(dict.fromkeys(args.seeds))
+    quiet_tensorflow()
+    from benchmarks.grid import check_benchmark_dir, mark_benchmark_dir
+
     out = Path(args.out)
     check_benchmark_dir(out, KIND, legacy=lambda names: False)
     mark_benchmark_dir(out, KIND)

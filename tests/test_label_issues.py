@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_run_config, write_tiny_dataset
-from helpers_cli import run_cli, tree_digest
+from helpers import tiny_run_config, write_tiny_dataset
+from helpers_cli import ROOT, run_cli, subprocess_env, tree_digest
 
 PLANTED = (3, 17, 30)  # rows given a wrong label
 N_TRAIN = 56
@@ -276,6 +278,10 @@ def test_bad_input_is_an_error_line(runs, planted, capsys, tmp_path):
 
     out = ["--out", tmp_path / "a.csv"]
     fails(["--run", tmp_path / "nowhere", *out], "no such run directory")
+    # the same in a real process (refused before TensorFlow is imported)
+    result = subprocess.run([sys.executable, "-m", "tools.label_issues", "--run", str(tmp_path / "nowhere"), *map(str, out)],
+                            env=subprocess_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: --run") and "Traceback" not in result.stderr
     fails(["--run", runs["ce"], "--score", "method", *out], "keeps no per-sample noise score")
     fails(["--run", runs["ce"], "--flag", "own", *out], "no threshold of its own")
     fails(["--run", runs["ce"], "--write-table", tmp_path / "c" / "t.csv", *out], "--action")
@@ -349,3 +355,19 @@ def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
     assert code == 0, err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
     assert pd.read_csv(out / "results.csv").equals(rows)
+
+
+def test_benchmark_bad_input(tmp_path, capsys):
+    import benchmarks.label_issues as bench
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.md").write_text("my notes")
+    for argv, expected in ((["--out", tmp_path / "b", "--folds", "1"], "--folds must be >= 2"),
+                           (["--out", tmp_path / "b", "--dataset", "csv"], "needs --data-dir"),
+                           (["--out", tmp_path / "b", "--weights", tmp_path / "none.h5"], "not found"),
+                           (["--out", mine], "did not write"),
+                           (["--out", tmp_path / "b", "--settings", "sym99"], "invalid choice")):
+        code, _, err = run_cli(bench, argv, capsys)
+        assert code == 2 and "error:" in err and expected in err, err
+    assert (mine / "results.md").read_text() == "my notes" and not (tmp_path / "b").exists()

@@ -6,7 +6,8 @@
 
 ``audit.csv`` has one row per training image, in table order: ``path``, ``given_label``,
 ``suggested_label``, ``score`` (higher = the given label is more likely wrong), ``rank`` (1 = most
-suspicious), ``flagged`` (1 = proposed as a label error), ``clean_label`` (where the table or the run's
+suspicious; equal scores, e.g. a projected λ saturated at 1, ordered by the final model's lower belief in the
+given label), ``flagged`` (1 = proposed as a label error), ``clean_label`` (where the table or the run's
 noise protocol knows the label before noise) and the class names. The score is what the run's method
 learned per sample (``--score method``; the default where there is one): LDLVA's λ, SCN's 1 − α, RUL's u,
 LA-Net's 1 − T[given]; for CE, DDAF, NLA and EAC (and as an option for every method) the final model's
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-table", metavar="FILE.csv", help="write a cleaned copy of the training table")
     p.add_argument("--action", choices=("drop", "relabel"), help="with --write-table: drop or relabel flagged rows")
     p.add_argument("--ckpt", help="a specific checkpoint folder instead of the newest")
-    p.add_argument("--force", action="store_true", help="replace output files this toolkit wrote earlier")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out / --figure file this toolkit did not write, or an earlier "
+                        "--write-table copy (the run's own tables are never replaced)")
     return p
 
 
