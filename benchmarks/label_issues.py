@@ -3,7 +3,8 @@
     python -m benchmarks.label_issues --out benchmark_runs/label_issues [--seeds 0 1 2] [--settings sym30 asym30]
         [--detectors ldlva ce scn rul lanet] [--folds 5] [--clean-with cleanlab ldlva ce scn rul lanet]
         [--actions drop relabel] [recipe flags: --train-size --backbone --image-size --pad --epochs --batch-size
-        --lr --lr-schedule --weights --random-erasing --method-set METHOD:KEY=VALUE] [--report-only]
+        --lr --lr-schedule --weights --random-erasing --method-set METHOD:KEY=VALUE --grid-option OPTION=VALUE]
+        [--report-only]
 
 For every label setting (``sym30``: 30 % symmetric noise, ``asym30``: 30 % asymmetric, ...) and seed:
 
@@ -33,7 +34,8 @@ finished cells, as ``benchmark.py`` does).
 Default recipe: the CPU-sized protocol of BENCHMARKS.md (2000 synthetic training faces, ``small_cnn`` at 32
 px, pad 2, 40 epochs, Adam 1e-3 with cosine decay, batch 64; LDLVA with ``neighbor_source=bank`` and
 ``gamma=0.01``); every recipe flag can be changed (e.g. ``--backbone resnet18 --weights FILE`` for a
-pretrained regime), and ``--dataset csv --data-dir DIR --num-classes C`` runs it on any prepared directory
+pretrained regime, ``--backbone dlib_resnet --weights dlib --image-size 150`` for dlib's face ResNet; any
+other ``train.py`` option with ``--grid-option OPTION=VALUE``), and ``--dataset csv --data-dir DIR --num-classes C`` runs it on any prepared directory
 with clean labels in ``clean_expression``. cleanlab is needed by this benchmark only (requirements.txt).
 """
 
@@ -85,10 +87,15 @@ def build_parser():
     g.add_argument("--batch-size", type=positive_int, default=64)
     g.add_argument("--lr", type=positive_float, default=1e-3)
     g.add_argument("--lr-schedule", default="cosine", choices=["constant", "step", "cosine", "exponential", "linear"])
-    g.add_argument("--weights", default="none", help="backbone weights of every run (default none: from scratch)")
+    g.add_argument("--weights", default="none",
+                   help="backbone weights of every run: none (default: from scratch), a file, or a name the backbone "
+                        "knows (imagenet, dlib)")
     g.add_argument("--random-erasing", type=float, default=0.0)
     g.add_argument("--method-set", action="append", default=None, metavar="METHOD:KEY=VALUE",
                    help="method setting (repeatable); default " + " ".join(DEFAULT_METHOD_SETS))
+    g.add_argument("--grid-option", action="append", default=[], metavar="OPTION=VALUE",
+                   help="any other train.py option for every run (repeatable), e.g. input-norm=dlib or "
+                        "optimizer=sgd")
     g = p.add_argument_group("control")
     g.add_argument("--lock", help="flock this file around each training (shared CPU)")
     g.add_argument("--report-only", action="store_true", help="train nothing; rebuild the tables from what is done")
@@ -102,7 +109,10 @@ def recipe_argv(args, methods, data_dir=None, train_table=None) -> list[str]:
     argv = ["--backbone", args.backbone, "--image-size", str(args.image_size), "--pad", str(args.pad),
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}",
             "--lr-schedule", args.lr_schedule, "--random-erasing", f"{args.random_erasing:g}", "--val-every", "0",
-            "--weights", args.weights if args.weights in ("none", "imagenet") else str(Path(args.weights).resolve())]
+            "--weights", str(Path(args.weights).resolve()) if Path(args.weights).is_file() else args.weights]
+    for item in args.grid_option:
+        option, _, value = item.partition("=")
+        argv += [f"--{option.strip().lstrip('-')}", *([value] if value else [])]
     if data_dir is not None:
         argv += ["--dataset", "csv", "--num-classes", str(num_classes(args)), "--data-dir", str(Path(data_dir).resolve())]
         if train_table:
@@ -469,8 +479,11 @@ def main(argv=None) -> int:
 
     if args.dataset != "synthetic" and not args.data_dir:
         raise ConfigError(f"--dataset {args.dataset} needs --data-dir (a prepared directory with clean_expression)")
-    if args.weights not in ("none", "imagenet") and not Path(args.weights).is_file():
+    if not Path(args.weights).is_file() and ("/" in args.weights or Path(args.weights).suffix):
         raise ConfigError(f"--weights {args.weights}: not found")
+    for item in args.grid_option:
+        if not item.partition("=")[0].strip().lstrip("-"):
+            raise ConfigError(f"--grid-option expects OPTION=VALUE (e.g. input-norm=dlib), got '{item}'")
     if args.folds < 2:
         raise ConfigError(f"--folds must be >= 2, got {args.folds}")
     args.seeds = list(dict.fromkeys(args.seeds))

@@ -320,7 +320,8 @@ def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
     # that is the same grid call on the prepared copy checked below)
     argv = ["--out", out, "--dataset", "csv", "--data-dir", data, "--num-classes", "7", "--settings", "sym30",
             "--seeds", "0", "--detectors", "ce", "--folds", "2", "--clean-with", "ce", "--actions",
-            "--image-size", "24", "--epochs", "5", "--lr", "0.003", "--lr-schedule", "constant", "--batch-size", "8"]
+            "--image-size", "24", "--epochs", "5", "--lr", "0.003", "--lr-schedule", "constant", "--batch-size", "8",
+            "--grid-option", "momentum=0.5"]  # any train.py option reaches every run (Adam ignores this one)
     code, stdout, err = run_cli(bench, argv, capsys)
     assert code == 0, err
     rows = pd.read_csv(out / "results.csv")
@@ -331,6 +332,8 @@ def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
     assert 0 < detection.loc["cleanlab", "num_flagged"] < 70 and detection.loc["cleanlab", "auc"] > 0.5
     assert rows[rows["kind"] == "accuracy"]["name"].tolist() == ["ce_noisy"]
     cell = out / "sym30" / "s0"
+    for run in out.rglob("config.json"):
+        assert json.loads(run.read_text())["run"]["momentum"] == 0.5, run
     # cleanlab's flags are find_label_issues on the stored out-of-fold probabilities, each row predicted by
     # the fold run that never saw it
     probs, fold = np.load(cell / "cv" / "pred_probs.npy"), np.load(cell / "noisy" / "folds.npy")
@@ -367,7 +370,8 @@ def test_benchmark_bad_input(tmp_path, capsys):
                            (["--out", tmp_path / "b", "--dataset", "csv"], "needs --data-dir"),
                            (["--out", tmp_path / "b", "--weights", tmp_path / "none.h5"], "not found"),
                            (["--out", mine], "did not write"),
-                           (["--out", tmp_path / "b", "--settings", "sym99"], "invalid choice")):
+                           (["--out", tmp_path / "b", "--settings", "sym99"], "invalid choice"),
+                           (["--out", tmp_path / "b", "--grid-option", "=3"], "OPTION=VALUE")):
         code, _, err = run_cli(bench, argv, capsys)
         assert code == 2 and "error:" in err and expected in err, err
     assert (mine / "results.md").read_text() == "my notes" and not (tmp_path / "b").exists()
