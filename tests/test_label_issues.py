@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import tiny_run_config, write_tiny_dataset
+from helpers import tiny_run_config, with_config, write_tiny_dataset
 from helpers_cli import ROOT, run_cli, subprocess_env, tree_digest
 
 PLANTED = (3, 17, 30)  # rows given a wrong label
@@ -195,7 +195,7 @@ def test_method_scores_point_at_the_planted_rows(planted, tmp_path, method, over
     assert np.array_equal(audit.suggested[list(PLANTED)], audit.clean[list(PLANTED)])
     assert audit.metrics()["f1"] == 1.0 and audit.metrics()["auc"] == 1.0
     if method == "rul":  # without relabelling RUL has no rule of its own: confident learning's count decides
-        trainer.model.config = type(trainer.model.config)(relabel=False)
+        with_config(trainer.model, relabel=False)
         plain = audit_run(trainer)
         assert plain.flag_rule.startswith("count:") and plain.flagged.sum() == plain.estimated_issues
         assert np.array_equal(plain.score, audit.score)
