@@ -123,19 +123,19 @@ def batched(predict, images: np.ndarray, batch: int = 32) -> np.ndarray:
     return np.concatenate([predict(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
-def export_formats(saved_model_dir, formats, images: np.ndarray | None, log=print, *, serving_model) -> dict:
+def export_formats(saved_model_dir, formats, images: np.ndarray | None, log=print, *, serving_model,
+                   saved_model_serve) -> dict:
     """Write each format beside the SavedModel's files (exported from ``serving_model``, the SavedModel's
-    computation as a Keras model) and check it on ``images`` against the SavedModel; returns the checks."""
+    computation as a Keras model) and check it on ``images`` against the SavedModel (``saved_model_serve``:
+    its loaded ``serving_default``, as :func:`engine.export.load_export` returns it); returns the checks."""
     from common.io import atomic_write_bytes
-    from engine.export import load_export
 
     saved_model_dir = Path(saved_model_dir)
-    serve, _ = load_export(saved_model_dir)
     reference = None
     if images is not None and len(images):
         import tensorflow as tf
 
-        reference = batched(lambda x: serve(images=tf.constant(x))["probabilities"].numpy(), images)
+        reference = batched(lambda x: saved_model_serve(images=tf.constant(x))["probabilities"].numpy(), images)
     checks = {}
     for fmt in formats:
         target = saved_model_dir / FORMATS[fmt]

@@ -130,7 +130,8 @@ def export_saved_model(model, out_dir, image_size: int, class_names, method: str
             })
             (tmp / "fer_export.json").write_text(json.dumps(meta, indent=2, default=str))
             if formats:
-                meta["formats"] = export_formats(tmp, formats, check_images, log=log, serving_model=module.keras_model())
+                meta["formats"] = export_formats(tmp, formats, check_images, log=log, serving_model=module.keras_model(),
+                                                 saved_model_serve=load_export(tmp)[0])
                 (tmp / "fer_export.json").write_text(json.dumps(meta, indent=2, default=str))
             (tmp / "MODEL_CARD.md").write_text(model_card(meta))
     except (OSError, tf.errors.OpError, WriteError) as exc:  # disk full, read-only folder: an older export is untouched

@@ -76,6 +76,7 @@ backbone without its weights file (evaluation, export), pass the recorded mode e
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import keras
 from keras import layers
@@ -86,7 +87,6 @@ from models.registry import BACKBONES  # the one list of backbone names
 FEATURE_DIMS = {"resnet50": 2048, "resnet50_keras": 2048, "resnet101": 2048, "resnet18": 512, "resnet18_ic": 512,
                 "mobilenetv2": 1280, "small_cnn": 256, "dlib_resnet": 256}
 INPUT_NORMS = ("none", "imagenet", "pixels", "caffe", "dlib")
-_TORCHVISION = ("resnet18", "resnet50")
 _KERAS_APPS = ("resnet50_keras", "resnet101", "mobilenetv2")
 
 # Stage outputs inside the keras.applications models (keyed by the application's own model name).
@@ -521,6 +521,46 @@ def load_backbone_weights(model: keras.Model, path: str, backbone: str | None = 
     from models.pretrained import load_weights_file
 
     return load_weights_file(model, path, backbone=backbone)
+
+
+def convert_weights(src, out, backbone: str, force: bool = False, allow_missing: bool = False) -> dict:
+    """Write ``src``'s weights, mapped onto ``backbone``, as a Keras ``.weights.h5`` at ``out`` (atomically).
+
+    ``src`` is any file :func:`models.pretrained.load_weights_file` reads (``python -m preprocess.weights
+    convert``); the mapping is checked as there, and ``allow_missing`` means the same.
+
+    The file records ``fer_backbone``, ``fer_input_norm`` and ``fer_source`` as HDF5 attributes, so
+    ``build_backbone(backbone, size, out)`` picks the right input normalisation on its own.
+    """
+    import tempfile
+
+    import h5py
+
+    from common.io import atomic_write_bytes
+    from models.pretrained import CONVERTED_FORMAT, CONVERTIBLE, load_weights_file
+
+    out = Path(out)
+    if backbone not in CONVERTIBLE:
+        raise ConfigError(f"--backbone {backbone}: converting is for {', '.join(CONVERTIBLE)}")
+    if not out.name.endswith(".weights.h5"):
+        raise ConfigError(f"{out}: the output name must end in .weights.h5 (Keras' weights format)")
+    if out.exists() and not force:
+        raise ConfigError(f"{out}: already exists; pass --force to overwrite it")
+    if not Path(src).is_file():
+        raise ConfigError(f"{src}: file not found")
+    # The weights do not depend on the image size; dlib's unpadded network needs its own minimum.
+    model = build_backbone(backbone, 150 if backbone == "dlib_resnet" else 64, None, input_norm="none")
+    report = load_weights_file(model, src, backbone=backbone, allow_missing=allow_missing)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / "staged.weights.h5"
+        model.save_weights(staged)
+        with h5py.File(staged, "a") as handle:
+            handle.attrs["fer_format"] = CONVERTED_FORMAT
+            handle.attrs["fer_backbone"] = backbone
+            handle.attrs["fer_input_norm"] = report["input_norm"]
+            handle.attrs["fer_source"] = Path(src).name
+        atomic_write_bytes(out, staged.read_bytes())
+    return report
 
 
 def build_dlib_embedder(weights: str | None = "dlib", image_size: int = 150) -> keras.Model:

@@ -30,7 +30,6 @@ API::
     load_weights_file(model, path, backbone=None, allow_missing=False) -> report (dict)
     weights_kind(path) -> "pytorch" | "keras2-h5" | "keras-weights" | "keras-model"
     weights_input_norm(path, missing_ok=False) -> str        # the InputNorm mode the weights expect
-    convert(src, out, backbone, force=False, allow_missing=False) -> report
     inspect_weights(path) -> (rows, info)                    # [(name, shape, dtype)], layout facts
     format_report(report, verbose=True) -> str
     format_load_summary(report) -> str                       # one line: loaded, dropped by reason, missing
@@ -40,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -393,42 +391,7 @@ def _load_keras(model, path, kind, backbone) -> dict:
     return report
 
 
-# ------------------------------------------------------------------------ convert / inspect ----
-
-
-def convert(src, out, backbone: str, force: bool = False, allow_missing: bool = False) -> dict:
-    """Write ``src``'s weights, mapped onto ``backbone``, as a Keras ``.weights.h5`` at ``out`` (atomically).
-
-    The file records ``fer_backbone``, ``fer_input_norm`` and ``fer_source`` as HDF5 attributes, so
-    ``build_backbone(backbone, size, out)`` picks the right input normalisation on its own.
-    """
-    import h5py
-
-    from common.io import atomic_write_bytes
-    from models.backbones import build_backbone
-
-    out = Path(out)
-    if backbone not in CONVERTIBLE:
-        raise ConfigError(f"--backbone {backbone}: converting is for {', '.join(CONVERTIBLE)}")
-    if not out.name.endswith(".weights.h5"):
-        raise ConfigError(f"{out}: the output name must end in .weights.h5 (Keras' weights format)")
-    if out.exists() and not force:
-        raise ConfigError(f"{out}: already exists; pass --force to overwrite it")
-    if not Path(src).is_file():
-        raise ConfigError(f"{src}: file not found")
-    # The weights do not depend on the image size; dlib's unpadded network needs its own minimum.
-    model = build_backbone(backbone, 150 if backbone == "dlib_resnet" else 64, None, input_norm="none")
-    report = load_weights_file(model, src, backbone=backbone, allow_missing=allow_missing)
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / "staged.weights.h5"
-        model.save_weights(staged)
-        with h5py.File(staged, "a") as handle:
-            handle.attrs["fer_format"] = CONVERTED_FORMAT
-            handle.attrs["fer_backbone"] = backbone
-            handle.attrs["fer_input_norm"] = report["input_norm"]
-            handle.attrs["fer_source"] = Path(src).name
-        atomic_write_bytes(out, staged.read_bytes())
-    return report
+# --------------------------------------------------------------------------------- inspect ----
 
 
 def inspect_weights(path) -> tuple[list, dict]:

@@ -58,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _convert(args) -> None:
-    from models.backbones import resolve_weights_path
-    from models.pretrained import convert, format_report
+    from models.backbones import convert_weights, resolve_weights_path
+    from models.pretrained import format_report
 
     args.src = resolve_weights_path(args.src)
-    report = convert(args.src, args.out, args.backbone, force=args.force, allow_missing=args.allow_missing)
+    report = convert_weights(args.src, args.out, args.backbone, force=args.force, allow_missing=args.allow_missing)
     print(format_report(report, verbose=not args.quiet))
     print(f"wrote {args.out} (backbone {args.backbone}, input normalisation {report['input_norm']})")
 

@@ -5,7 +5,8 @@
 ``common`` imports no project package; ``losses`` only ``common``; ``data`` only ``common`` and names no
 method; ``models`` may use ``common``, ``losses`` and ``data`` but never ``engine`` or ``preprocess``;
 ``engine`` never imports ``preprocess``, ``benchmarks`` or ``tools``, and finds no method hook with
-``hasattr``. The project stands alone: no file cites a document outside the repository or a path of a
+``hasattr``. No module imports itself back through others (an import circle, also through an import
+inside a function). The project stands alone: no file cites a document outside the repository or a path of a
 development machine.
 """
 
@@ -74,6 +75,94 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
         (tmp_path / package / "bad.py").write_text(body)
         assert any(f"{package}/bad.py" in v for v in layer_violations(tmp_path)), line
         (tmp_path / package / "bad.py").unlink()
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """``{module: project modules it imports}`` (dotted names; every import, also inside functions).
+
+    ``from a.b import c`` points at ``a.b.c`` when that is a module, else at ``a.b``."""
+    files = [p for package in PACKAGES for p in sorted((root / package).rglob("*.py"))] + sorted(root.glob("*.py"))
+    modules = {_module_name(p, root): p for p in files}
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                         for alias in node.names]
+            else:
+                continue
+            targets.update(name for name in names if name in modules and name != module)
+        graph[module] = targets
+    return graph
+
+
+def import_circles(root: Path = ROOT) -> list[list[str]]:
+    """The modules that import each other, directly or through others (strongly connected components of
+    the import graph with more than one module; Tarjan's algorithm, iterative)."""
+    graph = import_graph(root)
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+    for start in graph:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    circles.append(sorted(component))
+    return sorted(circles)
+
+
+def test_no_import_circle():
+    assert import_circles() == []
+
+
+def test_the_circle_check_catches_circles(tmp_path):
+    """The checker itself: a two-module circle through a function-level import, a three-module circle through
+    ``from package import module``, and none for a chain."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "models" / "a.py").write_text("from models.b import f\n")
+    (tmp_path / "models" / "b.py").write_text("def f():\n    from models import a\n")
+    (tmp_path / "engine" / "x.py").write_text("import engine.y\n")
+    (tmp_path / "engine" / "y.py").write_text("from engine import z\n")
+    (tmp_path / "engine" / "z.py").write_text("from models.a import f\n")
+    assert import_circles(tmp_path) == [["models.a", "models.b"]]
+    (tmp_path / "engine" / "z.py").write_text("def g():\n    from engine.x import h\n")
+    assert import_circles(tmp_path) == [["engine.x", "engine.y", "engine.z"], ["models.a", "models.b"]]
+    (tmp_path / "models" / "b.py").write_text("def f():\n    pass\n")
+    assert import_circles(tmp_path) == [["engine.x", "engine.y", "engine.z"]]
 
 
 def test_data_names_no_method():
