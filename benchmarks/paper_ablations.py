@@ -65,6 +65,17 @@ VARIANTS = {
     "eac_lam1": ("eac", ["lam=1"], "diagnosis: consistency weight 1 (`lam=1`)"),
     "eac_lam2": ("eac", ["lam=2"], "diagnosis: consistency weight 2 (`lam=2`)"),
     "eac_lam3": ("eac", ["lam=3"], "diagnosis: consistency weight 3 (`lam=3`)"),
+    "eac_cam_rms": ("eac", ["cam_norm=rms"], "diagnosis: CAMs divided by their RMS (`cam_norm=rms`)"),
+    "ldlva_no_discriminative": ("ldlva", ["discriminative_loss=false"],
+                                "diagnosis: no discriminative (centre) loss (`discriminative_loss=false`)"),
+    "ldlva_no_label_distribution": ("ldlva", ["label_distribution=false"],
+                                    "diagnosis: one-hot targets, λ and centre loss kept (`label_distribution=false`)"),
+    "rul_fc_lr1": ("rul", ["fc_lr_multiplier=1"], "diagnosis: classifier at the backbone's learning rate "
+                                                  "(`fc_lr_multiplier=1`)"),
+    "lanet_paper_coords": ("lanet", ["landmark_loss=paper_coords"],
+                           "the paper's landmark loss: FC coordinate regression (`landmark_loss=paper_coords`)"),
+    "lanet_momentum_099": ("lanet", ["encoder_momentum=0.99"],
+                           "diagnosis: key-encoder momentum 0.99 (the release's 0.999 over 10× fewer steps)"),
     "nla_jsd": ("nla", ["naw=false", "consistency=jsd"], "JSD (NAW off)"),
     "nla_l1": ("nla", ["naw=false", "consistency=l1"], "L1 (NAW off)"),
     "nla_cam": ("nla", ["naw=false", "consistency=cam"], "CAM (NAW off)"),
@@ -73,7 +84,9 @@ VARIANTS = {
 }
 TABLES = (("LA-Net Table 2", "lanet", "LA-Net (LDE with landmarks, EL with estimated labels)"),
           ("NLA Table 5", "nla", "NAW + JSD (NLA)"),
-          ("EAC (diagnosis only)", "eac", "EAC (λ = 5)"))
+          ("EAC (diagnosis only)", "eac", "EAC (λ = 5)"),
+          ("LDLVA (diagnosis only)", "ldlva", "LDLVA"),
+          ("RUL (diagnosis only)", "rul", "RUL (classifier at 10× the learning rate)"))
 
 
 def build_parser():
@@ -86,6 +99,9 @@ def build_parser():
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1])
     p.add_argument("--setting", default="sym30", choices=list(SETTINGS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--recipe", default="",
+                   help="the main table's recipe options, as given to benchmarks.pretrained_regime (e.g. "
+                        "\"--backbone dlib_resnet --image-size 150 --freeze stage1 --batch-size 32 --epochs 12 --lr 1e-4\")")
     p.add_argument("--report-only", action="store_true")
     return p
 
@@ -94,8 +110,10 @@ def _regime_args(args):
     """The pretrained_regime options the main table used (its defaults), with this run's weights."""
     from benchmarks.pretrained_regime import build_parser as regime_parser
 
+    import shlex
+
     return regime_parser().parse_args(["--out", str(args.main), "--weights", str(args.weights),
-                                       "--table1-methods"])
+                                       "--table1-methods", *shlex.split(args.recipe)])
 
 
 def variant_argv(args, variant: str, seeds) -> list[str]:
@@ -150,7 +168,7 @@ def main(argv=None) -> int:
     from common.io import atomic_write_text
 
     quiet_tensorflow()
-    if not Path(args.weights).is_file():
+    if args.weights != "dlib" and not Path(args.weights).is_file():
         raise ConfigError(f"--weights {args.weights}: not found (run `python -m benchmarks.pretrain` first)")
     out = Path(args.out)
     code = 0
