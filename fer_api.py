@@ -51,8 +51,9 @@ from common.errors import CheckpointError, ConfigError, DataError
 ALIGN_SIZE = 112  # side of the ArcFace template crop (preprocess.align default)
 # What data.images.decode_image decodes (OpenCV); the same list as preprocess.common.IMAGE_EXTENSIONS.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-DEFAULT_BATCH = 16  # photos per batch: MTCNN's per-photo time stops falling at about 8-16 photos of one size
+DEFAULT_BATCH = 16  # photos per batch (MTCNN measured fastest per photo at 8-16 equal-sized photos per call)
 MODEL_CHUNK = 128  # faces per SavedModel call (a batch of group photos can hold many)
+DEFAULT_MIN_FACE = 20  # px: MTCNN's own default smallest face
 
 SYNTHETIC_WARNING = ("this model was trained on the toolkit's synthetic benchmark (rendered cartoon faces): it does "
                      "not transfer to photographs of real faces, and its predictions on them are meaningless. Train "
@@ -225,6 +226,23 @@ def _load(item: InputItem):
         return None, f"{item.source}: too large to decode in memory"
 
 
+def _read_ahead(items, threads: int, ahead: int):
+    """``(item, pixels, error)`` per item, in order, decoded by ``threads`` threads up to ``ahead`` items
+    before the consumer (OpenCV's decoder releases the GIL, so this overlaps with the detector)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, threads), thread_name_prefix="fer-read") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append((item, pool.submit(_load, item)))
+            if len(pending) >= ahead:
+                first, future = pending.popleft()
+                yield (first, *future.result())
+        while pending:
+            first, future = pending.popleft()
+            yield (first, *future.result())
+
+
 # ---------------------------------------------------------------------------------------------- faces
 
 @dataclass
@@ -256,28 +274,45 @@ def load_detector():
     return _DETECTOR
 
 
-def detect_batch(images: list, min_confidence: float = 0.0, detector=None) -> list[list[dict]]:
+def detect_batch(images: list, min_confidence: float = 0.0, detector=None,
+                 min_face: int = DEFAULT_MIN_FACE) -> list[list[dict]]:
     """MTCNN's faces in each of ``images`` (uint8 RGB), most confident first, as
     ``dict(box=(x, y, w, h), keypoints={name: (x, y)}, confidence)`` — the format of
     ``preprocess.align.detect_faces``. Images of one size are detected in one call (see the module
-    docstring for why only equal sizes share a call)."""
+    docstring for why only equal sizes share a call).
+
+    ``min_face``: the smallest face width looked for, in pixels. Up to MTCNN's default of 20 it is passed
+    as its ``min_face_size``. Above, the images are first shrunk by ``20 / min_face`` (OpenCV's area
+    interpolation) and detected with the default, and boxes and landmarks are scaled back: mtcnn 1.0's
+    image pyramid has as many levels whatever ``min_face_size`` says, so a larger one pushes its last
+    levels below the 12-px window of its first network, which fails, and the whole call then returns no
+    face at all (mtcnn/utils/images.py, ``build_scale_pyramid``). Shrinking costs the detector about the
+    square of the factor less; positions come back to within ``min_face / 20`` px.
+    """
+    import cv2
+
     from preprocess.align import KEYPOINT_NAMES
 
     detector = detector if detector is not None else load_detector()
+    shrink = min(1.0, DEFAULT_MIN_FACE / float(min_face))
     out: list[list[dict]] = [[] for _ in images]
     by_shape: dict[tuple, list[int]] = {}
     for i, image in enumerate(images):
         by_shape.setdefault(image.shape, []).append(i)
     for indices in by_shape.values():
-        found = detector.detect_faces([images[i] for i in indices])
+        group = [images[i] for i in indices]
+        if shrink < 1.0:
+            group = [cv2.resize(image, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA) for image in group]
+        found = detector.detect_faces(group, min_face_size=int(min(min_face, DEFAULT_MIN_FACE)))
         for i, faces in zip(indices, found):
             for face in faces:
                 confidence = float(face.get("confidence", 0.0))
                 if confidence < min_confidence:
                     continue
-                out[i].append({"box": tuple(int(v) for v in face["box"]), "confidence": confidence,
-                               "keypoints": {k: (float(face["keypoints"][k][0]), float(face["keypoints"][k][1]))
-                                             for k in KEYPOINT_NAMES}})
+                out[i].append({"box": tuple(int(round(float(v) / shrink)) for v in face["box"]),
+                               "confidence": confidence,
+                               "keypoints": {k: (float(face["keypoints"][k][0]) / shrink,
+                                                 float(face["keypoints"][k][1]) / shrink) for k in KEYPOINT_NAMES}})
             out[i].sort(key=lambda f: -f["confidence"])
     return out
 
@@ -349,7 +384,8 @@ class Predictor:
         self.timings["model_s"] += time.perf_counter() - start
         return np.concatenate(probabilities), (np.concatenate(va) if self.has_va else None)
 
-    def detect(self, images: list, min_confidence: float = 0.9) -> list[list[dict]] | None:
+    def detect(self, images: list, min_confidence: float = 0.9, min_face: int = DEFAULT_MIN_FACE
+               ) -> list[list[dict]] | None:
         """:func:`detect_batch` on ``images``, timed; None when the detector cannot be loaded (the reason is
         kept in ``detector_missing``)."""
         import time
@@ -363,48 +399,35 @@ class Predictor:
             return None
         start = time.perf_counter()
         try:
-            return detect_batch(images, min_confidence, detector)
+            return detect_batch(images, min_confidence, detector, min_face)
         finally:
             self.timings["detect_s"] += time.perf_counter() - start
 
     # -- the pipeline
     def iter_results(self, inputs, detect: bool = True, min_confidence: float = 0.9, batch_size: int = DEFAULT_BATCH,
-                     keep_images: bool = False, read_ahead: int = 2):
+                     keep_images: bool = False, read_ahead: int = 2, min_face: int = DEFAULT_MIN_FACE):
         """Yield a list of :class:`PhotoResult` per batch of ``batch_size`` photos, in input order.
 
         ``inputs``: as :meth:`predict` (or :class:`InputItem` s). ``keep_images`` keeps each photo's pixels
         and face crops (for figures). ``read_ahead`` threads decode the next batches meanwhile.
         """
-        from concurrent.futures import ThreadPoolExecutor
-
-        items = expand_inputs(inputs)
-        pending: deque = deque()
+        options = (detect, min_confidence, min_face, keep_images)
         batch: list = []
-        with ThreadPoolExecutor(max(1, read_ahead), thread_name_prefix="fer-read") as pool:
-            feed = iter(items)
-            for item in feed:  # keep two batches of photos decoding ahead of the detector
-                pending.append((item, pool.submit(_load, item)))
-                if len(pending) < 2 * batch_size:
-                    continue
-                item, future = pending.popleft()
-                batch.append((item, *future.result()))
-                if len(batch) == batch_size:
-                    yield self._process(batch, detect, min_confidence, keep_images)
-                    batch = []
-            while pending:
-                item, future = pending.popleft()
-                batch.append((item, *future.result()))
-                if len(batch) == batch_size:
-                    yield self._process(batch, detect, min_confidence, keep_images)
-                    batch = []
-            if batch:
-                yield self._process(batch, detect, min_confidence, keep_images)
+        for decoded in _read_ahead(expand_inputs(inputs), read_ahead, 2 * batch_size):
+            batch.append(decoded)
+            if len(batch) == batch_size:
+                yield self._process(batch, *options)
+                batch = []
+        if batch:
+            yield self._process(batch, *options)
 
-    def _process(self, batch, detect: bool, min_confidence: float, keep_images: bool) -> list[PhotoResult]:
+    def _process(self, batch, detect: bool, min_confidence: float, min_face: int, keep_images: bool
+                 ) -> list[PhotoResult]:
         from preprocess.align import align_face
 
         readable = [(i, image) for i, (_, image, error) in enumerate(batch) if error is None]
-        detections = self.detect([image for _, image in readable], min_confidence) if detect and readable else None
+        detections = (self.detect([image for _, image in readable], min_confidence, min_face)
+                      if detect and readable else None)
         faces_of: dict[int, tuple[list[Face], str]] = {}
         for k, (i, image) in enumerate(readable):
             if not detect:
@@ -448,17 +471,19 @@ class Predictor:
         return results
 
     def predict(self, inputs, detect: bool = True, min_confidence: float = 0.9, batch_size: int = DEFAULT_BATCH,
-                errors: str = "raise", keep_crops: bool = False) -> FaceRecords:
+                errors: str = "raise", keep_crops: bool = False, min_face: int = DEFAULT_MIN_FACE) -> FaceRecords:
         """One :class:`FaceRecord` per face of ``inputs`` (paths, folders, uint8 RGB arrays, PIL images, or
         a list of them), in input order.
 
         ``detect=False``: the centre square of each image is its one face (pre-cropped faces).
+        ``min_confidence``, ``min_face``: MTCNN's confidence threshold and smallest face width (px).
         ``errors="raise"``: an unreadable photo raises DataError; ``"record"``: it becomes an error record.
         """
         if errors not in ("raise", "record"):
             raise ConfigError(f"errors must be 'raise' or 'record', got {errors!r}")
         records = FaceRecords(class_names=self.class_names, has_va=self.has_va)
-        for results in self.iter_results(inputs, detect, min_confidence, batch_size, keep_images=keep_crops):
+        for results in self.iter_results(inputs, detect, min_confidence, batch_size, keep_images=keep_crops,
+                                         min_face=min_face):
             for result in results:
                 if result.error and errors == "raise":
                     raise DataError(result.error)

@@ -16,7 +16,7 @@ import pytest
 
 import predict
 from common.cli import run_main
-from conftest import build_method
+from helpers import build_method
 
 N_IMAGES = 203
 
@@ -203,5 +203,9 @@ def test_detection_on_real_photos_matches_one_photo_at_a_time(export, tmp_path, 
         assert row["detected"] and row["faces"] == len(alone) == 1
         assert (row["x"], row["y"], row["w"], row["h"]) == alone[0]["box"]
         assert row["confidence"] == pytest.approx(alone[0]["confidence"], abs=1e-5)
+    # --min-face above MTCNN's 20 px: the photo is shrunk for the detector, the boxes scaled back.
+    wide = fer_api.detect_batch([predict.read_photo(grace)], 0.9, min_face=40)[0]
+    narrow = frame.loc[str(folder / "a.jpg")]
+    assert len(wide) == 1 and np.abs(np.subtract(wide[0]["box"], narrow[["x", "y", "w", "h"]].to_numpy(int))).max() <= 4
     empty = frame.loc[str(folder / "empty.png")]
     assert not empty["detected"] and pd.isna(empty["confidence"]) and (empty["x"], empty["w"]) == (50, 200)
