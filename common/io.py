@@ -8,7 +8,8 @@
   carries a small marker file, :data:`OUTPUT_MARKER`; an existing directory is only ever replaced when
   it is empty or carries the marker (an output of this project), so a user's own folder is never
   deleted. Temporary siblings left by an interrupted write (the writer's pid is in their name) are
-  removed by the next write to the same place once that process is gone.
+  removed by the next write to the same place once that process is gone (files too: see
+  :func:`atomic_write_bytes`).
 * :func:`check_output_dir` / :func:`check_output_file`: the checks a command makes before its work
   starts, with ``--force`` semantics: a previous output of the project is replaced only with
   ``--force``; anything else is refused whatever the flag says.
@@ -107,6 +108,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)  # a killed writer's half-written temporary of this file (found by benchmarks/chaos.py)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=str(path.parent))
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -43,7 +43,10 @@ class RunCheckpoint(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps:
             step = int(self.model.optimizer.iterations.numpy())
-            if step % self.every_steps == 0:
+            # An epoch's last step is saved by on_epoch_end, after that epoch's validation, log row and
+            # per-sample tables: saved here it would mark the epoch done before its end ran, and a resume
+            # from it would skip that end (found by benchmarks/chaos.py).
+            if step % self.every_steps == 0 and step % self.steps_per_epoch != 0:
                 self.save_now()
 
     def on_epoch_end(self, epoch, logs=None):

@@ -354,8 +354,11 @@ class Trainer:
             checkpoint = RunCheckpoint(manager, spe, cfg.checkpoint_every)
             uncertainty = self._uncertainty_callbacks()
             self._callbacks = {"checkpoint": checkpoint, "uncertainty": uncertainty}
-            callbacks = [NonFiniteGuard(manager), EpochTimer(), checkpoint, *uncertainty, *model.callbacks(context),
-                         *([self.tracker] if self.tracker is not None else []), epoch_log]
+            # The checkpoint callback comes last: an epoch end's log row, per-sample table and SWA snapshot are
+            # written before the checkpoint that marks the epoch done, so a kill in between replays that epoch
+            # end on --resume instead of losing its row (found by benchmarks/chaos.py).
+            callbacks = [NonFiniteGuard(manager), EpochTimer(), *uncertainty, *model.callbacks(context),
+                         *([self.tracker] if self.tracker is not None else []), epoch_log, checkpoint]
             if cfg.tensorboard:
                 callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "tb"), write_graph=False, profile_batch=0))
             val = self.eval_dataset() if cfg.val_every else None

@@ -1,0 +1,65 @@
+"""The crash campaign in short (issue 33): ``benchmarks.chaos`` kills real ``train.py`` and ``preprocess.knn``
+processes at chosen points of their traces, resumes them, and compares with uninterrupted runs.
+
+The full campaign (≥ 100 drawn kills over every method, plus export.py, knn and predict.py --csv) is
+``python -m benchmarks.chaos --out DIR``; its result is in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+from benchmarks import chaos
+
+# (event, global step, paused there): the points each chain is killed at, in order. Paused: the process waits
+# at the event and the kill lands there exactly (the trace names it), not a few milliseconds later.
+POINTS = {
+    # CE with its export: right after the epoch-0 checkpoint is complete (the callback order used to write it
+    # before the epoch's log row, and a kill there lost the row for good), then between the finished export's
+    # temporary folder and its rename into place.
+    "ce": (True, [("ckpt-end", 6, True), ("rename:saved_model", 18, True)]),
+    # LDLVA (λ, banks, centres): between a checkpoint's weights temporary and its rename, while epoch 1's log
+    # row is written, and inside a step.
+    "ldlva": (False, [("rename:model.weights.h5", 4, True), ("epoch-log", 12, True), ("step-begin", 14, True)]),
+}
+
+
+def _chain(method, root, data_dir):
+    export, points = POINTS[method]
+    folder = root / method
+    reference, events = chaos.reference_run(method, folder, data_dir, export)
+    targets = [chaos.target_at(events, name, step, pause=pause) for name, step, pause in points]
+    return chaos.run_chain(method, targets, folder / "chain", reference, events, data_dir, export, log=lambda *a: None)
+
+
+def test_kills_at_chosen_points_then_resume_equal_the_uninterrupted_run(tmp_path):
+    data_dir = chaos.write_dataset(tmp_path / "ds")
+    with ThreadPoolExecutor(2) as pool:  # two independent chains of processes
+        results = dict(zip(POINTS, pool.map(lambda m: _chain(m, tmp_path, data_dir), POINTS)))
+    for method, (record, kills) in results.items():
+        expected = [(name, step) for name, step, _ in POINTS[method][1]]
+        assert [(k["last_event"], k["step"]) for k in kills] == expected, (method, kills)
+        assert all(k["killed"] and not k["after_kill"] for k in kills), kills
+        assert not record["finished_early"] and record["mismatches"] == [], (method, record)
+
+
+def test_knn_killed_between_writes_and_renames_reruns_to_the_same_files(tmp_path):
+    """A kill between a file's temporary and its rename left ``.release.csv.<pid>.….tmp`` behind for good
+    (atomic_write_bytes never removed a dead writer's temporary)."""
+    data_dir = chaos.write_dataset(tmp_path / "ds")
+    events = ("rename:train.neighbors.npz", "rename:release.csv")
+    record = chaos.knn_campaign(data_dir, len(events), random.Random(0), tmp_path / "tools", log=lambda *a: None,
+                                events=events)
+    assert [k["last_event"] for k in record["kills"]] == list(events)
+    for kill in record["kills"]:
+        assert kill["killed"] and kill["after_kill"] == [] and kill["mismatches"] == [], kill
+
+
+def test_the_tracer_classifies_what_a_process_was_doing():
+    names = ["start", "imported", "stage:load_data", "step-begin", "step-end", "ckpt-begin", "rename:latest", "ckpt-end",
+             "validate", "epoch-end", "epoch-log", "rename:log.csv", "stage:evaluate", "metrics-write", "export",
+             "rename:saved_model", "exit"]
+    assert chaos.categorize(names) == [
+        "start-up", "start-up", "start-up", "step", "step", "checkpoint", "checkpoint", "checkpoint", "validation",
+        "epoch-end logging", "epoch-end logging", "epoch-end logging", "finish", "finish", "export", "export", "exit"]
