@@ -112,6 +112,7 @@ class FaceCsv:
                 with open(self.path, "r+b") as handle:
                     handle.truncate(keep)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = open(self.path, "w" if fresh else "a", newline="", encoding="utf-8")
             if fresh:
                 self._write_text(self._format([self.columns]))
@@ -313,6 +314,7 @@ def predict_photos(items: list, predictor: Predictor, args) -> tuple[list, list,
     entries, errors = [], []
     progress = FaceProgress("predict", total=len(todo), enabled=len(todo) > 1)
     start, spent = time.perf_counter(), dict(predictor.timings)
+    said_missing = False  # the detector's absence is said once
     try:
         for results in predictor.iter_results(todo, detect=not args.no_detect, min_confidence=args.min_confidence,
                                               batch_size=args.batch_size, keep_images=bool(figures),
@@ -330,10 +332,16 @@ def predict_photos(items: list, predictor: Predictor, args) -> tuple[list, list,
                 elif args.json:
                     entries.append(json_entry(result, predictor))
             progress.update(len(results))
-            if predictor.detector_missing and not args.no_detect and not getattr(args, "_said_missing", False):
-                args._said_missing = True
+            if predictor.detector_missing and not args.no_detect and not said_missing:
+                said_missing = True
                 print(f"warning: face detection unavailable ({predictor.detector_missing}); the centre square of "
                       "each photo is used as its face", file=sys.stderr)
+    except KeyboardInterrupt:
+        if table is None:
+            raise
+        print(f"\ninterrupted after {progress.count} of {len(todo)} photo(s); {args.csv} holds every batch finished so "
+              "far: rerun the same command to go on", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
         if table is not None:
             table.close()

@@ -209,3 +209,25 @@ def test_detection_on_real_photos_matches_one_photo_at_a_time(export, tmp_path, 
     assert len(wide) == 1 and np.abs(np.subtract(wide[0]["box"], narrow[["x", "y", "w", "h"]].to_numpy(int))).max() <= 4
     empty = frame.loc[str(folder / "empty.png")]
     assert not empty["detected"] and pd.isna(empty["confidence"]) and (empty["x"], empty["w"]) == (50, 200)
+
+
+def test_throughput_benchmark_photos_and_report(tmp_path):
+    """benchmarks.predict_throughput: the photos it makes (real faces, the documented frames, reused or
+    remade) and its report's figures (the timed run itself takes minutes; BENCHMARKS.md has one)."""
+    pytest.importorskip("mtcnn")
+    pytest.importorskip("skimage")
+    import argparse
+
+    from benchmarks import predict_throughput as bench
+
+    made = bench.make_photos(tmp_path / "photos", 6)
+    assert len(made) == 6 and all(p.suffix == ".jpg" and p.parent.parent == tmp_path / "photos" for p in made)
+    sizes = {predict.read_photo(p).shape[1::-1] for p in made}
+    assert sizes <= set(bench.FRAMES) | {(960, 540)} and (960, 540) in sizes  # photo 4 is the two-face tile
+    assert bench.make_photos(tmp_path / "photos", 6) == sorted(made)  # same settings: reused
+    assert len(bench.make_photos(tmp_path / "photos", 3)) == 3  # other settings: remade, nothing stale
+    result = {"batch": 16, "photos": 3, "faces": 4, "wall_s": 10.0, "faces_per_s": 0.4, "detect_s": 6.0,
+              "model_s": 2.5, "outside_share": 0.15, "process_s": 20.0, "process_cpu_s": 15.0, "command": "python x"}
+    args = argparse.Namespace(argv=["--out", "o"], run=None, backbone="resnet50", image_size=224)
+    text = bench.markdown(args, [result], (1.0, 2.0), 3)
+    assert "| 16 | 3 | 4 | 10.0 | 0.4 | 6.0 | 2.5 | 15.0 % | 20.0 | 15 |" in text and "goal ≤ 15 %: met" in text
