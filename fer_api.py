@@ -20,7 +20,8 @@ What happens to each photo (the pipeline of ``python -m preprocess.align`` befor
 2. faces are detected by MTCNN (the ``mtcnn`` package ≥ 1.0, which detects a list of images in one
    call). Photos of one batch are grouped by their exact size and each group is detected together:
    MTCNN pads a list of unequal images to the largest one, and padding shifts its boxes by a few pixels,
-   so only equal sizes share a call and every photo gets exactly the boxes a call on it alone gives;
+   so only equal sizes share a call and every photo gets exactly the boxes a call on it alone gives
+   (``min_face``: the smallest face width looked for, 20 px by default, see :func:`detect_batch`);
 3. each face is aligned to the ArcFace 5-point template at 112 px (``preprocess.align.align_face``);
 4. all faces of the batch go through the exported SavedModel (``serving_default``: resizing and
    normalisation are inside it) in one call: the class distribution and, for models with a
