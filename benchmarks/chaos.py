@@ -42,7 +42,7 @@ process traced (the trace is written unbuffered, so it is exact).
 Usage::
 
     python -m benchmarks.chaos --out DIR [--kills 104] [--methods ce,ldlva,...] [--seed 0] [--chain 4]
-                               [--tool-kills 6] [--no-export]
+                               [--tool-kills 6] [--no-export] [--jobs 1]
 
 Writes ``DIR/chaos.json`` (every kill: method, target, the point hit, the checks) and prints the summary.
 """
@@ -806,30 +806,48 @@ def format_summary(report: dict) -> str:
 
 
 def run_campaign(out: Path, kills: int, methods, seed: int = 0, chain: int = 4, tool_kills: int = 6, export: bool = True,
-                 tools=("export", "knn", "predict"), log=print) -> dict:
+                 tools=("export", "knn", "predict"), jobs: int = 1, log=print) -> dict:
+    """The whole campaign; ``DIR/chaos.json`` is rewritten after each method and tool (a stopped campaign keeps
+    what it did). Each method draws from its own generator (seed, method), so ``jobs`` > 1 gives the same kills."""
+    from concurrent.futures import ThreadPoolExecutor
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
     started = time.perf_counter()
     data_dir = write_dataset(out / "dataset")
     per_method = [kills // len(methods) + (1 if i < kills % len(methods) else 0) for i in range(len(methods))]
     report = {"seed": seed, "kills_requested": kills, "chain": chain, "export": export, "methods": [], "tools": []}
-    for method, count in zip(methods, per_method):
+
+    def save():
+        report["wall_s"] = round(time.perf_counter() - started, 1)
+        report["summary"] = summarize(report)
+        (out / "chaos.json").write_text(json.dumps(report, indent=2))
+
+    def one(item):
+        method, count = item
         log(f"{method}: {count} kills")
-        report["methods"].append(train_campaign(method, count, chain, rng, out, data_dir, export, log))
+        record = train_campaign(method, count, chain, random.Random(f"{seed}-{method}"), out, data_dir, export, log)
+        report["methods"].append(record)
+        save()
+        return record
+
+    with ThreadPoolExecutor(max(jobs, 1)) as pool:
+        list(pool.map(one, zip(methods, per_method)))
+    report["methods"].sort(key=lambda r: list(methods).index(r["method"]))
     reference_run = out / methods[0] / "reference"
     tools_dir = out / "tools"
     tools_dir.mkdir(exist_ok=True)
+    rng = random.Random(f"{seed}-tools")
     if tool_kills:
         if "export" in tools:
             report["tools"].append(export_campaign(reference_run, tool_kills, rng, tools_dir, log))
+            save()
         if "knn" in tools:
             report["tools"].append(knn_campaign(data_dir, tool_kills, rng, tools_dir, log))
+            save()
         if "predict" in tools and (ROOT / "predict.py").is_file() and export:
             report["tools"].append(predict_campaign(reference_run, data_dir, tool_kills, rng, tools_dir, log))
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    report["summary"] = summarize(report)
-    (out / "chaos.json").write_text(json.dumps(report, indent=2))
+    save()
     log(format_summary(report))
     return report
 
@@ -848,12 +866,14 @@ def main(argv=None) -> int:
     parser.add_argument("--chain", type=int, default=4, help="kills per chain before the final --resume (default 4)")
     parser.add_argument("--tool-kills", type=int, default=6, help="kills of each of export.py, knn, predict.py --csv")
     parser.add_argument("--no-export", action="store_true", help="train without the SavedModel export")
+    parser.add_argument("--jobs", type=int, default=1, help="methods run side by side (default 1)")
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in method_names()]
     if unknown or args.kills < 1 or args.chain < 1 or args.tool_kills < 0:
         parser.error(f"bad --methods/--kills/--chain/--tool-kills (unknown methods: {unknown}; known: {method_names()})")
-    report = run_campaign(args.out, args.kills, methods, args.seed, args.chain, args.tool_kills, not args.no_export)
+    report = run_campaign(args.out, args.kills, methods, args.seed, args.chain, args.tool_kills, not args.no_export,
+                          jobs=args.jobs)
     bad = len(report["summary"]["mismatches"]) + len(report["summary"]["half_written"])
     return 1 if bad else 0
 

@@ -49,7 +49,8 @@ seconds (a *hang*) and restarts it at the next input; a worker that dies (a sign
 
 Usage::
 
-    python -m benchmarks.fuzz --inputs 10000 [--readers pth-zip,csv] [--seed 0] [--timeout 10] [--out DIR]
+    python -m benchmarks.fuzz --inputs 10000 [--readers pth-zip,csv] [--inputs-for checkpoint=2000] [--seed 0]
+                              [--timeout 10] [--out DIR]
     python -m benchmarks.fuzz --replay csv:1234 [--seed 0] [--out DIR]   # write that input, read it, show the traceback
 
 Writes ``DIR/fuzz.json`` (per reader: inputs, clean errors, correct loads, crashes, hangs, over-cap, peak memory;
@@ -969,8 +970,7 @@ def _small_model(num_train: int = 12):
     import keras
 
     from models.backbones import build_backbone
-    from models.base import CEConfig
-    from models.ce import CEModel
+    from models.ce import CEConfig, CEModel
 
     keras.utils.set_random_seed(0)
     model = CEModel(build_backbone("small_cnn", 24), 7, num_train, CEConfig())
@@ -1300,14 +1300,15 @@ def _worker_env() -> dict:
 
 
 def run_campaign(readers, inputs: int, seed: int = 0, timeout: float = DEFAULT_TIMEOUT_S, out: Path | None = None,
-                 log=print, setup_timeout: float = 300.0) -> dict:
-    """Fuzz ``readers`` with ``inputs`` inputs each; returns {'readers': {name: figures}, 'findings': [...]}."""
+                 log=print, setup_timeout: float = 300.0, inputs_for: dict | None = None) -> dict:
+    """Fuzz ``readers`` with ``inputs`` inputs each (``inputs_for``: other counts for some readers); returns
+    {'readers': {name: figures}, 'findings': [...]}."""
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="fer-fuzz-"))
     workdir = out / "work"
     figures = {name: {"inputs": 0, **{k: 0 for k in OUTCOMES}, "peak_traced_bytes": 0, "peak_rss_bytes": 0,
                       "seconds": 0.0, "slowest_s": 0.0} for name in readers}
     findings = []
-    todo = [[name, 0, inputs] for name in readers]
+    todo = [[name, 0, (inputs_for or {}).get(name, inputs)] for name in readers]
     # TensorFlow readers share one worker (its start-up is seconds), the others another.
     groups = [[j for j in todo if not READERS[j[0]].needs_tensorflow], [j for j in todo if READERS[j[0]].needs_tensorflow]]
     stderr_log = open(out / "worker.log", "ab") if out.is_dir() or out.mkdir(parents=True) is None else None
@@ -1480,6 +1481,8 @@ def replay(name: str, index: int, seed: int, out: Path) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=1000, help="inputs per reader (default 1000)")
+    parser.add_argument("--inputs-for", action="append", default=[], metavar="READER=N",
+                        help="another count for one reader (repeatable), e.g. checkpoint=2000")
     parser.add_argument("--readers", default="", help=f"comma-separated subset of: {', '.join(READERS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per input before it is a hang")
@@ -1499,10 +1502,14 @@ def main(argv=None) -> int:
     if args.replay:
         name, _, index = args.replay.partition(":")
         return replay(name, int(index), args.seed, args.out or Path(tempfile.mkdtemp(prefix="fer-fuzz-replay-")))
+    try:
+        inputs_for = {k: int(v) for k, v in (item.split("=", 1) for item in args.inputs_for)}
+    except ValueError:
+        parser.error("--inputs-for takes READER=N")
     out = args.out or Path(tempfile.mkdtemp(prefix="fer-fuzz-"))
     print(f"fuzzing {', '.join(names)}: {args.inputs} inputs each, seed {args.seed}, {args.timeout:g} s per input, "
           f"memory cap {MEMORY_CAP_BYTES >> 20} MiB -> {out}")
-    report = run_campaign(names, args.inputs, args.seed, args.timeout, out)
+    report = run_campaign(names, args.inputs, args.seed, args.timeout, out, inputs_for=inputs_for)
     bad = sum(row["crash"] + row["hang"] + row["over_cap"] for row in report["readers"].values())
     for finding in report["findings"][:20]:
         print(f"  {finding['kind']}: {finding['reader']}:{finding['index']}: {finding['detail'][:300]}")

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from common.errors import CheckpointError, ConfigError
-from common.io import atomic_write_json
+from common.io import atomic_write_json, remove_stale_temporaries
 from engine.config import compare_configs
 
 LOCK_FILE = ".lock"
@@ -94,6 +94,10 @@ def check_run_dir(run_dir: Path) -> None:
     """Before taking the lock: refuse a path that is a file, or a user's non-empty folder."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output directory {run_dir} exists but is not a directory; choose another --run")
+    if run_dir.is_dir() and not (run_dir / "config.json").is_file():
+        # A run killed while writing its first file leaves only that file's temporary (its dead writer's pid in
+        # the name): removed, so the run can be started again (found by benchmarks/chaos.py).
+        remove_stale_temporaries(run_dir / "config.json")
     if run_dir.is_dir() and _entries(run_dir) and not (run_dir / "config.json").is_file():
         raise ConfigError(f"output directory {run_dir} is not empty and is not a run directory; choose another --run "
                           "(nothing was changed)")

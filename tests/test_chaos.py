@@ -10,18 +10,20 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from benchmarks import chaos
 
 # (event, global step, paused there): the points each chain is killed at, in order. Paused: the process waits
 # at the event and the kill lands there exactly (the trace names it), not a few milliseconds later.
 POINTS = {
     # CE with its export: right after the epoch-0 checkpoint is complete (the callback order used to write it
-    # before the epoch's log row, and a kill there lost the row for good), then between the finished export's
-    # temporary folder and its rename into place.
-    "ce": (True, [("ckpt-end", 6, True), ("rename:saved_model", 18, True)]),
-    # LDLVA (λ, banks, centres): between a checkpoint's weights temporary and its rename, while epoch 1's log
-    # row is written, and inside a step.
-    "ldlva": (False, [("rename:model.weights.h5", 4, True), ("epoch-log", 12, True), ("step-begin", 14, True)]),
+    # before the epoch's log row, and a kill there lost the row for good), while epoch 1's log row is written
+    # (a step checkpoint at an epoch's last step used to mark the epoch done first: the same loss), and
+    # between the finished export's temporary folder and its rename into place.
+    "ce": (True, [("ckpt-end", 6, True), ("epoch-log", 12, True), ("rename:saved_model", 18, True)]),
+    # LDLVA (λ, banks, centres): between a checkpoint's weights temporary and its rename, and inside a step.
+    "ldlva": (False, [("rename:model.weights.h5", 4, True), ("step-begin", 9, True)]),
 }
 
 
@@ -63,3 +65,24 @@ def test_the_tracer_classifies_what_a_process_was_doing():
     assert chaos.categorize(names) == [
         "start-up", "start-up", "start-up", "step", "step", "checkpoint", "checkpoint", "checkpoint", "validation",
         "epoch-end logging", "epoch-end logging", "epoch-end logging", "finish", "finish", "export", "export", "exit"]
+
+
+def test_a_run_killed_while_writing_config_json_can_be_started_again(tmp_path):
+    """Killed inside its first write, a run directory held only ``.config.json.<pid>.….tmp``: every rerun was
+    refused ("not empty and is not a run directory") until the user deleted it by hand."""
+    import subprocess
+    import sys
+
+    from common.errors import ConfigError
+    from engine.rundir import check_run_dir
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / f".config.json.{dead.pid}.x1y2.tmp").write_text('{"run": {"me')
+    check_run_dir(run)
+    assert list(run.iterdir()) == []
+    (run / "notes.txt").write_text("mine")  # a folder of the user's is still refused
+    with pytest.raises(ConfigError, match="not a run directory"):
+        check_run_dir(run)
