@@ -72,11 +72,6 @@ def write_uncertainty_csv(path, values, train_table, class_names, rows=None) -> 
     return path
 
 
-def latest_uncertainty_csv(run_dir) -> Path | None:
-    files = sorted((Path(run_dir) / "uncertainty").glob("epoch_*.csv"))
-    return files[-1] if files else None
-
-
 class UncertaintyLogger(keras.callbacks.Callback):
     """Epoch-end λ statistics into the logs, a TensorBoard histogram and a per-sample CSV."""
 

@@ -39,7 +39,7 @@ Paper vs official code:
 | metric | mean test accuracy of the last 5 epochs (following SCN) | per-epoch log only |
 | λ flag | λ | ``--lam`` (help string says "kl_lambda", a leftover) |
 
-Official defaults (:data:`OFFICIAL_DEFAULTS`):
+Official defaults (``src/main.py``):
 
 | name | value | note |
 |---|---|---|
@@ -62,24 +62,6 @@ import tensorflow as tf
 from losses.common import as_float, as_labels, class_activation_maps, flip_width
 
 LAMBDA = 5.0
-
-# Official training recipe (src/main.py), for the model files.
-OFFICIAL_DEFAULTS = {
-    "lam": LAMBDA,
-    "batch_size": 32,
-    "epochs": 60,
-    "optimizer": "adam",
-    "lr": 1e-4,  # ResNet-50; 2e-4 for ResNet-18
-    "lr_resnet18": 2e-4,
-    "adam_epsilon": 1e-8,
-    "weight_decay": 1e-4,  # coupled L2 on every parameter
-    "lr_decay_per_epoch": 0.9,
-    "image_size": 224,
-    "random_erasing_scale": (0.02, 0.25),
-    "independent_erasing": True,  # noisy-label mode: each view erased by its own draw
-    "seed": 0,
-    "report": "mean_last_5",
-}
 
 
 def attention_maps(feature_map, kernel) -> tf.Tensor:

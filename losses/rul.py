@@ -38,7 +38,7 @@ For the noisy runs, use :func:`losses.scn.relabel` (δ₂ = 0.2, whole batch, fr
 in SCN) on each image's *unmixed* probabilities softmax(fc(μ_i)): the mixed logits belong to a pair,
 not to one image. This is our choice where the authors published none; treat it as a deviation.
 
-Official defaults (:data:`OFFICIAL_DEFAULTS`):
+Official defaults (``src/main.py``, ``src/rul.py``):
 
 | name | value | note |
 |---|---|---|
@@ -64,26 +64,6 @@ from losses.common import as_float, as_labels
 FEATURE_DIM = 64
 DROPOUT = 0.4
 ADD_UP_WEIGHT = 0.5
-
-# Official training recipe (src/main.py, src/rul.py), for the model files.
-OFFICIAL_DEFAULTS = {
-    "feature_dim": FEATURE_DIM,
-    "dropout": DROPOUT,
-    "bn_epsilon": 2e-5,
-    "batch_size": 64,
-    "epochs": 60,  # paper: 70
-    "optimizer": "adam",
-    "lr_backbone": 2e-4,  # backbone and the mu / logvar heads
-    "lr_fc": 2e-3,
-    "adam_epsilon": 1e-8,
-    "weight_decay": 1e-4,  # coupled L2 on every parameter
-    "lr_decay_per_epoch": 0.9,
-    "image_size": 224,
-    "random_erasing_scale": (0.02, 0.25),
-    "seed": 0,
-    # Not in the code: the paper's noisy runs add SCN's relabel module (settings unpublished).
-    "relabel": False,
-}
 
 
 def uncertainty_from_logvar(logvar) -> tf.Tensor:

@@ -34,7 +34,7 @@ Paper vs official code:
 | group split, ties | "rank in descending order, split with ratio β" | ``int(β·N)`` in float64, two ``topk`` calls (largest / smallest) |
 | relabel timing | store the new label, use it from the next round | written after ``optimizer.step`` from the pre-step logits; visible from the next epoch (loader workers copy the labels) |
 
-Official defaults (``parse_args``; :data:`OFFICIAL_DEFAULTS`):
+Official defaults (``src/train.py``: ``parse_args``, ``run_training``):
 
 | name | value | note |
 |---|---|---|
@@ -68,28 +68,8 @@ from losses.common import as_float, as_labels
 
 BETA = 0.7
 MARGIN_1 = 0.15
-MARGIN_1_BATCH64 = 0.07  # README's recommendation for batch 64
 MARGIN_2 = 0.2
 RELABEL_EPOCH = 10  # 1-based, as in the official loop
-
-# Official training recipe (src/train.py, parse_args and run_training), for the model files.
-OFFICIAL_DEFAULTS = {
-    "beta": BETA,
-    "margin_1": MARGIN_1,
-    "margin_2": MARGIN_2,
-    "relabel_epoch": RELABEL_EPOCH,
-    "relabel_scope": "batch",  # the paper: "low"
-    "batch_size": 64,
-    "epochs": 70,
-    "optimizer": "adam",
-    "lr": 1e-3,
-    "adam_epsilon": 1e-8,
-    "weight_decay": 1e-4,  # coupled L2 on every parameter
-    "lr_decay_per_epoch": 0.9,
-    "drop_rate": 0.0,
-    "image_size": 224,
-    "random_erasing_scale": (0.02, 0.25),
-}
 
 
 def _as_vector(x) -> tf.Tensor:

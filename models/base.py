@@ -39,7 +39,6 @@ Methods never import the engine: what a hook may use of the run is in :class:`Ru
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -48,22 +47,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
-
-
-@dataclasses.dataclass(frozen=True)
-class CEConfig:
-    """Cross-entropy baseline."""
-
-    label_smoothing: float = 0.0  # 0 = plain CE (the baselines of all four papers)
-    l2_weight_decay: float = 0.0  # coupled L2 (PyTorch Adam(weight_decay)); 0 = off
-
-    def __post_init__(self):
-        from common.errors import ConfigError
-
-        if not 0.0 <= self.label_smoothing <= 1.0:
-            raise ConfigError(f"ce: label_smoothing must lie in [0, 1], got {self.label_smoothing}")
-        if self.l2_weight_decay < 0:
-            raise ConfigError(f"ce: l2_weight_decay must be >= 0, got {self.l2_weight_decay}")
 
 
 @dataclass
@@ -82,6 +65,21 @@ def _unavailable(what: str):
     def fail(*_args, **_kwargs):
         raise RuntimeError(f"{what} is not available in this run context")
     return fail
+
+
+def step_seed(run_seed, iterations, index, salt: int):
+    """A stateless-RNG seed ``(2,)`` int64 for one training step's draws.
+
+    A pure function of the run seed, the optimizer's step counter, the batch's row indices (order-sensitive
+    digest) and ``salt``: the same batch at the same step draws the same numbers, after a resume too, and
+    replicas holding different rows draw independently. No RNG state exists to checkpoint.
+    """
+    index = tf.reshape(tf.cast(index, tf.int64), [-1])
+    position = tf.range(tf.size(index, out_type=tf.int64), dtype=tf.int64)
+    digest = tf.reduce_sum((index + 1) * (2 * position + 1))  # wraps on overflow: still deterministic
+    seed = tf.stack([tf.cast(run_seed, tf.int64), tf.constant(salt, tf.int64)])
+    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(iterations, tf.int64))
+    return tf.random.experimental.stateless_fold_in(seed, digest)
 
 
 @dataclass
@@ -211,6 +209,18 @@ class FERModel(keras.Model):
         """
         return self.add_weight(name=name, shape=shape, initializer=initializer, dtype=dtype, trainable=False,
                                aggregation="only_first_replica")
+
+    def add_draw_seed(self, seed: int) -> None:
+        """The checkpointed int32 state ``draw_seed``, the run seed of :meth:`seed_for`'s stateless draws
+        (a method that draws random numbers in its step creates it in ``__init__``)."""
+        self.draw_seed = self.add_state("draw_seed", (), dtype="int32")
+        self.draw_seed.assign(int(seed))
+
+    def seed_for(self, index, salt: int):
+        """This step's seed for the rows ``index`` (:func:`step_seed` of ``draw_seed`` and the optimizer step;
+        ``salt`` keeps a step's separate draws apart). Needs :meth:`add_draw_seed`."""
+        iterations = self.optimizer.iterations if self.optimizer is not None else 0
+        return step_seed(self.draw_seed, iterations, index, salt)
 
     @staticmethod
     def gather_replicas(tensor):

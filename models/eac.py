@@ -32,7 +32,7 @@ torchvision ``RandomErasing`` semantics (:func:`random_erasing`): p ``erasing``,
 0.3–3.3 log-uniform, 10 placement attempts, value 0 (in [-1, 1] input space: mid-grey, as the official 0 of
 the ImageNet-normalised tensor is the mean colour). Leave the pipeline's ``--random-erasing`` at 0 for EAC
 (its default), or view 1 is erased twice. The draws are stateless and resume-exact: seeds are a pure
-function of (run seed, optimizer step, the batch's row indices), see :func:`step_seed`.
+function of (run seed, optimizer step, the batch's row indices), see :func:`models.base.step_seed`.
 
 Deviations / choices (paper vs official code ``61efdfd`` vs ours)
 ---------------------------------------------------------------------------------------------
@@ -99,21 +99,6 @@ ERASING_ATTEMPTS = 10
 
 # Salts that keep this step's draws apart.
 _SALT_VIEW_1, _SALT_VIEW_2 = 11, 12
-
-
-def step_seed(run_seed, iterations, index, salt: int):
-    """A stateless-RNG seed ``(2,)`` int64 for one training step's draws.
-
-    A pure function of the run seed, the optimizer's step counter, the batch's row indices (order-sensitive
-    digest) and ``salt``: the same batch at the same step draws the same numbers, after a resume too, and
-    replicas holding different rows draw independently. No RNG state exists to checkpoint.
-    """
-    index = tf.reshape(tf.cast(index, tf.int64), [-1])
-    position = tf.range(tf.size(index, out_type=tf.int64), dtype=tf.int64)
-    digest = tf.reduce_sum((index + 1) * (2 * position + 1))  # wraps on overflow: still deterministic
-    seed = tf.stack([tf.cast(run_seed, tf.int64), tf.constant(salt, tf.int64)])
-    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(iterations, tf.int64))
-    return tf.random.experimental.stateless_fold_in(seed, digest)
 
 
 def erasing_boxes(shape, seed, prob: float, scale=ERASING_SCALE, ratio=ERASING_RATIO, attempts=ERASING_ATTEMPTS):
@@ -217,8 +202,7 @@ class EACModel(FERModel):
         stages, _ = stage_models(backbone)
         self.pooled_and_map = keras.Model(stages.input, [stages.outputs[0], stages.outputs[-1]], name="eac_stage_view")
         # === State (checkpointed) ===
-        self.draw_seed = self.add_state("draw_seed", (), dtype="int32")  # the run seed of the stateless draws
-        self.draw_seed.assign(int(seed))
+        self.add_draw_seed(seed)  # the run seed of the stateless draws
 
     @classmethod
     def prepare_data(cls, cfg, train_table, context) -> MethodData:
@@ -230,10 +214,6 @@ class EACModel(FERModel):
         return MethodData(model_kwargs={"seed": 0})
 
     # --- views and maps ------------------------------------------------------------------------------
-    def seed_for(self, index, salt: int):
-        iterations = self.optimizer.iterations if self.optimizer is not None else 0
-        return step_seed(self.draw_seed, iterations, index, salt)
-
     def views(self, images, index):
         """View 1 = erase(x); view 2 = erase'(flip(x)) (independent) or flip(view 1) (shared)."""
         cfg: EACConfig = self.config

@@ -84,10 +84,10 @@ class NLAConfig:
     # default so that NLA and the CE baseline share the same optimisation in comparisons.
     l2_weight_decay: float = 0.0
     # --- ablations (paper Table 5) ---
-    naw: bool = True  # false = plain CE instead of (1 + w)·CE (the "NAW off" rows); the key stays ``naw_ce``
+    naw: bool = True  # false = plain CE instead of (1 + w)·CE (the "NAW off" rows); its loss key is then ``ce``
     # The flip-consistency term: "jsd" (the method; ``jsd_mode`` picks its form), "l1" (L1 between the two
     # views' probabilities), "cam" (EAC's attention consistency: MSE of the class-activation maps, the flipped
-    # view's flipped back) or "none".
+    # view's flipped back) or "none". The term's loss key (and log column) is its name: ``jsd``, ``l1``, ``cam``.
     consistency: str = "jsd"
 
     def __post_init__(self):
@@ -101,7 +101,7 @@ class NLAConfig:
 
 class NLAModel(FERModel):
     method_name = "nla"
-    loss_names = ("naw_ce", "jsd")
+    loss_names = ("naw_ce", "jsd")  # the default configuration's; an instance names the terms it computes
     presets = {
         # The official optimisation (main_rafdb.py): Adam 1e-4 + coupled L2 1e-4, ExponentialLR γ = 0.9
         # per epoch, batch 32, 60 epochs, ResNet-18 at 224 px.
@@ -114,6 +114,9 @@ class NLAModel(FERModel):
     }
 
     def __init__(self, backbone, num_classes, num_train_samples, config: NLAConfig, **kwargs):
+        # One key per term, named after what it holds (the trackers and log columns follow these names).
+        classification = "naw_ce" if config.naw else "ce"
+        self.loss_names = (classification,) if config.consistency == "none" else (classification, config.consistency)
         super().__init__(backbone, num_classes, num_train_samples, config, **kwargs)
         if config.consistency == "cam":
             # The last conv map beside the pooled feature (a view sharing the backbone's layers), for the CAMs.
@@ -139,23 +142,25 @@ class NLAModel(FERModel):
         logits, flipped_logits = tf.split(both_logits, 2, axis=0)
         labels = batch["label"]
         if cfg.naw:
-            classification = naw_cross_entropy(logits, labels, self.schedule())
+            losses = {"naw_ce": tf.reduce_mean(naw_cross_entropy(logits, labels, self.schedule()))}
         else:  # Table 5 ablation: no noise-aware weight
-            classification = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        losses = {"naw_ce": tf.reduce_mean(classification)}
+            losses = {"ce": tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))}
         if cfg.consistency == "jsd":
             losses["jsd"] = jsd_consistency(logits, flipped_logits, mode=cfg.jsd_mode)
         elif cfg.consistency == "l1":
-            losses["jsd"] = l1_consistency(logits, flipped_logits)
+            losses["l1"] = l1_consistency(logits, flipped_logits)
         elif cfg.consistency == "cam":
             maps, flipped_maps = tf.split(attention_maps(feature_maps, self.classifier.kernel), 2, axis=0)
-            losses["jsd"] = attention_consistency(maps, flipped_maps)
+            losses["cam"] = attention_consistency(maps, flipped_maps)
         if cfg.l2_weight_decay:
             losses["l2"] = self.l2_penalty(cfg.l2_weight_decay)
         return losses, {"logits": logits, "flipped_logits": flipped_logits}
 
     def loss_weight(self, name: str) -> float:
-        # total = λ·NAW-CE + (1 − λ)·J (+ L2), i.e. losses.nla.nla_total_loss plus the optional L2; the key
-        # "jsd" holds whichever consistency term ``consistency`` picks.
+        # total = λ·NAW-CE + (1 − λ)·J (+ L2), i.e. losses.nla.nla_total_loss plus the optional L2; the
+        # ablations keep the weights: λ on the classification term (naw_ce or ce), 1 − λ on the consistency
+        # term (jsd, l1 or cam).
         lam = self.config.lam
-        return {"naw_ce": lam, "jsd": 1.0 - lam}.get(name, 1.0)
+        if name in ("naw_ce", "ce"):
+            return lam
+        return 1.0 - lam if name in CONSISTENCIES else 1.0

@@ -36,7 +36,7 @@ def register_method(name: str, model, config, title: str | None = None, summary:
     return entry
 
 
-register_method("ce", "models.ce:CEModel", "models.base:CEConfig", "CE", "cross-entropy baseline")
+register_method("ce", "models.ce:CEModel", "models.ce:CEConfig", "CE", "cross-entropy baseline")
 register_method("ldlva", "models.ldlva:LDLVAModel", "models.ldlva:LDLVAConfig", "LDLVA",
                 "LDLVA (WACV 2023): VA-neighbour label distributions + per-sample uncertainty")
 register_method("lanet", "models.lanet:LANetModel", "models.lanet:LANetConfig", "LA-Net",
@@ -78,7 +78,3 @@ def method_title(name: str) -> str:
 
 def backbone_names() -> tuple[str, ...]:
     return tuple(BACKBONES)
-
-
-def methods_help() -> str:
-    return "; ".join(f"{entry.name}: {entry.summary}" for entry in METHODS.values())

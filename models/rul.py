@@ -20,7 +20,7 @@ functional network image → μ (the given backbone's layers up to the last stag
 serve fc(μ) with no special case; ``feature_map`` (image → F) and the two heads are its parts.
 
 Randomness is stateless and resume-exact: the permutation π and both dropout masks are drawn from seeds
-that are a pure function of (run seed, optimizer step, the batch's row indices) — see :func:`step_seed` —
+that are a pure function of (run seed, optimizer step, the batch's row indices) — see :func:`models.base.step_seed` —
 never from an RNG state, so a resumed run draws what the uninterrupted run drew.
 
 Per-sample score: ``uncertainty`` = u of each training sample's latest visit (training-mode forward; a
@@ -85,21 +85,6 @@ TORCH_LINEAR_KERNEL = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="
 
 # Salts that keep this step's draws apart (each use gets its own stateless stream).
 _SALT_PERMUTATION, _SALT_MU_DROPOUT, _SALT_LOGVAR_DROPOUT = 1, 2, 3
-
-
-def step_seed(run_seed, iterations, index, salt: int):
-    """A stateless-RNG seed ``(2,)`` int64 for one training step's draws.
-
-    A pure function of the run seed, the optimizer's step counter, the batch's row indices (order-sensitive
-    digest) and ``salt``: the same batch at the same step draws the same numbers, after a resume too, and
-    replicas holding different rows draw independently. No RNG state exists to checkpoint.
-    """
-    index = tf.reshape(tf.cast(index, tf.int64), [-1])
-    position = tf.range(tf.size(index, out_type=tf.int64), dtype=tf.int64)
-    digest = tf.reduce_sum((index + 1) * (2 * position + 1))  # wraps on overflow: still deterministic
-    seed = tf.stack([tf.cast(run_seed, tf.int64), tf.constant(salt, tf.int64)])
-    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(iterations, tf.int64))
-    return tf.random.experimental.stateless_fold_in(seed, digest)
 
 
 def stateless_dropout(x, rate: float, seed):
@@ -250,8 +235,7 @@ class RULModel(FERModel):
         self.uncertainty_tracker = keras.metrics.Mean(name="u")  # mean u of the batches
         self.relabel_tracker = keras.metrics.Sum(name="relabeled")
         # === State (checkpointed) ===
-        self.draw_seed = self.add_state("draw_seed", (), dtype="int32")  # the run seed of the stateless draws
-        self.draw_seed.assign(int(seed))
+        self.add_draw_seed(seed)  # the run seed of the stateless draws
         self.current_labels = self.add_state("current_labels", (n,), dtype="int32")  # = given unless relabel
         if train_labels is not None:
             labels = np.asarray(train_labels, np.int32).reshape(-1)
@@ -275,10 +259,6 @@ class RULModel(FERModel):
         return {"uncertainty": tf.convert_to_tensor(self.last_uncertainty)}
 
     # --- forward -------------------------------------------------------------------------------------
-    def seed_for(self, index, salt: int):
-        iterations = self.optimizer.iterations if self.optimizer is not None else 0
-        return step_seed(self.draw_seed, iterations, index, salt)
-
     def heads(self, images, index=None, training=False):
         """μ and logvar ``(B, D)`` float32 from one backbone pass; dropout (stateless) when training with rows."""
         feature_map = self.feature_map(images, training=training)

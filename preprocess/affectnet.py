@@ -66,7 +66,6 @@ COLUMNS = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_heig
            "expression", "valence", "arousal")
 NON_EMOTION = {8: "expression 8 (None)", 9: "expression 9 (Uncertain)", 10: "expression 10 (No-face)"}
 NUM_LANDMARK_VALUES = 136
-SPLIT_FILES = (("train", "training.csv"), ("test", "validation.csv"))
 
 
 def read_affectnet_csv(path) -> pd.DataFrame:

@@ -221,16 +221,6 @@ def parse_int(text, path, row: int, column: str) -> int:
 # ------------------------------------------------------------- images ----
 
 
-def read_image(path, where: str = "") -> np.ndarray:
-    """Read an image as BGR uint8; DataError naming ``where`` (file/row) when unreadable."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"{where + ': ' if where else ''}cannot read image {path}")
-    return image
-
-
 def write_image(path, image: np.ndarray, jpeg_quality: int = 95) -> None:
     """Encode by extension and write via a temporary name (no half-written image under its final name)."""
     import cv2

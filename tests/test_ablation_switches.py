@@ -64,20 +64,24 @@ def test_nla_consistency_and_naw_switches(consistency, tiny_dataset, tmp_path):
         expected_ce = tf.reduce_mean(naw_cross_entropy(logits, labels, model.schedule()))
     else:  # NAW off: plain cross-entropy
         expected_ce = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
-    np.testing.assert_allclose(losses["naw_ce"], expected_ce, rtol=1e-6)
-    if consistency == "none":
-        assert "jsd" not in losses
-    elif consistency == "jsd":
+    # Each key says what it holds: naw_ce or (NAW off) ce, then the consistency term under its own name.
+    classification = "naw_ce" if overrides["naw"] == "true" else "ce"
+    assert set(losses) == {classification} | ({consistency} - {"none"}), sorted(losses)
+    assert model.loss_names == tuple(losses) and set(losses) <= {m.name for m in model.metrics}  # log columns
+    lam = model.config.lam
+    assert [model.loss_weight(k) for k in losses] == [lam, 1.0 - lam][: len(losses)]
+    np.testing.assert_allclose(losses[classification], expected_ce, rtol=1e-6)
+    if consistency == "jsd":
         np.testing.assert_allclose(losses["jsd"], jsd_consistency(logits, flipped, model.config.jsd_mode), rtol=1e-6)
     elif consistency == "l1":
         p, q = tf.nn.softmax(logits).numpy(), tf.nn.softmax(flipped).numpy()
-        np.testing.assert_allclose(losses["jsd"], np.abs(p - q).sum(1).mean(), rtol=1e-5)
-    else:
+        np.testing.assert_allclose(losses["l1"], np.abs(p - q).sum(1).mean(), rtol=1e-5)
+    elif consistency == "cam":
         images = batch["image"]
         _, maps = model.map_view(tf.concat([images, tf.image.flip_left_right(images)], 0), training=False)
         cams = attention_maps(maps, model.classifier.kernel)
         expected = attention_consistency(cams[: len(labels)], cams[len(labels):])
-        np.testing.assert_allclose(losses["jsd"], expected, rtol=1e-5)
+        np.testing.assert_allclose(losses["cam"], expected, rtol=1e-5)
         # The CAM path classifies exactly as the usual one (same pooled feature, same classifier).
         np.testing.assert_allclose(logits, model(images, training=False), atol=1e-5)
 

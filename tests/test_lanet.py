@@ -87,8 +87,7 @@ def test_two_steps_finite_losses_bank_queue_and_momentum(built):
 def test_inference_path_is_a_plain_backbone(built):
     from engine.export import FERServingModule
     from models.backbones import build_backbone
-    from models.base import CEConfig
-    from models.ce import CEModel
+    from models.ce import CEConfig, CEModel
 
     trainer, model, batches = built
     ce = CEModel(build_backbone("small_cnn", 24), 7, 56, CEConfig())

@@ -24,8 +24,7 @@ def small_model():
     import keras
 
     from models.backbones import build_backbone
-    from models.base import CEConfig
-    from models.ce import CEModel
+    from models.ce import CEConfig, CEModel
 
     keras.utils.set_random_seed(0)
     model = CEModel(build_backbone("small_cnn", 24), 7, 10, CEConfig())
