@@ -85,7 +85,7 @@ def state_model_class():
 def train_once(label, strategy, data_dir, out_dir, epochs, batch_size):
     import keras
 
-    from conftest import tiny_run_config
+    from helpers import tiny_run_config
     from engine.run import Trainer
 
     # Several mirrored Trainers run in this one process: engine.run.make_strategy gives each strategy its
@@ -161,7 +161,7 @@ def run_equality(args) -> int:
 def run_multiworker(args) -> int:
     import numpy as np
 
-    from conftest import tiny_run_config
+    from helpers import tiny_run_config
     from engine.run import Trainer
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]

@@ -1,13 +1,19 @@
-"""Helpers for the reliability tests: tiny-run CLI arguments, in-process and subprocess CLI calls."""
+"""Helpers for the reliability tests: tiny-run CLI arguments, in-process and subprocess CLI calls, a training
+subprocess killed at a checkpoint (:class:`KillAt`)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,3 +68,52 @@ def h5_datasets(path: Path) -> dict:
     with h5py.File(path, "r") as handle:
         handle.visititems(lambda name, obj: values.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
     return values
+
+
+def _latest_step(run: Path) -> int:
+    try:
+        return int((run / "ckpt" / "latest").read_text().strip().split("-")[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+class KillAt(threading.Thread):
+    """Runs ``python train.py argv`` and SIGKILLs it once ``latest`` names a step ≥ ``at_step``.
+
+    A thread, so the test can train the uninterrupted reference in-process meanwhile (2 cores: the
+    subprocess spends its first seconds importing TensorFlow on one of them).
+    """
+
+    def __init__(self, argv, run: Path, at_step: int, log: Path, timeout: float = 300):
+        super().__init__(daemon=True)
+        self.argv, self.run_dir, self.at_step, self.log, self.timeout = argv, run, at_step, log, timeout
+        self.failure = None
+        self.killed_at = self.returncode = None
+
+    def run(self):
+        with open(self.log, "w") as log:
+            proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, self.argv)],
+                                    env=subprocess_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.timeout
+        try:
+            while _latest_step(self.run_dir) < self.at_step:
+                if proc.poll() is not None:
+                    self.failure = f"train.py exited ({proc.returncode}) before step {self.at_step}"
+                    return
+                if time.monotonic() > deadline:
+                    self.failure = f"no checkpoint of step {self.at_step} within {self.timeout} s"
+                    return
+                time.sleep(0.002)
+            os.kill(proc.pid, signal.SIGKILL)  # wherever it is: mid-step, mid-save, mid-validation
+        finally:
+            if proc.poll() is None and self.failure:
+                proc.kill()
+            self.returncode = proc.wait()
+        self.killed_at = _latest_step(self.run_dir)
+
+    def result(self) -> int:
+        self.join()
+        if self.failure:
+            pytest.fail(f"{self.failure}: {self.log.read_text()[-3000:]}")
+        assert self.returncode == -signal.SIGKILL
+        return self.killed_at

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from conftest import build_method
+from helpers import build_method
 
 
 def _batch(trainer, method_data):
@@ -36,6 +36,7 @@ def test_lanet_lde_without_landmarks_uses_the_expression_graph_alone(tiny_datase
     np.testing.assert_allclose(model.current_distribution(features, landmarks, probs), w_f @ probs, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_lanet_el_with_onehot_labels_uses_the_given_labels(tiny_dataset, tmp_path):
     trainer, model, method_data = build_method(tiny_dataset, tmp_path, "lanet", method_overrides={"el_labels": "onehot"})
     batch = _batch(trainer, method_data)
@@ -88,6 +89,7 @@ def test_nla_consistency_and_naw_switches(consistency, tiny_dataset, tmp_path):
 
 # --- DDAF: the paper's squared Euclidean labels ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ddaf_euclidean_labels_squared_or_not(tiny_dataset, tmp_path):
     for squared in (False, True):
         trainer, model, method_data = build_method(
@@ -128,6 +130,7 @@ def test_ldlva_wen_centre_update(tiny_dataset, tmp_path):
 
 # --- the K sweep -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_k_sweep_protocol_builds_what_it_needs(tiny_dataset, tmp_path):
     import benchmark
     from common.errors import ConfigError

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, build_method
+from helpers import ROOT, build_method
 
 # Where the notebook example is documented (the README once merged; its draft until then).
 EXAMPLE_FILES = (ROOT / "README.md", ROOT / "docs" / "pending" / "issue31a.md")
@@ -56,6 +56,7 @@ def grace_hopper():
     return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 
 
+@pytest.mark.slow
 def test_readme_example_runs_in_a_fresh_process(run_dir, grace_hopper, tmp_path):
     """The documented three lines, verbatim, in a new interpreter (as a notebook runs them: the last
     line's value is what the cell shows)."""

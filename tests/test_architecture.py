@@ -165,6 +165,23 @@ def test_the_circle_check_catches_circles(tmp_path):
     assert import_circles(tmp_path) == [["engine.x", "engine.y", "engine.z"]]
 
 
+def test_tests_share_helpers_through_the_helpers_modules():
+    """Tests import shared helpers from ``helpers`` / ``helpers_cli``, never from ``conftest`` (fixtures only)
+    and never ``from test_x import helper`` (every import, also inside functions). A plain ``import test_x``
+    that only inspects another test module (the catalogue counting its cases) is allowed."""
+    hits = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                hits += [f"tests/{path.name}:{node.lineno} imports {a.name}" for a in node.names
+                         if a.name.split(".")[0] == "conftest"]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                top = node.module.split(".")[0]
+                if top == "conftest" or top.startswith("test_"):
+                    hits.append(f"tests/{path.name}:{node.lineno} imports from {node.module}")
+    assert hits == []
+
+
 def test_data_names_no_method():
     from models.registry import method_names
 

@@ -479,7 +479,7 @@ def trained(tiny_dataset, tmp_path_factory):
     """Three finished 1-epoch runs: CE 7 classes, CE 8 classes, LDLVA 7 classes (K=2)."""
     import train
     from common.cli import run_main
-    from conftest import write_tiny_dataset
+    from helpers import write_tiny_dataset
 
     base = tmp_path_factory.mktemp("trained")
     ds8 = write_tiny_dataset(base / "ds8", n_train=48, n_test=16, num_classes=8)
@@ -651,6 +651,7 @@ SUBPROCESS_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SUBPROCESS_CASES))
 def test_cli_subprocess_has_no_traceback(name, ds, tmp_path):
     case_name, expect = SUBPROCESS_CASES[name]

@@ -13,7 +13,7 @@ import pytest
 import benchmark
 from benchmarks import grid
 from common.errors import ConfigError
-from conftest import write_tiny_dataset
+from helpers import write_tiny_dataset
 
 
 
@@ -84,6 +84,7 @@ def test_a_registered_method_that_does_not_import_stops_the_grid(tiny_dataset, t
         registry.METHODS.pop("broken")
 
 
+@pytest.mark.slow
 def test_noise_grid_resumes_and_reports_stale_cells(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["--protocol", "noise", "--levels", "0.1", "0.3", "--methods", "ce", "--seeds", "0",
@@ -118,6 +119,7 @@ def test_noise_grid_resumes_and_reports_stale_cells(tiny_dataset, tmp_path, caps
     assert len(pd.read_csv(out / "runs.csv")) == 0
 
 
+@pytest.mark.slow
 def test_failed_cell_is_reported_and_grid_goes_on(tiny_dataset, tmp_path, monkeypatch):
     from engine.run import Trainer
 
@@ -159,6 +161,7 @@ def _prepared(root, seed):
     return root
 
 
+@pytest.mark.slow
 def test_inconsistent_protocol_trains_on_the_join_and_tests_each_source(tmp_path):
     dirs = {name: _prepared(tmp_path / name, seed) for seed, name in enumerate(("rafdb", "affectnet", "sfew"))}
     out = tmp_path / "bench"
@@ -227,6 +230,7 @@ def test_pseudo_va_e2e_small_regime_splits_disjoint_faces_and_averages_seeds(tmp
     assert "first 30 train faces, regressor on the other 10" in table
 
 
+@pytest.mark.slow
 def test_gpu_suite_runs_at_a_toy_size(tmp_path):
     """benchmarks.gpu is known to run without a GPU: its first configuration at a toy size, through
     fresh `python -m benchmarks.speed` processes, into one markdown block with the goals."""

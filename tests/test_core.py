@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, tiny_run_config, write_tiny_dataset
+from helpers import ROOT, tiny_run_config, write_tiny_dataset
 
 
 # --- schema ----------------------------------------------------------------------------------------
@@ -141,6 +141,7 @@ def test_evaluate_on_the_savedmodel_matches(trained_run, tiny_dataset, tmp_path)
     assert json.loads(target.read_text())["accuracy"] == pytest.approx(report["accuracy"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_savedmodel_in_a_fresh_process_matches_predict(trained_run, tiny_dataset, tmp_path):
     """Load with tf.saved_model.load in a new interpreter; compare with model.predict on the same images."""
     import tensorflow as tf
@@ -171,6 +172,7 @@ np.save({str(tmp_path / 'probs_bytes.npy')!r}, out2["probabilities"].numpy())
     assert served.shape == (10, 7)
 
 
+@pytest.mark.slow
 def test_saved_model_cli_runs_the_signature(trained_run, tmp_path):
     out, _, _ = trained_run
     images = np.random.default_rng(0).integers(0, 255, size=(2, 40, 30, 3), dtype=np.uint8)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import build_method, tiny_run_config
+from helpers import build_method, tiny_run_config
 
 QUIET = dict(log=lambda *a, **k: None)
 
@@ -210,6 +210,7 @@ def test_run_swa_mean_metrics_export_and_reload(trained_run):
     np.testing.assert_allclose(outputs["va"].numpy(), manual[:4], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_swa_average_survives_an_interrupted_resume(trained_run, tiny_dataset, tmp_path):
     """Killed after the epoch-1 checkpoint (saved before SWA added epoch 1), then --resume: bit-identical."""
     trainer, report, _, _ = trained_run

@@ -48,6 +48,7 @@ def _losses(log_lines: list[str]) -> list[float]:
     return [float(line.split(",")[column]) for line in log_lines[1:]]
 
 
+@pytest.mark.slow
 def test_mirrored_equals_single_device(tiny_dataset, tmp_path):
     """Same global batch on 1 device and on 2 mirrored replicas → same weights, per-sample state and losses.
 
@@ -79,6 +80,7 @@ def test_mirrored_equals_single_device(tiny_dataset, tmp_path):
     assert any("last_probs" in name for name in results["state"]["relative_diffs"])
 
 
+@pytest.mark.slow
 def test_multiworker_two_processes(tiny_dataset, tmp_path):
     """Two MultiWorkerMirroredStrategy workers on localhost train, evaluate and checkpoint to the end."""
     method = "ldlva-bank"

@@ -5,13 +5,11 @@ torchvision's rule and are stateless (same batch + same step → same loss)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import build_method
+from helpers import build_method, with_config
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +19,6 @@ def built(tiny_dataset, tmp_path_factory):
                                                seed=5)
     batches = list(trainer.train_dataset(method_data).take(2))
     return trainer, model, batches
-
-
-def _with_config(model, **changes):
-    model.config = dataclasses.replace(model.config, **changes)
 
 
 def test_loss_terms_are_the_losses_functions_on_the_same_tensors(built):
@@ -80,7 +74,7 @@ def test_consistency_vanishes_for_a_flip_equivariant_network_with_shared_erasing
     saved = [w.numpy().copy() for w in model.weights]
     try:
         _symmetrise_convolutions(model)
-        _with_config(model, independent_erasing=False, erasing=1.0, views_forward=views_forward)
+        with_config(model, independent_erasing=False, erasing=1.0, views_forward=views_forward)
         model.optimizer.iterations.assign(11)
         view_1, view_2 = model.views(batch["image"], batch["index"])
         np.testing.assert_array_equal(view_2.numpy(), view_1.numpy()[:, :, ::-1])  # the mirror of view 1
@@ -89,11 +83,11 @@ def test_consistency_vanishes_for_a_flip_equivariant_network_with_shared_erasing
         assert scale > 1e-3
         assert float(losses["consistency"]) < 1e-9 * scale + 1e-10
         # Independent erasing draws break the symmetry, and the term sees it.
-        _with_config(model, independent_erasing=True)
+        with_config(model, independent_erasing=True)
         losses, _ = model.compute_losses(batch, {}, training=True)
         assert float(losses["consistency"]) > 1e-4 * scale
     finally:
-        _with_config(model, independent_erasing=True, erasing=0.5, views_forward="separate")
+        with_config(model, independent_erasing=True, erasing=0.5, views_forward="separate")
         for w, v in zip(model.weights, saved):
             w.assign(v)
 
@@ -157,11 +151,11 @@ def test_cam_norm_switch_normalises_the_maps_before_the_consistency(built, cam_n
     assert model.config.cam_norm == "none"  # the release's raw CAMs by default
     batch = batches[1]
     raw, outputs = model.compute_losses(batch, {}, training=False)
-    _with_config(model, cam_norm=cam_norm)
+    with_config(model, cam_norm=cam_norm)
     try:
         normed, outputs_n = model.compute_losses(batch, {}, training=False)
     finally:
-        _with_config(model, cam_norm="none")
+        with_config(model, cam_norm="none")
     np.testing.assert_allclose(outputs_n["maps"].numpy(), outputs["maps"].numpy(), rtol=1e-6)  # same CAMs
     expected = attention_consistency(outputs["maps"], outputs["flipped_view_maps"], cam_norm)
     assert float(normed["consistency"]) == pytest.approx(float(expected), rel=1e-5)
@@ -181,8 +175,9 @@ def test_config_rejects_bad_values():
         EACConfig(erasing=1.5)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identically(tiny_dataset, tmp_path, monkeypatch):
     """The erasing draws of the resumed steps are the uninterrupted run's."""
-    from test_rul import check_resume_is_bit_identical
+    from helpers import check_resume_is_bit_identical
 
     check_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, "eac")

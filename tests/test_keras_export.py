@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import build_method
+from helpers import build_method
 from helpers_cli import train_args
 
 
@@ -23,6 +23,7 @@ def tiny_run(tiny_dataset, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_keras_export_equals_the_conversion_from_the_savedmodel(tiny_run):
     """benchmarks.keras_export side by side: the same probabilities, so the same agreement with the SavedModel
     (the ONNX comparison, whose old path starts a second interpreter, is in BENCHMARKS.md)."""
@@ -42,6 +43,7 @@ def test_keras_export_equals_the_conversion_from_the_savedmodel(tiny_run):
     assert "| tflite-int8 | Keras Model.export |" in markdown(results, "python -m benchmarks.keras_export --run RUN")
 
 
+@pytest.mark.slow
 def test_every_output_of_the_savedmodel_is_exported(tiny_dataset, tmp_path):
     """DDAF serves valence/arousal beside the classes: the ONNX and LiteRT exports carry ``va`` too."""
     import onnxruntime

@@ -307,6 +307,7 @@ def test_bad_input_is_an_error_line(runs, planted, capsys, tmp_path):
 
 # ---------------------------------------------------------------------------------------- benchmark
 
+@pytest.mark.slow
 def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
     pytest.importorskip("cleanlab")
     from cleanlab.filter import find_label_issues

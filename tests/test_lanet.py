@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +184,7 @@ def trained_run(tiny_dataset, tmp_path_factory):
     return trainer, report, out
 
 
+@pytest.mark.slow
 def test_trainer_run_reload_and_export(trained_run, tmp_path):
     from engine.export import export_saved_model
     from engine.run import load_run_model, predict_split

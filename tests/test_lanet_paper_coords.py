@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import build_method
+from helpers import build_method
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
-from conftest import build_method, write_tiny_dataset
+from helpers import build_method, write_tiny_dataset
 
 RELEASE_CLAMP_FLOOR = 1.0 / (1.0 + math.exp(1.3))  # σ(−1.3) = 0.21417
 

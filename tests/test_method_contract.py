@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import build_method
+from helpers import build_method
 from models.base import FERModel
 from models.registry import METHODS, method_names, register_method
 
@@ -162,6 +162,7 @@ def test_export_serves_the_models_probabilities(method, built, tmp_path):
 
 # float16 (what --mixed-precision auto picks on CUDA) for every method; bfloat16 shares the code path
 # apart from loss scaling, so two methods (one with per-sample state) cover it.
+@pytest.mark.slow
 @pytest.mark.parametrize("method, policy", [(m, "mixed_float16") for m in ALL_METHODS]
                          + [("ce", "mixed_bfloat16"), ("ldlva", "mixed_bfloat16")])
 def test_mixed_precision_policies(method, policy, tiny_dataset, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 
 
@@ -22,6 +22,7 @@ def restore_float32_policy():
     keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 def test_float16_export_and_auto_policy(tiny_dataset, tmp_path):
     """A whole mixed_float16 run (train, evaluate, export) serves float32 probabilities; auto = float32 on CPU."""
     from engine.run import Trainer, setup_precision

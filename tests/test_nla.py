@@ -3,14 +3,13 @@ export and reload."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_run_config
+from helpers import tiny_run_config, with_config
 
 QUIET = dict(log=lambda *a, **k: None)
 
@@ -26,11 +25,6 @@ def built(tiny_dataset, tmp_path_factory):
     model = trainer.build(len(trainer.train_table), method_data)
     batches = list(trainer.train_dataset(method_data).take(2))
     return trainer, model, batches
-
-
-def _with_config(model, **changes):
-    """Switch a built model's (frozen) config; compute_losses reads it on every eager call."""
-    model.config = dataclasses.replace(model.config, **changes)
 
 
 def _losses(model, batch, epoch):
@@ -74,7 +68,7 @@ def test_weights_follow_the_schedule_of_the_current_epoch(built):
                                                            batch["label"], eps)), rel=1e-5)
 
     # slope option: −10 (the paper) instead of −15 changes ε(1) from 1 − e^(−15/60) to 1 − e^(−10/60).
-    _with_config(model, slope=-10.0)
+    with_config(model, slope=-10.0)
     try:
         part, _, outputs = _weighted_part(model, batch, 1)
         assert float(model.schedule()) == pytest.approx(1 - np.exp(-10.0 / total_epochs), rel=1e-6)
@@ -83,7 +77,7 @@ def test_weights_follow_the_schedule_of_the_current_epoch(built):
         assert part == pytest.approx(expected, rel=1e-4)
         assert abs(part - official) > 1e-3 * abs(official)
     finally:
-        _with_config(model, slope=-15.0)
+        with_config(model, slope=-15.0)
         model.optimizer.iterations.assign(0)
 
 
@@ -93,7 +87,7 @@ def test_consistency_is_on_the_image_and_its_flip(built):
     _, model, batches = built
     batch = batches[0]
     for mode in ("official", "textbook"):
-        _with_config(model, jsd_mode=mode)
+        with_config(model, jsd_mode=mode)
         losses, _ = _losses(model, batch, 0)
         plain = model(batch["image"], training=False)
         flipped = model(tf.image.flip_left_right(batch["image"]), training=False)
@@ -107,7 +101,7 @@ def test_consistency_is_on_the_image_and_its_flip(built):
     # official_mean: the official form averaged over the batch = the official sum / B.
     per_batch = float(jsd_consistency(plain, flipped, "official_mean"))
     assert per_batch == pytest.approx(official / int(plain.shape[0]), rel=1e-6)
-    _with_config(model, jsd_mode="official")
+    with_config(model, jsd_mode="official")
 
 
 def test_two_training_steps_finite_losses(built):
@@ -132,6 +126,7 @@ def test_config_validation_and_official_preset():
     assert method_cfg.l2_weight_decay == 1e-4
 
 
+@pytest.mark.slow
 def test_train_export_and_reload(tiny_dataset, tmp_path):
     from engine.run import Trainer, evaluate_model, load_run_model
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_run_config, write_tiny_dataset
+from helpers import tiny_run_config, write_tiny_dataset
 from helpers_cli import copy_dataset, run_cli, train_args, tree_digest
 
 K = 4  # LDLVA's num_neighbors in these runs

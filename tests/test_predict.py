@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import predict
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +163,7 @@ def _clip(path, photo, frames: int, fps: float = 10.0):
     return path
 
 
+@pytest.mark.slow
 def test_video_is_tracked_and_every_frame_is_written(saved_model, grace_hopper, tmp_path, capsys):
     import csv
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import tiny_run_config, write_tiny_dataset
+from helpers import tiny_run_config, write_tiny_dataset
 from preprocess import pseudo_va
 
 FAST = ["--backbone", "small_cnn", "--image-size", "24", "--pad", "2", "--batch-size", "8", "--verbose", "0"]
@@ -150,6 +150,7 @@ def test_source_without_va_is_a_clear_error(dataset, tmp_path, capsys):
     assert code == 2 and "not a pseudo-VA model directory" in err
 
 
+@pytest.mark.slow
 def test_end_to_end_pseudo_va_knn_ldlva(trained, tmp_path, capsys):
     """A dataset without VA → pseudo-VA → neighbour table → one LDLVA epoch."""
     from common.errors import DataError

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers_cli import (ROOT, copy_dataset, h5_datasets, run_cli, subprocess_env, train_args, tree_digest)
+from helpers_cli import KillAt, copy_dataset, h5_datasets, run_cli, train_args, tree_digest
 
 
 # --- atomic writes --------------------------------------------------------------------------------------
@@ -124,55 +119,7 @@ def _run_args(ds, out, method):
     return train_args(ds, out, "--epochs", EPOCHS, "--checkpoint-every", 1, "--seed", 3, *METHOD_ARGS[method])
 
 
-def _latest_step(run: Path) -> int:
-    try:
-        return int((run / "ckpt" / "latest").read_text().strip().split("-")[1])
-    except (OSError, IndexError, ValueError):
-        return -1
-
-
-class KillAt(threading.Thread):
-    """Runs ``python train.py argv`` and SIGKILLs it once ``latest`` names a step ≥ ``at_step``.
-
-    A thread, so the test can train the uninterrupted reference in-process meanwhile (2 cores: the
-    subprocess spends its first seconds importing TensorFlow on one of them).
-    """
-
-    def __init__(self, argv, run: Path, at_step: int, log: Path, timeout: float = 300):
-        super().__init__(daemon=True)
-        self.argv, self.run_dir, self.at_step, self.log, self.timeout = argv, run, at_step, log, timeout
-        self.failure = None
-        self.killed_at = self.returncode = None
-
-    def run(self):
-        with open(self.log, "w") as log:
-            proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *map(str, self.argv)],
-                                    env=subprocess_env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + self.timeout
-        try:
-            while _latest_step(self.run_dir) < self.at_step:
-                if proc.poll() is not None:
-                    self.failure = f"train.py exited ({proc.returncode}) before step {self.at_step}"
-                    return
-                if time.monotonic() > deadline:
-                    self.failure = f"no checkpoint of step {self.at_step} within {self.timeout} s"
-                    return
-                time.sleep(0.002)
-            os.kill(proc.pid, signal.SIGKILL)  # wherever it is: mid-step, mid-save, mid-validation
-        finally:
-            if proc.poll() is None and self.failure:
-                proc.kill()
-            self.returncode = proc.wait()
-        self.killed_at = _latest_step(self.run_dir)
-
-    def result(self) -> int:
-        self.join()
-        if self.failure:
-            pytest.fail(f"{self.failure}: {self.log.read_text()[-3000:]}")
-        assert self.returncode == -signal.SIGKILL
-        return self.killed_at
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ldlva"])  # CE's resume is covered by test_extend_* and the contract test
 def test_sigkill_three_times_then_resume_is_bit_identical(method, tiny_dataset, tmp_path, capsys):
     import train
@@ -252,6 +199,7 @@ def test_resume_refuses_changed_configuration(change, ldlva_run, capsys):
 
 
 # --- extending a run -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_extend_a_finished_run_equals_one_longer_run(tiny_dataset, tmp_path, capsys):
     """--resume --extend --epochs 2 on a finished 1-epoch run = one 2-epoch run (a schedule that does not
     depend on the total epoch count: constant here; see README for cosine/linear)."""

@@ -5,14 +5,12 @@ learning-rate multiplier is exact for Adam, and the optional relabelling follows
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import build_method
+from helpers import build_method, check_resume_is_bit_identical, with_config
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +18,6 @@ def built(tiny_dataset, tmp_path_factory):
     trainer, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("rul"), "rul", seed=3)
     batches = list(trainer.train_dataset(method_data).take(2))
     return trainer, model, batches
-
-
-def _with_config(model, **changes):
-    model.config = dataclasses.replace(model.config, **changes)
 
 
 def _snapshot(model):
@@ -212,7 +206,7 @@ def test_relabel_switch_uses_scns_rule_on_the_unmixed_probabilities(built):
     index = batch["index"].numpy()
     snapshot = _snapshot(model)
     try:
-        _with_config(model, relabel=True, relabel_epoch=2, relabel_margin=0.05)
+        with_config(model, relabel=True, relabel_epoch=2, relabel_margin=0.05)
         model.classifier.inner.kernel.assign(model.classifier.inner.kernel * 5.0)
         # Before the relabel epoch: nothing changes.
         model.optimizer.iterations.assign(model.steps_per_epoch - 1)
@@ -231,7 +225,7 @@ def test_relabel_switch_uses_scns_rule_on_the_unmixed_probabilities(built):
         expected[index] = new_labels.numpy()
         np.testing.assert_array_equal(model.current_labels.numpy(), expected)
     finally:
-        _with_config(model, relabel=False, relabel_epoch=10, relabel_margin=0.2)
+        with_config(model, relabel=False, relabel_epoch=10, relabel_margin=0.2)
         _restore(model, snapshot)
 
 
@@ -245,44 +239,9 @@ def test_config_rejects_bad_values():
         RULConfig(fc_lr_multiplier=0.0)
 
 
-# --- end to end: a run killed mid-epoch resumes bit-identically (shared with test_scn / test_eac) -------------
+# --- end to end: a run killed mid-epoch resumes bit-identically (helpers.check_resume_is_bit_identical) ----
 
-class _Killed(Exception):
-    pass
-
-
-def check_resume_is_bit_identical(data_dir, tmp_path, monkeypatch, method, **overrides):
-    """Train 2 epochs (14 steps) straight; train again, killed right after the step-10 checkpoint (mid-epoch 1),
-    and resume: the final checkpoints (every variable, per-sample state and optimizer slot) are identical."""
-    from conftest import tiny_run_config
-    from engine.callbacks import RunCheckpoint
-    from engine.run import Trainer
-    from helpers_cli import h5_datasets
-
-    quiet = dict(log=lambda *a, **k: None)
-    common = dict(epochs=2, checkpoint_every=5, **overrides)
-    Trainer(tiny_run_config(data_dir, tmp_path / "straight", method, **common), **quiet).train()
-    original = RunCheckpoint.on_train_batch_end
-
-    def kill_after_step_10(self, batch, logs=None):
-        original(self, batch, logs)
-        if int(self.model.optimizer.iterations.numpy()) == 10:
-            raise _Killed
-
-    monkeypatch.setattr(RunCheckpoint, "on_train_batch_end", kill_after_step_10)
-    with pytest.raises(_Killed):
-        Trainer(tiny_run_config(data_dir, tmp_path / "killed", method, **common), **quiet).train()
-    monkeypatch.undo()
-    Trainer(tiny_run_config(data_dir, tmp_path / "killed", method, resume=True, **common), **quiet).train()
-    final = "step-000000014"
-    straight = h5_datasets(tmp_path / "straight" / "ckpt" / final / "model.weights.h5")
-    resumed = h5_datasets(tmp_path / "killed" / "ckpt" / final / "model.weights.h5")
-    assert sorted(resumed) == sorted(straight) and any(k.startswith("optimizer/") for k in straight)
-    different = [k for k in straight if not np.array_equal(resumed[k], straight[k])]
-    assert not different, different[:10]
-    return straight
-
-
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identically(tiny_dataset, tmp_path, monkeypatch):
     """The permutation and dropout masks of the resumed steps are the uninterrupted run's."""
     check_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, "rul")

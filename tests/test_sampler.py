@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import tiny_run_config, write_tiny_dataset
+from helpers import tiny_run_config, write_tiny_dataset
 from helpers_cli import run_cli, train_args
 
 # chi-square critical value at p = 0.001 with 6 degrees of freedom (7 classes): a balanced epoch exceeds
@@ -113,14 +113,14 @@ def test_a_method_with_its_own_sampler_keeps_it(tiny_dataset, tmp_path):
     assert trainer.record_extras["sampler"] == {"requested": "balanced", "effective": "balanced"}
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_between_epochs_is_exact(imbalanced, tmp_path, capsys):
     """Killed at the end of epoch 0 and resumed: the same rows and weights as an uninterrupted run."""
     import math
 
     import train
     from data.noise import imbalance_profile
-    from helpers_cli import h5_datasets
-    from test_resume import KillAt
+    from helpers_cli import KillAt, h5_datasets
 
     def argv(out, sampler="balanced"):
         return train_args(imbalanced, out, "--epochs", 2, "--seed", 5, "--sampler", sampler, "--imbalance-factor", 10,

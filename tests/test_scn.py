@@ -4,13 +4,11 @@ score, inference serves α·z, and the relabelled table survives a checkpoint ro
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import build_method
+from helpers import build_method, with_config
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +17,6 @@ def built(tiny_dataset, tmp_path_factory):
                                                method_overrides={"relabel_epoch": "2"})
     batches = list(trainer.train_dataset(method_data).take(2))
     return trainer, model, batches
-
-
-def _with_config(model, **changes):
-    """Switch a built model's (frozen) config; compute_losses / train_step read it on every eager call."""
-    model.config = dataclasses.replace(model.config, **changes)
 
 
 def _parts(model, images, training):
@@ -73,11 +66,11 @@ def test_rank_regularisation_is_active_when_the_groups_are_close(built):
         head.kernel.assign(np.zeros_like(saved[0]))
         losses, _ = model.compute_losses(batches[0], {}, training=False)
         assert float(losses["rr"]) == pytest.approx(0.15, abs=1e-6)
-        _with_config(model, margin_1=0.07)
+        with_config(model, margin_1=0.07)
         losses, _ = model.compute_losses(batches[0], {}, training=False)
         assert float(losses["rr"]) == pytest.approx(0.07, abs=1e-6)
     finally:
-        _with_config(model, margin_1=0.15)
+        with_config(model, margin_1=0.15)
         for w, v in zip(head.weights, saved):
             w.assign(v)
 
@@ -123,7 +116,7 @@ def test_relabelling_changes_exactly_the_rows_past_the_margin_from_the_configure
         assert len(candidates) >= 2, eligible_gaps
         split = int(np.argmax(np.diff(candidates)))
         margin = float((candidates[split] + candidates[split + 1]) / 2)
-        _with_config(model, margin_2=margin, relabel_scope=scope)
+        with_config(model, margin_2=margin, relabel_scope=scope)
 
         spe = model.steps_per_epoch
         # 1-based relabel_epoch 2 = 0-based epoch 1: the last step of epoch 0 must not relabel...
@@ -149,7 +142,7 @@ def test_relabelling_changes_exactly_the_rows_past_the_margin_from_the_configure
         np.testing.assert_allclose(model.per_sample_state()["uncertainty"].numpy()[index], uncertainty,
                                    rtol=1e-5, atol=1e-6)
     finally:
-        _with_config(model, margin_2=0.2, relabel_scope="batch")
+        with_config(model, margin_2=0.2, relabel_scope="batch")
         for w, v in zip(model.weights, weights):
             w.assign(v)
         for var, v in zip(model.optimizer.variables, optimizer_state):
@@ -160,14 +153,14 @@ def test_relabel_off_never_changes_labels(built):
     _, model, batches = built
     weights = [w.numpy().copy() for w in model.weights]
     try:
-        _with_config(model, relabel=False, margin_2=0.0)
+        with_config(model, relabel=False, margin_2=0.0)
         model.classifier.fc.kernel.assign(model.classifier.fc.kernel * 20.0)
         model.optimizer.iterations.assign(100 * model.steps_per_epoch)
         before = model.current_labels.numpy().copy()
         model.train_step(batches[0])
         np.testing.assert_array_equal(model.current_labels.numpy(), before)
     finally:
-        _with_config(model, relabel=True, margin_2=0.2)
+        with_config(model, relabel=True, margin_2=0.2)
         for w, v in zip(model.weights, weights):
             w.assign(v)
 
@@ -220,10 +213,11 @@ def test_config_rejects_bad_values():
         SCNConfig(beta=1.5)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_bit_identically_while_relabelling(tiny_dataset, tmp_path, monkeypatch):
     """Relabelling from epoch 2 (1-based) on, with a margin the untrained network clears: the resumed
     run's relabelled table (and everything else) is the uninterrupted run's."""
-    from test_rul import check_resume_is_bit_identical
+    from helpers import check_resume_is_bit_identical
 
     weights = check_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, "scn",
                                             method_overrides={"relabel_epoch": "2", "margin_2": "0.02"})

@@ -9,7 +9,7 @@ import pytest
 import visualize
 from engine.inspect import gradcam_layer, gradcam_maps
 from common.errors import ConfigError, DataError
-from conftest import tiny_run_config
+from helpers import tiny_run_config
 
 
 def _train(cfg):
@@ -113,6 +113,7 @@ def test_ldlva_explain_follows_the_target_definition(ldlva_run):
     np.testing.assert_allclose(info["target"].sum(axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, kind", [("nla", "naw"), ("lanet", "lanet-distributions")])
 def test_peer_method_figures(method, kind, tiny_dataset, tmp_path):
     run = _train(tiny_run_config(tiny_dataset, tmp_path / method, method=method, noise_kind="symmetric",
