@@ -68,10 +68,9 @@ def _convert(args) -> None:
 
 
 def _inspect(args) -> None:
-    from models.backbones import resolve_weights_path
     from models.pretrained import inspect_weights
 
-    args.src = resolve_weights_path(args.src)
+    args.src = _weights_path(args.src)
     rows, info = inspect_weights(args.src)
     width = max((len(name) for name, _, _ in rows), default=4)
     for name, shape, dtype in rows:
@@ -117,6 +116,15 @@ def _embed(args) -> None:
     atomic_write_bytes(args.out, buffer.getvalue())
     print(f"wrote {args.out}: {descriptors.shape[0]} descriptors of {descriptors.shape[1]} values "
           f"({args.backbone}, weights {args.weights})")
+
+
+def _weights_path(name: str) -> str:
+    """``dlib`` → the installed .dat; no TensorFlow import (an error about a file comes before TF's start-up)."""
+    if name == "dlib":
+        from models.dlib_dat import default_dlib_path
+
+        return str(default_dlib_path())
+    return name
 
 
 def _count(shape) -> int:
