@@ -80,8 +80,15 @@ from losses.scn import MARGIN_2, RELABEL_EPOCH, relabel, relabel_active
 from models.backbones import stage_models
 from models.base import FERModel, MethodData
 
-# PyTorch's default Linear kernel initialisation, U(±1/√fan_in) (kaiming_uniform with a = √5).
-TORCH_LINEAR_KERNEL = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+def torch_linear_kernel():
+    """PyTorch's default Linear kernel initialisation, U(±1/√fan_in) (kaiming_uniform with a = √5).
+
+    A fresh instance per layer: an instance made at import time draws its seed from Python's ``random`` before
+    ``keras.utils.set_random_seed`` runs, so every process initialised the layer differently and no two runs
+    were equal (found by benchmarks/chaos.py)."""
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
 
 # Salts that keep this step's draws apart (each use gets its own stateless stream).
 _SALT_PERMUTATION, _SALT_MU_DROPOUT, _SALT_LOGVAR_DROPOUT = 1, 2, 3
@@ -143,7 +150,7 @@ class UncertaintyHead(layers.Layer):
         self.map_norm = layers.BatchNormalization(center=False, scale=False, epsilon=epsilon, momentum=0.9,
                                                   name="map_norm")
         self.flatten = layers.Flatten(name="flatten")
-        self.dense = layers.Dense(feature_dim, kernel_initializer=TORCH_LINEAR_KERNEL, name="dense")
+        self.dense = layers.Dense(feature_dim, kernel_initializer=torch_linear_kernel(), name="dense")
         self.feature_norm = layers.BatchNormalization(epsilon=epsilon, momentum=0.9, name="feature_norm")
 
     def call(self, feature_map, training=False, dropout_seed=None):

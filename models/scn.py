@@ -75,8 +75,14 @@ from models.base import FERModel, MethodData
 
 RELABEL_SCOPES = ("batch", "low_importance")
 
-# PyTorch's default Linear kernel initialisation, U(±1/√fan_in) (kaiming_uniform with a = √5).
-TORCH_LINEAR_KERNEL = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+def torch_linear_kernel():
+    """PyTorch's default Linear kernel initialisation, U(±1/√fan_in) (kaiming_uniform with a = √5).
+
+    A fresh instance per layer: an instance made at import time draws its seed from Python's ``random`` before
+    ``keras.utils.set_random_seed`` runs, so every process initialised the layer differently and no two runs
+    were equal (found by benchmarks/chaos.py)."""
+    return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +133,7 @@ class ImportanceWeightedClassifier(layers.Layer):
     def __init__(self, fc: layers.Dense, **kwargs):
         super().__init__(dtype="float32", **kwargs)
         self.fc = fc
-        self.importance = layers.Dense(1, dtype="float32", kernel_initializer=TORCH_LINEAR_KERNEL, name="importance")
+        self.importance = layers.Dense(1, dtype="float32", kernel_initializer=torch_linear_kernel(), name="importance")
 
     def build(self, input_shape):
         self.fc.build(input_shape)

@@ -6,14 +6,11 @@ The long run is ``python -m benchmarks.fuzz --inputs 10000`` (its table is in BE
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import struct
 import time
 import tracemalloc
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +30,7 @@ def _assert_no_findings(report, inputs, reach_errors=True):
         assert row["clean"] + row["load"] == inputs
 
 
+@pytest.mark.slow
 def test_fuzz_readers_without_tensorflow_in_a_limited_worker(tmp_path):
     """The campaign itself (worker process, per-input time limit, address-space limit, memory cap) on every reader
     that does not need TensorFlow."""
@@ -45,6 +43,7 @@ def test_fuzz_readers_without_tensorflow_in_a_limited_worker(tmp_path):
         _assert_no_findings(fuzz.run_campaign(["dlib-dat"], 8, seed=SEED, out=tmp_path / "b", log=lambda *a: None), 8)
 
 
+@pytest.mark.slow
 def test_fuzz_tensorflow_readers_in_process(tmp_path):
     """config.json, fer_export.json and checkpoints (their worker would mostly import TensorFlow)."""
     report = fuzz.run_in_process(["config-json", "export-json"], 12, seed=SEED, workdir=tmp_path)
