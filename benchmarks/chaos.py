@@ -484,7 +484,9 @@ def compare_runs(reference: Path, run: Path) -> list[str]:
     mine, theirs = h5_arrays(run / "ckpt" / final / "model.weights.h5"), h5_arrays(reference / "ckpt" / final / "model.weights.h5")
     if sorted(mine) != sorted(theirs):
         out.append(f"checkpoint variables differ: {sorted(set(mine) ^ set(theirs))[:5]}")
-    out += [f"checkpoint array {k} differs" for k in sorted(theirs) if k in mine and not np.array_equal(mine[k], theirs[k])]
+    different = [k for k in sorted(theirs) if k in mine and not np.array_equal(mine[k], theirs[k])]
+    if different:
+        out.append(f"{len(different)} of {len(theirs)} checkpoint arrays differ (first: {', '.join(different[:3])})")
     state = [json.loads((r / "ckpt" / final / "state.json").read_text()) for r in (run, reference)]
     for s in state:
         s.pop("time", None)
@@ -506,10 +508,11 @@ def compare_runs(reference: Path, run: Path) -> list[str]:
             different = [k for k in b if k.startswith("val_") and a.get(k) != b[k]]
             if different:
                 out.append(f"log.csv epoch {b['epoch']}: {different} differ")
-    for path in sorted((reference / "uncertainty").glob("*")) if (reference / "uncertainty").is_dir() else []:
-        other = run / "uncertainty" / path.name
-        if not other.is_file() or _sha(other) != _sha(path):
-            out.append(f"uncertainty/{path.name} differs")
+    tables = sorted((reference / "uncertainty").glob("*")) if (reference / "uncertainty").is_dir() else []
+    different = [p.name for p in tables if not (run / "uncertainty" / p.name).is_file()
+                 or _sha(run / "uncertainty" / p.name) != _sha(p)]
+    if different:
+        out.append(f"uncertainty/ tables differ: {', '.join(different)}")
     if (reference / "saved_model").is_dir():
         out += compare_exports(reference / "saved_model", run / "saved_model")
     left = temporaries(run)
