@@ -332,3 +332,18 @@ def test_json_readers_refuse_5000_digit_numbers_and_deep_nesting(reader, case, t
     with pytest.raises(expected) as info:
         read(tmp_path)
     assert isinstance(info.value, FERError) and str(tmp_path) in str(info.value)
+
+
+def test_pth_zip_claiming_an_unsupported_zip_version_is_a_data_error(torch_format, tmp_path):
+    """A record whose 'version needed to extract' byte is damaged: zipfile raises NotImplementedError while
+    sniffing the file, which escaped as a traceback (long fuzz run, pth-zip input 1170 of seed 0)."""
+    path = tmp_path / "model.pth"
+    torch_format.write_zip(path, {"w": np.zeros(3, np.float32)})
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    data[central + 6] = 84  # version needed to extract: 8.4
+    path.write_bytes(bytes(data))
+    from models.torch_checkpoint import load_state_dict
+
+    with pytest.raises(DataError, match=str(path)):
+        load_state_dict(path)
