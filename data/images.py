@@ -400,6 +400,8 @@ def read_image_file(path) -> bytes:
         raise ImageDecodeError("file does not exist") from None
     except OSError as exc:
         raise ImageDecodeError(f"cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a table path holding a NUL byte: open() refuses it (found by benchmarks/fuzz.py)
+        raise ImageDecodeError(f"cannot be read ({exc})") from None
 
 
 def load_image(path, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
