@@ -74,14 +74,16 @@ def test_a_resumed_run_continues_the_same_mlflow_run(tiny_dataset, tmp_path, sto
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     run = tmp_path / "run"
     argv = train_args(ds, run, "--epochs", 3, "--seed", 1)
-    real = EpochLog.on_epoch_end
+    real = EpochLog.on_epoch_begin
 
     def interrupt_after(epoch):
-        def on_epoch_end(self, current, logs=None):
-            real(self, current, logs)
-            if current == epoch:
-                raise KeyboardInterrupt()  # as Ctrl-C right after the epoch is checkpointed and logged
-        monkeypatch.setattr(EpochLog, "on_epoch_end", on_epoch_end)
+        # As Ctrl-C right after the epoch is logged and checkpointed: at the start of the next epoch (the
+        # engine's checkpoint callback runs after the log, so an interrupt inside on_epoch_end would precede it).
+        def on_epoch_begin(self, current, logs=None):
+            if current == epoch + 1:
+                raise KeyboardInterrupt()
+            return real(self, current, logs)
+        monkeypatch.setattr(EpochLog, "on_epoch_begin", on_epoch_begin)
 
     interrupt_after(0)
     assert run_cli(train, argv, capsys)[0] == 130
@@ -92,7 +94,7 @@ def test_a_resumed_run_continues_the_same_mlflow_run(tiny_dataset, tmp_path, sto
     client = _client(store)
     assert client.get_run(run_id).info.status == "KILLED"
     assert [step for step, _ in _history(client, run_id, "loss")] == [0, 1]
-    monkeypatch.setattr(EpochLog, "on_epoch_end", real)
+    monkeypatch.setattr(EpochLog, "on_epoch_begin", real)
     code, out, err = run_cli(train, [*argv, "--resume", "--mlflow", store], capsys)
     assert code == 0, err[-3000:]
     assert f"mlflow: continuing run {run_id}" in out

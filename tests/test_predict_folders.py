@@ -36,9 +36,11 @@ def predictor(export):
 
 
 @pytest.fixture(autouse=True)
-def load_once(export, predictor, monkeypatch):
+def load_once(export, predictor, monkeypatch, tmp_path):
     """Every command of this module loads the same SavedModel: load it once (loading itself is covered by
-    tests/test_predict.py)."""
+    tests/test_predict.py). Commands run in the test's own folder, so a default output (``predictions/``)
+    never lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(predict, "load_predictor", lambda path: predictor if str(path) == str(export) else
                         pytest.fail(f"unexpected model {path}"))
 
