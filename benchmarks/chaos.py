@@ -109,12 +109,13 @@ def categorize(events) -> list[str]:
 def install_tracer(trace_path: str, pause: str = "", script: str = "") -> callable:
     """Patch the toolkit in this process so that it appends one event line to ``trace_path`` at each point."""
     fd = os.open(trace_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    state = {"step": -1}
-    pause_event = pause
+    state = {"step": -1, "paused": False}
 
     def emit(name: str) -> None:
         os.write(fd, f"{time.monotonic():.6f} {name} {state['step']}\n".encode())
-        if pause_event and name == pause_event:
+        # ``pause`` is EVENT@STEP: the first such event of this process waits there for its kill.
+        if pause and not state["paused"] and f"{name}@{state['step']}" == pause:
+            state["paused"] = True
             time.sleep(PAUSE_SECONDS)
 
     def wrap(owner, attr, event, before=None):
@@ -212,7 +213,7 @@ def install_tracer(trace_path: str, pause: str = "", script: str = "") -> callab
 
 
 def child(argv: list[str]) -> int:
-    """``child --trace FILE [--pause EVENT] -- SCRIPT ARGS...``: run SCRIPT (``train.py``, ``export.py``,
+    """``child --trace FILE [--pause EVENT@STEP] -- SCRIPT ARGS...``: run SCRIPT (``train.py``, ``export.py``,
     ``predict.py`` or a ``-m`` module) traced, as ``python SCRIPT ARGS`` would."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos child")
     parser.add_argument("--trace", required=True)
@@ -301,8 +302,8 @@ def draw_targets(reference: list[Event], count: int, rng: random.Random, allow_t
         options = options or [i for values in by_category.values() for i in values]
         index = rng.choice(options)
         duration = (reference[index + 1].time - reference[index].time) if index + 1 < len(reference) else 0.0
-        pause = reference[index].name if reference[index].name.startswith(("rename:", "write:")) and \
-            rng.random() < pause_share * 3 else ""
+        pause = f"{reference[index].name}@{reference[index].step}" if reference[index].name.startswith(
+            ("rename:", "write:")) and rng.random() < pause_share * 3 else ""
         delay = rng.uniform(0, 0.02) if pause else rng.uniform(0, min(max(duration, 0.0), 1.0))
         targets.append(Target(category, index, delay, reference[index].name, pause))
     return targets
@@ -553,7 +554,7 @@ def reference_run(method: str, folder: Path, data_dir: Path, export: bool) -> tu
 def target_at(events: list[Event], name: str, step: int, delay: float = 0.0, pause: bool = False) -> Target:
     """A target at the reference's first event ``name`` at ``step`` (for tests and chosen points)."""
     index = next(i for i, e in enumerate(events) if e.name == name and e.step == step)
-    return Target(categorize([e.name for e in events])[index], index, delay, name, name if pause else "")
+    return Target(categorize([e.name for e in events])[index], index, delay, name, f"{name}@{step}" if pause else "")
 
 
 def run_chain(method: str, targets: list[Target], run: Path, reference: Path, ref_events: list[Event], data_dir: Path,
@@ -639,7 +640,7 @@ def _tool_kills(name: str, script: str, argv_for, reference_dir: Path, compare, 
         if number < len(interesting):
             index = interesting[number]
             event = ref_events[index].name
-            pause = event if event.startswith(("write:", "rename:")) and pause_share > 0 else ""
+            pause = f"{event}@{ref_events[index].step}" if event.startswith(("write:", "rename:")) and pause_share > 0 else ""
             duration = ref_events[index + 1].time - ref_events[index].time if index + 1 < len(ref_events) else 0.0
             target = Target(categorize([e.name for e in ref_events])[index], index,
                             rng.uniform(0, 0.02) if pause else rng.uniform(0, min(max(duration, 0.0), 1.0)), event, pause)
