@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import importlib.util
 import io
@@ -197,7 +198,7 @@ def mutate_json(data: bytes, rng) -> bytes:
             key = f"@@raw{len(raws)}@@"
             raws[key] = str(rng.choice(RAW_JSON))
             return key
-        return WEIRD_JSON[int(rng.integers(len(WEIRD_JSON)))]
+        return copy.deepcopy(WEIRD_JSON[int(rng.integers(len(WEIRD_JSON)))])  # never share (or edit) the constant
 
     for _ in range(int(rng.integers(1, 4))):
         spots = _json_spots(doc, [])
@@ -1229,6 +1230,17 @@ def classify(reader: Reader, run) -> dict:
     return {"kind": kind, "detail": detail, "peak_bytes": int(peak), "rss_bytes": int(rss), "seconds": round(seconds, 4)}
 
 
+def safe_mutate(reader: Reader, seed: int, name: str, index: int) -> dict:
+    """The reader's mutation of input ``index``; should a mutator itself fail (a bug of this harness, not of the
+    toolkit), a byte mutation of the first target instead, so one harness bug cannot end a long run."""
+    try:
+        return reader.mutate(input_rng(seed, name, index))
+    except Exception:  # noqa: BLE001 - logged on stderr (worker.log)
+        traceback.print_exc()
+        target = reader.targets[0]
+        return {target: mutate_bytes(reader.seeds[target], input_rng(seed, name, index))}
+
+
 def worker(jobs: list, seed: int, workdir: Path) -> int:
     """Read inputs ``start..stop`` of each ``(reader, start, stop)``; one JSON line per event on the protocol fd."""
     import resource
@@ -1257,7 +1269,7 @@ def worker(jobs: list, seed: int, workdir: Path) -> int:
         changed: list[str] = []
         for index in range(start, stop):
             reader.restore(changed)
-            changes = reader.mutate(input_rng(seed, name, index))
+            changes = safe_mutate(reader, seed, name, index)
             changed = list(changes)
             reader.apply(changes)
             print(json.dumps({"reader": name, "index": index, "begin": changed}), file=proto)
@@ -1313,6 +1325,15 @@ def run_campaign(readers, inputs: int, seed: int = 0, timeout: float = DEFAULT_T
     groups = [[j for j in todo if not READERS[j[0]].needs_tensorflow], [j for j in todo if READERS[j[0]].needs_tensorflow]]
     stderr_log = open(out / "worker.log", "ab") if out.is_dir() or out.mkdir(parents=True) is None else None
     started = time.perf_counter()
+    restarts = 0
+
+    def write_report() -> dict:
+        report = {"seed": seed, "inputs_per_reader": inputs, "inputs_for": inputs_for or {}, "timeout_s": timeout,
+                  "memory_cap_bytes": MEMORY_CAP_BYTES, "address_space_headroom_bytes": ADDRESS_SPACE_HEADROOM,
+                  "wall_s": round(time.perf_counter() - started, 1), "readers": figures, "findings": findings}
+        (out / "fuzz.json").write_text(json.dumps(report, indent=2))
+        return report
+
     for group in groups:
         while group:
             proc = subprocess.Popen([sys.executable, "-m", "benchmarks.fuzz", "--worker", json.dumps(group),
@@ -1336,6 +1357,10 @@ def run_campaign(readers, inputs: int, seed: int = 0, timeout: float = DEFAULT_T
                     if event["kind"] not in ("clean", "load"):
                         findings.append(_finding(event, workdir, out, current))
                     _advance(group, event["reader"], event["index"] + 1)
+                    row = figures[event["reader"]]
+                    if row["inputs"] % 1000 == 0:
+                        log(f"  {event['reader']}: {row['inputs']} inputs, " + ", ".join(
+                            f"{k} {row[k]}" for k in OUTCOMES if row[k]) + f" ({time.perf_counter() - started:.0f} s)")
                     current = None
             except TimeoutError:
                 event = {**current, "kind": "hang", "detail": f"no result within {timeout:g} s", "peak_bytes": 0,
@@ -1357,14 +1382,15 @@ def run_campaign(readers, inputs: int, seed: int = 0, timeout: float = DEFAULT_T
                 _record(figures[current["reader"]], event)
                 _advance(group, current["reader"], current["index"] + 1)
             elif proc.returncode not in (0, 3) and group:
-                raise RuntimeError(f"fuzz worker exited {proc.returncode} between inputs (see {out / 'worker.log'})")
+                restarts += 1
+                if restarts > 20:
+                    raise RuntimeError(f"fuzz worker exited {proc.returncode} between inputs (see {out / 'worker.log'})")
+                log(f"fuzz worker exited {proc.returncode} between inputs (see {out / 'worker.log'}); restarting")
             group[:] = [j for j in group if j[1] < j[2]]
+            write_report()
     if stderr_log:
         stderr_log.close()
-    report = {"seed": seed, "inputs_per_reader": inputs, "timeout_s": timeout, "memory_cap_bytes": MEMORY_CAP_BYTES,
-              "address_space_headroom_bytes": ADDRESS_SPACE_HEADROOM, "wall_s": round(time.perf_counter() - started, 1),
-              "readers": figures, "findings": findings}
-    (out / "fuzz.json").write_text(json.dumps(report, indent=2))
+    report = write_report()
     log(format_table(report))
     return report
 
@@ -1438,7 +1464,7 @@ def run_in_process(names, inputs: int, seed: int = 0, workdir: Path | None = Non
             changed: list[str] = []
             for index in range(inputs):
                 reader.restore(changed)
-                changes = reader.mutate(input_rng(seed, name, index))
+                changes = safe_mutate(reader, seed, name, index)
                 changed = list(changes)
                 reader.apply(changes)
                 signal.setitimer(signal.ITIMER_REAL, timeout)
