@@ -241,7 +241,11 @@ def check_npz_members(path) -> None:
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
+            size = path.stat().st_size
             for info in archive.infolist():
+                if info.compress_size > size:  # zipfile would ask the file for that many bytes (allocated up front)
+                    raise DataError(f"{path}: member '{info.filename}' claims {info.compress_size} stored bytes in a file "
+                                    f"of {size}; rebuild it with `python -m preprocess.knn`")
                 if info.file_size > MAX_EXPANSION * info.compress_size + EXPANSION_SLACK:
                     raise DataError(f"{path}: member '{info.filename}' inflates from {info.compress_size} to "
                                     f"{info.file_size} bytes (a zip bomb?); rebuild it with `python -m preprocess.knn`")

@@ -289,7 +289,11 @@ def _zip_top(path, names) -> str:
 
 def _read_zip(path):
     with zipfile.ZipFile(path) as archive:
+        size = os.path.getsize(path)
         for info in archive.infolist():
+            if info.compress_size > size:  # zipfile would ask the file for that many bytes (allocated up front)
+                raise DataError(f"{path}: record '{info.filename}' claims {info.compress_size} stored bytes in a file of "
+                                f"{size}")
             if info.file_size > _MAX_EXPANSION * info.compress_size + _EXPANSION_SLACK:
                 raise DataError(f"{path}: record '{info.filename}' inflates from {info.compress_size} to {info.file_size} "
                                 "bytes (torch.save does not compress; a zip bomb?)")

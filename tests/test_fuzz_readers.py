@@ -362,3 +362,34 @@ def test_csv_path_holding_a_nul_byte_is_a_row_error(tmp_path):
     table.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"train\.csv, row 3: .*null byte"):
         load_split(reader.live / "ds", "train.csv", 7, log=lambda *a: None)
+
+
+def _claim_compressed_size(data: bytes, member: str, size: int) -> bytes:
+    """``data`` (a zip) with ``member``'s compressed size in the central directory set to ``size``."""
+    out = bytearray(data)
+    start = out.index(b"PK\x01\x02")
+    while True:
+        name_length = struct.unpack("<H", out[start + 28:start + 30])[0]
+        if out[start + 46:start + 46 + name_length].decode() == member:
+            out[start + 20:start + 24] = struct.pack("<I", size)
+            return bytes(out)
+        start = out.index(b"PK\x01\x02", start + 4)
+
+
+def test_pth_zip_record_claiming_more_stored_bytes_than_the_file_is_refused(torch_format, tmp_path):
+    """A bit flip made data.pkl's compressed size 512 MiB in an 8 KB file: zipfile asked the file for that many
+    bytes, and BufferedReader.read(n) allocates n first (long fuzz run, pth-zip input 771 of seed 0)."""
+    path = tmp_path / "model.pth"
+    torch_format.write_zip(path, {"w": np.zeros(3, np.float32)})
+    path.write_bytes(_claim_compressed_size(path.read_bytes(), "archive/data.pkl", 512 << 20))
+    from models.torch_checkpoint import load_state_dict
+
+    error, peak = _peak(lambda: load_state_dict(path))
+    assert isinstance(error, DataError) and "stored bytes in a file of" in str(error)
+    assert peak < SMALL
+
+
+def test_npz_member_claiming_more_stored_bytes_than_the_file_is_refused(npz_case):
+    reader, path, members = npz_case
+    path.write_bytes(_claim_compressed_size(path.read_bytes(), "indices.npy", 512 << 20))
+    assert "stored bytes in a file of" in _npz_error(reader, path)
