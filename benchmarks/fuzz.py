@@ -1250,6 +1250,16 @@ def safe_mutate(reader: Reader, seed: int, name: str, index: int) -> dict:
         return {target: mutate_bytes(reader.seeds[target], input_rng(seed, name, index))}
 
 
+def keep_input(reader: Reader, changed, index: int, findings_dir: Path) -> None:
+    """Copy the files of input ``index`` under ``findings_dir/<reader>-<index>/`` (missing ones: deleted by it)."""
+    keep = findings_dir / f"{reader.name}-{index}"
+    for rel in changed:
+        source = reader.live / rel
+        if source.is_file():
+            (keep / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, keep / rel)
+
+
 def worker(jobs: list, seed: int, workdir: Path) -> int:
     """Read inputs ``start..stop`` of each ``(reader, start, stop)``; one JSON line per event on the protocol fd."""
     import resource
@@ -1283,6 +1293,8 @@ def worker(jobs: list, seed: int, workdir: Path) -> int:
             reader.apply(changes)
             print(json.dumps({"reader": name, "index": index, "begin": changed}), file=proto)
             outcome = classify(reader, reader.read)
+            if outcome["kind"] not in ("clean", "load"):
+                keep_input(reader, changed, index, workdir.parent / "findings")
             print(json.dumps({"reader": name, "index": index, **outcome}), file=proto)
             if outcome["detail"].startswith("MemoryError"):
                 return 3  # the heap may be in any state: the parent restarts a fresh worker
@@ -1363,8 +1375,8 @@ def run_campaign(readers, inputs: int, seed: int = 0, timeout: float = DEFAULT_T
                         current = event
                         continue
                     _record(figures[event["reader"]], event)
-                    if event["kind"] not in ("clean", "load"):
-                        findings.append(_finding(event, workdir, out, current))
+                    if event["kind"] not in ("clean", "load"):  # (the worker kept its input files)
+                        findings.append(_finding(event, workdir, out, None))
                     _advance(group, event["reader"], event["index"] + 1)
                     row = figures[event["reader"]]
                     if row["inputs"] % 1000 == 0:
@@ -1420,14 +1432,14 @@ def _record(row: dict, event: dict) -> None:
 
 
 def _finding(event: dict, workdir: Path, out: Path, begin: dict | None) -> dict:
+    """A finding's record; ``begin`` (a hang or a dead worker: its files are still in place) copies the input."""
     keep = out / "findings" / f"{event['reader']}-{event['index']}"
     for rel in (begin or {}).get("begin", []):
         source = workdir / event["reader"] / "live" / rel
         if source.is_file():
             (keep / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, keep / rel)
-    return {"reader": event["reader"], "index": event["index"], "kind": event["kind"], "detail": event["detail"],
-            "files": (begin or {}).get("begin", [])}
+    return {"reader": event["reader"], "index": event["index"], "kind": event["kind"], "detail": event["detail"]}
 
 
 def format_table(report: dict) -> str:
