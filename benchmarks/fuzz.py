@@ -43,9 +43,11 @@ seconds (a *hang*) and restarts it at the next input; a worker that dies (a sign
 * ``load``: the reader returned, and the result passed the reader's own checks (shapes, ranges, types);
 * ``crash``: any other exception, a wrong result, an error that does not name the file, or a dead worker;
 * ``hang``: past the time limit;
-* ``over_cap``: the input allocated more than :data:`MEMORY_CAP_BYTES` (Python and NumPy allocations, measured
-  with ``tracemalloc``, and the process's resident-set growth, ``VmHWM`` reset before each input), or hit the
-  worker's address-space limit (``RLIMIT_AS`` = its size after set-up + :data:`ADDRESS_SPACE_HEADROOM`).
+* ``over_cap``: the input allocated more than :data:`MEMORY_CAP_BYTES` plus :data:`SIZE_FACTOR` times the size of
+  its files (Python and NumPy allocations, measured with ``tracemalloc``, and the process's resident-set growth,
+  ``VmHWM`` reset before each input), or hit the worker's address-space limit (``RLIMIT_AS`` = its size after
+  set-up + :data:`ADDRESS_SPACE_HEADROOM`). A few kilobytes claiming gigabytes is over; a 300 MB table that takes
+  600 MB to read is not.
 
 Usage::
 
@@ -84,7 +86,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-MEMORY_CAP_BYTES = 256 << 20  # the documented cap: no single input may make a reader allocate more
+MEMORY_CAP_BYTES = 256 << 20  # the documented cap: no input may make a reader allocate more than this
+SIZE_FACTOR = 4  # ... plus this many times the input's own size (reading a 300 MB table needs a few times that)
 ADDRESS_SPACE_HEADROOM = 2 << 30  # RLIMIT_AS above the worker's size after set-up: a runaway allocation fails
 DEFAULT_TIMEOUT_S = 10.0
 BOMB_BYTES = 512 << 20  # what the zip/HDF5 bombs expand to: twice the cap, a few hundred kilobytes on disk
@@ -1204,8 +1207,14 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def classify(reader: Reader, run) -> dict:
-    """Run one read and judge it: {'kind', 'detail', 'peak_bytes', 'rss_bytes', 'seconds'}."""
+def input_bytes(reader: Reader, changed) -> int:
+    """The size of an input's mutated files (a reader may allocate in proportion to what it is given)."""
+    return sum((reader.live / rel).stat().st_size for rel in changed if (reader.live / rel).is_file())
+
+
+def classify(reader: Reader, run, size: int = 0) -> dict:
+    """Run one read and judge it: {'kind', 'detail', 'peak_bytes', 'rss_bytes', 'seconds'}. Over the cap: more than
+    :data:`MEMORY_CAP_BYTES` plus :data:`SIZE_FACTOR` times the input's ``size``."""
     import tracemalloc
 
     from common.errors import FERError
@@ -1234,7 +1243,7 @@ def classify(reader: Reader, run) -> dict:
     seconds = time.perf_counter() - start
     peak = max(tracemalloc.get_traced_memory()[1] - traced_before, 0)
     rss = max((_status_kib("VmHWM") - rss_before) * 1024, 0) if exact_rss else 0
-    if kind in ("clean", "load") and max(peak, rss) > MEMORY_CAP_BYTES:
+    if kind in ("clean", "load") and max(peak, rss) > MEMORY_CAP_BYTES + SIZE_FACTOR * size:
         kind, detail = "over_cap", f"allocated {max(peak, rss) / 2**20:.0f} MiB ({kind}: {detail[:200]})"
     return {"kind": kind, "detail": detail, "peak_bytes": int(peak), "rss_bytes": int(rss), "seconds": round(seconds, 4)}
 
@@ -1292,7 +1301,7 @@ def worker(jobs: list, seed: int, workdir: Path) -> int:
             changed = list(changes)
             reader.apply(changes)
             print(json.dumps({"reader": name, "index": index, "begin": changed}), file=proto)
-            outcome = classify(reader, reader.read)
+            outcome = classify(reader, reader.read, input_bytes(reader, changed))
             if outcome["kind"] not in ("clean", "load"):
                 keep_input(reader, changed, index, workdir.parent / "findings")
             print(json.dumps({"reader": name, "index": index, **outcome}), file=proto)
@@ -1350,7 +1359,7 @@ def run_campaign(readers, inputs: int, seed: int = 0, timeout: float = DEFAULT_T
 
     def write_report() -> dict:
         report = {"seed": seed, "inputs_per_reader": inputs, "inputs_for": inputs_for or {}, "timeout_s": timeout,
-                  "memory_cap_bytes": MEMORY_CAP_BYTES, "address_space_headroom_bytes": ADDRESS_SPACE_HEADROOM,
+                  "memory_cap_bytes": MEMORY_CAP_BYTES, "size_factor": SIZE_FACTOR, "address_space_headroom_bytes": ADDRESS_SPACE_HEADROOM,
                   "wall_s": round(time.perf_counter() - started, 1), "readers": figures, "findings": findings}
         (out / "fuzz.json").write_text(json.dumps(report, indent=2))
         return report
@@ -1490,7 +1499,7 @@ def run_in_process(names, inputs: int, seed: int = 0, workdir: Path | None = Non
                 reader.apply(changes)
                 signal.setitimer(signal.ITIMER_REAL, timeout)
                 try:
-                    event = classify(reader, reader.read)
+                    event = classify(reader, reader.read, input_bytes(reader, changed))
                 except _Hang:
                     event = {"kind": "hang", "detail": f"no result within {timeout:g} s", "peak_bytes": 0, "rss_bytes": 0,
                              "seconds": timeout}
@@ -1555,7 +1564,7 @@ def main(argv=None) -> int:
         parser.error("--inputs-for takes READER=N")
     out = args.out or Path(tempfile.mkdtemp(prefix="fer-fuzz-"))
     print(f"fuzzing {', '.join(names)}: {args.inputs} inputs each, seed {args.seed}, {args.timeout:g} s per input, "
-          f"memory cap {MEMORY_CAP_BYTES >> 20} MiB -> {out}")
+          f"memory cap {MEMORY_CAP_BYTES >> 20} MiB + {SIZE_FACTOR}x the input -> {out}")
     report = run_campaign(names, args.inputs, args.seed, args.timeout, out, inputs_for=inputs_for)
     bad = sum(row["crash"] + row["hang"] + row["over_cap"] for row in report["readers"].values())
     for finding in report["findings"][:20]:

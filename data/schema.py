@@ -510,7 +510,11 @@ def check_image_root(table: AnnotationTable, check_all_files: bool = False) -> N
     they look wrong (absolute, ``..``, spaces, the root's own folder name as a prefix, relative to the
     table's folder, written with backslashes)."""
     root = table.image_root
-    if not root.is_dir():
+    try:
+        is_dir = root.is_dir()
+    except (OSError, ValueError):  # a name the OS refuses (ENAMETOOLONG): dataset.json's image_root, --image-root
+        is_dir = False
+    if not is_dir:
         raise DataError(f"image root {root} (for {table.csv_path}) does not exist or is not a folder; pass --image-root")
     paths = table.paths
     probe = paths if check_all_files else paths[: min(len(paths), 64)]

@@ -435,3 +435,25 @@ def test_resume_refuses_a_state_json_whose_global_step_disagrees_with_the_weight
     said = []
     step = Trainer._resume(types.SimpleNamespace(log=said.append), CheckpointManager(run), checkpoint_run.cache["model"])
     assert step == 1 and any("global_step 8 does not match" in line for line in said), said
+
+
+def test_config_json_integer_setting_of_hundreds_of_digits_is_a_config_error(tmp_path):
+    """``"pad": 1000…0``: the integer check converted it to float first (OverflowError; long fuzz run,
+    config-json input 7403 of seed 0)."""
+    from engine.config import RunConfig, validate_run_config
+
+    with pytest.raises(ConfigError, match="--pad"):
+        validate_run_config(RunConfig(pad=10 ** 400))
+
+
+def test_dataset_json_image_root_too_long_for_the_os_is_a_data_error(tmp_path):
+    """image_root of 100 000 characters: Path.is_dir() raised ENAMETOOLONG (long fuzz run, dataset-json input
+    3577 of seed 0)."""
+    from engine.data import load_split
+
+    reader = fuzz.DatasetJson(tmp_path / "dj")
+    reader.prepare()
+    meta = reader.live / "ds" / "dataset.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "image_root": "a" * 100_000}))
+    with pytest.raises(DataError, match="does not exist or is not a folder"):
+        load_split(reader.live / "ds", "train.csv", 7, log=lambda *a: None)
