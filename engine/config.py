@@ -165,7 +165,9 @@ def _check_number(name: str, value, low=None, high=None, low_open=False, high_op
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{flag} must be a number, got {value!r}")
-    if integer and not isinstance(value, int) and not float(value).is_integer():  # float() of a 400-digit int overflows
+    if isinstance(value, int) and value.bit_length() > 64:  # float() of it overflows (a hand-edited config.json)
+        raise ConfigError(f"{flag} is out of range (an integer of {value.bit_length()} bits)")
+    if integer and not float(value).is_integer():
         raise ConfigError(f"{flag} must be an integer, got {value!r}")
     if not math.isfinite(value):
         raise ConfigError(f"{flag} must be a finite number, got {value}")
