@@ -15,7 +15,7 @@ tagged with its cell (``fer.cell``, ``fer.method``, ``fer.level``, ``fer.seed``,
 
 Protocols
 ---------
-``noise``        symmetric/asymmetric label noise at each rate in ``--levels`` (RunConfig.noise_*).
+``noise``        symmetric/asymmetric label noise at each rate in ``--levels`` (RunConfig.noise, noise_rate).
 ``k-sweep``      the neighbour count K of LDLVA / LA-Net at each value of ``--levels`` (``--set num_neighbors``;
                  LDLVA's VA neighbour table is built once per K and cached), at ``--noise-rate``.
 ``imbalance``    long-tailed subsampling at each imbalance factor in ``--levels``.
@@ -24,7 +24,7 @@ Protocols
                  ``preprocess.join`` into OUT/joined) and test on every ``--data-dirs`` source's test
                  table separately (columns = sources).
 
-Each cell is one ordinary training run (see ``engine/run.py``) in ``OUT/runs/<method>_<level>_s<seed>``
+Each cell is one ordinary training run (see ``engine/fit.py``) in ``OUT/runs/<method>_<level>_s<seed>``
 with ``seed = noise_seed = s`` for every ``s`` of ``--seeds`` (so the seeds also draw different noisy
 labels / subsets, and the std covers both).
 
@@ -58,8 +58,8 @@ from common.cli import quiet_tensorflow, run_main
 
 
 # Not taken from a --config file: what the grid sets per cell, by protocol, or with its own defaults.
-CONFIG_EXCLUDED = ("method", "seed", "noise_seed", "out", "resume", "force", "preset", "method_overrides",
-                   "noise_kind", "noise_rate", "noise_file", "imbalance_factor", "export", "tensorboard", "verbose")
+CONFIG_EXCLUDED = ("method", "seed", "noise_seed", "run", "resume", "force", "preset", "set",
+                   "noise", "noise_rate", "noise_file", "imbalance_factor", "export", "tensorboard", "verbose")
 
 
 def build_parser():

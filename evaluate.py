@@ -68,8 +68,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
     from common.errors import CheckpointError
-    from engine.data import load_split, resolve_data_dir
     from engine.metrics import format_report
+    from engine.splits import load_split, resolve_data_dir
 
     kind, run_dir, ckpt = _resolve_ckpt(Path(args.run))
     json_path = None
@@ -80,10 +80,10 @@ def main(argv=None) -> int:
         json_path = Path(args.json) if args.json else default_dir / f"eval_{Path(_table_name(args.split)).stem}.json"
         check_output_file(json_path, args.force, flag="--json")
     if kind == "run":
-        from engine.run import evaluate_model, load_run_model
+        from engine.results import evaluate_model, load_run_model
 
-        trainer, record = load_run_model(run_dir, ckpt)
-        cfg = trainer.cfg
+        run, model, record = load_run_model(run_dir, ckpt)
+        cfg = run.cfg
         if args.dataset and args.dataset != cfg.dataset:
             from data.registry import get_dataset_spec
 
@@ -91,18 +91,18 @@ def main(argv=None) -> int:
             if spec.num_classes != cfg.num_classes:
                 raise CheckpointError(f"the checkpoint in {run_dir} has {cfg.num_classes} classes but dataset "
                                       f"'{args.dataset}' has {spec.num_classes}")
-            trainer.spec = spec
-        data_dir = resolve_data_dir(trainer.spec, args.data_dir) if args.data_dir else \
+            run.spec = spec
+        data_dir = resolve_data_dir(run.spec, args.data_dir) if args.data_dir else \
             _recorded_data_dir(run_dir, record)
         table = load_split(data_dir, _table_name(args.split), cfg.num_classes, args.image_root or cfg.image_root,
                            allow_outside_root=cfg.allow_outside_root or args.allow_outside_root)
-        trainer.use_test_table(table)
+        run.use_test_table(table)
         import tensorflow as tf
 
         try:
-            report = evaluate_model(trainer.model, trainer.eval_dataset(), table, trainer.spec.class_names)
+            report = evaluate_model(model, run.eval_dataset(), table, run.spec.class_names)
         except tf.errors.InvalidArgumentError:  # a file TensorFlow cannot decode (--image-cache files)
-            from engine.data import find_undecodable_image
+            from engine.splits import find_undecodable_image
 
             error = find_undecodable_image([table])
             if error is None:

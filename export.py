@@ -20,8 +20,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     quiet_tensorflow()
     from common.io import check_output_dir
-    from engine.export import SAVED_MODEL_LEGACY, export_saved_model
-    from engine.run import load_run_model
+    from engine.export import SAVED_MODEL_LEGACY
+    from engine.results import export_run, load_run_model, read_metrics
 
     path = Path(args.run)
     run_dir, ckpt = (path, None) if (path / "config.json").is_file() else (path.parent.parent, path)
@@ -33,28 +33,15 @@ def main(argv=None) -> int:
         raise WriteError(f"--out {args.out} is inside the run's checkpoint folder {run_dir / 'ckpt'}, which the run "
                          "manages (resuming or --force would remove it); choose another --out (nothing was changed)")
     check_output_dir(args.out, "saved_model", args.force, flag="--out", legacy=SAVED_MODEL_LEGACY)
-    trainer, _ = load_run_model(run_dir, ckpt)
-    trainer.run_dir = run_dir
-    metrics = None
-    if (run_dir / "metrics.json").is_file():
-        import json
-
-        try:
-            metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            metrics = None  # the card then shows no metrics; the export itself does not need them
+    run, model, _ = load_run_model(run_dir, ckpt)
     images = None
     if args.formats:  # the test split, as uint8 at the network's input size, to check every format on
         from data.images import load_image_array
 
-        trainer.load_data(need_train=False)
-        table = trainer.test_table
-        images = load_image_array(table.image_root, table.paths, trainer.cfg.image_size, table.csv_path)
-    from engine.model_card import provenance
-
-    export_saved_model(trainer.model, args.out, trainer.cfg.image_size, trainer.spec.class_names, trainer.cfg.method,
-                       input_norm=trainer.cfg.input_norm, provenance=provenance(trainer, metrics),
-                       formats=args.formats, check_images=images)
+        run.load_splits(need_train=False)
+        table = run.test_table
+        images = load_image_array(table.image_root, table.paths, run.cfg.image_size, table.csv_path)
+    export_run(run, model, args.out, read_metrics(run_dir), formats=args.formats, check_images=images)
     print(f"exported {args.out}")
     return 0
 

@@ -54,37 +54,38 @@ def config_from_args(args, replay=None):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
-    from engine.run import Trainer
+    from engine.fit import train
+    from engine.run import Run
 
     replay = None
     if getattr(args, "config", None):
         from engine.config import read_config_file
 
         replay = read_config_file(args.config)
-    trainer = Trainer(config_from_args(args, replay))
+    run = Run(config_from_args(args, replay))
     if replay is not None:
         from engine.config import replayed_method_config
 
-        method_cfg = replayed_method_config(replay, trainer.model_cls, trainer.cfg, args.preset)
+        method_cfg = replayed_method_config(replay, run.model_cls, run.cfg, args.preset)
         if method_cfg is not None:
-            trainer.method_cfg = method_cfg
-        trainer.record_extras["replayed_from"] = replay.provenance()
+            run.method_cfg = method_cfg
+        run.record_extras["replayed_from"] = replay.provenance()
     try:
-        report = trainer.train()
+        report = train(run).report
     except Exception as exc:
         # A file TensorFlow cannot decode mid-run (--image-cache files): name it instead of a traceback.
         import tensorflow as tf
 
         if not isinstance(exc, tf.errors.InvalidArgumentError):
             raise
-        from engine.data import find_undecodable_image
+        from engine.splits import find_undecodable_image
 
-        error = find_undecodable_image([trainer.train_table, trainer.test_table], exc)  # exc names the file
+        error = find_undecodable_image([run.train_table, run.test_table], exc)  # exc names the file
         if error is None:
             raise
         raise error from None
     headline = {k: report[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1") if k in report}
-    print(f"test: {json.dumps(headline)}  ({trainer.run_dir / 'metrics.json'})")
+    print(f"test: {json.dumps(headline)}  ({run.run_dir / 'metrics.json'})")
     return 0
 
 

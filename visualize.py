@@ -22,7 +22,7 @@ k-sweep        test accuracy against K per method, from a ``benchmark.py --proto
 =============  ===============================================================================  ===========
 
 The default output is ``RUN/figures/<KIND>.png``. Model-based figures rebuild the run with
-``engine.run.load_run_model`` (latest checkpoint, or ``--ckpt``) and reload its data exactly as it was
+``engine.results.load_run_model`` (latest checkpoint, or ``--ckpt``) and reload its data exactly as it was
 trained (same noise / imbalance protocol and seed), so training rows and λ line up.
 
 Sample choice (``--index`` overrides it): ``gradcam`` takes one test image per class in turn; ``votes``
@@ -59,12 +59,12 @@ def _quiet(*_args, **_kwargs):
 # ---------------------------------------------------------------------------------- run loading
 
 def load_model(args, need_train: bool = False):
-    """(trainer with model and data loaded, config record) for a run directory."""
-    from engine.run import load_run_model
+    """``(run, model)`` of a run directory: the run with its splits loaded, its model restored."""
+    from engine.results import load_run_model
 
-    trainer, record = load_run_model(args.run, args.ckpt, log=_quiet)
-    trainer.load_data(need_train=need_train)
-    return trainer, record
+    run, model, _ = load_run_model(args.run, args.ckpt, log=_quiet)
+    run.load_splits(need_train=need_train)
+    return run, model
 
 
 def display_image(table, row: int) -> np.ndarray:
@@ -92,19 +92,17 @@ def model_inputs(table, rows, image_size: int) -> np.ndarray:
     return np.asarray(normalize(images))
 
 
-def split_predictions(trainer):
+def split_predictions(run, model):
     """Features, probabilities and labels of the whole test split (in table order)."""
     import tensorflow as tf
 
     from data.pipeline import collect_outputs
 
-    model = trainer.model
-
     def features_and_probs(images):
         features, logits = model.embed(images, training=False)
         return {"features": features, "probabilities": tf.nn.softmax(tf.cast(logits, tf.float32))}
 
-    out = collect_outputs(features_and_probs, trainer.eval_dataset(), keep=("label",))
+    out = collect_outputs(features_and_probs, run.eval_dataset(), keep=("label",))
     return out["features"], out["probabilities"], out["label"]
 
 
@@ -175,7 +173,9 @@ def fig_curves(args):
                         f"{', '.join(map(str, log.columns))}")
     if log.empty:
         raise DataError(f"{path} has no epoch rows yet")
-    return curves_figure(log, _title(args, "training curves (log.csv)"))
+    from engine.callbacks import test_split_column
+
+    return curves_figure(log.rename(columns=test_split_column), _title(args, "training curves (log.csv)"))
 
 
 def fig_tsne(args):
@@ -183,8 +183,8 @@ def fig_tsne(args):
 
     from tools.figures import tsne_figure
 
-    trainer, _ = load_model(args)
-    features, probs, labels = split_predictions(trainer)
+    run, model = load_model(args)
+    features, probs, labels = split_predictions(run, model)
     rng = np.random.default_rng(args.seed)
     keep = np.sort(rng.choice(len(labels), size=min(args.max_samples, len(labels)), replace=False))
     features, probs, labels = features[keep], probs[keep], labels[keep]
@@ -200,7 +200,7 @@ def fig_tsne(args):
         features.astype(np.float64))
     print(f"t-SNE done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     accuracy = float(np.mean(probs.argmax(1) == labels))
-    return tsne_figure(embedding, labels, trainer.spec.class_names, probs.argmax(1),
+    return tsne_figure(embedding, labels, run.spec.class_names, probs.argmax(1),
                        _title(args, f"t-SNE of {len(labels)} test features (accuracy {100 * accuracy:.1f}%)"))
 
 
@@ -208,12 +208,12 @@ def fig_gradcam(args):
     from engine.inspect import gradcam_layer, gradcam_maps
     from tools.figures import gradcam_figure
 
-    trainer, _ = load_model(args)
-    table, names = trainer.test_table, trainer.spec.class_names
+    run, model = load_model(args)
+    table, names = run.test_table, run.spec.class_names
     rows = np.asarray(args.index) if args.index else _one_per_class(table.labels, args.n or 8, args.seed)
     _check_rows(rows, len(table), "test")
-    layer = gradcam_layer(trainer.model.backbone, args.layer)
-    maps, probs = gradcam_maps(trainer.model, model_inputs(table, rows, trainer.cfg.image_size), layer)
+    layer = gradcam_layer(model.backbone, args.layer)
+    maps, probs = gradcam_maps(model, model_inputs(table, rows, run.cfg.image_size), layer)
     pred = probs.argmax(1)
     titles = [f"true {names[table.labels[r]]}\npred {names[p]} {100 * probs[i, p]:.0f}%"
               for i, (r, p) in enumerate(zip(rows, pred))]
@@ -245,11 +245,11 @@ def fig_votes(args):
     from engine.metrics import distribution_divergences
     from tools.figures import votes_figure
 
-    trainer, _ = load_model(args)
-    table = trainer.test_table
+    run, model = load_model(args)
+    table = run.test_table
     if table.votes is None:
         raise DataError(f"{table.csv_path} has no 'votes' column: nothing to compare the model with")
-    _features, probs, labels = split_predictions(trainer)
+    _features, probs, labels = split_predictions(run, model)
     human = table.votes / table.votes.sum(axis=1, keepdims=True)
     js = np.array([distribution_divergences(probs[i:i + 1], table.votes[i:i + 1])["js"] for i in range(len(probs))])
     if args.index:
@@ -263,7 +263,7 @@ def fig_votes(args):
     overall = distribution_divergences(probs, table.votes)
     samples = [{"image": display_image(table, r), "label": int(labels[r]), "human": human[r], "model": probs[r],
                 "js": float(js[r])} for r in rows]
-    return votes_figure(samples, trainer.spec.class_names,
+    return votes_figure(samples, run.spec.class_names,
                         _title(args, f"human vs model over {len(probs)} test images: mean KL {overall['kl']:.3f}, "
                                      f"JS {overall['js']:.3f}; images ordered from unanimous to split votes"))
 
@@ -278,12 +278,12 @@ def fig_uncertain(args):
 
 # ------------------------------------------------------------------------------ LDLVA explanation
 
-def ldlva_explain(trainer, rows) -> dict:
+def ldlva_explain(run, model, rows) -> dict:
     """What LDLVA constructs for training ``rows`` (the model's own ``explain``: one target construction)."""
-    model, table = trainer.model, trainer.train_table
+    table = run.train_table
     rows = np.asarray(rows, dtype=np.int64)
     neighbors = model.neighbor_table.numpy()[rows]
-    size = trainer.cfg.image_size
+    size = run.cfg.image_size
     anchors = model_inputs(table, rows, size)
     neighbor_images = model_inputs(table, neighbors.ravel(), size).reshape(len(rows), neighbors.shape[1], size, size, 3)
     info = model.explain(rows, anchors, neighbor_images)
@@ -291,32 +291,32 @@ def ldlva_explain(trainer, rows) -> dict:
     return info
 
 
-def _ldlva_trainer(args):
-    trainer, record = load_model(args, need_train=True)
-    model = trainer.model
-    if trainer.cfg.method != "ldlva":
-        raise ConfigError(f"visualize {args.kind} needs an LDLVA run; {args.run} is a '{trainer.cfg.method}' run")
+def _ldlva_run(args):
+    """``(run, model)`` of an LDLVA run whose training table still matches its checkpoint."""
+    run, model = load_model(args, need_train=True)
+    if run.cfg.method != "ldlva":
+        raise ConfigError(f"visualize {args.kind} needs an LDLVA run; {args.run} is a '{run.cfg.method}' run")
     if not model.rcfg.label_distribution:
         raise ConfigError(f"{args.run}: this LDLVA run has label_distribution=false (no neighbours, no targets)")
     stored = model.train_labels.numpy()
-    if len(stored) != len(trainer.train_table) or not np.array_equal(stored, trainer.train_table.labels):
-        raise DataError(f"{args.run}: the training table reloaded from {trainer.train_table.csv_path} does not match "
+    if len(stored) != len(run.train_table) or not np.array_equal(stored, run.train_table.labels):
+        raise DataError(f"{args.run}: the training table reloaded from {run.train_table.csv_path} does not match "
                         "the labels stored in the checkpoint (was the dataset changed since training?)")
-    return trainer
+    return run, model
 
 
-def pick_training_rows(trainer, n: int, args) -> np.ndarray:
+def pick_training_rows(run, model, n: int, args) -> np.ndarray:
     """Rows of flipped training samples (seeded random, or highest λ with --pick uncertain)."""
     if args.index:
         rows = np.asarray(args.index)
-        _check_rows(rows, len(trainer.train_table), "training")
+        _check_rows(rows, len(run.train_table), "training")
         return rows
-    table = trainer.train_table
+    table = run.train_table
     candidates = np.arange(len(table))
     if table.clean_labels is not None and (table.clean_labels != table.labels).any():
         candidates = np.flatnonzero(table.clean_labels != table.labels)
     if args.pick == "uncertain":
-        uncertainty = trainer.model.uncertainty_values().numpy()[candidates]
+        uncertainty = model.uncertainty_values().numpy()[candidates]
         return candidates[np.argsort(-uncertainty, kind="mergesort")[:n]]
     rng = np.random.default_rng(args.seed)
     return np.sort(rng.choice(candidates, size=min(n, len(candidates)), replace=False))
@@ -325,10 +325,10 @@ def pick_training_rows(trainer, n: int, args) -> np.ndarray:
 def fig_neighbors(args):
     from tools.figures import neighbors_figure
 
-    trainer = _ldlva_trainer(args)
-    table = trainer.train_table
-    row = int(pick_training_rows(trainer, 1, args)[0])
-    info = ldlva_explain(trainer, [row])
+    run, model = _ldlva_run(args)
+    table = run.train_table
+    row = int(pick_training_rows(run, model, 1, args)[0])
+    info = ldlva_explain(run, model, [row])
     clean = None if table.clean_labels is None else int(table.clean_labels[row])
     anchor = {"index": row, "image": display_image(table, row), "label": int(info["labels"][0]), "clean_label": clean,
               "va": info["va"][row], "uncertainty": float(info["uncertainty"][0]), "target": info["target"][0],
@@ -337,8 +337,8 @@ def fig_neighbors(args):
     neighbors = [{"image": display_image(table, nb), "label": int(table.labels[nb]), "va": info["va"][nb],
                   "similarity": float(info["similarity"][0, j]), "calibration": float(info["calibration"][0, j]),
                   "weight": float(weights[j])} for j, nb in enumerate(info["neighbors"][0])]
-    cfg = trainer.model.rcfg
-    return neighbors_figure(anchor, neighbors, trainer.spec.class_names, _title(
+    cfg = model.rcfg
+    return neighbors_figure(anchor, neighbors, run.spec.class_names, _title(
         args, f"training sample {row} and its {len(neighbors)} VA neighbours ({cfg.va_metric} kernel, "
               f"δ={cfg.va_delta:g}); "
               "a = VA similarity, s = calibration score, border = neighbour's label"))
@@ -347,10 +347,10 @@ def fig_neighbors(args):
 def fig_distributions(args):
     from tools.figures import distributions_figure
 
-    trainer = _ldlva_trainer(args)
-    table = trainer.train_table
-    rows = pick_training_rows(trainer, args.n or 8, args)
-    info = ldlva_explain(trainer, rows)
+    run, model = _ldlva_run(args)
+    table = run.train_table
+    rows = pick_training_rows(run, model, args.n or 8, args)
+    info = ldlva_explain(run, model, rows)
     samples = []
     for i, row in enumerate(rows):
         samples.append({"image": display_image(table, row), "label": int(info["labels"][i]),
@@ -362,7 +362,7 @@ def fig_distributions(args):
     if table.clean_labels is not None:
         on_clean = np.mean(info["target"].argmax(1) == table.clean_labels[rows])
         what += f"; target argmax = clean label for {100 * on_clean:.0f}%"
-    return distributions_figure(samples, trainer.spec.class_names,
+    return distributions_figure(samples, run.spec.class_names,
                                 _title(args, f"LDLVA target distributions t of {len(rows)} {what}"))
 
 
@@ -374,18 +374,18 @@ def fig_naw(args):
     from losses.nla import naw_weights
     from tools.figures import naw_figure
 
-    trainer, _ = load_model(args, need_train=True)
-    if trainer.cfg.method != "nla":
-        raise ConfigError(f"visualize naw needs an NLA run; {args.run} is a '{trainer.cfg.method}' run")
-    model, table = trainer.model, trainer.train_table
+    run, model = load_model(args, need_train=True)
+    if run.cfg.method != "nla":
+        raise ConfigError(f"visualize naw needs an NLA run; {args.run} is a '{run.cfg.method}' run")
+    table = run.train_table
     out = collect_outputs(lambda images: {"logits": tf.cast(model(images, training=False), tf.float32)},
-                          trainer.eval_dataset("train"), keep=("label",))
+                          run.eval_dataset("train"), keep=("label",))
     epsilon = float(model.schedule().numpy())  # ε of the final epoch
     weights = naw_weights(tf.constant(out["logits"]), tf.constant(out["label"]), epsilon).numpy()
     flipped = (table.clean_labels != table.labels) if table.clean_labels is not None else np.zeros(len(table), bool)
     groups = [{"clean": weights[(table.labels == c) & ~flipped], "flipped": weights[(table.labels == c) & flipped]}
               for c in range(model.num_classes)]
-    return naw_figure(groups, trainer.spec.class_names, _title(
+    return naw_figure(groups, run.spec.class_names, _title(
         args, f"NLA noise-aware weights of the {len(table)} training samples by given class (ε = {epsilon:.2f})"))
 
 
@@ -395,18 +395,18 @@ def fig_lanet_distributions(args):
 
     from tools.figures import distributions_figure
 
-    trainer, _ = load_model(args, need_train=True)
-    if trainer.cfg.method != "lanet":
-        raise ConfigError(f"visualize lanet-distributions needs an LA-Net run; {args.run} is a '{trainer.cfg.method}' run")
-    table, model = trainer.train_table, trainer.model
-    rows = pick_training_rows(trainer, args.n or 8, args)
+    run, model = load_model(args, need_train=True)
+    if run.cfg.method != "lanet":
+        raise ConfigError(f"visualize lanet-distributions needs an LA-Net run; {args.run} is a '{run.cfg.method}' run")
+    table = run.train_table
+    rows = pick_training_rows(run, model, args.n or 8, args)
     bank = model.target_bank.numpy()
-    probs = tf.nn.softmax(model(tf.constant(model_inputs(table, rows, trainer.cfg.image_size)), training=False)).numpy()
+    probs = tf.nn.softmax(model(tf.constant(model_inputs(table, rows, run.cfg.image_size)), training=False)).numpy()
     samples = [{"image": display_image(table, r), "label": int(table.labels[r]),
                 "clean_label": None if table.clean_labels is None else int(table.clean_labels[r]),
                 "target": bank[r], "uncertainty": float(1.0 - bank[r, table.labels[r]]), "prediction": probs[i]}
                for i, r in enumerate(rows)]
-    return distributions_figure(samples, trainer.spec.class_names, _title(
+    return distributions_figure(samples, run.spec.class_names, _title(
         args, f"LA-Net estimated label distributions (target bank) of {len(rows)} training samples; "
               "uncertainty = 1 − T[given]"))
 

@@ -12,7 +12,7 @@ resumed to the end. After every kill the run directory must hold nothing half-wr
 * the final checkpoint equals the reference's array for array (every model variable, per-sample state and
   optimizer slot in ``model.weights.h5``) and its ``state.json`` apart from the wall-clock ``time``;
 * ``metrics.json`` equals the reference's apart from ``timings_s`` and ``run_dir``;
-* ``log.csv`` lists each epoch once, with the reference's test-set columns (``val_*``; the training means
+* ``log.csv`` lists each epoch once, with the reference's test-set columns (``test_*``; the training means
   of an epoch cut by a kill cover only the steps after the resume, so they are not compared);
 * the per-sample ``uncertainty/`` tables equal the reference's byte for byte;
 * the export's variables equal the reference's byte for byte, and ``fer_export.json`` apart from
@@ -29,7 +29,7 @@ toolkit's functions in that process only, then runs the script exactly as ``pyth
 appends one line per event to a trace file: ``step-begin``/``step-end`` (Keras batch callbacks),
 ``ckpt-begin``, ``ckpt-serialise``, ``ckpt-write-weights``/``-state``/``-latest``, ``ckpt-prune``,
 ``ckpt-end``, ``validate``, ``epoch-end``, ``epoch-log``, ``uncertainty-log``, ``stage:<name>`` (each timed
-stage of ``Trainer.train``: load_data, build, resume, evaluate…), ``metrics-write``, ``export``,
+stage of ``engine.fit.train``: load_data, build, resume, evaluate…), ``metrics-write``, ``export``,
 ``export-savedmodel``, ``rename:<file>`` (every ``os.replace``: a temporary becoming final), ``write:<file>``
 (every atomic write), ``fsync`` (``predict.py`` durably appending a batch) and ``exit``. A kill target is a
 category drawn at random (step, checkpoint write, validation, epoch-end logging, finish, export, or a random
@@ -147,7 +147,8 @@ def install_tracer(trace_path: str, pause: str = "", script: str = "") -> callab
         import engine.callbacks
         import engine.checkpoint
         import engine.export
-        import engine.run
+        import engine.fit
+        import engine.results
         import engine.rundir
         import engine.uncertainty
 
@@ -184,13 +185,13 @@ def install_tracer(trace_path: str, pause: str = "", script: str = "") -> callab
             return result
 
         checkpoint.CheckpointManager._prune = prune_then_end
-        run = engine.run
-        wrap(run.Trainer, "train", "train")
-        wrap(run.Trainer, "_timed", lambda self, stage, *a, **k: f"stage:{stage}")
-        wrap(run, "evaluate_model", "evaluate")
-        wrap(run, "atomic_write_json", lambda path, obj: "metrics-write" if Path(path).name == "metrics.json"
+        fit, results = engine.fit, engine.results
+        wrap(fit, "train", "train")
+        wrap(fit.StageTimes, "timed", lambda self, stage, *a, **k: f"stage:{stage}")
+        wrap(results, "evaluate_model", "evaluate")
+        wrap(results, "atomic_write_json", lambda path, obj: "metrics-write" if Path(path).name == "metrics.json"
              else f"write:{Path(path).name}")
-        wrap(run, "load_run_model", "load-run-model")
+        wrap(results, "load_run_model", "load-run-model")
         wrap(engine.rundir, "prepare_run_dir", "prepare-run-dir")
         wrap(engine.export, "export_saved_model", "export")
         wrap(tf.saved_model, "save", "export-savedmodel")
@@ -506,7 +507,7 @@ def compare_runs(reference: Path, run: Path) -> list[str]:
         out.append(f"log.csv epochs {[row['epoch'] for row in logs[0]]} != {[row['epoch'] for row in logs[1]]}")
     else:
         for a, b in zip(*logs):
-            different = [k for k in b if k.startswith("val_") and a.get(k) != b[k]]
+            different = [k for k in b if k.startswith("test_") and a.get(k) != b[k]]
             if different:
                 out.append(f"log.csv epoch {b['epoch']}: {different} differ")
     tables = sorted((reference / "uncertainty").glob("*")) if (reference / "uncertainty").is_dir() else []
@@ -536,7 +537,7 @@ def write_dataset(folder: Path) -> Path:
 def train_argv(data_dir: Path, run: Path, method: str, export: bool) -> list[str]:
     return ["--dataset", "csv", "--num-classes", "7", "--data-dir", str(data_dir), "--method", method,
             *METHOD_ARGS.get(method, []), "--backbone", "small_cnn", "--image-size", "32", "--epochs", str(EPOCHS),
-            "--batch-size", str(BATCH), "--seed", "3", "--no-tensorboard", "--verbose", "0", "--val-every", "1",
+            "--batch-size", str(BATCH), "--seed", "3", "--no-tensorboard", "--verbose", "0", "--test-every", "1",
             "--checkpoint-every", "4", "--run", str(run), *([] if export else ["--no-export"])]
 
 

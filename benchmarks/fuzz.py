@@ -11,14 +11,14 @@ pth-zip       ``torch.save`` zip archive: ``models.torch_checkpoint.load_state_d
 pth-legacy    legacy ``torch.save`` stream: the same
 keras2-h5     Keras 2 ``save_weights`` ``.h5``: ``models.pretrained.inspect_weights`` (kind, input norm, arrays)
 npz           ``train.neighbors.npz``: ``data.neighbors.load_neighbor_table`` against its table (fingerprint)
-csv           ``train.csv``: ``engine.data.load_split`` (schema, paths, image scan)
-dataset-json  ``dataset.json``: ``engine.data.load_split`` + ``data.prepared.read_dataset_json`` / ``resolve_image_root``
+csv           ``train.csv``: ``engine.splits.load_split`` (schema, paths, image scan)
+dataset-json  ``dataset.json``: ``engine.splits.load_split`` + ``data.prepared.read_dataset_json`` / ``resolve_image_root``
 config-json   a run's ``config.json``: ``engine.config.read_config_file`` (``--config``),
-              ``engine.rundir.prepare_run_dir(resume=True)`` and ``engine.run.load_run_model`` up to building the
+              ``engine.rundir.prepare_run_dir(resume=True)`` and ``engine.results.load_run_model`` up to building the
               model (the model itself is not built per input: that is TensorFlow, not parsing)
 export-json   an export's ``fer_export.json`` and ``.fer-output.json``: ``engine.export.read_export_metadata``,
               ``common.io.output_kind`` / ``check_output_dir``
-checkpoint    ``ckpt/latest``, ``state.json``, ``model.weights.h5`` of two checkpoints: ``engine.run.Trainer._resume``
+checkpoint    ``ckpt/latest``, ``state.json``, ``model.weights.h5`` of two checkpoints: ``engine.checkpoint.resume_latest``
               (newest intact checkpoint, fallback, ``CheckpointManager.load_into`` with the optimizer; for a weights
               file byte-identical to a seed, Keras' load runs once and later inputs get the variables it left)
 dlib-dat      dlib's ``.dat`` ResNet: ``models.dlib_dat.read_dlib_resnet``, seeded with the real file that
@@ -929,7 +929,7 @@ class Csv(Reader):
         return mutate_csv(data, rng)
 
     def read(self):
-        from engine.data import load_split
+        from engine.splits import load_split
 
         return load_split(self.live / "ds", "train.csv", 7, require_va=bool(self.cache.setdefault("va", False)),
                           log=lambda *a: None)
@@ -955,7 +955,7 @@ class DatasetJson(Reader):
 
     def read(self):
         from data.prepared import read_dataset_json, resolve_image_root
-        from engine.data import load_split
+        from engine.splits import load_split
 
         meta = read_dataset_json(self.live / "ds")
         resolve_image_root(self.live / "ds")
@@ -993,16 +993,16 @@ class ConfigJson(Reader):
     targets = ("run/config.json",)
 
     def setup(self):
-        from engine.config import RunConfig, config_record
-        from engine.run import Trainer
+        from engine.config import RunConfig
+        from engine.run import Run
 
         ds = write_tiny_dataset(self.pristine / "ds")
         cfg = RunConfig(dataset="csv", num_classes=7, data_dir=str(ds), method="ldlva", backbone="small_cnn",
-                        image_size=32, epochs=2, batch_size=8, out=str(self.live / "run"), export=False,
-                        tensorboard=False, verbose=0, val_every=0)
-        trainer = Trainer(cfg, log=lambda *a, **k: None)
-        trainer.load_data()
-        self.cache["record"] = record = config_record(trainer.cfg, trainer.method_cfg, trainer.data_facts())
+                        image_size=32, epochs=2, batch_size=8, run=str(self.live / "run"), export=False,
+                        tensorboard=False, verbose=0, test_every=0)
+        run = Run(cfg, log=lambda *a, **k: None)
+        run.load_splits()
+        self.cache["record"] = record = run.record()
         (self.pristine / "run").mkdir()
         (self.pristine / "run" / "config.json").write_text(json.dumps(record, indent=2, sort_keys=True))
 
@@ -1010,7 +1010,7 @@ class ConfigJson(Reader):
         return mutate_json(data, rng)
 
     def read(self):
-        import engine.run
+        import engine.results
         from engine.rundir import prepare_run_dir
 
         from engine.config import read_config_file
@@ -1018,18 +1018,18 @@ class ConfigJson(Reader):
         run = self.live / "run"
         read_config_file(run / "config.json")  # --config RUN/config.json
         prepare_run_dir(run, self.cache["record"], resume=True, force=False)
-        real_build = engine.run.Trainer.build
+        real_build = engine.results.build_model
 
-        def reached(trainer, num_train_samples, method_data=None, load_weights=True):
-            raise _ReachedBuild((trainer.cfg, trainer.method_cfg, num_train_samples))
+        def reached(built, num_train_samples, method_inputs=None, strategy=None, load_weights=True):
+            raise _ReachedBuild((built.cfg, built.method_cfg, num_train_samples))
 
-        engine.run.Trainer.build = reached
+        engine.results.build_model = reached
         try:
-            engine.run.load_run_model(run, log=lambda *a, **k: None)
+            engine.results.load_run_model(run, log=lambda *a, **k: None)
         except _ReachedBuild as reached_build:
             return reached_build.args[0]
         finally:
-            engine.run.Trainer.build = real_build
+            engine.results.build_model = real_build
         raise Outcome("load_run_model returned without building a model")
 
     def check(self, result):
@@ -1100,10 +1100,7 @@ class Checkpoint(Reader):
         return mutate_bytes(data, rng)
 
     def read(self):
-        import types
-
-        from engine.checkpoint import CheckpointManager
-        from engine.run import Trainer
+        from engine.checkpoint import CheckpointManager, resume_latest
 
         model = self.cache["model"]
         if "pristine_weights" not in self.cache:
@@ -1131,7 +1128,7 @@ class Checkpoint(Reader):
 
             model.load_weights = load_weights
         manager = CheckpointManager(self.live / "run")
-        return Trainer._resume(types.SimpleNamespace(log=lambda *a, **k: None), manager, model)
+        return resume_latest(manager, model, log=lambda *a, **k: None)
 
     def check(self, step):
         if step not in (0, 1, 2):

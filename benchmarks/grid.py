@@ -1,7 +1,7 @@
 """The benchmark grid behind ``benchmark.py``: cells (method × level × seed), training, tables.
 
 See ``benchmark.py`` for the protocols, resuming and the output files. Each cell is one ordinary
-training run (:class:`engine.run.Trainer`) whose :class:`~engine.config.RunConfig` holds every
+training run (:func:`engine.fit.train`) whose :class:`~engine.config.RunConfig` holds every
 grid-wide option the user set (any ``train.py`` option) plus the cell's method, seed, level and preset.
 """
 
@@ -147,24 +147,24 @@ def base_config(args, method: str, seed: int, out: Path, level: float | None, me
     from engine.config import GRID_FIELDS, RunConfig
 
     # The protocol sets the noise / imbalance fields of each cell.
-    options = dataclass_kwargs(args, RunConfig, exclude=(*GRID_FIELDS, "noise_kind", "noise_rate", "imbalance_factor"))
+    options = dataclass_kwargs(args, RunConfig, exclude=(*GRID_FIELDS, "noise", "noise_rate", "imbalance_factor"))
     options = {**GRID_RUN_DEFAULTS, **options}
-    cfg = RunConfig(**options, method=method, seed=seed, noise_seed=seed, out=str(out),
-                    preset=(args.preset or {}).get(method), method_overrides=dict(method_sets.get(method, {})))
+    cfg = RunConfig(**options, method=method, seed=seed, noise_seed=seed, run=str(out),
+                    preset=(args.preset or {}).get(method), set=dict(method_sets.get(method, {})))
     noise_files = parse_noise_files(getattr(args, "noise_files", None))
     if args.protocol == "noise" and noise_files:
         # The papers' released flips (EAC's RAF-DB noise01/02/03.txt) instead of our own draws.
         cfg = dataclasses.replace(cfg, noise_file=noise_files[f"{level:g}"]) if level else cfg
     elif args.protocol == "noise" and level:
-        cfg = dataclasses.replace(cfg, noise_kind=args.noise_kind, noise_rate=float(level))
+        cfg = dataclasses.replace(cfg, noise=args.noise, noise_rate=float(level))
     elif args.protocol == "imbalance" and level != 1.0:
         cfg = dataclasses.replace(cfg, imbalance_factor=float(level))
     elif args.protocol == "k-sweep":
         # K of every method that has neighbours (LDLVA: VA neighbours, table built and cached per K; LA-Net:
         # in-batch kNN); the labels carry the grid's --noise at --noise-rate.
-        cfg = dataclasses.replace(cfg, method_overrides={**cfg.method_overrides, "num_neighbors": str(int(level))})
+        cfg = dataclasses.replace(cfg, set={**cfg.set, "num_neighbors": str(int(level))})
         if args.noise_rate:
-            cfg = dataclasses.replace(cfg, noise_kind=args.noise_kind, noise_rate=float(args.noise_rate))
+            cfg = dataclasses.replace(cfg, noise=args.noise, noise_rate=float(args.noise_rate))
     return cfg
 
 
@@ -186,7 +186,7 @@ def check_methods(methods, protocol: str | None = None) -> list[str]:
 # --------------------------------------------------------------------------------------------- CLI
 
 # Set per cell by the protocol, or grid-wide with their own flags below.
-_OWN_FIELDS = ("noise_kind", "noise_rate", "imbalance_factor", "export", "tensorboard", "verbose")
+_OWN_FIELDS = ("noise", "noise_rate", "imbalance_factor", "export", "tensorboard", "verbose")
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -202,7 +202,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["ce", "ldlva"], help=" | ".join(method_names()))
     p.add_argument("--seeds", type=nonnegative_int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     p.add_argument("--out", help="benchmark directory (default benchmark_runs/<protocol>)")
-    p.add_argument("--noise", "--noise-kind", dest="noise_kind", default="symmetric",
+    p.add_argument("--noise", "--noise-kind", dest="noise", default="symmetric",
                    choices=["symmetric", "asymmetric"], help="noise protocol: kind of flips")
     p.add_argument("--noise-rate", type=fraction, default=0.0,
                    help="k-sweep protocol: label noise of every cell (default 0: clean)")
@@ -285,7 +285,7 @@ def logged_seconds(run_dir: Path) -> float | None:
 
 
 def train_cell(cfg, run_dir: Path, lock, log, tags: dict | None = None, record_extras: dict | None = None):
-    """Train (or resume) one cell; returns the Trainer (its model is used for extra test tables).
+    """Train (or resume) one cell; returns ``(run, model)`` (the model is used for extra test tables).
 
     ``tags`` label the cell's MLflow run (``--mlflow``); ``record_extras`` go into its config.json (e.g. the
     ``replayed_from`` of ``benchmark.py --config``)."""
@@ -293,7 +293,8 @@ def train_cell(cfg, run_dir: Path, lock, log, tags: dict | None = None, record_e
 
     import keras
 
-    from engine.run import Trainer
+    from engine.fit import train
+    from engine.run import Run
 
     with contextlib.suppress(FileNotFoundError):
         (run_dir / ERROR_FILE).unlink()  # from an earlier failed attempt; would block a fresh start
@@ -305,15 +306,15 @@ def train_cell(cfg, run_dir: Path, lock, log, tags: dict | None = None, record_e
     gc.collect()
     with cpu_lock(lock):
         start = time.perf_counter()
-        trainer = Trainer(cfg, log=log if cfg.verbose else (lambda *a, **k: None))
-        trainer.tracking_tags.update(tags or {})
-        trainer.record_extras.update(record_extras or {})
-        trainer.train()
+        run = Run(cfg, log=log if cfg.verbose else (lambda *a, **k: None))
+        run.tracking_tags.update(tags or {})
+        run.record_extras.update(record_extras or {})
+        model = train(run).model
         seconds = prior + time.perf_counter() - start
     from common.io import atomic_write_json
 
     atomic_write_json(run_dir / CELL_FILE, {"seconds": round(seconds, 2), "resumed": resume})
-    return trainer
+    return run, model
 
 
 def cell_seconds(run_dir: Path):
@@ -382,11 +383,12 @@ def join_sources(args, out: Path, log) -> tuple[Path, dict[str, tuple[Path, str]
     return joined, tests
 
 
-def evaluate_sources(cell: Cell, trainer, tests: dict, log) -> dict[str, dict]:
-    """Per-source test reports of a finished cell (cached as RUN/metrics_<source>.json)."""
+def evaluate_sources(cell: Cell, trained, tests: dict, log) -> dict[str, dict]:
+    """Per-source test reports of a finished cell (cached as RUN/metrics_<source>.json); ``trained`` is the
+    ``(run, model)`` just trained, or None to rebuild them from the run directory."""
     from common.io import atomic_write_json
-    from engine.data import load_split
-    from engine.run import evaluate_model, load_run_model
+    from engine.results import evaluate_model, load_run_model
+    from engine.splits import load_split
 
     reports = {}
     for name, (folder, table_name) in tests.items():
@@ -394,12 +396,13 @@ def evaluate_sources(cell: Cell, trainer, tests: dict, log) -> dict[str, dict]:
         if path.is_file():
             reports[name] = json.loads(path.read_text())
             continue
-        if trainer is None:
-            trainer, _ = load_run_model(cell.run_dir, log=lambda *a, **k: None)
-        table = load_split(Path(folder), table_name, trainer.cfg.num_classes,
-                           allow_outside_root=trainer.cfg.allow_outside_root)
-        trainer.use_test_table(table)
-        report = evaluate_model(trainer.model, trainer.eval_dataset(), table, trainer.spec.class_names)
+        if trained is None:
+            trained = load_run_model(cell.run_dir, log=lambda *a, **k: None)[:2]
+        run, model = trained
+        table = load_split(Path(folder), table_name, run.cfg.num_classes,
+                           allow_outside_root=run.cfg.allow_outside_root)
+        run.use_test_table(table)
+        report = evaluate_model(model, run.eval_dataset(), table, run.spec.class_names)
         report.update({"source": name, "table": str(table.csv_path)})
         atomic_write_json(path, report)
         log(f"  {cell.name} on {name}: accuracy {100 * report['accuracy']:.2f}%")
@@ -450,9 +453,9 @@ def metric_table(rows, methods, levels, key: str, protocol: str, seeds: int, sca
 
 
 def results_markdown(args, rows, methods, levels, failed: dict, stale: dict, settings: str) -> str:
-    title = {"noise": f"{args.noise_kind} label noise", "imbalance": "class imbalance",
+    title = {"noise": f"{args.noise} label noise", "imbalance": "class imbalance",
              "original": "original labels", "inconsistent": "inconsistent labels (joint training)",
-             "k-sweep": f"neighbour count K ({args.noise_kind} noise at {100 * args.noise_rate:g}%)"}[args.protocol]
+             "k-sweep": f"neighbour count K ({args.noise} noise at {100 * args.noise_rate:g}%)"}[args.protocol]
     done = len({(r['method'], r['seed'], r['run_dir']) for r in rows})
     lines = [f"# Benchmark: {title}", "",
              f"{settings}  ",
@@ -462,10 +465,10 @@ def results_markdown(args, rows, methods, levels, failed: dict, stale: dict, set
                 ("Macro F1 (%)", "macro_f1", 100.0),
                 ("Noise-detection ROC-AUC (%) of the method's per-sample uncertainty vs flipped labels",
                  "noise_detection_auc", 100.0),
-                ("Accuracy (%), mean of the last 5 epochs (the official SCN / EAC report; needs --val-every 1)",
+                ("Accuracy (%), mean of the last 5 epochs (the official SCN / EAC report; needs --test-every 1)",
                  "mean_last_5_accuracy", 100.0),
                 ("Accuracy (%) at the best epoch — selected on the test set, as the official LA-Net / NLA code "
-                 "reports: optimistic (needs --val-every 1)", "best_epoch_accuracy", 100.0)]
+                 "reports: optimistic (needs --test-every 1)", "best_epoch_accuracy", 100.0)]
     for heading, key, scale in sections:
         table = metric_table(rows, methods, levels, key, args.protocol, len(args.seeds), scale)
         if table is None:
@@ -519,7 +522,7 @@ def _settings_line(args, cells) -> str:
     if getattr(args, "config_source", None):
         parts.append(f"common options from `{args.config_source.path}` (sha256 {args.config_source.sha256[:12]})")
     if args.protocol == "noise":
-        parts.append(f"{args.noise_kind} noise on the training labels (noise seed = run seed)")
+        parts.append(f"{args.noise} noise on the training labels (noise seed = run seed)")
     if args.method_set:
         parts.append("overrides " + ", ".join(f"`{s}`" for s in args.method_set))
     if getattr(args, "method_preset", None):
@@ -612,7 +615,7 @@ def run_grid(args, log=print) -> int:
             for method in methods:
                 label = level_label(args.protocol, value)
                 cfg = base_config(args, method, seed, out / "runs" / f"{method}_{label}_s{seed}", value, method_sets)
-                cells.append((Cell(method, label, seed, Path(cfg.out)), cfg))
+                cells.append((Cell(method, label, seed, Path(cfg.run)), cfg))
     _check_configs(cells)
     settings = _settings_line(args, cells)
     columns = list(tests) if args.protocol == "inconsistent" else [level_label(args.protocol, v) for v in levels]
@@ -626,7 +629,7 @@ def run_grid(args, log=print) -> int:
                           results_markdown(args, rows, methods, columns, failed, stale, settings))
 
     for index, (cell, cfg) in enumerate(cells, 1):
-        trainer = None
+        trained = None
         finished = (cell.run_dir / "metrics.json").is_file()
         try:
             if finished:
@@ -649,18 +652,18 @@ def run_grid(args, log=print) -> int:
                 tags = {"fer.benchmark": str(out), "fer.protocol": args.protocol, "fer.cell": cell.name,
                         "fer.method": cell.method, "fer.level": cell.level, "fer.seed": str(cell.seed)}
                 source = getattr(args, "config_source", None)
-                trainer = train_cell(cfg, cell.run_dir, args.lock, log, tags=tags,
+                trained = train_cell(cfg, cell.run_dir, args.lock, log, tags=tags,
                                      record_extras={"replayed_from": source.provenance()} if source else None)
                 trained += 1
             report = json.loads((cell.run_dir / "metrics.json").read_text())
             seconds = cell_seconds(cell.run_dir)
             if args.protocol == "inconsistent":
-                with cpu_lock(args.lock if trainer is None else None):
-                    per_source = evaluate_sources(cell, trainer, tests, log)
+                with cpu_lock(args.lock if trained is None else None):
+                    per_source = evaluate_sources(cell, trained, tests, log)
                 rows += [csv_row(cell, rep, seconds, level=name) for name, rep in per_source.items()]
             else:
                 rows.append(csv_row(cell, report, seconds))
-                if trainer is not None:
+                if trained is not None:
                     row = rows[-1]
                     log(f"  accuracy {100 * row['accuracy']:.2f}%, mean class accuracy "
                         f"{100 * row['mean_class_accuracy']:.2f}% ({row['seconds']:.0f} s)")
@@ -675,7 +678,7 @@ def run_grid(args, log=print) -> int:
                 cell.run_dir.mkdir(parents=True, exist_ok=True)
                 (cell.run_dir / ERROR_FILE).write_text(traceback.format_exc())
         finally:
-            del trainer
+            del trained
         write_tables()
     write_tables()
     pending = sum(1 for c, _ in cells if not (c.run_dir / "metrics.json").is_file()) - len(failed)

@@ -73,22 +73,22 @@ def compare(run_dir, formats, log=print) -> dict:
     from data.images import load_image_array
     from engine.deploy import FORMATS, agreement, batched, convert, predictor
     from engine.export import FERServingModule, export_saved_model
-    from engine.run import load_run_model
+    from engine.results import load_run_model
 
-    trainer, _ = load_run_model(run_dir, log=lambda *a, **k: None)
-    trainer.load_data(need_train=False)
-    table = trainer.test_table
-    size = trainer.cfg.image_size
+    run, model, _ = load_run_model(run_dir, log=lambda *a, **k: None)
+    run.load_splits(need_train=False)
+    table = run.test_table
+    size = run.cfg.image_size
     images = load_image_array(table.image_root, table.paths, size, table.csv_path)
-    results = {"run": str(run_dir), "method": trainer.cfg.method, "backbone": trainer.cfg.backbone,
+    results = {"run": str(run_dir), "method": run.cfg.method, "backbone": run.cfg.backbone,
                "image_size": size, "test_images": int(len(images)), "formats": {}}
     with tempfile.TemporaryDirectory() as folder:
         saved = Path(folder) / "saved_model"
-        export_saved_model(trainer.model, saved, size, trainer.spec.class_names, trainer.cfg.method,
-                           input_norm=trainer.cfg.input_norm, log=lambda *a, **k: None)
+        export_saved_model(model, saved, size, run.spec.class_names, run.cfg.method,
+                           input_norm=run.cfg.input_norm, log=lambda *a, **k: None)
         serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
         reference = batched(lambda x: serve(images=tf.constant(x))["probabilities"].numpy(), images)
-        serving_model = FERServingModule(trainer.model, size, trainer.spec.class_names).keras_model()
+        serving_model = FERServingModule(model, size, run.spec.class_names).keras_model()
         for fmt in formats:
             row = {}
             outputs = {}

@@ -108,7 +108,7 @@ def recipe_argv(args, methods, data_dir=None, train_table=None) -> list[str]:
     """The grid options shared by every run; ``data_dir``: a prepared copy (``--dataset csv``)."""
     argv = ["--backbone", args.backbone, "--image-size", str(args.image_size), "--pad", str(args.pad),
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}",
-            "--lr-schedule", args.lr_schedule, "--random-erasing", f"{args.random_erasing:g}", "--val-every", "0",
+            "--lr-schedule", args.lr_schedule, "--random-erasing", f"{args.random_erasing:g}", "--test-every", "0",
             "--weights", str(Path(args.weights).resolve()) if Path(args.weights).is_file() else args.weights]
     for item in args.grid_option:
         option, _, value = item.partition("=")
@@ -211,8 +211,8 @@ def audit_single_run(run_dir: Path, detector: str, path: Path, expected_rows: in
     done = load_detection(path)
     if done is not None:
         return done
-    trainer, _record, _state = load_audited_run(run_dir)
-    audit = audit_run(trainer, score="self-confidence" if detector == "ce" else "method",
+    run, model, _record, _state = load_audited_run(run_dir)
+    audit = audit_run(run, model, score="self-confidence" if detector == "ce" else "method",
                       flag="count" if detector == "ce" else "auto")
     if audit.clean is None:
         raise ConfigError(f"{run_dir}: the training table has no clean labels (clean_expression); the benchmark "
@@ -237,8 +237,8 @@ def materialise_noisy_table(ce_run: Path, folder: Path, folds: int, seed: int):
                 np.load(fold_file))
     from engine.label_audit import load_audited_run
 
-    trainer, _record, _state = load_audited_run(ce_run)
-    table = trainer.train_table
+    run, _model, _record, _state = load_audited_run(ce_run)
+    table = run.train_table
     if table.clean_labels is None:
         raise ConfigError(f"{table.csv_path}: no clean labels (clean_expression): detection cannot be measured")
     given = np.asarray(table.labels, np.int64)
@@ -247,11 +247,11 @@ def materialise_noisy_table(ce_run: Path, folder: Path, folds: int, seed: int):
     for k in np.unique(given):
         rows = rng.permutation(np.flatnonzero(given == k))
         fold[rows] = (np.arange(len(rows)) + rng.integers(folds)) % folds
-    tables = {"train.csv": table.frame, "test.csv": trainer.test_table.frame}
+    tables = {"train.csv": table.frame, "test.csv": run.test_table.frame}
     for k in range(folds):
         tables[f"fold{k}.csv"] = table.frame.loc[fold != k].reset_index(drop=True)
         tables[f"held{k}.csv"] = table.frame.loc[fold == k].reset_index(drop=True)
-    write_prepared_dir(folder, tables, table.image_root, trainer.cfg.num_classes, trainer.spec.class_names,
+    write_prepared_dir(folder, tables, table.image_root, run.cfg.num_classes, run.spec.class_names,
                        bool(table.allow_outside_root), {"source_run": str(ce_run.resolve())})
     np.save(fold_file, fold)
     return given, np.asarray(table.clean_labels, np.int64), fold
@@ -260,8 +260,8 @@ def materialise_noisy_table(ce_run: Path, folder: Path, folds: int, seed: int):
 def out_of_fold_probabilities(args, folder: Path, cv: Path, fold, seed: int, train: bool):
     """CE trained on each fold's complement, run on the held-out fold: (N, C) probabilities, or None when a
     fold is not trained yet. Also returns (epochs, seconds) summed over the fold runs."""
-    from engine.data import load_split
-    from engine.run import load_run_model, predict_split
+    from engine.results import load_run_model, predict_split
+    from engine.splits import load_split
 
     probs_file = cv / "pred_probs.npy"
     runs = [grid_run_dir(cv / f"fold{k}", "ce", "clean", seed) for k in range(args.folds)]
@@ -278,10 +278,10 @@ def out_of_fold_probabilities(args, folder: Path, cv: Path, fold, seed: int, tra
         return None, epochs, seconds
     probs = None
     for k, run in enumerate(runs):
-        trainer, _ = load_run_model(run, log=lambda *a, **kw: None)
-        held = load_split(folder, f"held{k}.csv", trainer.cfg.num_classes)
-        trainer.use_test_table(held)
-        out = predict_split(trainer.model, trainer.eval_dataset())
+        fold_run, model, _ = load_run_model(run, log=lambda *a, **kw: None)
+        held = load_split(folder, f"held{k}.csv", fold_run.cfg.num_classes)
+        fold_run.use_test_table(held)
+        out = predict_split(model, fold_run.eval_dataset())
         if probs is None:
             probs = np.zeros((len(fold), out["probabilities"].shape[1]), np.float64)
         probs[np.flatnonzero(fold == k)[out["index"]]] = out["probabilities"]

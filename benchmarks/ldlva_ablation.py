@@ -3,7 +3,7 @@
     python -m benchmarks.ldlva_ablation [--seeds 0 1] [--noise-rate 0.3] [--image-size 32] [--epochs 15]
         [--lr-schedule cosine] [--only full ce ...] [--set key=value ...] [--out benchmark_runs/ldlva_ablation]
 
-Runs the grid sequentially (one training at a time) through ``engine.run.Trainer``:
+Runs the grid sequentially (one training at a time) through ``engine.fit.train``:
 
 * ``ce``: cross-entropy baseline;
 * ``full``: LDLVA (``--set`` overrides apply to every LDLVA row, e.g. ``variant=release``);
@@ -80,10 +80,10 @@ def cell_config(args, name: str, seed: int, out: Path):
         overrides = {**parse_pairs(args.set, "--set"), **overrides}
     synthetic = {k: (int(v) if v.lstrip("-").isdigit() else v) for k, v in parse_pairs(args.synthetic,
                                                                                         "--synthetic").items()}
-    return RunConfig(dataset="synthetic", method=method, seed=seed, noise_kind=args.noise, noise_rate=args.noise_rate,
+    return RunConfig(dataset="synthetic", method=method, seed=seed, noise=args.noise, noise_rate=args.noise_rate,
                      noise_seed=seed, image_size=args.image_size, pad=args.pad, epochs=args.epochs,
                      lr_schedule=args.lr_schedule, batch_size=args.batch_size, backbone=args.backbone,
-                     method_overrides=overrides, synthetic=synthetic, out=str(out), force=True, export=False,
+                     set=overrides, synthetic=synthetic, run=str(out), force=True, export=False,
                      tensorboard=False, verbose=0)
 
 
@@ -103,7 +103,8 @@ def _read_metrics(path: Path) -> dict:
 def run_one(args, name: str, seed: int, out: Path) -> dict:
     import keras
 
-    from engine.run import Trainer
+    from engine.fit import train
+    from engine.run import Run
 
     metrics_path = out / "metrics.json"
     if metrics_path.is_file():
@@ -111,7 +112,7 @@ def run_one(args, name: str, seed: int, out: Path) -> dict:
     cfg = cell_config(args, name, seed, out)
     keras.backend.clear_session()
     start = time.perf_counter()
-    report = Trainer(cfg, log=lambda *a: None).train()
+    report = train(Run(cfg, log=lambda *a: None)).report
     report["train_seconds"] = time.perf_counter() - start
     metrics_path.write_text(json.dumps(report, indent=2))
     return report

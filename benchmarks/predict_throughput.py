@@ -133,20 +133,24 @@ def write_model_data(folder: Path) -> Path:
 
 def build_export(folder: Path, backbone: str, image_size: int) -> Path:
     """An untrained CE model of ``backbone`` exported as predict.py loads it."""
+    from engine.build import build_model
     from engine.export import export_saved_model
-    from engine.run import RunConfig, Trainer
+    from engine.run import Run, RunConfig
+    from engine.setup import configure_runtime
 
     target = folder / f"{backbone}_{image_size}" / "saved_model"
     if (target / "saved_model.pb").is_file():
         return target
     data_dir = write_model_data(folder / "model_data")
     cfg = RunConfig(dataset="csv", num_classes=7, data_dir=str(data_dir), method="ce", backbone=backbone,
-                    image_size=image_size, pad=0, epochs=1, batch_size=7, lr=1e-3, out=str(target.parent / "run"),
-                    export=False, tensorboard=False, verbose=0, val_every=0)
-    trainer = Trainer(cfg, log=lambda *a, **k: None)
-    trainer.load_data()
-    model = trainer.build(len(trainer.train_table), trainer.method_data())
-    export_saved_model(model, target, image_size, trainer.spec.class_names, "ce", log=lambda *a: None)
+                    image_size=image_size, pad=0, epochs=1, batch_size=7, lr=1e-3, run=str(target.parent / "run"),
+                    export=False, tensorboard=False, verbose=0, test_every=0)
+    run = Run(cfg, log=lambda *a, **k: None)
+    run.load_splits()
+    method_inputs = run.method_inputs()
+    configure_runtime(run.cfg)
+    model = build_model(run, len(run.train_table), method_inputs)
+    export_saved_model(model, target, image_size, run.spec.class_names, "ce", log=lambda *a: None)
     return target
 
 

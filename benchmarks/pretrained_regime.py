@@ -97,7 +97,7 @@ def grid_argv(args, regime: str, setting: str, seeds) -> list[str]:
             "--dataset", "synthetic", "--synthetic", f"train_size={args.train_size}",
             "--backbone", args.backbone, "--image-size", str(args.image_size), "--pad", str(max(1, args.image_size // 16)),
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}",
-            "--lr-schedule", "cosine", "--random-erasing", "0.2", "--val-every", "0", "--weights",
+            "--lr-schedule", "cosine", "--random-erasing", "0.2", "--test-every", "0", "--weights",
             # resolved, so a rerun that names the same file by another path (relative, absolute) resumes the grid
             _weights_arg(args.weights) if regime == "pretrained" else "none"]
     if regime == "pretrained" and args.freeze != "none":

@@ -18,7 +18,7 @@ classifier stage stopped by a time limit resumes from its last epoch checkpoint 
    replaced by the out-of-fold pseudo-VA (``pseudo_va predict``), ``test.csv`` copied, ``dataset.json``
    pointing ``image_root`` at the synthetic images (absolute path, nothing copied), and the neighbour table
    built by ``preprocess.knn``.
-3. ``ce`` and ``ldlva``: ``engine.run.Trainer`` on ``OUT/data`` with symmetric label noise (30 %), once per
+3. ``ce`` and ``ldlva``: ``engine.fit.train`` on ``OUT/data`` with symmetric label noise (30 %), once per
    seed of ``--seeds`` (the seed sets the label noise and the initialisation; run dirs ``runs/NAME-sSEED``), the
    synthetic defaults (small_cnn, 64 px, pad 4, 12 epochs, batch 64, Adam 1e-3; ``--image-size``,
    ``--pad``, ``--lr-schedule`` and ``--epochs`` change them).
@@ -164,15 +164,16 @@ def classifier_config(args, method: str, data_dir, seed: int, run_dir: Path, res
     return RunConfig(dataset="csv", num_classes=7, data_dir=None if data_dir is None else str(data_dir), method=method,
                      backbone="small_cnn", image_size=args.image_size, pad=args.pad, lr_schedule=args.lr_schedule,
                      epochs=args.epochs, batch_size=64, lr=1e-3, seed=seed,
-                     noise_kind=args.noise, noise_rate=args.noise_rate, noise_seed=seed,
-                     method_overrides=parse_pairs(args.set, "--set") if method == "ldlva" else {},
-                     out=str(run_dir), resume=resume, force=not resume, export=False, tensorboard=False, verbose=2)
+                     noise=args.noise, noise_rate=args.noise_rate, noise_seed=seed,
+                     set=parse_pairs(args.set, "--set") if method == "ldlva" else {},
+                     run=str(run_dir), resume=resume, force=not resume, export=False, tensorboard=False, verbose=2)
 
 
 def stage_train(args, out: Path, name: str, data_dir: Path, seed: int) -> None:
     import keras
 
-    from engine.run import Trainer
+    from engine.fit import train
+    from engine.run import Run
 
     run_dir = out / "runs" / f"{name}-s{seed}"
     if (run_dir / "metrics.json").is_file():
@@ -183,7 +184,7 @@ def stage_train(args, out: Path, name: str, data_dir: Path, seed: int) -> None:
     cfg = classifier_config(args, method, data_dir, seed, run_dir, resume)
     keras.backend.clear_session()
     start = time.perf_counter()
-    Trainer(cfg).train()
+    train(Run(cfg))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     metrics["train_seconds"] = None if resume else round(time.perf_counter() - start, 1)  # resumed: partial
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -108,7 +108,8 @@ def measure_one(args) -> dict:
 
     quiet_tensorflow()
     from engine.config import RunConfig
-    from engine.run import Trainer
+    from engine.fit import train
+    from engine.run import Run
 
     out = Path(args.out)
     pool = make_pool(out / "pool", args.pool)
@@ -118,11 +119,11 @@ def measure_one(args) -> dict:
     run = out / f"run_{args.one}"
     cfg = RunConfig(dataset="csv", num_classes=7, data_dir=str(data_dir), method="ldlva", backbone="small_cnn",
                     image_size=args.image_size, pad=1, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3,
-                    noise_kind="symmetric", noise_rate=0.3, method_overrides={"neighbor_source": "bank"},
-                    export=False, tensorboard=False, verbose=0, val_every=0, out=str(run), force=True)
-    trainer = Trainer(cfg, log=lambda *a, **k: None)
+                    noise="symmetric", noise_rate=0.3, set={"neighbor_source": "bank"},
+                    export=False, tensorboard=False, verbose=0, test_every=0, run=str(run), force=True)
+    setup = Run(cfg, log=lambda *a, **k: None)
     start = time.perf_counter()
-    report = trainer.train()
+    report = train(setup).report
     total = time.perf_counter() - start
     log = pd.read_csv(run / "log.csv")
     overhead = (log["epoch_seconds"] - log["step_seconds"]).tolist()
@@ -133,7 +134,7 @@ def measure_one(args) -> dict:
     return {"n": args.one, "dataset_seconds": made, "train_seconds": total, "timings": report["timings_s"],
             "epoch_seconds": log["epoch_seconds"].tolist(), "step_seconds": log["step_seconds"].tolist(),
             "overhead_seconds": overhead, "fit_overhead_per_epoch": fit_overhead, "peak_rss_gb": peak_gb, "noise_auc": report.get("noise_detection_auc"),
-            "image_cache": trainer.data.train_source.mode, "steps_per_epoch": trainer.steps_per_epoch}
+            "image_cache": setup.splits.train_source.mode, "steps_per_epoch": setup.steps_per_epoch}
 
 
 STAGES = ("load_data", "method_data", "data_facts", "build", "image_sources", "uncertainty_logging_first_epoch",
@@ -198,7 +199,7 @@ STATE_VARIANTS = {"ldlva": [("ldlva (forward, default)", {}), ("ldlva bank", {"n
 def state_memory(n: int, backbones, image_size: int = 32) -> list[dict]:
     """Bytes of every method's per-sample state (variables with N rows: λ, banks, relabelled targets, the
     neighbour table and VA it keeps) for a training table of ``n`` rows, by building the real model (the
-    engine's own ``Trainer.build``, as a rebuild from a checkpoint does) with each backbone. What is counted
+    engine's own ``engine.build.build_model``, as a rebuild from a checkpoint does) with each backbone. What is counted
     is allocated: it lives on the accelerator beside the weights for the whole run, and is in every checkpoint."""
     import gc
 
@@ -207,8 +208,10 @@ def state_memory(n: int, backbones, image_size: int = 32) -> list[dict]:
     quiet_tensorflow()
     import keras
 
+    from engine.build import build_model
     from engine.config import RunConfig
-    from engine.run import Trainer
+    from engine.run import Run
+    from engine.setup import configure_runtime
     from models.registry import method_names
 
     rows = []
@@ -216,17 +219,18 @@ def state_memory(n: int, backbones, image_size: int = 32) -> list[dict]:
         for method in method_names():
             for label, overrides in STATE_VARIANTS.get(method, [(method, {})]):
                 cfg = RunConfig(dataset="synthetic", method=method, backbone=backbone, image_size=image_size,
-                                batch_size=32, epochs=1, method_overrides=dict(overrides), export=False,
+                                batch_size=32, epochs=1, set=dict(overrides), export=False,
                                 tensorboard=False, verbose=0)
-                trainer = Trainer(cfg, log=lambda *a, **k: None)
-                trainer.build(n, trainer.model_cls.empty_method_data(trainer.method_cfg, n), load_weights=False)
-                per_sample = [v for v in trainer.model.variables if len(v.shape) and int(v.shape[0]) == n]
+                run = Run(cfg, log=lambda *a, **k: None)
+                configure_runtime(run.cfg)
+                model = build_model(run, n, run.model_cls.empty_method_data(run.method_cfg, n), load_weights=False)
+                per_sample = [v for v in model.variables if len(v.shape) and int(v.shape[0]) == n]
                 state = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in per_sample)
-                weights = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in trainer.model.variables) - state
+                weights = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.variables) - state
                 rows.append({"backbone": backbone, "method": label, "state_bytes": state, "other_bytes": weights,
                              "state_shapes": sorted({f"{tuple(int(d) for d in v.shape)}" for v in per_sample})})
                 print(f"{backbone} {label}: {state / 1e9:.3f} GB", file=sys.stderr, flush=True)
-                del trainer
+                del run, model
                 keras.backend.clear_session()
                 gc.collect()
     return rows

@@ -8,7 +8,7 @@ What it measures, in one process, on the same data (the built-in synthetic bench
 ``--dataset``/``--data-dir`` say otherwise), backbone, image size and batch:
 
 1. **Training step** of each method (CE, LDLVA ``neighbor_source=forward``, LDLVA ``neighbor_source=bank``,
-   LA-Net, DDAF, NLA), each built through :class:`engine.run.Trainer` exactly as ``train.py`` builds it,
+   LA-Net, DDAF, NLA), each built through :func:`engine.build.build_model` exactly as ``train.py`` builds it,
    trained with ``model.fit`` on the real tf.data pipeline. A timing callback records the wall time of
    every step (``on_train_batch_begin`` → ``on_train_batch_end``; the step's logs are read, so the step has
    finished); the first ``--warmup`` steps (tracing, allocator and pipeline warm-up) are dropped and the
@@ -185,10 +185,10 @@ def run_config(args, method: str, overrides: dict):
 
     return RunConfig(dataset=args.dataset, data_dir=args.data_dir, num_classes=args.num_classes, method=method,
                      backbone=args.backbone, image_size=args.image_size, batch_size=args.batch_size,
-                     mixed_precision=args.mixed_precision, jit=args.jit, method_overrides=overrides,
-                     deterministic=not args.nondeterministic, image_cache=args.image_cache,
+                     mixed_precision=args.mixed_precision, jit=args.jit, set=overrides,
+                     nondeterministic=args.nondeterministic, image_cache=args.image_cache,
                      synthetic=_synthetic_overrides(args.synthetic) if args.dataset == "synthetic" else {},
-                     export=False, tensorboard=False, verbose=0, out=str(Path(tempfile.gettempdir()) / "fer-speed"))
+                     export=False, tensorboard=False, verbose=0, run=str(Path(tempfile.gettempdir()) / "fer-speed"))
 
 
 def check_arguments(args) -> None:
@@ -224,16 +224,17 @@ def check_arguments(args) -> None:
         raise ConfigError(f"--set {stray[0]}: none of the benchmarked methods ({', '.join(labels)}) has this setting")
 
 
-def make_trainer(args, method: str, overrides: dict, shared=None):
-    """A Trainer for ``method`` on the benchmark data; ``shared`` (a Trainer) lends its tables and pixels."""
-    from engine.run import Trainer
+def make_run(args, method: str, overrides: dict, shared=None):
+    """The :class:`engine.run.Run` of ``method`` on the benchmark data; ``shared`` (a Run) lends its splits and
+    pixels."""
+    from engine.run import Run
 
     cfg = run_config(args, method, overrides)
-    trainer = Trainer(cfg, log=lambda *a, **k: None, data=None if shared is None else shared.data)
+    setup = Run(cfg, log=lambda *a, **k: None, splits=None if shared is None else shared.splits)
     if shared is None:
-        trainer.load_data()
-    trainer.make_sources()
-    return trainer
+        setup.load_splits()
+    setup.make_sources()
+    return setup
 
 
 def _method_overrides(method: str, base: dict, extra: dict) -> dict:
@@ -248,11 +249,16 @@ def _method_overrides(method: str, base: dict, extra: dict) -> dict:
 
 
 class MethodRun:
-    """One method built through the Trainer; ``run(steps)`` fits ``steps`` more steps and keeps their times."""
+    """One method built as train.py builds it (``setup``: its :class:`engine.run.Run`); ``run(steps)`` fits
+    ``steps`` more steps and keeps their times."""
 
-    def __init__(self, label, trainer, method_data):
-        self.label, self.trainer, self.method_data = label, trainer, method_data
-        self.model = trainer.build(len(trainer.train_table), method_data)
+    def __init__(self, label, setup, method_data):
+        from engine.build import build_model
+        from engine.setup import configure_runtime
+
+        self.label, self.setup, self.method_data = label, setup, method_data
+        self.policy = configure_runtime(setup.cfg)
+        self.model = build_model(setup, len(setup.train_table), method_data)
         self.times, self.first_step_s = [], None
         self.python_calls = 0
         self.images_per_sample = 1 + (int(method_data.neighbor_table.shape[1])
@@ -267,7 +273,7 @@ class MethodRun:
 
     def run(self, steps: int, drop: int) -> None:
         start_step = int(self.model.optimizer.iterations.numpy())
-        dataset = self.trainer.train_dataset(self.method_data, start_step)
+        dataset = self.setup.train_dataset(self.method_data, start_step)
         timer = step_timer()
         self.model.fit(dataset, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0, shuffle=False)
         if self.first_step_s is None:
@@ -281,11 +287,11 @@ class MethodRun:
                 "images_per_sample": self.images_per_sample, "timed_steps": len(self.times),
                 "first_step_s": self.first_step_s, "python_calls": self.python_calls,
                 "graph": not self.model.run_eagerly and self.python_calls < len(self.times),
-                "jit": bool(self.trainer.cfg.jit), "policy": self.trainer.policy}
+                "jit": bool(self.setup.cfg.jit), "policy": self.policy}
 
 
 def bench_training(args, log) -> tuple[dict, dict, object]:
-    """Returns (results by label, skipped label → reason, the CE trainer/model for later sections)."""
+    """Returns (results by label, skipped label → reason, the CE MethodRun for later sections)."""
     import keras
 
     from common.config import parse_set_args
@@ -303,15 +309,15 @@ def bench_training(args, log) -> tuple[dict, dict, object]:
         method, base = methods[label]
         try:
             overrides = _method_overrides(method, base, extra)
-            trainer = make_trainer(args, method, overrides, shared)
+            setup = make_run(args, method, overrides, shared)
         except ConfigError as exc:
             skipped[label] = str(exc)
             log(f"[skip] {label}: {exc}")
             continue
-        shared = shared or trainer
+        shared = shared or setup
         try:
             log(f"[build] {label}")
-            run = MethodRun(label, trainer, trainer.method_data())
+            run = MethodRun(label, setup, setup.method_inputs())
             if args.rounds == 1:
                 _time_run(run, args, 0, log)
                 results[label] = run.summary(args.batch_size)
@@ -360,18 +366,18 @@ def _images_per_second(dataset, batches: int, warmup: int = 2) -> float:
     return count / (time.perf_counter() - start)
 
 
-def bench_pipeline(args, trainer, log) -> dict:
+def bench_pipeline(args, setup, log) -> dict:
     """images/s decoded + augmented, memory vs files, one tf.data thread vs all cores; CE and LDLVA-forward streams."""
     import tensorflow as tf
 
     from data.neighbors import build_neighbor_table
     from data.pipeline import ImageSource, make_train_dataset
 
-    table = trainer.train_table
-    config = trainer.pipeline_config()
+    table = setup.train_table
+    config = setup.pipeline_config()
     sources = {"files": ImageSource(table, args.image_size, "files")}
-    if trainer.data.train_source.mode == "memory":
-        sources["memory"] = trainer.data.train_source
+    if setup.splits.train_source.mode == "memory":
+        sources["memory"] = setup.splits.train_source
     elif len(table) * args.image_size ** 2 * 3 <= 3e9:  # what --image-cache auto would keep in RAM
         sources["memory"] = ImageSource(table, args.image_size, "memory")
     spe = math.ceil(len(table) / args.batch_size)
@@ -380,7 +386,7 @@ def bench_pipeline(args, trainer, log) -> dict:
     if table.va is not None:
         streams["ldlva-forward"] = {"neighbor_table": build_neighbor_table(table.va, 8)[0].astype("int32"),
                                     "neighbor_images": True}
-    out = {"default_mode": trainer.data.train_source.mode, "cpu_count": os.cpu_count() or 1}
+    out = {"default_mode": setup.splits.train_source.mode, "cpu_count": os.cpu_count() or 1}
     for stream, kwargs in streams.items():
         for mode, source in sources.items():
             for threads in (1, 0):
@@ -408,7 +414,7 @@ def _median_seconds(fn, runs: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def bench_serving(args, trainer, model, log) -> dict:
+def bench_serving(args, setup, model, log) -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -421,7 +427,7 @@ def bench_serving(args, trainer, model, log) -> dict:
     forward = tf.function(lambda x: model(x, training=False), jit_compile=bool(args.jit))
     export_dir = Path(tempfile.mkdtemp(prefix="fer-speed-export-")) / "saved_model"
     start = time.perf_counter()
-    export_saved_model(model, export_dir, size, trainer.spec.class_names, trainer.cfg.method)
+    export_saved_model(model, export_dir, size, setup.spec.class_names, setup.cfg.method)
     export_s = time.perf_counter() - start
     serve = tf.saved_model.load(str(export_dir)).signatures["serving_default"]
     # Alternate the two so that background load hits both alike.
@@ -578,9 +584,9 @@ def main(argv=None) -> int:
         results = {}
     if ce_run is not None:
         if "pipeline" not in skip:
-            pipeline = bench_pipeline(args, ce_run.trainer, log)
+            pipeline = bench_pipeline(args, ce_run.setup, log)
         if "serving" not in skip:
-            serving = bench_serving(args, ce_run.trainer, ce_run.model, log)
+            serving = bench_serving(args, ce_run.setup, ce_run.model, log)
     if "knn" not in skip:
         knn = bench_knn(args, log)
     report = markdown_report(args, machine, results, skipped, pipeline, serving, knn, argv)

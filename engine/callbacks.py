@@ -14,31 +14,40 @@ from engine.checkpoint import CheckpointManager
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """Save an atomic checkpoint every ``every_steps`` steps and at every epoch end."""
+    """The run's checkpoint writer, and the one place a checkpoint's state is assembled: every ``every_steps``
+    steps, at every epoch end, and whenever a method asks (``RunContext.save_checkpoint``: DDAF re-saves its
+    SWA average), also outside ``fit`` (a resume that finds training complete)."""
 
-    def __init__(self, manager: CheckpointManager, steps_per_epoch: int, every_steps: int = 0):
+    def __init__(self, manager: CheckpointManager, model, steps_per_epoch: int, every_steps: int = 0):
         super().__init__()
         self.manager = manager
+        self.set_model(model)
         self.steps_per_epoch = steps_per_epoch
         self.every_steps = every_steps
         self.last_saved = None
         self.save_seconds: list[float] = []  # wall time of each checkpoint write
         self.saved_bytes = 0  # size of the newest checkpoint
 
-    def _state(self):
+    def state(self, extra_state: dict | None = None) -> dict:
+        """``state.json``: the global step, the epoch and the step within it, the time, a method's extras."""
         step = int(self.model.optimizer.iterations.numpy())
         return {"global_step": step, "epoch": step // self.steps_per_epoch,
-                "step_in_epoch": step % self.steps_per_epoch, "time": time.time()}
+                "step_in_epoch": step % self.steps_per_epoch, "time": time.time(), **(extra_state or {})}
 
-    def save_now(self):
-        state = self._state()
-        if self.last_saved == state["global_step"]:
-            return
+    def save(self, extra_state: dict | None = None) -> Path:
+        """Write a checkpoint of the model as it is now (again, if this step is saved already: its state changed)."""
+        state = self.state(extra_state)
         start = time.perf_counter()
         path = self.manager.save(self.model, state)
         self.save_seconds.append(time.perf_counter() - start)
         self.saved_bytes = sum(p.stat().st_size for p in path.iterdir() if p.is_file())
         self.last_saved = state["global_step"]
+        return path
+
+    def save_now(self):
+        """Checkpoint this step unless it is saved already."""
+        if self.last_saved != int(self.model.optimizer.iterations.numpy()):
+            self.save()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps:
@@ -94,6 +103,30 @@ class EpochTimer(keras.callbacks.Callback):
             logs["step_seconds"] = self._steps
 
 
+class RenameValidationLogs(keras.callbacks.Callback):
+    """Names an epoch's test-split evaluation for what it is: Keras reports its ``validation_data`` as
+    ``val_<metric>``, which the run's logs (log.csv, MLflow, TensorBoard, the progress line) hold as
+    ``test_<metric>``. First in the callback list, so every later callback sees the test names."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in [k for k in (logs or {}) if k.startswith("val_")]:
+            logs[test_split_column(key)] = logs.pop(key)
+
+
+def test_split_column(name: str) -> str:
+    """A log.csv column under today's name: ``val_acc`` (logs written before the rename) is ``test_acc``."""
+    return "test_" + name[4:] if name.startswith("val_") else name
+
+
+def read_epoch_log(path):
+    """``RUN/log.csv`` as a DataFrame (``NA`` cells as NaN) with today's column names (an older log's
+    ``val_*`` columns as ``test_*``)."""
+    import pandas as pd
+
+    log = pd.read_csv(path, na_values=["NA"])
+    return log.rename(columns=test_split_column)
+
+
 class EpochLog(keras.callbacks.Callback):
     """``RUN/log.csv``: one row per epoch (``epoch`` then the sorted log keys of the first epoch logged).
 
@@ -134,10 +167,11 @@ class EpochLog(keras.callbacks.Callback):
         if not rows or rows[0][:1] != ["epoch"]:
             self.keys = None
             return
-        self.keys = rows[0][1:]
+        # A log written before the test columns were renamed continues under the new names.
+        self.keys = [test_split_column(k) for k in rows[0][1:]]
         kept = [row for row in rows[1:] if row[0].isdigit() and int(row[0]) < initial_epoch]
-        if len(kept) != len(rows) - 1:
-            self._write([rows[0], *kept])
+        if len(kept) != len(rows) - 1 or self.keys != rows[0][1:]:
+            self._write([["epoch", *self.keys], *kept])
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -203,7 +237,7 @@ class MLflowTracker(keras.callbacks.Callback):
 
     * params: the resolved configuration (config.json's ``run``, ``method_config``, ``data`` facts, sampler,
       ``replayed_from``) flattened to ``section.key``;
-    * metrics: every epoch's logs (``loss``, ``acc``, each loss term, ``val_*``, timings) at step = epoch
+    * metrics: every epoch's logs (``loss``, ``acc``, each loss term, ``test_*``, timings) at step = epoch
       (0-based, as ``log.csv``), then the final test metrics as ``final.<name>``;
     * artifacts: ``config.json``, ``metrics.json``, ``log.csv``, the model card and the export (``saved_model/``).
 

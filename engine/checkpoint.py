@@ -236,3 +236,37 @@ class CheckpointManager:
                                   "was it written with another optimizer, precision or model?")
         for w in caught:  # pass the others on
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def resume_latest(manager: CheckpointManager, model, log=print) -> int:
+    """Load the newest intact checkpoint into ``model`` (falling back past damaged ones, saying so); its
+    global step, 0 when there is none yet."""
+    try:
+        path = manager.latest()
+    except CheckpointDamaged as exc:
+        path = manager.newest_intact()
+        if path is None:
+            raise CheckpointError(f"{exc}") from None
+        log(f"warning: {exc}; resuming from {path}")
+    tried = []
+    while path is not None:
+        try:
+            manager.load_into(model, path, require_optimizer=True)
+            step = int(manager.read_state(path)["global_step"])
+            # state.json, the folder name and the optimizer's own step count in the weights must agree: a
+            # damaged state.json would otherwise resume at a step the weights never reached (found by
+            # benchmarks/fuzz.py).
+            iterations = int(model.optimizer.iterations.numpy())
+            if step != iterations or path.name != f"step-{step:09d}":
+                raise CheckpointDamaged(f"{path / 'state.json'}: global_step {step} does not match the checkpoint "
+                                        f"(folder {path.name}, {iterations} optimizer steps in its weights)")
+            log(f"resumed from {path} (global step {step})")
+            return step
+        except CheckpointDamaged as exc:
+            tried.append(path)
+            path = manager.newest_intact(exclude=tried)
+            if path is None:
+                raise CheckpointError(f"{exc}; no intact checkpoint is left (start over with --force)") from None
+            log(f"warning: {exc}; falling back to the newest intact checkpoint {path}")
+    log("no checkpoint yet; starting from scratch")
+    return 0

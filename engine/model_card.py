@@ -11,17 +11,17 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * float(value):.2f} %"
 
 
-def provenance(trainer, metrics: dict | None) -> dict:
-    """What an export records about its training run (from a built :class:`engine.run.Trainer`)."""
+def provenance(run, metrics: dict | None) -> dict:
+    """What an export records about its training run (an :class:`engine.run.Run`) and its test ``metrics``."""
     from common.config import to_dict
 
-    cfg, spec = trainer.cfg, trainer.spec
+    cfg, spec = run.cfg, run.spec
     return {"dataset": spec.name, "dataset_description": spec.description, "licence": spec.licence,
-            "synthetic": spec.provider is not None, "method": cfg.method, "run_dir": str(trainer.run_dir or ""),
+            "synthetic": spec.provider is not None, "method": cfg.method, "run_dir": str(run.run_dir),
             "run": {k: v for k, v in to_dict(cfg).items() if k in (
                 "backbone", "weights", "input_norm", "image_size", "epochs", "batch_size", "lr", "optimizer",
-                "lr_schedule", "noise_kind", "noise_rate", "imbalance_factor", "seed", "preset")},
-            "method_config": to_dict(trainer.method_cfg), "metrics": metrics or {}}
+                "lr_schedule", "noise", "noise_rate", "imbalance_factor", "seed", "preset")},
+            "method_config": to_dict(run.method_cfg), "metrics": metrics or {}}
 
 
 def model_card(meta: dict) -> str:
@@ -55,7 +55,7 @@ def model_card(meta: dict) -> str:
         "- Outputs: `probabilities` `(batch, classes)` float32 and `label` `(batch,)` int64.",
         "", "## Training data", "",
         f"- {prov.get('dataset_description', prov.get('dataset', '?'))}.",
-        f"- Label protocol: noise `{run.get('noise_kind', 'none')}` at rate {run.get('noise_rate', 0)}, imbalance "
+        f"- Label protocol: noise `{run.get('noise', 'none')}` at rate {run.get('noise_rate', 0)}, imbalance "
         f"factor {run.get('imbalance_factor', 1)}.",
         f"- Terms: {prov.get('licence', 'unknown')}. A model trained on data inherits its terms.",
         "", "## Test metrics", "",

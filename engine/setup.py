@@ -1,4 +1,5 @@
-"""Run-wide TensorFlow set-up: the optimizer and its schedule, mixed precision, the distribution strategy."""
+"""Run-wide TensorFlow set-up: the process's runtime (precision policy, op determinism, seed), the optimizer
+and its schedule, the distribution strategy."""
 
 from __future__ import annotations
 
@@ -35,6 +36,21 @@ def make_optimizer(cfg, steps_per_epoch: int):
     if cfg.optimizer == "sgd":
         return keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None)
     raise ConfigError(f"unknown --optimizer '{cfg.optimizer}' (adam, adamw, sgd)")
+
+
+def configure_runtime(cfg) -> str:
+    """Set what TensorFlow and Keras keep per process for a run: the global precision policy, op determinism
+    (unless ``--nondeterministic``) and every seed (Python, NumPy, TensorFlow). The one place where the engine
+    changes global state; call it right before building the run's model, so that the model's initial weights
+    are drawn from ``--seed``. Returns the precision policy's name."""
+    import keras
+    import tensorflow as tf
+
+    policy = setup_precision(cfg.mixed_precision)
+    if not cfg.nondeterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(cfg.seed)
+    return policy
 
 
 def setup_precision(mode: str) -> str:

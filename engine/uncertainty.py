@@ -5,8 +5,8 @@ SCN's importance, ...). Each epoch it
 
 * adds ``uncertainty_mean``, ``uncertainty_q10``, ``uncertainty_q50``, ``uncertainty_q90`` and, when
   the training table knows the labels before synthetic noise (``clean_expression``), ``noise_auc`` (the
-  ROC-AUC of the uncertainty for detecting the flipped labels) to the epoch logs, so Keras' CSVLogger
-  records them in ``RUN/log.csv`` (the Trainer runs method callbacks before the CSVLogger);
+  ROC-AUC of the uncertainty for detecting the flipped labels) to the epoch logs, so the epoch log
+  records them in ``RUN/log.csv`` (the fit runs method callbacks before it);
 * writes a TensorBoard histogram to ``RUN/tb/uncertainty``;
 * writes ``RUN/uncertainty/epoch_XXX.csv`` (1-based epoch): ``index, path, label, label_name,
   uncertainty`` and, with clean labels, ``clean_label, flipped``. ``tools/show_uncertain.py`` draws

@@ -1,5 +1,5 @@
-"""Shared test helpers: the tiny dataset, tiny run configs, methods built through the engine, a config switch,
-and the bit-identical resume check. Tests import them from here (``from helpers import ...``); fixtures stay
+"""Shared test helpers: the tiny dataset, tiny run configs, methods built and trained through the engine, a config
+switch, and the bit-identical resume check. Tests import them from here (``from helpers import ...``); fixtures stay
 in ``conftest.py``, CLI helpers in ``helpers_cli.py``.
 """
 
@@ -54,21 +54,39 @@ def tiny_run_config(data_dir, out, method="ce", **overrides):
     from engine.run import RunConfig
 
     base = dict(dataset="csv", num_classes=7, data_dir=str(data_dir), method=method, backbone="small_cnn",
-                image_size=24, pad=2, epochs=2, batch_size=8, lr=1e-3, out=str(out), export=False,
-                tensorboard=False, verbose=0, val_every=0)
+                image_size=24, pad=2, epochs=2, batch_size=8, lr=1e-3, run=str(out), export=False,
+                tensorboard=False, verbose=0, test_every=0)
     base.update(overrides)
     return RunConfig(**base)
 
 
 def build_method(data_dir, out, method="ce", **overrides):
-    """``(trainer, model, method_data)``: a method built through the engine on a tiny dataset (no fit)."""
-    from engine.run import Trainer
+    """``(run, model, method_inputs)``: a method built as train.py builds it, on a tiny dataset (no fit)."""
+    from engine.run import Run
 
-    trainer = Trainer(tiny_run_config(data_dir, out, method=method, **overrides), log=lambda *a, **k: None)
-    trainer.load_data()
-    method_data = trainer.method_data()
-    model = trainer.build(len(trainer.train_table), method_data)
-    return trainer, model, method_data
+    run = Run(tiny_run_config(data_dir, out, method=method, **overrides), log=lambda *a, **k: None)
+    run.load_splits()
+    method_inputs = run.method_inputs()
+    model = build_run_model(run, len(run.train_table), method_inputs)
+    return run, model, method_inputs
+
+
+def build_run_model(run, num_train_samples, method_inputs=None, load_weights=True):
+    """The model of ``run`` built as train.py builds it: the runtime configured (precision, determinism, seed)
+    right before the factory."""
+    from engine.build import build_model
+    from engine.setup import configure_runtime
+
+    configure_runtime(run.cfg)
+    return build_model(run, num_train_samples, method_inputs, load_weights=load_weights)
+
+
+def train_run(cfg, log=lambda *a, **k: None):
+    """Train ``cfg`` as train.py does: the :class:`engine.fit.TrainedRun` (run_dir, model, report, strategy)."""
+    from engine.fit import train
+    from engine.run import Run
+
+    return train(Run(cfg, log=log))
 
 
 def with_config(model, **changes):
@@ -84,12 +102,10 @@ def check_resume_is_bit_identical(data_dir, tmp_path, monkeypatch, method, **ove
     """Train 2 epochs (14 steps) straight; train again, killed right after the step-10 checkpoint (mid-epoch 1),
     and resume: the final checkpoints (every variable, per-sample state and optimizer slot) are identical."""
     from engine.callbacks import RunCheckpoint
-    from engine.run import Trainer
     from helpers_cli import h5_datasets
 
-    quiet = dict(log=lambda *a, **k: None)
     common = dict(epochs=2, checkpoint_every=5, **overrides)
-    Trainer(tiny_run_config(data_dir, tmp_path / "straight", method, **common), **quiet).train()
+    train_run(tiny_run_config(data_dir, tmp_path / "straight", method, **common))
     original = RunCheckpoint.on_train_batch_end
 
     def kill_after_step_10(self, batch, logs=None):
@@ -99,9 +115,9 @@ def check_resume_is_bit_identical(data_dir, tmp_path, monkeypatch, method, **ove
 
     monkeypatch.setattr(RunCheckpoint, "on_train_batch_end", kill_after_step_10)
     with pytest.raises(_Killed):
-        Trainer(tiny_run_config(data_dir, tmp_path / "killed", method, **common), **quiet).train()
+        train_run(tiny_run_config(data_dir, tmp_path / "killed", method, **common))
     monkeypatch.undo()
-    Trainer(tiny_run_config(data_dir, tmp_path / "killed", method, resume=True, **common), **quiet).train()
+    train_run(tiny_run_config(data_dir, tmp_path / "killed", method, resume=True, **common))
     final = "step-000000014"
     straight = h5_datasets(tmp_path / "straight" / "ckpt" / final / "model.weights.h5")
     resumed = h5_datasets(tmp_path / "killed" / "ckpt" / final / "model.weights.h5")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import build_method
+from helpers import build_method, build_run_model
 from models.base import FERModel
 from models.registry import METHODS, method_names, register_method
 
@@ -133,11 +133,11 @@ def test_checkpoint_round_trip_restores_every_variable(method, built, tmp_path):
     trainer, model, _, _, _ = built(method)
     manager = CheckpointManager(tmp_path / "run")
     path = manager.save(model, {"global_step": 2, "epoch": 0, "step_in_epoch": 2, "time": 0.0})
-    from engine.run import Trainer
+    from engine.run import Run
 
     n = model.num_train_samples
-    rebuilt = Trainer(trainer.cfg, log=lambda *a, **k: None)  # as evaluate.py rebuilds a run: no data
-    fresh = rebuilt.build(n, rebuilt.model_cls.empty_method_data(rebuilt.method_cfg, n))
+    rebuilt = Run(trainer.cfg, log=lambda *a, **k: None)  # as evaluate.py rebuilds a run: no data
+    fresh = build_run_model(rebuilt, n, rebuilt.model_cls.empty_method_data(rebuilt.method_cfg, n))
     manager.load_into(fresh, path, require_optimizer=True)
     assert len(fresh.weights) == len(model.weights)
     for a, b in zip(model.weights, fresh.weights):
@@ -171,7 +171,7 @@ def test_mixed_precision_policies(method, policy, tiny_dataset, tmp_path):
     the probabilities a method builds its targets and banks from are float32."""
     try:
         trainer, model, method_data = build_method(tiny_dataset, tmp_path / "run", method, mixed_precision=policy)
-        assert trainer.policy == policy
+        assert keras.mixed_precision.global_policy().name == policy
         assert model.backbone.compute_dtype == ("float16" if policy == "mixed_float16" else "bfloat16")
         # bfloat16 has float32's exponent range: no loss scaling.
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (policy == "mixed_float16")

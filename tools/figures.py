@@ -153,11 +153,12 @@ _NOT_LOSS = {"epoch", "acc", "epoch_seconds", "loss", "lr", "learning_rate", "no
 
 
 def curves_figure(log, title: str = ""):
-    """Training curves from a Keras CSVLogger frame: losses, accuracies, and uncertainty when logged."""
+    """Training curves from a ``RUN/log.csv`` frame (test-split columns named ``test_*``): losses, accuracies, and
+    uncertainty when logged."""
     plt = _plt()
     log = log.apply(lambda col: __import__("pandas").to_numeric(col, errors="coerce"))
     epochs = log["epoch"].to_numpy() + 1 if "epoch" in log else np.arange(1, len(log) + 1)
-    terms = [c for c in log.columns if c not in _NOT_LOSS and not c.startswith(("val_", "uncertainty"))]
+    terms = [c for c in log.columns if c not in _NOT_LOSS and not c.startswith(("test_", "uncertainty"))]
     has_uncertainty = any(c.startswith("uncertainty") or c == "noise_auc" for c in log.columns)
     panels = 3 if has_uncertainty else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.6))
@@ -172,14 +173,14 @@ def curves_figure(log, title: str = ""):
     plot(ax, "loss", "train loss (total)", color="black")
     for k, term in enumerate(terms):
         plot(ax, term, f"train {term}", "--", color=f"C{k}")
-    plot(ax, "val_loss", "test CE", color="crimson")
+    plot(ax, "test_loss", "test CE", color="crimson")
     ax.set_title("loss")
     plotted = np.concatenate([line.get_ydata() for line in ax.get_lines()]) if ax.get_lines() else np.ones(1)
     if plotted.size and plotted.min() > 0 and plotted.max() > 20 * plotted.min():  # empty: every loss non-finite
         ax.set_yscale("log")  # e.g. LDLVA's centre loss starts far above the CE term
     ax = axes[1]
     plot(ax, "acc", "train accuracy (given labels)", color="black")
-    plot(ax, "val_acc", "test accuracy", color="crimson")
+    plot(ax, "test_acc", "test accuracy", color="crimson")
     ax.set_ylim(0, 1)
     ax.set_title("accuracy")
     if has_uncertainty:

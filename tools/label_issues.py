@@ -137,13 +137,13 @@ def main(argv=None) -> int:
     quiet_tensorflow()
     from engine.label_audit import (audit_run, check_audit_request, check_cleaned_target, load_audited_run,
                                     recorded_auc, write_cleaned_table)
-    from engine.run import read_run_record
+    from engine.results import read_run_record
 
     check_audit_request(read_run_record(args.run), args.score, args.flag)
-    trainer, record, state = load_audited_run(args.run, args.ckpt)
+    run, model, record, state = load_audited_run(args.run, args.ckpt)
     if args.write_table:
-        check_cleaned_target(trainer, args.write_table, args.force)
-    audit = audit_run(trainer, args.score, args.flag)
+        check_cleaned_target(run, args.write_table, args.force)
+    audit = audit_run(run, model, args.score, args.flag)
     frame = audit.frame()
     atomic_write_text(out, frame.to_csv(index=False))
     record_own_files([out])
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     else:
         print("no clean labels in the table: detection quality not measured")
     if args.write_table:
-        written = write_cleaned_table(trainer, audit, args.write_table, args.action, args.force)
+        written = write_cleaned_table(run, audit, args.write_table, args.action, args.force)
         report["cleaned_table"] = written
         print(f"wrote {written['table']} ({written['rows']} rows; {written['changed']} flagged rows "
               f"{'dropped' if args.action == 'drop' else 'relabelled'}); train on it with: {written['train_command']}")
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
 
         title = (f"{Path(args.run).resolve().name}: top {min(args.n, len(frame))} of {len(frame)} by {audit.score_kind}; "
                  "given → suggested" + ("; green border = given label was wrong" if audit.clean is not None else ""))
-        save_png(issues_figure(audit, trainer.train_table.image_root, args.n, title), args.figure)
+        save_png(issues_figure(audit, run.train_table.image_root, args.n, title), args.figure)
         print(f"wrote {args.figure}")
     return 0
 

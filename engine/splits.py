@@ -1,7 +1,9 @@
-"""Loading a dataset for a run: the prepared directory (or a generated one) and its validated splits."""
+"""The splits of a run: the prepared directory (or a generated one), its validated tables with the run's
+label protocol (noise, imbalance, a released label file) applied, and their pixel sources."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,18 @@ from data.images import scan_images
 from data.prepared import read_dataset_json, resolve_image_root
 from data.registry import DatasetSpec, default_data_dir, provide_dataset
 from data.schema import AnnotationTable, check_image_root, read_csv, validate_frame
+
+
+@dataclass
+class RunSplits:
+    """The training and test tables of a run, their pixel sources, and what ``--skip-bad`` dropped."""
+
+    data_dir: Path | None = None
+    train_table: AnnotationTable | None = None
+    test_table: AnnotationTable | None = None
+    train_source: object = None  # data.pipeline.ImageSource of train_table (made on first use)
+    test_source: object = None
+    skipped_rows: dict = field(default_factory=dict)  # table name → messages of rows --skip-bad dropped
 
 
 def resolve_data_dir(spec: DatasetSpec, data_dir, options: dict | None = None) -> Path:
@@ -107,3 +121,68 @@ def find_undecodable_image(tables, error=None) -> DataError | None:
                 csv_row += d <= csv_row
             return DataError(f"{table.csv_path}, row {csv_row + 1}: image {first.path}: {first.reason}; {hint}")
     return None
+
+
+def load_run_splits(cfg, spec: DatasetSpec, require_va: bool, need_train: bool = True, log=print) -> RunSplits:
+    """Load and validate the run's test table and (``need_train``) its training table, with the run's label
+    protocol applied; refuses a training table missing a class."""
+    splits = RunSplits(data_dir=resolve_data_dir(spec, cfg.data_dir, cfg.synthetic))
+    if need_train:
+        table = load_split(splits.data_dir, cfg.train_table, cfg.num_classes, cfg.image_root, require_va, cfg.skip_bad,
+                           log=log, allow_outside_root=cfg.allow_outside_root)
+        splits.skipped_rows[cfg.train_table] = table.frame.attrs.get("skipped", [])
+        table = apply_label_protocol(table, cfg)
+        counts = table.class_counts()
+        absent = [spec.class_names[c] for c in range(cfg.num_classes) if counts[c] == 0]
+        if absent:
+            raise DataError(f"{table.csv_path}: class(es) {', '.join(absent)} have no training samples; "
+                            f"this {cfg.num_classes}-class dataset needs every class (use the right --dataset / --num-classes)")
+        splits.train_table = table
+    splits.test_table = load_split(splits.data_dir, cfg.test_table, cfg.num_classes, cfg.image_root, False,
+                                   cfg.skip_bad, log=log, allow_outside_root=cfg.allow_outside_root)
+    splits.skipped_rows[cfg.test_table] = splits.test_table.frame.attrs.get("skipped", [])
+    return splits
+
+
+def apply_label_protocol(table: AnnotationTable, cfg) -> AnnotationTable:
+    """The training table under ``--noise-file``, ``--imbalance-factor`` and ``--noise`` (seeded by
+    ``--noise-seed``), revalidated; the table itself when none applies."""
+    from data.noise import apply_label_file, apply_label_noise, imbalance_subsample
+
+    frame = table.frame
+    changed = False
+    if cfg.noise_file:
+        frame = apply_label_file(frame, cfg.noise_file, cfg.num_classes, table.csv_path)
+        changed = True
+    if cfg.imbalance_factor != 1.0:
+        frame = imbalance_subsample(frame, cfg.imbalance_factor, cfg.num_classes, cfg.noise_seed)
+        changed = True
+    if cfg.noise != "none" and cfg.noise_rate > 0:
+        frame = apply_label_noise(frame, cfg.noise, cfg.noise_rate, cfg.num_classes, cfg.noise_seed)
+        changed = True
+    if not changed:
+        return table
+    new = validate_frame(frame, table.csv_path, cfg.num_classes, table.image_root,
+                         require_va=table.va is not None, allow_outside_root=table.allow_outside_root)
+    # Rows dropped by --skip-bad also make the table differ from the file (stored neighbour tables).
+    new.frame.attrs["rows_changed"] = cfg.imbalance_factor != 1.0 or bool(table.frame.attrs.get("dropped_rows"))
+    return new
+
+
+def split_facts(splits: RunSplits) -> dict:
+    """The ``data`` section of config.json: sizes, class counts and fingerprints of the tables, what
+    ``--skip-bad`` dropped (a resume compares them to notice a table that changed)."""
+    from data.schema import table_fingerprint
+
+    train = splits.train_table
+    facts = {"data_dir": str(splits.data_dir), "num_test_samples": len(splits.test_table)}
+    if train is not None:
+        facts.update({"num_train_samples": len(train), "train_class_counts": train.class_counts().tolist(),
+                      "train_table_sha256": table_fingerprint(train)})
+    facts["test_table_sha256"] = table_fingerprint(splits.test_table)
+    skipped = splits.skipped_rows
+    # Durable record of what --skip-bad dropped (count per table and the first reasons).
+    facts["skipped_rows"] = {"count": sum(len(v) for v in skipped.values()),
+                             "by_table": {k: len(v) for k, v in skipped.items()},
+                             "first": [m for v in skipped.values() for m in v][:10]}
+    return facts
