@@ -1,10 +1,12 @@
 """SavedModel export for serving.
 
-The exported module contains only the inference path (backbone + classifier), not the training-time
-state (per-sample λ, banks, neighbour tables), so it is the size of a plain backbone. Signatures:
+The exported module traces the model's own inference function, ``predict_outputs`` (the one evaluation
+runs), and carries only the variables it reads (backbone and heads), not the training-time state (per-sample
+λ, banks, neighbour tables, the optimizer), so it is about the size of a plain backbone. Signatures:
 
 * ``serving_default``: ``images`` uint8 (B, H, W, 3) RGB of any size → ``probabilities`` (B, C)
-  float32 and ``label`` (B,) int64; resizing and normalisation happen inside.
+  float32 and ``label`` (B,) int64, plus the method's ``served_outputs`` (DDAF: ``va`` (B, 2)); resizing
+  and normalisation happen inside.
 * ``serve_bytes``: ``image_bytes`` string (B,) of encoded JPEG/PNG → the same outputs.
 """
 
@@ -25,63 +27,67 @@ from models.backbones import input_norm_spec
 SAVED_MODEL_LEGACY = {"saved_model": ("saved_model.pb", "fer_export.json")}
 
 
-def serving_outputs(network, image_size: int, extra_names, images) -> dict:
-    """uint8 images (B, H, W, 3) of any size → ``probabilities``, ``label`` and the extra heads: resize, the
-    [-1, 1] scaling, the network, softmax. The one serving computation of the SavedModel and of the
-    formats converted beside it (:class:`FERServingModel`)."""
+def inference_variables(model, image_size: int) -> list:
+    """The variables :meth:`models.base.FERModel.predict_outputs` reads, found by tracing it once: what an
+    export must carry (backbone, heads, BatchNorm statistics), without the training state (per-sample λ,
+    banks, queues, SWA averages, the optimizer)."""
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+    read = {id(v) for v in tf.function(model.predict_outputs).get_concrete_function(spec).variables}
+    return [v for v in model.variables if id(v.value) in read]
+
+
+def serving_outputs(predict_outputs, image_size: int, served_names, images) -> dict:
+    """uint8 images (B, H, W, 3) of any size → ``probabilities``, ``label`` and the served extra outputs: resize,
+    the [-1, 1] scaling, then the model's own inference function ``predict_outputs`` (the one evaluation runs).
+    The one serving computation of the SavedModel and of the formats converted beside it (:class:`FERServingModel`)."""
     x = normalize(tf.image.resize(tf.cast(images, tf.float32), [image_size, image_size]))
-    outputs = network(x, training=False)
-    logits, extras = (outputs[0], outputs[1:]) if isinstance(outputs, (list, tuple)) else (outputs, [])
-    probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    outputs = predict_outputs(x)
+    probs = tf.cast(outputs["probabilities"], tf.float32)
     result = {"probabilities": probs, "label": tf.argmax(probs, axis=-1)}
-    result.update({name: tf.cast(value, tf.float32) for name, value in zip(extra_names, extras)})
+    result.update({name: tf.cast(outputs[name], tf.float32) for name in served_names})
     return result
 
 
 class FERServingModel(keras.Model):
-    """The serving computation as a Keras model, for ``keras.Model.export(format="onnx" | "litert")``.
+    """The serving computation as a Keras model: what the SavedModel holds and what
+    ``keras.Model.export(format="onnx" | "litert")`` converts.
 
-    Keras exports a model's ``call``; the inference network's call takes normalised images of the training
-    size, so this wrapper carries what a served model must do first (uint8 of any size → resize → [-1, 1])
-    and after (softmax, label), exactly as the SavedModel's ``serving_default`` (:func:`serving_outputs`).
+    Its ``call`` is :func:`serving_outputs` around the trained model's ``predict_outputs`` (uint8 of any size →
+    resize → [-1, 1] → the method's inference → softmax, label, the extras of ``served_outputs``). It holds only
+    the variables that function reads (:func:`inference_variables`); the trained model itself is referenced,
+    not tracked, so its training state stays out of every export.
     """
 
-    def __init__(self, network, image_size: int, extra_names=(), **kwargs):
+    def __init__(self, model, image_size: int, **kwargs):
         super().__init__(name="fer_serving", **kwargs)
-        self.network = network
         self.image_size = int(image_size)
-        self.extra_names = list(extra_names)
+        self.served_names = tuple(model.served_outputs)
+        self.inference_variables = inference_variables(model, self.image_size)
+        self._predict_outputs = model.predict_outputs  # a bound method: Keras and TensorFlow do not track it
 
     def call(self, images):
-        return serving_outputs(self.network, self.image_size, self.extra_names, images)
+        return serving_outputs(self._predict_outputs, self.image_size, self.served_names, images)
 
 
 class FERServingModule(tf.Module):
     def __init__(self, model, image_size: int, class_names):
         super().__init__()
-        images = keras.Input((image_size, image_size, 3), name="image")
-        features = model.backbone(images, training=False)
-        logits = model.classifier(keras.ops.cast(features, "float32"))
-        # Extra inference heads a method serves beside the classes (DDAF: valence/arousal, key "va").
-        heads = model.serving_heads(features)
-        self.extra_names = sorted(heads)
-        # A list output, even of one tensor: Keras 3 returns a single-output model's tensor unwrapped.
-        self.network = keras.Model(images, [logits] + [heads[name] for name in self.extra_names],
-                                   name="fer_inference")
+        self.serving_model = FERServingModel(model, image_size)
+        self.serving_model(tf.zeros([1, image_size, image_size, 3], tf.uint8))  # built, as Keras' exporters need
+        # Extra outputs a method serves beside the classes (DDAF: valence/arousal, key "va").
+        self.extra_names = list(self.serving_model.served_names)
         # Track the underlying tf.Variables so the SavedModel's object graph (and the TF1 loader used by
         # `saved_model_cli run`) restores them, not only the functions that capture them.
-        self.network_variables = [v.value for v in self.network.variables]
+        self.network_variables = [v.value for v in self.serving_model.inference_variables]
         self.image_size = image_size
         self.class_names = tf.constant(list(class_names))
 
     def _predict_uint8(self, images):
-        return serving_outputs(self.network, self.image_size, self.extra_names, images)
+        return self.serving_model(images)
 
     def keras_model(self) -> FERServingModel:
         """The same computation as a built Keras model (what the deployment formats are exported from)."""
-        model = FERServingModel(self.network, self.image_size, self.extra_names)
-        model(tf.zeros([1, self.image_size, self.image_size, 3], tf.uint8))
-        return model
+        return self.serving_model
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(self, images):

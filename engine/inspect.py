@@ -45,7 +45,8 @@ def gradcam_maps(model, inputs: np.ndarray, layer, class_index=None):
     grad_model = keras.Model(backbone.inputs, [layer.output, backbone.output])
     with tf.GradientTape() as tape:
         activations, pooled = grad_model(tf.constant(inputs), training=False)
-        logits = tf.cast(model.classifier(tf.cast(pooled, tf.float32)), tf.float32)
+        # The method's own heads (SCN's α·z, not z alone): the class score evaluation and the export predict.
+        logits = tf.cast(model.head_outputs(tf.cast(pooled, tf.float32))["logits"], tf.float32)
         chosen = tf.argmax(logits, axis=-1, output_type=tf.int32) if class_index is None else \
             tf.constant(np.asarray(class_index, np.int32))
         score = tf.gather(logits, chosen, batch_dims=1)

@@ -15,7 +15,7 @@ hook                        when / what
 ``needs_va(cfg)``           class method: the training table must have valence/arousal
 ``dataset_defaults``        class attribute {dataset: {setting: value}}: method settings a dataset
                             needs, below ``--preset`` and ``--set``
-``presets``                 class attribute {name: {"method": {...}, "run": {...}}}
+``presets``                 class attribute {name: :class:`Preset`}: named recipes (``--preset``)
 ``prepare_data(cfg, t, c)`` class method, once before the model is built: per-sample arrays, the
                             neighbour table, a sampler, constructor arguments (:class:`MethodData`)
 ``empty_method_data(cfg,n)`` class method: zero-filled constructor arguments for rebuilding a trained
@@ -26,8 +26,11 @@ hook                        when / what
 ``after_step(...)``         non-gradient updates after the optimizer step
 ``per_sample_state()``      per-training-sample values to log; key ``uncertainty`` is logged every
                             epoch (``RUN/uncertainty/``) and scored for noise detection (ROC-AUC)
-``predict_outputs(images)`` inference outputs: ``logits`` and ``probabilities``, plus e.g. ``va``
-``serving_heads(features)`` extra SavedModel outputs from the pooled features (DDAF's ``va``)
+``head_outputs(features)``  the heads on the pooled features: ``logits`` plus e.g. DDAF's ``va``
+``predict_outputs(images)`` THE inference function: ``logits``, ``probabilities`` and the heads' extras;
+                            evaluation runs it and the SavedModel export traces it
+``served_outputs``          class attribute: ``predict_outputs`` keys the SavedModel serves beside
+                            ``probabilities`` and ``label`` (DDAF: ``("va",)``)
 ``callbacks(context)``      extra Keras callbacks for ``fit`` (e.g. SWA)
 ``before_training(ctx)``    once before the first step of every ``fit`` (idempotent; e.g. a bank fill)
 ``after_training(ctx)``     once training is complete, before the final evaluation (idempotent)
@@ -39,9 +42,11 @@ Methods never import the engine: what a hook may use of the run is in :class:`Ru
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import keras
 import numpy as np
@@ -59,6 +64,47 @@ class MethodData:
     neighbor_images: bool = False  # also load the K neighbour images (LDLVA forward mode)
     epoch_indices: object = None  # callable epoch → row order of that epoch (a custom sampler)
     model_kwargs: dict = field(default_factory=dict)  # passed to the model constructor
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named recipe (``--preset NAME``): settings of the method's config dataclass (``method``), settings of
+    the run (``run``: fields of ``engine.config.RunConfig``) and, for a recipe that fine-tunes a pretrained
+    backbone, a description of the file it expects (``weights``: ``--weights`` must then be given).
+
+    It sits above the dataset's defaults and below what the user types (``engine/config.py:resolve``).
+    :meth:`check` holds every setting against the two dataclasses, so a misspelt field or a value of the
+    wrong type is an error naming the preset and the field, not a setting silently ignored.
+    """
+
+    method: Mapping[str, object] = field(default_factory=dict)
+    run: Mapping[str, object] = field(default_factory=dict)
+    weights: str = ""  # what --weights must name ("" = the recipe needs no pretrained file)
+
+    def __post_init__(self):
+        # Read-only views: a class attribute shared by every run must not be edited by one of them.
+        object.__setattr__(self, "method", MappingProxyType(dict(self.method)))
+        object.__setattr__(self, "run", MappingProxyType(dict(self.run)))
+
+    def check(self, name: str, config_cls, run_config_cls) -> None:
+        """Raise :class:`ConfigError` naming the preset and the field for a ``method`` key that is not a field
+        of ``config_cls`` or a ``run`` key not of ``run_config_cls``, a value of the wrong type, or method
+        settings that ``config_cls`` rejects (out of range). Values are used as written (nothing is coerced)."""
+        from common.config import check_values
+        from common.errors import ConfigError
+
+        where = f"--preset {name}"
+        for section, cls, values in (("method", config_cls, self.method), ("run", run_config_cls, self.run)):
+            known = {f.name for f in dataclasses.fields(cls)}
+            for key in values:
+                if key not in known:
+                    raise ConfigError(f"{where}: {section} setting '{key}' is not a field of {cls.__name__} "
+                                      f"(known: {', '.join(sorted(known))})")
+            check_values(cls, dict(values), f"{where}: {section}")
+        try:
+            config_cls(**self.method)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _unavailable(what: str):
@@ -111,7 +157,9 @@ class FERModel(keras.Model):
 
     method_name = "base"
     loss_names: tuple[str, ...] = ("ce",)  # trackers created for these keys of compute_losses
-    presets: dict = {}  # name → {"method": {setting: value}, "run": {RunConfig field: value}}
+    presets: dict = {}  # name → Preset (``--preset NAME``)
+    # predict_outputs keys the SavedModel serves beside probabilities and label (e.g. DDAF's ("va",)).
+    served_outputs: tuple[str, ...] = ()
     dataset_defaults: dict = {}  # dataset name → {setting: value}, below --preset and --set
 
     def __init__(self, backbone: keras.Model, num_classes: int, num_train_samples: int, config,
@@ -133,27 +181,37 @@ class FERModel(keras.Model):
         self.term_trackers = {name: keras.metrics.Mean(name=name) for name in self.loss_names}
 
     # --- inference -------------------------------------------------------------------------------
+    def head_outputs(self, features) -> dict:
+        """The heads on the pooled ``features`` (B, D) float32: ``logits`` (B, C) plus a method's extra heads.
+
+        The one place a method says what its network outputs beyond the backbone (SCN: α·z and α; DDAF: the
+        valence–arousal head, key ``va``). Training steps, :meth:`predict_outputs` (hence evaluation and the
+        SavedModel) and Grad-CAM all read it, so they cannot disagree. Heads have no training-mode behaviour.
+        """
+        return {"logits": self.classifier(features)}
+
     def embed(self, images, training=False):
         """images (B,S,S,3) → (features (B,D) float32, logits (B,C) float32)."""
         features = tf.cast(self.backbone(images, training=training), tf.float32)
-        return features, self.classifier(features)
+        return features, tf.cast(self.head_outputs(features)["logits"], tf.float32)
 
     def call(self, images, training=False):
         return self.embed(images, training=training)[1]
 
     def predict_outputs(self, images) -> dict:
-        """Inference outputs of a batch: ``logits`` and ``probabilities`` (float32), plus method extras.
+        """THE inference function: normalised images (B,S,S,3) → ``logits`` and ``probabilities`` (float32),
+        plus the extras of :meth:`head_outputs` (e.g. DDAF's ``va``).
 
-        What evaluation, the figures and the SavedModel read; a method that predicts more (e.g. DDAF's
-        valence–arousal head, key ``va``) adds it here.
+        Evaluation, the figures and the label audit run it, and ``engine/export.py`` traces this very
+        function into the SavedModel (serving the keys of :attr:`served_outputs` beside the probabilities),
+        so the served and the evaluated probabilities are one computation. A method whose extras need more
+        than the pooled features (RUL's uncertainty from its log-variance head) overrides it.
         """
-        logits = tf.cast(self(images, training=False), tf.float32)
-        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
-
-    def serving_heads(self, features) -> dict:
-        """Extra outputs of the SavedModel beside the class probabilities, from the pooled ``features``
-        (a symbolic tensor: use layers only), e.g. DDAF's ``{"va": va_head(features)}``."""
-        return {}
+        features = tf.cast(self.backbone(images, training=False), tf.float32)
+        outputs = dict(self.head_outputs(features))
+        logits = outputs["logits"] = tf.cast(outputs["logits"], tf.float32)
+        outputs["probabilities"] = tf.nn.softmax(logits, axis=-1)
+        return outputs
 
     def build_all(self, image_size: int) -> None:
         """Create every variable (model, method state, optimizer slots) so a checkpoint can be loaded.

@@ -82,7 +82,7 @@ from losses.ddaf import (
     gmm_mixed_labels,
     trimmed_class_stats,
 )
-from models.base import FERModel, MethodData
+from models.base import FERModel, MethodData, Preset
 from models.swa import SWACallback, SWAState, swa_start_epoch, update_batch_norm
 
 FUSE_TYPES = ("gmm", "euclidean")
@@ -127,24 +127,24 @@ class DDAFConfig:
 class DDAFModel(FERModel):
     method_name = "ddaf"
     loss_names = ("va", "ce", "cos")
+    served_outputs = ("va",)  # the SavedModel serves the VA head beside the class probabilities
     presets = {
         # The official code's optimisation (FER_C train_scale.py): Adam 2.5e-4 with coupled L2 1e-5, no LR
         # schedule, batch 256, 50 epochs, ResNet-18, and no SWA (it has none). α stays at the paper's 0.5.
         # (The paper reportedly halves the lr every 30 epochs; see the module docstring's table.)
-        "official": {
-            "method": {"l2_weight_decay": 1e-5, "swa": False},
-            "run": {"lr": 2.5e-4, "batch_size": 256, "epochs": 50, "lr_schedule": "constant",
-                    "backbone": "resnet18", "image_size": 224},
-            "weights": "ImageNet ResNet-18 (torchvision's resnet18-f37072fd.pth)",
-        },
+        "official": Preset(
+            method={"l2_weight_decay": 1e-5, "swa": False},
+            run={"lr": 2.5e-4, "batch_size": 256, "epochs": 50, "lr_schedule": "constant",
+                 "backbone": "resnet18", "image_size": 224},
+            weights="ImageNet ResNet-18 (torchvision's resnet18-f37072fd.pth)",
+        ),
         # The paper's own schedule: lr 2.5e-4 halved every 30 epochs, batch 256, 50 epochs, SWA (α = 0.5).
         # Its colour-jitter/affine augmentation is not reproduced (the toolkit's flip + pad-crop is used).
-        "paper": {
-            "method": {},
-            "run": {"lr": 2.5e-4, "batch_size": 256, "epochs": 50, "lr_schedule": "step", "lr_steps": (30,),
-                    "lr_decay": 0.5, "backbone": "resnet18", "image_size": 224},
-            "weights": "ImageNet ResNet-18 (torchvision's resnet18-f37072fd.pth)",
-        },
+        "paper": Preset(
+            run={"lr": 2.5e-4, "batch_size": 256, "epochs": 50, "lr_schedule": "step", "lr_steps": (30,),
+                 "lr_decay": 0.5, "backbone": "resnet18", "image_size": 224},
+            weights="ImageNet ResNet-18 (torchvision's resnet18-f37072fd.pth)",
+        ),
     }
 
     def __init__(self, backbone, num_classes, num_train_samples, config: DDAFConfig, steps_per_epoch=1,
@@ -205,8 +205,9 @@ class DDAFModel(FERModel):
 
     def compute_losses(self, batch, watched, training=True):
         cfg: DDAFConfig = self.config
-        features, logits = self.embed(batch["image"], training=training)
-        pred_va = self.va_head(features)
+        features = tf.cast(self.backbone(batch["image"], training=training), tf.float32)
+        heads = self.head_outputs(features)
+        logits, pred_va = heads["logits"], heads["va"]
         targets = fuse_labels(batch["label"], self.mixed_labels(batch), cfg.alpha)
         # Softmax in float32 (logits are float32 already); the CE/cosine terms take probabilities.
         probs = tf.nn.softmax(logits, axis=-1)
@@ -253,13 +254,8 @@ class DDAFModel(FERModel):
         context.log(f"SWA: averaged {state.num_snapshots} epoch-end weights; BN statistics from {batches} batches")
         context.save_checkpoint({"swa_applied": True})
 
-    # --- inference -----------------------------------------------------------------------------------
-    def serving_heads(self, features) -> dict:
-        """The SavedModel also serves the VA head's (valence, arousal), key ``va`` (B, 2) in [-1, 1]."""
-        return {"va": self.va_head(features)}
-
-    def predict_outputs(self, images) -> dict:
-        """Class probabilities and the VA head's (valence, arousal) prediction, key ``va``."""
-        features, logits = self.embed(images, training=False)
-        logits = tf.cast(logits, tf.float32)
-        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1), "va": self.va_head(features)}
+    # --- heads ---------------------------------------------------------------------------------------
+    def head_outputs(self, features) -> dict:
+        """The class logits and the VA head's (valence, arousal), key ``va`` (B, 2) in [-1, 1]: trained together,
+        evaluated (VA metrics) and served by the SavedModel (:attr:`served_outputs`)."""
+        return {"logits": self.classifier(features), "va": self.va_head(features)}

@@ -86,7 +86,7 @@ import tensorflow as tf
 from common.errors import ConfigError
 from losses.eac import CAM_NORMS, LAMBDA, attention_consistency, attention_maps
 from models.backbones import stage_models
-from models.base import FERModel, MethodData
+from models.base import FERModel, MethodData, Preset
 
 VIEWS_FORWARD = ("separate", "joint")
 MSCELEB_R18 = ("MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, "
@@ -171,13 +171,13 @@ class EACConfig:
             raise ConfigError(f"eac lam and l2_weight_decay must be >= 0, got {self.lam}, {self.l2_weight_decay}")
 
 
-def _official(lr: float, backbone: str, weights: str) -> dict:
+def _official(lr: float, backbone: str, weights: str) -> Preset:
     """The official recipe (src/main.py): Adam + coupled L2 1e-4, ExponentialLR 0.9 per epoch, batch 32,
     60 epochs, 224 px (RAF's 100-px crops upsampled, no crop augmentation), erasing in the model."""
-    return {"method": {"l2_weight_decay": 1e-4, "erasing": 0.5},
-            "run": {"optimizer": "adam", "lr": lr, "lr_schedule": "exponential", "lr_decay": 0.9, "epochs": 60,
-                    "batch_size": 32, "backbone": backbone, "image_size": 224, "pad": 0, "random_erasing": 0.0},
-            "weights": weights}
+    return Preset(method={"l2_weight_decay": 1e-4, "erasing": 0.5},
+                  run={"optimizer": "adam", "lr": lr, "lr_schedule": "exponential", "lr_decay": 0.9, "epochs": 60,
+                       "batch_size": 32, "backbone": backbone, "image_size": 224, "pad": 0, "random_erasing": 0.0},
+                  weights=weights)
 
 
 class EACModel(FERModel):
@@ -192,7 +192,7 @@ class EACModel(FERModel):
                                   "the VGGFace2 resnet50_ft weights (MS-Celeb-1M, then VGGFace2 fine-tuning; "
                                   "Caffe layout as resnet50_keras) as a Keras .weights.h5 for resnet50_keras"),
         # The paper's pipeline figure: both views share the mirrored erasing.
-        "paper": {"method": {"independent_erasing": False}, "run": {}},
+        "paper": Preset(method={"independent_erasing": False}),
     }
 
     def __init__(self, backbone, num_classes, num_train_samples, config: EACConfig, steps_per_epoch=1,

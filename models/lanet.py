@@ -106,7 +106,7 @@ from losses.lanet import (HEATMAP_SCALES, balanced_sampler_counts, coordinate_re
                           kl_divergence_batchmean, knn_adjacency, landmark_heatmap_loss, neighbor_label_agreement,
                           normalize_contributions)
 from models.backbones import stage_models
-from models.base import FERModel, MethodData
+from models.base import FERModel, MethodData, Preset
 
 LANDMARK_LOSSES = ("awing", "heatmap_mse", "paper_coords")
 # Older runs recorded the unweighted heatmap MSE as "mse" (then called the paper's loss, which it is not).
@@ -293,11 +293,11 @@ class LANetModel(FERModel):
     presets = {
         # The release's recipe (RAF-DB, ResNet-18; pass --weights for an MS-Celeb backbone). The release
         # uses 19 HRNet landmarks: set --set num_landmarks=19 when the table has them.
-        "official": {"run": {"backbone": "resnet18", "image_size": 224, "batch_size": 128, "epochs": 80, "lr": 1e-3,
-                             "optimizer": "adam", "lr_schedule": "linear", "random_erasing": 0.2}, "method": {},
-                     "weights": "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)"},
+        "official": Preset(run={"backbone": "resnet18", "image_size": 224, "batch_size": 128, "epochs": 80, "lr": 1e-3,
+                                "optimizer": "adam", "lr_schedule": "linear", "random_erasing": 0.2},
+                           weights="MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)"),
         # The paper's landmark loss (FC coordinate regression, MSE) instead of the release's heatmap Adaptive Wing.
-        "paper": {"run": {}, "method": {"landmark_loss": "paper_coords"}},
+        "paper": Preset(method={"landmark_loss": "paper_coords"}),
     }
 
     def __init__(self, backbone, num_classes, num_train_samples, config: LANetConfig, steps_per_epoch=1,

@@ -83,7 +83,7 @@ from losses.common import onehot
 from losses.ldlva import (balanced_class_weights, center_push, discriminative_loss, neighbor_distribution,
                           release_center_attraction, release_center_loss, release_center_repulsion,
                           soft_cross_entropy, target_distribution, va_similarity, wen_center_update)
-from models.base import FERModel, MethodData
+from models.base import FERModel, MethodData, Preset
 
 
 @dataclass(frozen=True)
@@ -181,11 +181,11 @@ MSCELEB_R18 = "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_m
 MSCELEB_R50 = "a face-pretrained ResNet-50 (.pth in torchvision layout, MS-Celeb-1M or VGGFace2)"
 
 
-def _release_preset(run: dict, weights: str, **method) -> dict:
+def _release_preset(run: dict, weights: str, **method) -> Preset:
     """A release config: its method switches plus the run-level (RunConfig) settings (``cfg_files/config_*.py``)."""
     base_run = dict(lr_schedule="step", lr_decay=0.1, epochs=60, batch_size=32, random_erasing=0.5, optimizer="adam")
-    return {"method": dict(variant="release", neighbor_source="forward", **method), "run": {**base_run, **run},
-            "weights": weights}
+    return Preset(method=dict(variant="release", neighbor_source="forward", **method), run={**base_run, **run},
+                  weights=weights)
 
 
 def training_neighbor_table(train_table, k: int, log=print) -> np.ndarray:

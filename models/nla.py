@@ -64,7 +64,7 @@ from common.errors import ConfigError
 from losses.eac import attention_consistency, attention_maps
 from losses.nla import covariance_schedule, jsd_consistency, l1_consistency, naw_cross_entropy
 from models.backbones import stage_models
-from models.base import FERModel
+from models.base import FERModel, Preset
 
 JSD_MODES = ("official", "textbook", "official_mean")
 CONSISTENCIES = ("jsd", "l1", "cam", "none")
@@ -105,12 +105,12 @@ class NLAModel(FERModel):
     presets = {
         # The official optimisation (main_rafdb.py): Adam 1e-4 + coupled L2 1e-4, ExponentialLR γ = 0.9
         # per epoch, batch 32, 60 epochs, ResNet-18 at 224 px.
-        "official": {
-            "method": {"l2_weight_decay": 1e-4},
-            "run": {"lr": 1e-4, "batch_size": 32, "epochs": 60, "lr_schedule": "exponential", "lr_decay": 0.9,
-                    "backbone": "resnet18", "image_size": 224, "random_erasing": 0.5},
-            "weights": "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)",
-        },
+        "official": Preset(
+            method={"l2_weight_decay": 1e-4},
+            run={"lr": 1e-4, "batch_size": 32, "epochs": 60, "lr_schedule": "exponential", "lr_decay": 0.9,
+                 "backbone": "resnet18", "image_size": 224, "random_erasing": 0.5},
+            weights="MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)",
+        ),
     }
 
     def __init__(self, backbone, num_classes, num_train_samples, config: NLAConfig, **kwargs):

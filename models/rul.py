@@ -14,10 +14,11 @@ feature-level mixup with a random partner π(i) of the batch, w_i = u_i/(u_i + u
 image gets the larger share), x̃_i = w_i·μ_i + (1 − w_i)·μ_π(i), and the **add-up loss**
 ½·CE(fc(x̃_i), y_i) + ½·CE(fc(x̃_i), y_π(i)) asks the classifier to find both labels in the mix.
 
-Inference is fc(μ) (BN in inference mode, no dropout). This model's ``backbone`` is therefore the
-functional network image → μ (the given backbone's layers up to the last stage map, then the μ head), so
-``embed``/``call``, the SavedModel export (``classifier(backbone(x))``), Grad-CAM and feature figures all
-serve fc(μ) with no special case; ``feature_map`` (image → F) and the two heads are its parts.
+Inference is fc(μ) (BN in inference mode, no dropout). This model's ``backbone`` is the functional network
+image → μ (the given backbone's layers up to the last stage map, then the μ head): its pooled feature is μ,
+so ``embed`` (feature figures, the label audit) and Grad-CAM see μ and fc(μ) as for any method;
+``feature_map`` (image → F) and the two heads are its parts. :meth:`RULModel.predict_outputs` (evaluation
+and the SavedModel) adds each image's uncertainty from the log-variance head of the same pass.
 
 Randomness is stateless and resume-exact: the permutation π and both dropout masks are drawn from seeds
 that are a pure function of (run seed, optimizer step, the batch's row indices) — see :func:`models.base.step_seed` —
@@ -78,7 +79,7 @@ from common.errors import ConfigError, DataError
 from losses.rul import ADD_UP_WEIGHT, DROPOUT, FEATURE_DIM, add_up_loss, uncertainty_from_logvar, uncertainty_mix
 from losses.scn import MARGIN_2, RELABEL_EPOCH, relabel, relabel_active
 from models.backbones import stage_models
-from models.base import FERModel, MethodData
+from models.base import FERModel, MethodData, Preset
 
 
 def torch_linear_kernel():
@@ -210,14 +211,14 @@ class RULModel(FERModel):
         # 10, the default), coupled L2 1e-4 on both groups, ExponentialLR 0.9 per epoch, batch 64, 60 epochs
         # (the paper: 70), MS-Celeb ResNet-18 at 224 px (RAF's 100-px crops upsampled, no crop augmentation),
         # RandomErasing p 0.5.
-        "official": {
-            "method": {"l2_weight_decay": 1e-4, "fc_lr_multiplier": 10.0},
-            "run": {"optimizer": "adam", "lr": 2e-4, "lr_schedule": "exponential", "lr_decay": 0.9, "epochs": 60,
-                    "batch_size": 64, "backbone": "resnet18", "image_size": 224, "pad": 0, "random_erasing": 0.5},
-            "weights": "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)",
-        },
+        "official": Preset(
+            method={"l2_weight_decay": 1e-4, "fc_lr_multiplier": 10.0},
+            run={"optimizer": "adam", "lr": 2e-4, "lr_schedule": "exponential", "lr_decay": 0.9, "epochs": 60,
+                 "batch_size": 64, "backbone": "resnet18", "image_size": 224, "pad": 0, "random_erasing": 0.5},
+            weights="MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)",
+        ),
         # The authors' synthetic-noise runs: SCN's relabel module added (settings unpublished: SCN's here).
-        "noisy": {"method": {"relabel": True}, "run": {}},
+        "noisy": Preset(method={"relabel": True}),
     }
 
     def __init__(self, backbone, num_classes, num_train_samples, config: RULConfig, steps_per_epoch=1,
@@ -282,11 +283,14 @@ class RULModel(FERModel):
         return tf.argsort(keys, stable=True)
 
     def predict_outputs(self, images) -> dict:
-        """fc(μ) probabilities plus each image's uncertainty u (inference-mode logvar head), key ``uncertainty``."""
+        """fc(μ) logits and probabilities (:meth:`head_outputs` of μ, as the base class) plus each image's
+        uncertainty u, key ``uncertainty``, from the log-variance head on the same conv map (which μ alone
+        does not give; one backbone pass for both)."""
         mu, logvar = self.heads(images, training=False)
-        logits = tf.cast(self.classifier(mu), tf.float32)
-        return {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1),
-                "uncertainty": uncertainty_from_logvar(logvar)}
+        outputs = dict(self.head_outputs(mu))
+        logits = outputs["logits"] = tf.cast(outputs["logits"], tf.float32)
+        outputs.update(probabilities=tf.nn.softmax(logits, axis=-1), uncertainty=uncertainty_from_logvar(logvar))
+        return outputs
 
     # --- losses --------------------------------------------------------------------------------------
     def compute_losses(self, batch, watched, training=True):

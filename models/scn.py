@@ -9,10 +9,10 @@ text was not checked here); the maths and its paper-vs-code table are in :mod:`l
 
 Per image, with the pooled backbone feature h:
 
-* an **importance branch** α = σ(w_aᵀh + b_a) ∈ (0, 1) (``Dense(1)`` + sigmoid on h) and the classifier
-  z = W h + b; the network's logits are **s = α·z** (α scales the bias too). Both live in one output layer,
-  :class:`ImportanceWeightedClassifier`, which *is* ``self.classifier``: inference, the SavedModel
-  (``classifier(backbone(x))``) and Grad-CAM all see s, as the official ``forward`` returns it;
+* an **importance branch** α = σ(w_aᵀh + b_a) ∈ (0, 1) (``Dense(1)`` + sigmoid on h, ``self.importance``)
+  and the classifier z = W h + b (``self.classifier``); the network's logits are **s = α·z** (α scales the
+  bias too), :meth:`SCNModel.head_outputs`, so training, evaluation, the SavedModel and Grad-CAM all see s,
+  as the official ``forward`` returns it;
 * **logit-weighted CE** on the sample's *current* label ỹ (relabelled or given), L_WCE = mean CE(α·z, ỹ);
 * **rank regularisation** L_RR = max(0, δ₁ − (ᾱ_H − ᾱ_L)), H the ⌊β·B⌋ largest α of the batch;
 * **relabelling** from the 1-based epoch ``relabel_epoch`` on: ỹ ← argmax p where max p − p[ỹ] > δ₂,
@@ -71,7 +71,7 @@ from keras import layers
 from common.errors import ConfigError, DataError
 from losses.scn import (BETA, MARGIN_1, MARGIN_2, RELABEL_EPOCH, low_importance_mask, rank_regularization,
                         relabel, relabel_active, relabel_probabilities, weighted_cross_entropy, weighted_logits)
-from models.base import FERModel, MethodData
+from models.base import FERModel, MethodData, Preset
 
 RELABEL_SCOPES = ("batch", "low_importance")
 
@@ -123,35 +123,6 @@ class SCNConfig:
             raise ConfigError("scn wce_weight, rr_weight and l2_weight_decay must be >= 0")
 
 
-class ImportanceWeightedClassifier(layers.Layer):
-    """SCN's output layer on the pooled feature h: s = α(h)·z(h), α = σ(Dense(1)(h)), z = ``fc(h)``.
-
-    ``fc`` is the base model's linear classifier (kept, with its initialisation); the importance branch has
-    PyTorch's default Linear kernel initialisation (the official ``nn.Linear(512, 1)``). Float32 always.
-    """
-
-    def __init__(self, fc: layers.Dense, **kwargs):
-        super().__init__(dtype="float32", **kwargs)
-        self.fc = fc
-        self.importance = layers.Dense(1, dtype="float32", kernel_initializer=torch_linear_kernel(), name="importance")
-
-    def build(self, input_shape):
-        self.fc.build(input_shape)
-        self.importance.build(input_shape)
-
-    def parts(self, features):
-        """``(B, D)`` → importance α ``(B, 1)`` in (0, 1) and the unweighted logits z ``(B, C)``."""
-        features = tf.cast(features, tf.float32)
-        return tf.sigmoid(self.importance(features)), self.fc(features)
-
-    def call(self, features):
-        alpha, logits = self.parts(features)
-        return weighted_logits(alpha, logits)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.fc.units)
-
-
 class SCNModel(FERModel):
     method_name = "scn"
     loss_names = ("wce", "rr")
@@ -159,25 +130,26 @@ class SCNModel(FERModel):
         # The official optimisation (src/train.py): Adam with PyTorch's default lr 1e-3 + coupled L2 1e-4,
         # ExponentialLR 0.9 per epoch, batch 64, 70 epochs, ResNet-18 at 224 px (RAF's 100-px crops upsampled,
         # no crop augmentation), RandomErasing p 0.5.
-        "official": {
-            "method": {"l2_weight_decay": 1e-4},
-            "run": {"optimizer": "adam", "lr": 1e-3, "lr_schedule": "exponential", "lr_decay": 0.9, "epochs": 70,
-                    "batch_size": 64, "backbone": "resnet18", "image_size": 224, "pad": 0, "random_erasing": 0.5},
-            "weights": "a face-pretrained ResNet-18 (.pth in torchvision layout): the paper's MS-Celeb-1M "
-                       "ijba_res18_naive.pth.tar (keys with the 'module.' prefix stripped), or the "
-                       "resnet18_msceleb.pth that RUL, EAC, LA-Net and NLA start from; the official script "
-                       "actually trains from ImageNet weights (its MS-Celeb loader matches no key)",
-        },
+        "official": Preset(
+            method={"l2_weight_decay": 1e-4},
+            run={"optimizer": "adam", "lr": 1e-3, "lr_schedule": "exponential", "lr_decay": 0.9, "epochs": 70,
+                 "batch_size": 64, "backbone": "resnet18", "image_size": 224, "pad": 0, "random_erasing": 0.5},
+            weights="a face-pretrained ResNet-18 (.pth in torchvision layout): the paper's MS-Celeb-1M "
+                    "ijba_res18_naive.pth.tar (keys with the 'module.' prefix stripped), or the "
+                    "resnet18_msceleb.pth that RUL, EAC, LA-Net and NLA start from; the official script "
+                    "actually trains from ImageNet weights (its MS-Celeb loader matches no key)",
+        ),
         # The paper's relabel rule: only the low-importance group may be relabelled.
-        "paper": {"method": {"relabel_scope": "low_importance"}, "run": {}},
+        "paper": Preset(method={"relabel_scope": "low_importance"}),
     }
 
     def __init__(self, backbone, num_classes, num_train_samples, config: SCNConfig, steps_per_epoch=1,
                  total_epochs=1, train_labels=None, **kwargs):
         super().__init__(backbone, num_classes, num_train_samples, config, steps_per_epoch, total_epochs, **kwargs)
         n = self.num_train_samples
-        # === Layers: the base classifier becomes z inside the α-weighted output layer ===
-        self.classifier = ImportanceWeightedClassifier(self.classifier, name="importance_weighted_classifier")
+        # === Layers: the base classifier gives z; the importance branch, PyTorch's default Linear kernel
+        # initialisation (the official nn.Linear(512, 1)), gives α. Float32 always. ===
+        self.importance = layers.Dense(1, dtype="float32", kernel_initializer=torch_linear_kernel(), name="importance")
         self.importance_tracker = keras.metrics.Mean(name="alpha")  # mean α of the batches
         self.relabel_tracker = keras.metrics.Sum(name="relabeled")  # labels changed per epoch
         # === Per-sample state (checkpointed) ===
@@ -211,13 +183,17 @@ class SCNModel(FERModel):
             return tf.constant(False)
         return relabel_active(self.current_epoch(), self.config.relabel_epoch)
 
-    def predict_outputs(self, images) -> dict:
-        """softmax(α·z) (the official test-time output; argmax α·z = argmax z) plus each image's α, key
-        ``importance``."""
-        features = tf.cast(self.backbone(images, training=False), tf.float32)
-        alpha, logits = self.classifier.parts(features)
-        scaled = weighted_logits(alpha, logits)
-        return {"logits": scaled, "probabilities": tf.nn.softmax(scaled, axis=-1), "importance": alpha[:, 0]}
+    # --- heads -------------------------------------------------------------------------------------
+    def importance_and_logits(self, features):
+        """Pooled ``features`` (B, D) → importance α (B, 1) in (0, 1) and the unweighted logits z (B, C)."""
+        features = tf.cast(features, tf.float32)
+        return tf.sigmoid(self.importance(features)), self.classifier(features)
+
+    def head_outputs(self, features) -> dict:
+        """The logits s = α·z (the official test-time output: probabilities softmax(α·z), argmax α·z = argmax z)
+        and each image's α, key ``importance``."""
+        alpha, logits = self.importance_and_logits(features)
+        return {"logits": weighted_logits(alpha, logits), "importance": alpha[:, 0]}
 
     # --- losses --------------------------------------------------------------------------------------
     def loss_weight(self, name: str) -> float:
@@ -227,7 +203,7 @@ class SCNModel(FERModel):
         cfg: SCNConfig = self.config
         index = batch["index"]
         features = tf.cast(self.backbone(batch["image"], training=training), tf.float32)
-        alpha, logits = self.classifier.parts(features)  # (B, 1), (B, C)
+        alpha, logits = self.importance_and_logits(features)  # (B, 1), (B, C)
         labels = tf.gather(self.current_labels, index)  # ỹ: current labels, not the batch's given ones
         losses = {
             "wce": weighted_cross_entropy(alpha, logits, labels),
@@ -258,6 +234,33 @@ class SCNModel(FERModel):
     @property
     def metrics(self):
         return [*super().metrics, self.importance_tracker, self.relabel_tracker]
+
+    # --- checkpoints written before the heads were split ------------------------------------------------
+    def load_weights(self, filepath, *args, **kwargs):
+        """Keras ``load_weights``, also for a checkpoint written while z and α were one layer (``classifier``
+        holding ``fc`` and ``importance``; before issue 32): the same variables, in the same order, under
+        other group names, read through a copy with today's names."""
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        import h5py
+
+        filepath = str(filepath)
+        with h5py.File(filepath, "r") as weights:
+            legacy = "classifier/fc/vars" in weights and "importance" not in weights
+        if not legacy:
+            return super().load_weights(filepath, *args, **kwargs)
+        with tempfile.TemporaryDirectory() as folder:
+            renamed = str(Path(folder) / Path(filepath).name)
+            shutil.copyfile(filepath, renamed)
+            with h5py.File(renamed, "r+") as weights:
+                weights.move("classifier/importance", "importance")
+                if "classifier/vars" in weights:  # the wrapper's own (empty) group
+                    del weights["classifier/vars"]
+                weights.move("classifier/fc/vars", "classifier/vars")
+                del weights["classifier/fc"]
+            return super().load_weights(renamed, *args, **kwargs)
 
     # --- final metrics -------------------------------------------------------------------------------
     def final_metrics(self, context) -> dict:

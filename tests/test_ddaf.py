@@ -206,7 +206,7 @@ def test_run_swa_mean_metrics_export_and_reload(trained_run):
     outputs = served(images=tf.constant(uint8))
     np.testing.assert_allclose(outputs["probabilities"].numpy(), tf.nn.softmax(rebuilt.model(images[:4])).numpy(),
                                atol=1e-4)
-    # ... and the VA head's valence/arousal (model.serving_heads), which predict.py logs per video frame.
+    # ... and the VA head's valence/arousal (a served output, DDAFModel.served_outputs), which predict.py logs per video frame.
     np.testing.assert_allclose(outputs["va"].numpy(), manual[:4], atol=1e-4)
 
 

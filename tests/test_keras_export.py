@@ -85,14 +85,16 @@ def test_litert_export_refuses_tensorflow_ops_a_phone_cannot_run():
     from common.errors import ConfigError
     from engine.deploy import convert
     from engine.export import FERServingModel
+    from models.ce import CEConfig, CEModel
 
     class Erf(keras.layers.Layer):  # no builtin LiteRT kernel; TensorFlow's Flex delegate has one
         def call(self, x):
             return tf.math.erf(x)
 
     inputs = keras.Input((8, 8, 3))
-    network = keras.Model(inputs, [keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(Erf()(inputs)))])
-    serving = FERServingModel(network, 8)
+    model = CEModel(keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(Erf()(inputs))), 3, 1, CEConfig())
+    model(tf.zeros([1, 8, 8, 3]))
+    serving = FERServingModel(model, 8)
     serving(tf.zeros([1, 8, 8, 3], tf.uint8))
     with pytest.raises(ConfigError, match="tflite export failed"):
         convert(serving, "tflite")

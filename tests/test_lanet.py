@@ -94,8 +94,8 @@ def test_inference_path_is_a_plain_backbone(built):
     ce(tf.zeros((1, 24, 24, 3)))
     assert model.backbone.count_params() + model.classifier.count_params() == \
         ce.backbone.count_params() + ce.classifier.count_params()
-    lanet_net = FERServingModule(model, 24, trainer.spec.class_names).network
-    ce_net = FERServingModule(ce, 24, trainer.spec.class_names).network
+    lanet_net = FERServingModule(model, 24, trainer.spec.class_names).serving_model
+    ce_net = FERServingModule(ce, 24, trainer.spec.class_names).serving_model
     assert lanet_net.count_params() == ce_net.count_params()
     assert not any("landmark" in w.path or "lm_" in w.path for w in lanet_net.weights)
     # The training forward's expression path is the inference path.

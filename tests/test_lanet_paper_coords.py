@@ -92,7 +92,7 @@ def test_config_names_presets_and_rejection():
     from models.lanet import LANetConfig, LANetModel
 
     assert LANetConfig().landmark_loss == "awing"  # the release's default
-    assert LANetModel.presets["paper"]["method"] == {"landmark_loss": "paper_coords"}
+    assert LANetModel.presets["paper"].method == {"landmark_loss": "paper_coords"}
     assert LANetConfig(landmark_loss="mse").landmark_loss == "heatmap_mse"  # older runs' name, read as what it is
     for bad in ("coords", "paper", "l2"):
         with pytest.raises(ConfigError, match="landmark_loss must be one of awing, heatmap_mse, paper_coords"):

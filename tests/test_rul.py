@@ -119,7 +119,7 @@ def test_inference_is_fc_of_mu_and_the_export_path_serves_it(built):
     expected = model.classifier(tf.cast(mu, tf.float32)).numpy()
     np.testing.assert_allclose(model(images, training=False).numpy(), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.predict_outputs(images)["logits"].numpy(), expected, rtol=1e-5, atol=1e-6)
-    # engine/export.py serves classifier(backbone(x)): the backbone is the image → μ network.
+    # The backbone is the image → μ network (embed's features and Grad-CAM see μ).
     np.testing.assert_allclose(model.backbone(images, training=False).numpy(), mu.numpy(), rtol=1e-5, atol=1e-6)
     assert model.backbone.output_shape[-1] == model.config.feature_dim
     # Inference is deterministic (no dropout).

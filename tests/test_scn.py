@@ -21,7 +21,7 @@ def built(tiny_dataset, tmp_path_factory):
 
 def _parts(model, images, training):
     features = tf.cast(model.backbone(images, training=training), tf.float32)
-    return model.classifier.parts(features)
+    return model.importance_and_logits(features)
 
 
 def test_loss_terms_are_the_losses_functions_on_the_current_labels(built):
@@ -60,7 +60,7 @@ def test_loss_terms_are_the_losses_functions_on_the_current_labels(built):
 def test_rank_regularisation_is_active_when_the_groups_are_close(built):
     """A batch whose α are all equal has ᾱ_H − ᾱ_L = 0, so L_RR = δ₁."""
     _, model, batches = built
-    head = model.classifier.importance
+    head = model.importance
     saved = [w.numpy().copy() for w in head.weights]
     try:
         head.kernel.assign(np.zeros_like(saved[0]))
@@ -109,7 +109,7 @@ def test_relabelling_changes_exactly_the_rows_past_the_margin_from_the_configure
     try:
         # Sharpen the classifier, then pick δ₂ between the eligible rows' gaps max p − p[ỹ], so that some
         # eligible rows with a positive gap clear it and some do not.
-        fc = model.classifier.fc
+        fc = model.classifier
         fc.kernel.assign(fc.kernel * 5.0)
         eligible_gaps = _eligible_gaps(model, batch, scope)
         candidates = np.unique(eligible_gaps[eligible_gaps > 1e-4])
@@ -154,7 +154,7 @@ def test_relabel_off_never_changes_labels(built):
     weights = [w.numpy().copy() for w in model.weights]
     try:
         with_config(model, relabel=False, margin_2=0.0)
-        model.classifier.fc.kernel.assign(model.classifier.fc.kernel * 20.0)
+        model.classifier.kernel.assign(model.classifier.kernel * 20.0)
         model.optimizer.iterations.assign(100 * model.steps_per_epoch)
         before = model.current_labels.numpy().copy()
         model.train_step(batches[0])
