@@ -629,7 +629,7 @@ def run_grid(args, log=print) -> int:
                           results_markdown(args, rows, methods, columns, failed, stale, settings))
 
     for index, (cell, cfg) in enumerate(cells, 1):
-        trained = None
+        just_trained = None  # (run, model) of a cell trained in this invocation
         finished = (cell.run_dir / "metrics.json").is_file()
         try:
             if finished:
@@ -652,18 +652,18 @@ def run_grid(args, log=print) -> int:
                 tags = {"fer.benchmark": str(out), "fer.protocol": args.protocol, "fer.cell": cell.name,
                         "fer.method": cell.method, "fer.level": cell.level, "fer.seed": str(cell.seed)}
                 source = getattr(args, "config_source", None)
-                trained = train_cell(cfg, cell.run_dir, args.lock, log, tags=tags,
+                just_trained = train_cell(cfg, cell.run_dir, args.lock, log, tags=tags,
                                      record_extras={"replayed_from": source.provenance()} if source else None)
                 trained += 1
             report = json.loads((cell.run_dir / "metrics.json").read_text())
             seconds = cell_seconds(cell.run_dir)
             if args.protocol == "inconsistent":
-                with cpu_lock(args.lock if trained is None else None):
-                    per_source = evaluate_sources(cell, trained, tests, log)
+                with cpu_lock(args.lock if just_trained is None else None):
+                    per_source = evaluate_sources(cell, just_trained, tests, log)
                 rows += [csv_row(cell, rep, seconds, level=name) for name, rep in per_source.items()]
             else:
                 rows.append(csv_row(cell, report, seconds))
-                if trained is not None:
+                if just_trained is not None:
                     row = rows[-1]
                     log(f"  accuracy {100 * row['accuracy']:.2f}%, mean class accuracy "
                         f"{100 * row['mean_class_accuracy']:.2f}% ({row['seconds']:.0f} s)")
@@ -678,7 +678,7 @@ def run_grid(args, log=print) -> int:
                 cell.run_dir.mkdir(parents=True, exist_ok=True)
                 (cell.run_dir / ERROR_FILE).write_text(traceback.format_exc())
         finally:
-            del trained
+            del just_trained
         write_tables()
     write_tables()
     pending = sum(1 for c, _ in cells if not (c.run_dir / "metrics.json").is_file()) - len(failed)

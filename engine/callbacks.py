@@ -87,6 +87,11 @@ class EpochTimer(keras.callbacks.Callback):
     """Adds ``epoch_seconds`` and ``step_seconds`` (the train steps alone, data fetch included) to the epoch
     logs, so the CSV log records throughput and the per-epoch overhead outside the model step."""
 
+    def __init__(self):
+        super().__init__()
+        self._start = self._step_start = 0.0  # perf_counter() at the epoch's and the step's start
+        self._steps = 0.0  # seconds in train steps so far this epoch
+
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self._steps = 0.0

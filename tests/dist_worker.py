@@ -6,7 +6,7 @@
         same global batch, and writes ``equality.json``: max |Δ| of every variable group and the losses.
     python tests/dist_worker.py multiworker --data DIR --out DIR --method M
         One worker of a MultiWorkerMirroredStrategy run configured by TF_CONFIG; runs the whole
-        ``Trainer.train`` and writes ``result-<task index>.json``.
+        ``engine.fit.train`` and writes ``result-<task index>.json``.
 
 The equality runs use a backbone without BatchNorm: under MirroredStrategy each replica normalises
 over its own half of the batch (Keras BatchNormalization is not synchronised by default), which is a
@@ -85,25 +85,25 @@ def state_model_class():
 def train_once(label, strategy, data_dir, out_dir, epochs, batch_size):
     import keras
 
+    from engine.fit import train
+    from engine.run import Run
     from helpers import tiny_run_config
-    from engine.run import Trainer
 
-    # Several mirrored Trainers run in this one process: engine.run.make_strategy gives each strategy its
+    # Several mirrored runs train in this one process: engine.setup.make_strategy gives each strategy its
     # own collective key range (without it the second run aborts with a collective type mismatch).
     method, overrides = SETUPS[label]
     cfg = tiny_run_config(data_dir, Path(out_dir) / f"{label}-{strategy}", method=method, strategy=strategy,
                           epochs=epochs, batch_size=batch_size, optimizer="sgd", lr=0.05,
-                          method_overrides=dict(overrides))
-    trainer = Trainer(cfg, log=lambda *a, **k: None)
+                          set=dict(overrides))
+    run = Run(cfg, log=lambda *a, **k: None)
     if label == "state":
-        trainer.model_cls = state_model_class()
-    trainer.train()
-    model = trainer.model
+        run.model_cls = state_model_class()
+    model = train(run).model
     groups = {"trainable": [v for v in model.trainable_variables],
               "state": [v for v in model.non_trainable_variables if "backbone" not in v.path]}
     values = {name: [keras.ops.convert_to_numpy(v) for v in vs] for name, vs in groups.items()}
     names = {name: [v.path for v in vs] for name, vs in groups.items()}
-    log = (Path(cfg.out) / "log.csv").read_text().splitlines()
+    log = (Path(cfg.run) / "log.csv").read_text().splitlines()
     return values, names, log, model
 
 
@@ -130,7 +130,7 @@ def run_equality(args) -> int:
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
     import models.backbones
 
-    models.backbones.build_backbone = bn_free_backbone  # Trainer.build looks it up at call time
+    models.backbones.build_backbone = bn_free_backbone  # engine.build.build_model looks it up at call time
     from models.registry import get_method
 
     results = {}
@@ -161,28 +161,29 @@ def run_equality(args) -> int:
 def run_multiworker(args) -> int:
     import numpy as np
 
+    from engine.fit import train
+    from engine.run import Run
     from helpers import tiny_run_config
-    from engine.run import Trainer
 
     task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
     method, overrides = SETUPS[args.method]
     cfg = tiny_run_config(args.data, Path(args.out) / f"worker-{task}", method=method, strategy="multiworker",
-                          epochs=args.epochs, batch_size=args.batch, method_overrides=dict(overrides))
-    trainer = Trainer(cfg, log=lambda *a, **k: None)
+                          epochs=args.epochs, batch_size=args.batch, set=dict(overrides))
+    run = Run(cfg, log=lambda *a, **k: None)
     if args.method == "state":
-        trainer.model_cls = state_model_class()
-    report = trainer.train()
-    model = trainer.model
+        run.model_cls = state_model_class()
+    trained = train(run)
+    report, model = trained.report, trained.model
     checksum = float(sum(np.sum(np.abs(np.asarray(v.numpy(), np.float64))) for v in model.trainable_variables))
     # BatchNorm moving statistics are left out: Keras BatchNormalization is not synchronised across
     # replicas (each worker averages its own half of the batch), and the backbone's layers have paths
     # like "stem_bn/moving_mean" without "backbone" in them.
     state = {v.path: float(np.sum(np.asarray(v.numpy(), np.float64))) for v in model.non_trainable_variables
              if "backbone" not in v.path and v.path.rsplit("/", 1)[-1] not in ("moving_mean", "moving_variance")}
-    log = (Path(cfg.out) / "log.csv").read_text().splitlines()
+    log = (Path(cfg.run) / "log.csv").read_text().splitlines()
     Path(args.out, f"result-{task}.json").write_text(json.dumps({
         "accuracy": report.get("accuracy"), "weights_checksum": checksum, "state_sums": state, "log": log,
-        "replicas": int(trainer.strategy.num_replicas_in_sync)}))
+        "replicas": int(trained.strategy.num_replicas_in_sync)}))
     return 0
 
 

@@ -13,8 +13,8 @@ import tensorflow as tf
 from helpers import build_method
 
 
-def _batch(trainer, method_data):
-    return next(iter(trainer.train_dataset(method_data)))
+def _batch(run, method_data):
+    return next(iter(run.train_dataset(method_data)))
 
 
 # --- LA-Net Table 2 ------------------------------------------------------------------------------------------
@@ -22,7 +22,7 @@ def _batch(trainer, method_data):
 def test_lanet_lde_without_landmarks_uses_the_expression_graph_alone(tiny_dataset, tmp_path):
     from losses.lanet import knn_adjacency, normalize_contributions
 
-    trainer, model, _ = build_method(tiny_dataset, tmp_path, "lanet")
+    run, model, _ = build_method(tiny_dataset, tmp_path, "lanet")
     features = tf.random.stateless_normal((8, 256), [1, 2])
     landmarks = tf.random.stateless_normal((8, 32), [3, 4])
     probs = tf.nn.softmax(tf.random.stateless_normal((8, 7), [5, 6]))
@@ -38,12 +38,12 @@ def test_lanet_lde_without_landmarks_uses_the_expression_graph_alone(tiny_datase
 
 @pytest.mark.slow
 def test_lanet_el_with_onehot_labels_uses_the_given_labels(tiny_dataset, tmp_path):
-    trainer, model, method_data = build_method(tiny_dataset, tmp_path, "lanet", method_overrides={"el_labels": "onehot"})
-    batch = _batch(trainer, method_data)
+    run, model, method_data = build_method(tiny_dataset, tmp_path, "lanet", set={"el_labels": "onehot"})
+    batch = _batch(run, method_data)
     _, outputs = model.compute_losses(batch, {}, training=False)
     np.testing.assert_array_equal(outputs["pseudo_labels"].numpy(), batch["label"].numpy().astype(np.float32))
-    trainer, model, method_data = build_method(tiny_dataset, tmp_path / "b", "lanet")
-    _, outputs = model.compute_losses(_batch(trainer, method_data), {}, training=False)
+    run, model, method_data = build_method(tiny_dataset, tmp_path / "b", "lanet")
+    _, outputs = model.compute_losses(_batch(run, method_data), {}, training=False)
     # The method's own: confident estimated labels, else a label unique to the sample (negative).
     assert (outputs["pseudo_labels"].numpy() < 0).any() or (outputs["pseudo_labels"].numpy() >= 0).all()
 
@@ -56,8 +56,8 @@ def test_nla_consistency_and_naw_switches(consistency, tiny_dataset, tmp_path):
     from losses.nla import jsd_consistency, naw_cross_entropy
 
     overrides = {"consistency": consistency, "naw": "false" if consistency == "l1" else "true"}
-    trainer, model, method_data = build_method(tiny_dataset, tmp_path, "nla", method_overrides=overrides)
-    batch = _batch(trainer, method_data)
+    run, model, method_data = build_method(tiny_dataset, tmp_path, "nla", set=overrides)
+    batch = _batch(run, method_data)
     losses, outputs = model.compute_losses(batch, {}, training=False)
     logits, flipped = outputs["logits"], outputs["flipped_logits"]
     labels = batch["label"]
@@ -92,10 +92,10 @@ def test_nla_consistency_and_naw_switches(consistency, tiny_dataset, tmp_path):
 @pytest.mark.slow
 def test_ddaf_euclidean_labels_squared_or_not(tiny_dataset, tmp_path):
     for squared in (False, True):
-        trainer, model, method_data = build_method(
+        run, model, method_data = build_method(
             tiny_dataset, tmp_path / str(squared), "ddaf",
-            method_overrides={"fuse_type": "euclidean", "alpha": "0", "euclidean_squared": str(squared).lower()})
-        batch = _batch(trainer, method_data)
+            set={"fuse_type": "euclidean", "alpha": "0", "euclidean_squared": str(squared).lower()})
+        batch = _batch(run, method_data)
         _, outputs = model.compute_losses(batch, {}, training=False)
         d = np.linalg.norm(batch["va"].numpy()[:, None, :] - model.class_means.numpy()[None], axis=-1)
         inverse = 1.0 / (d ** 2 if squared else d)
@@ -107,12 +107,12 @@ def test_ddaf_euclidean_labels_squared_or_not(tiny_dataset, tmp_path):
 def test_ldlva_wen_centre_update(tiny_dataset, tmp_path):
     from losses.ldlva import center_push
 
-    trainer, model, method_data = build_method(tiny_dataset, tmp_path, "ldlva",
-                                               method_overrides={"center_update": "wen", "num_neighbors": "2"})
+    run, model, method_data = build_method(tiny_dataset, tmp_path, "ldlva",
+                                               set={"center_update": "wen", "num_neighbors": "2"})
     rng = np.random.default_rng(0)
     model.class_centers.assign(rng.normal(size=model.class_centers.shape).astype(np.float32))
     before = model.class_centers.numpy().copy()
-    batch = _batch(trainer, method_data)
+    batch = _batch(run, method_data)
     _, outputs = model.compute_losses(batch, model.watched_tensors(batch), training=False)
     model._update_centers(outputs, {})
     features, labels = outputs["features"].numpy(), batch["label"].numpy()
@@ -145,7 +145,7 @@ def test_k_sweep_protocol_builds_what_it_needs(tiny_dataset, tmp_path):
     for k in (2, 3):
         record = json.loads((out / "runs" / f"ldlva_{k}_s0" / "config.json").read_text())
         assert record["method_config"]["num_neighbors"] == k
-        assert (record["run"]["noise_kind"], record["run"]["noise_rate"]) == ("symmetric", 0.2)
+        assert (record["run"]["noise"], record["run"]["noise_rate"]) == ("symmetric", 0.2)
     assert "| Method | K = 2 | K = 3 |" in (out / "results.md").read_text()
     with pytest.raises(ConfigError, match="has none"):
         benchmark.main([*argv[:6], "ce", *argv[7:]])

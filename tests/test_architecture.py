@@ -4,10 +4,10 @@
 
 ``common`` imports no project package; ``losses`` only ``common``; ``data`` only ``common`` and names no
 method; ``models`` may use ``common``, ``losses`` and ``data`` but never ``engine`` or ``preprocess``;
-``engine`` never imports ``preprocess``, ``benchmarks`` or ``tools``, and finds no method hook with
-``hasattr``. No module imports itself back through others (an import circle, also through an import
-inside a function). The project stands alone: no file cites a document outside the repository or a path of a
-development machine.
+``engine`` never imports ``preprocess``, ``benchmarks`` or ``tools``, finds no method hook with
+``hasattr``, and its classes set every attribute in ``__init__`` (none exists only after an earlier call). No
+module imports itself back through others (an import circle, also through an import inside a function). The
+project stands alone: no file cites a document outside the repository or a path of a development machine.
 """
 
 from __future__ import annotations
@@ -202,6 +202,46 @@ def test_engine_looks_up_no_hook_with_hasattr():
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr")
                     and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)):
                 assert node.args[1].value not in hooks, f"{path.relative_to(ROOT)}:{node.lineno} looks up hook {node.args[1].value!r}"
+
+
+def late_attributes(root: Path = ROOT) -> list[str]:
+    """Attributes an engine class sets on ``self`` outside ``__init__`` (and its class body): state that exists
+    only after an earlier call, which a later method then has to look up with ``getattr(self, ..., default)``."""
+    out = []
+    for path in sorted((root / "engine").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for cls in (node for node in ast.walk(tree) if isinstance(node, ast.ClassDef)):
+            methods = [node for node in cls.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+            def assigned(function):
+                return [node for node in ast.walk(function) if isinstance(node, ast.Attribute)
+                        and isinstance(node.ctx, ast.Store) and isinstance(node.value, ast.Name) and node.value.id == "self"]
+
+            declared = {node.attr for m in methods if m.name == "__init__" for node in assigned(m)}
+            declared |= {target.id for node in cls.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                         for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                         if isinstance(target, ast.Name)}
+            out += [f"{path.relative_to(root)}:{node.lineno} {cls.name}.{m.name} sets self.{node.attr}"
+                    for m in methods if m.name != "__init__" for node in assigned(m) if node.attr not in declared]
+    return out
+
+
+def test_engine_classes_set_their_attributes_in_init():
+    assert late_attributes() == []
+    late_reads = [f"{p.relative_to(ROOT)}:{i}" for p in sorted((ROOT / "engine").rglob("*.py"))
+                  for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "getattr(self" in line]
+    assert late_reads == []
+
+
+def test_the_late_attribute_check_catches_one(tmp_path):
+    """The checker itself: the Trainer once set ``steps_per_epoch`` in ``build`` and ``_callbacks`` in ``_fit``."""
+    (tmp_path / "engine").mkdir()
+    (tmp_path / "engine" / "old.py").write_text(
+        "class Trainer:\n    def __init__(self):\n        self.model = None\n\n"
+        "    def build(self):\n        self.model = 1\n        self.steps_per_epoch = 2\n\n"
+        "    def _fit(self):\n        self._callbacks = {}\n")
+    assert late_attributes(tmp_path) == ["engine/old.py:7 Trainer.build sets self.steps_per_epoch",
+                                         "engine/old.py:10 Trainer._fit sets self._callbacks"]
 
 
 def _tracked(*patterns) -> list[Path]:

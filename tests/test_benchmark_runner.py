@@ -55,12 +55,12 @@ def test_cell_configs_per_protocol():
     args = benchmark.build_parser().parse_args(["--protocol", "imbalance", "--levels", "50", "--dataset", "csv"])
     args.preset = {}
     cfg = grid.base_config(args, "ce", 1, "OUT/x", 50.0, {"ce": {"label_smoothing": "0.1"}})
-    assert (cfg.imbalance_factor, cfg.noise_kind, cfg.seed, cfg.noise_seed) == (50.0, "none", 1, 1)
-    assert cfg.method_overrides == {"label_smoothing": "0.1"}
+    assert (cfg.imbalance_factor, cfg.noise, cfg.seed, cfg.noise_seed) == (50.0, "none", 1, 1)
+    assert cfg.set == {"label_smoothing": "0.1"}
     args = benchmark.build_parser().parse_args(["--protocol", "noise", "--levels", "0.2", "--noise-kind", "asymmetric"])
     args.preset = {}
     cfg = grid.base_config(args, "ce", 0, "OUT/x", 0.2, {})
-    assert (cfg.noise_kind, cfg.noise_rate, cfg.imbalance_factor) == ("asymmetric", 0.2, 1.0)
+    assert (cfg.noise, cfg.noise_rate, cfg.imbalance_factor) == ("asymmetric", 0.2, 1.0)
     with pytest.raises(ConfigError, match="noise rate"):
         grid.grid_levels(benchmark.build_parser().parse_args(["--protocol", "noise", "--levels", "1.5"]))
     with pytest.raises(ConfigError, match="needs --levels"):
@@ -97,7 +97,7 @@ def test_noise_grid_resumes_and_reports_stale_cells(tiny_dataset, tmp_path, caps
     first = json.loads((out / "runs" / "ce_0.1_s0" / "metrics.json").read_text())
     assert runs.loc[runs["level"] == 0.1, "accuracy"].item() == pytest.approx(first["accuracy"])
     config = json.loads((out / "runs" / "ce_0.3_s0" / "config.json").read_text())["run"]
-    assert (config["noise_kind"], config["noise_rate"], config["noise_seed"]) == ("symmetric", 0.3, 0)
+    assert (config["noise"], config["noise_rate"], config["noise_seed"]) == ("symmetric", 0.3, 0)
     results = (out / "results.md").read_text()
     assert "| CE |" in results and "| Method | 10% | 30% |" in results
 
@@ -121,15 +121,15 @@ def test_noise_grid_resumes_and_reports_stale_cells(tiny_dataset, tmp_path, caps
 
 @pytest.mark.slow
 def test_failed_cell_is_reported_and_grid_goes_on(tiny_dataset, tmp_path, monkeypatch):
-    from engine.run import Trainer
+    import engine.fit
 
     calls = []
 
-    def broken_train(self):
-        calls.append(self.cfg.out)
+    def broken_train(run):
+        calls.append(run.cfg.run)
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(Trainer, "train", broken_train)
+    monkeypatch.setattr(engine.fit, "train", broken_train)
     out = tmp_path / "bench"
     argv = ["--protocol", "noise", "--levels", "0.1", "0.2", "--methods", "ce", "--seeds", "0", "--dataset", "csv",
             "--num-classes", "7", "--data-dir", str(tiny_dataset), "--out", str(out), *tiny()]

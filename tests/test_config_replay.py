@@ -46,12 +46,69 @@ def test_replay_gives_the_same_metrics_and_records_its_source(original, tmp_path
     assert new["method_config"] == old["method_config"] and new["data"] == old["data"]
     assert new["sampler"] == old["sampler"] == {"requested": "balanced", "effective": "balanced"}
     differ = {k for k in old["run"] if old["run"][k] != new["run"][k]}
-    assert differ <= {"out"}, differ
+    assert differ <= {"run"}, differ
     # The log of the replay matches epoch by epoch (timings aside).
     import pandas as pd
 
     a, b = (pd.read_csv(r / "log.csv").drop(columns=["epoch_seconds", "step_seconds"]) for r in (run, replay))
     pd.testing.assert_frame_equal(a, b)
+
+
+def _with_old_setting_names(record: dict) -> dict:
+    """A config.json as train.py wrote it before the run settings were named as their flags."""
+    run = dict(record["run"])
+    for old, new in (("out", "run"), ("noise_kind", "noise"), ("method_overrides", "set"), ("val_every", "test_every")):
+        run[old] = run.pop(new)
+    run["deterministic"] = not run.pop("nondeterministic")
+    return {**record, "run": run}
+
+
+def test_a_run_written_under_the_old_setting_names_is_read(original, tmp_path, capsys):
+    """Runs of benchmark_runs/ and the archives hold out, noise_kind, method_overrides, deterministic and
+    val_every in config.json and val_* columns in log.csv: they are rebuilt, evaluated, replayed and resumed
+    (here extended by an epoch) as before, their log continuing under the new column names."""
+    import shutil
+
+    import evaluate
+    import pandas as pd
+    import train
+    from engine.config import compare_configs, read_config_file, run_config_from_record
+
+    ds, run = original
+    record = json.loads((run / "config.json").read_text())
+    legacy = _with_old_setting_names(record)
+    assert not {"run", "noise", "set", "test_every", "nondeterministic"} & set(legacy["run"])
+    cfg = run_config_from_record(legacy, "config.json")
+    assert (cfg.run, cfg.noise, cfg.set, cfg.test_every, cfg.nondeterministic) == (
+        str(run), "none", {"label_smoothing": "0.05"}, 1, False)
+    assert compare_configs(legacy, record) == [] and compare_configs(record, legacy) == []
+    changed = _with_old_setting_names({**record, "run": {**record["run"], "nondeterministic": True}})
+    assert compare_configs(changed, record) == ["run.nondeterministic: True → False"]
+
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    (old / "config.json").write_text(json.dumps(legacy))
+    log = pd.read_csv(old / "log.csv")
+    log.rename(columns=lambda c: "val_" + c[5:] if c.startswith("test_") else c).to_csv(old / "log.csv", index=False)
+    assert read_config_file(old / "config.json").run["set"] == {"label_smoothing": "0.05"}
+    # evaluate.py rebuilds it and reproduces metrics.json
+    code, _, err = run_cli(evaluate, ["--run", old, "--json", tmp_path / "eval.json"], capsys)
+    assert code == 0, err[-3000:]
+    assert json.loads((tmp_path / "eval.json").read_text())["accuracy"] == pytest.approx(
+        json.loads((run / "metrics.json").read_text())["accuracy"])
+    # --config replays it exactly
+    code, _, err = run_cli(train, ["--config", old / "config.json", "--run", tmp_path / "replay", "--verbose", 0], capsys)
+    assert code == 0, err[-3000:]
+    assert _metrics_without_timings(tmp_path / "replay") == _metrics_without_timings(run)
+    # --resume accepts its settings (the same command), and --extend continues its log
+    argv = train_args(ds, old, "--epochs", 3, "--seed", 7, "--test-every", 1, "--set", "label_smoothing=0.05",
+                      "--sampler", "balanced", "--resume", "--extend")
+    code, _, err = run_cli(train, argv, capsys)
+    assert code == 0, err[-3000:]
+    log = pd.read_csv(old / "log.csv")
+    assert list(log["epoch"]) == [0, 1, 2] and log["test_acc"].notna().all()
+    assert not any(c.startswith("val_") for c in log.columns)
+    assert json.loads((old / "metrics.json").read_text())["epoch_selection"]["evaluated_epochs"] == 3
 
 
 def test_options_beside_the_config_override_it(original, tmp_path, capsys):
@@ -66,7 +123,7 @@ def test_options_beside_the_config_override_it(original, tmp_path, capsys):
     assert record["run"]["epochs"] == 1 and record["run"]["sampler"] == "uniform"
     assert record["run"]["seed"] == 7 and record["run"]["backbone"] == "small_cnn"  # from the file
     # --set merges key by key: the recorded label_smoothing stays, the typed l2_weight_decay joins it.
-    assert record["run"]["method_overrides"] == {"label_smoothing": "0.05", "l2_weight_decay": "0.001"}
+    assert record["run"]["set"] == {"label_smoothing": "0.05", "l2_weight_decay": "0.001"}
     assert record["method_config"] == {"label_smoothing": 0.05, "l2_weight_decay": 0.001}
 
 
@@ -91,7 +148,7 @@ def _replayed(path, argv):
 
 
 def test_precedence_typed_option_over_typed_preset_over_file_over_dataset(tmp_path):
-    path = _write_record(tmp_path / "config.json", epochs=7, lr=0.005, method_overrides={"l2_weight_decay": "0.5",
+    path = _write_record(tmp_path / "config.json", epochs=7, lr=0.005, set={"l2_weight_decay": "0.5",
                                                                                          "jsd_mode": "textbook"})
     cfg, method_cfg = _replayed(path, [])
     assert (cfg.epochs, cfg.lr, cfg.lr_schedule) == (7, 0.005, "constant")  # the file
@@ -179,7 +236,7 @@ def test_benchmark_takes_its_common_options_from_a_config(original, tmp_path):
         "csv", str(ds), "small_cnn", 24, 8, "balanced")
     assert cfg.epochs == 4 and (cfg.method, cfg.seed, cfg.noise_rate) == ("scn", 3, 0.2)
     # Not the file's --set (a grid takes --method-set), nor its export/verbose (the grid's own defaults).
-    assert cfg.method_overrides == {} and cfg.export is False and cfg.verbose == 0
+    assert cfg.set == {} and cfg.export is False and cfg.verbose == 0
     assert args.config_source.sha256 == hashlib.sha256((run / "config.json").read_bytes()).hexdigest()
     with pytest.raises(Exception, match="--dataset synthetic would replay it as another dataset"):
         benchmark.apply_config(benchmark.build_parser().parse_args(

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import build_method, tiny_run_config
+from helpers import build_method, tiny_run_config, train_run
 
 QUIET = dict(log=lambda *a, **k: None)
 
 
 def _build(tiny_dataset, out, **method_overrides):
-    return build_method(tiny_dataset, out, "ddaf", method_overrides=method_overrides)
+    return build_method(tiny_dataset, out, "ddaf", set=method_overrides)
 
 
 @pytest.fixture(scope="module")
 def built(tiny_dataset, tmp_path_factory):
-    trainer, model, method_data = _build(tiny_dataset, tmp_path_factory.mktemp("ddaf_steps"))
-    batches = list(trainer.train_dataset(method_data).take(2))
-    return trainer, model, method_data, batches
+    run, model, method_data = _build(tiny_dataset, tmp_path_factory.mktemp("ddaf_steps"))
+    batches = list(run.train_dataset(method_data).take(2))
+    return run, model, method_data, batches
 
 
 class _EpochEndRecorder(keras.callbacks.Callback):
@@ -55,32 +55,30 @@ class _InterruptAfterEpoch(keras.callbacks.Callback):
 
 def _train(tiny_dataset, out, extra=None, resume=False, **kwargs):
     """Train DDAF with SWA over all 3 epochs (swa_start=0); ``extra`` callbacks are appended."""
-    from engine.run import Trainer
     from models.ddaf import DDAFModel
 
     cfg = tiny_run_config(tiny_dataset, out, method="ddaf", epochs=3, resume=resume,
-                          method_overrides={"swa_start": "0"}, **kwargs)
-    trainer = Trainer(cfg, **QUIET)
+                          set={"swa_start": "0"}, **kwargs)
     with pytest.MonkeyPatch.context() as mp:
         original = DDAFModel.callbacks
         mp.setattr(DDAFModel, "callbacks", lambda self, context: original(self, context) + list(extra or []))
-        report = trainer.train()
-    return trainer, report
+        trained = train_run(cfg)
+    return trained.model, trained.report
 
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_dataset, tmp_path_factory):
     recorder = _EpochEndRecorder()
     out = tmp_path_factory.mktemp("ddaf_run") / "run"
-    trainer, report = _train(tiny_dataset, out, extra=[recorder], export=True)
-    return trainer, report, recorder, out
+    model, report = _train(tiny_dataset, out, extra=[recorder], export=True)
+    return model, report, recorder, out
 
 
 def test_two_steps_class_stats_fused_targets_and_va_head(built):
     from losses.ddaf import class_weights_max_over_count, gmm_mixed_labels, trimmed_class_stats
 
-    trainer, model, method_data, batches = built
-    table = trainer.train_table
+    run, model, method_data, batches = built
+    table = run.train_table
     stats = trimmed_class_stats(table.va, table.labels, 7)
     np.testing.assert_allclose(model.class_means.numpy(), stats.means, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.class_covariances.numpy(), stats.covariances, rtol=1e-4, atol=1e-7)
@@ -108,17 +106,17 @@ def test_two_steps_class_stats_fused_targets_and_va_head(built):
 def test_euclidean_fusion_is_online_from_va(tiny_dataset, tmp_path):
     from losses.ddaf import euclidean_mixed_labels
 
-    trainer, model, method_data = _build(tiny_dataset, tmp_path, fuse_type="euclidean", alpha="0.3", swa="false")
+    run, model, method_data = _build(tiny_dataset, tmp_path, fuse_type="euclidean", alpha="0.3", swa="false")
     assert "mixed_labels" not in method_data.extras and "va" in method_data.extras
-    batch = next(iter(trainer.train_dataset(method_data).take(1)))
+    batch = next(iter(run.train_dataset(method_data).take(1)))
     _, outputs = model.compute_losses(batch, {}, training=False)
-    mixed = euclidean_mixed_labels(trainer.train_table.va[batch["index"].numpy()], model.class_means.numpy())
+    mixed = euclidean_mixed_labels(run.train_table.va[batch["index"].numpy()], model.class_means.numpy())
     expected = 0.3 * np.eye(7)[batch["label"].numpy()] + 0.7 * mixed
     np.testing.assert_allclose(outputs["targets"].numpy(), expected, atol=1e-5)
     # SWA off: no shadow variables, no callback, after_training is a no-op.
-    assert model.swa_state is None and model.callbacks(trainer.context()) == []
+    assert model.swa_state is None and model.callbacks(run.context()) == []
     assert not any("swa" in v.path for v in model.weights)
-    model.after_training(trainer.context())
+    model.after_training(run.context())
 
 
 def test_swa_state_is_the_arithmetic_mean_on_a_tiny_model():
@@ -170,10 +168,9 @@ def test_update_batch_norm_is_the_mean_of_batch_statistics():
 
 def test_run_swa_mean_metrics_export_and_reload(trained_run):
     from engine.metrics import va_metrics
-    from engine.run import evaluate_model, load_run_model
+    from engine.results import evaluate_model, load_run_model
 
-    trainer, report, recorder, out = trained_run
-    model = trainer.model
+    model, report, recorder, out = trained_run
     # SWA from epoch 0: the final weights are the mean of the 3 epoch-end weights (then BN was updated).
     assert len(recorder.snapshots) == 3 and model.swa_state.num_snapshots == 3 and model.swa_state.is_applied
     for weight, *snaps in zip(model.trainable_variables, *recorder.snapshots):
@@ -183,16 +180,16 @@ def test_run_swa_mean_metrics_export_and_reload(trained_run):
     # stored class statistics) reproduces them and the accuracy.
     saved = json.loads((out / "metrics.json").read_text())
     assert {"valence_rmse", "arousal_rmse", "valence_ccc", "arousal_ccc"} <= set(saved)
-    rebuilt, _ = load_run_model(out, **QUIET)
-    rebuilt.load_data(need_train=False)
-    np.testing.assert_allclose(rebuilt.model.class_means.numpy(), model.class_means.numpy())
-    assert rebuilt.model.swa_state.is_applied
-    again = evaluate_model(rebuilt.model, rebuilt.eval_dataset(), rebuilt.test_table, rebuilt.spec.class_names)
+    rebuilt, rebuilt_model, _ = load_run_model(out, **QUIET)
+    rebuilt.load_splits(need_train=False)
+    np.testing.assert_allclose(rebuilt_model.class_means.numpy(), model.class_means.numpy())
+    assert rebuilt_model.swa_state.is_applied
+    again = evaluate_model(rebuilt_model, rebuilt.eval_dataset(), rebuilt.test_table, rebuilt.spec.class_names)
     assert again["accuracy"] == pytest.approx(saved["accuracy"])
 
     # The VA metrics = engine.metrics.va_metrics of VA predicted by hand over the whole split (odd batches).
     images = np.concatenate([b["image"].numpy() for b in rebuilt.eval_dataset()])
-    manual = np.concatenate([rebuilt.model.va_head(rebuilt.model.embed(images[i:i + 5])[0]).numpy()
+    manual = np.concatenate([rebuilt_model.va_head(rebuilt_model.embed(images[i:i + 5])[0]).numpy()
                              for i in range(0, len(images), 5)])
     expected = va_metrics(manual, rebuilt.test_table.va)
     got = again
@@ -204,7 +201,7 @@ def test_run_swa_mean_metrics_export_and_reload(trained_run):
     served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
     uint8 = np.clip(np.round(images[:4] * 127.5 + 127.5), 0, 255).astype(np.uint8)
     outputs = served(images=tf.constant(uint8))
-    np.testing.assert_allclose(outputs["probabilities"].numpy(), tf.nn.softmax(rebuilt.model(images[:4])).numpy(),
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), tf.nn.softmax(rebuilt_model(images[:4])).numpy(),
                                atol=1e-4)
     # ... and the VA head's valence/arousal (a served output, DDAFModel.served_outputs), which predict.py logs per video frame.
     np.testing.assert_allclose(outputs["va"].numpy(), manual[:4], atol=1e-4)
@@ -213,12 +210,11 @@ def test_run_swa_mean_metrics_export_and_reload(trained_run):
 @pytest.mark.slow
 def test_swa_average_survives_an_interrupted_resume(trained_run, tiny_dataset, tmp_path):
     """Killed after the epoch-1 checkpoint (saved before SWA added epoch 1), then --resume: bit-identical."""
-    trainer, report, _, _ = trained_run
+    reference, report, _, _ = trained_run
     out = tmp_path / "interrupted"
     with pytest.raises(_Interrupt):
         _train(tiny_dataset, out, extra=[_InterruptAfterEpoch(1)])
-    resumed, resumed_report = _train(tiny_dataset, out, resume=True)
-    reference, model = trainer.model, resumed.model
+    model, resumed_report = _train(tiny_dataset, out, resume=True)
     assert model.swa_state.num_snapshots == 3
     for a, b in zip(reference.swa_state.averages, model.swa_state.averages):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

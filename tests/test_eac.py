@@ -15,10 +15,10 @@ from helpers import build_method, with_config
 @pytest.fixture(scope="module")
 def built(tiny_dataset, tmp_path_factory):
     # 64 px: small_cnn's last stage map is 2×2, so flipping the maps back is not trivial.
-    trainer, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("eac"), "eac", image_size=64,
+    run, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("eac"), "eac", image_size=64,
                                                seed=5)
-    batches = list(trainer.train_dataset(method_data).take(2))
-    return trainer, model, batches
+    batches = list(run.train_dataset(method_data).take(2))
+    return run, model, batches
 
 
 def test_loss_terms_are_the_losses_functions_on_the_same_tensors(built):

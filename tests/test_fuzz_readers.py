@@ -300,7 +300,7 @@ def _json_readers(tmp_path):
     from engine.checkpoint import CheckpointManager
     from engine.config import read_config_file
     from engine.export import read_export_metadata
-    from engine.run import read_run_record
+    from engine.results import read_run_record
     from engine.rundir import prepare_run_dir
     from preprocess.pseudo_va import load_regressors
 
@@ -352,7 +352,7 @@ def test_pth_zip_claiming_an_unsupported_zip_version_is_a_data_error(torch_forma
 def test_csv_path_holding_a_nul_byte_is_a_row_error(tmp_path):
     """open() raises ValueError ("embedded null byte") for such a path: the image scan let it escape as a
     traceback (long fuzz run, csv input 892 of seed 0)."""
-    from engine.data import load_split
+    from engine.splits import load_split
 
     reader = fuzz.Csv(tmp_path / "csv")
     reader.prepare()
@@ -407,7 +407,7 @@ def test_config_json_float_setting_of_hundreds_of_digits_is_a_config_error(tmp_p
 def test_csv_path_too_long_for_the_os_is_a_row_error(tmp_path):
     """A 5000-character path cell: pathlib's is_file() raises ENAMETOOLONG (it ignores only ENOENT and the like),
     a traceback (long fuzz run, csv input 911 of seed 0)."""
-    from engine.data import load_split
+    from engine.splits import load_split
 
     reader = fuzz.Csv(tmp_path / "csv")
     reader.prepare()
@@ -423,17 +423,15 @@ def test_resume_refuses_a_state_json_whose_global_step_disagrees_with_the_weight
     """state.json of step 2 saying global_step 8: --resume went on from step 8 with weights of step 2 (long fuzz
     run, checkpoint input 717 of seed 0); now the checkpoint is damaged and the older one is used."""
     import shutil
-    import types
 
-    from engine.checkpoint import CheckpointManager
-    from engine.run import Trainer
+    from engine.checkpoint import CheckpointManager, resume_latest
 
     run = tmp_path / "run"
     shutil.copytree(checkpoint_run.pristine / "run", run)
     state = run / "ckpt" / "step-000000002" / "state.json"
     state.write_text(json.dumps({**json.loads(state.read_text()), "global_step": 8}))
     said = []
-    step = Trainer._resume(types.SimpleNamespace(log=said.append), CheckpointManager(run), checkpoint_run.cache["model"])
+    step = resume_latest(CheckpointManager(run), checkpoint_run.cache["model"], log=said.append)
     assert step == 1 and any("global_step 8 does not match" in line for line in said), said
 
 
@@ -449,7 +447,7 @@ def test_config_json_integer_setting_of_hundreds_of_digits_is_a_config_error(tmp
 def test_dataset_json_image_root_too_long_for_the_os_is_a_data_error(tmp_path):
     """image_root of 100 000 characters: Path.is_dir() raised ENAMETOOLONG (long fuzz run, dataset-json input
     3577 of seed 0)."""
-    from engine.data import load_split
+    from engine.splits import load_split
 
     reader = fuzz.DatasetJson(tmp_path / "dj")
     reader.prepare()

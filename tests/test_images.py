@@ -305,7 +305,7 @@ def test_undecodable_file_in_files_mode_names_csv_and_row(tiny_dataset, tmp_path
     from data.images import check_image_bytes
     from data.pipeline import ImageSource
     from data.schema import load_table
-    from engine.data import find_undecodable_image
+    from engine.splits import find_undecodable_image
 
     data = _png_with_garbage_pixels()
     assert check_image_bytes(data) is None  # passes the start-up scan...

@@ -43,20 +43,20 @@ def _png_with_garbage_pixels() -> bytes:
 def test_decode_failure_mid_run_is_named_from_the_pipeline_message(tiny_dataset, tmp_path, capsys, monkeypatch):
     """``--image-cache files`` decodes inside tf.data; the error it raises already names CSV, row and file, so
     train.py reports that instead of decoding every listed image again to find the culprit."""
-    import engine.data
+    import engine.splits
     import train
 
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     (ds / "images" / "train" / "00007.png").write_bytes(_png_with_garbage_pixels())  # passes the start-up scan
     full_scans = []
-    scan = engine.data.scan_images
+    scan = engine.splits.scan_images
 
     def counting_scan(image_root, paths, full_decode=False, **kwargs):
         if full_decode:
             full_scans.append(len(paths))
         return scan(image_root, paths, full_decode=full_decode, **kwargs)
 
-    monkeypatch.setattr(engine.data, "scan_images", counting_scan)
+    monkeypatch.setattr(engine.splits, "scan_images", counting_scan)
     code, out, err = run_cli(train, train_args(ds, tmp_path / "run", "--image-cache", "files", "--val-every", "0"),
                              capsys)
     assert code == 2 and re.search(r"^error: .*train\.csv, row 8: image .*00007\.png: cannot be decoded", err, re.M), \

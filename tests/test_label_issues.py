@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import tiny_run_config, with_config, write_tiny_dataset
+from helpers import build_method, tiny_run_config, train_run, with_config, write_tiny_dataset
 from helpers_cli import ROOT, run_cli, subprocess_env, tree_digest
 
 PLANTED = (3, 17, 30)  # rows given a wrong label
@@ -40,9 +40,7 @@ def planted(tmp_path_factory) -> Path:
 
 
 def _train(data_dir, out, method, **overrides):
-    from engine.run import Trainer
-
-    Trainer(tiny_run_config(data_dir, out, method=method, **overrides), log=_quiet).train()
+    train_run(tiny_run_config(data_dir, out, method=method, **overrides))
     return out
 
 
@@ -51,7 +49,7 @@ def runs(planted, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("label_runs")
     return {"ce": _train(planted, base / "ce", "ce", epochs=6),
             "ldlva": _train(planted, base / "ldlva", "ldlva", epochs=6,
-                            method_overrides={"num_neighbors": "4", "neighbor_source": "bank", "gamma": "0.01"})}
+                            set={"num_neighbors": "4", "neighbor_source": "bank", "gamma": "0.01"})}
 
 
 # ------------------------------------------------------------------------------ confident learning
@@ -154,13 +152,9 @@ def _planted_state_run(planted, out, method, **overrides):
 
     from common.io import atomic_write_json
     from engine.checkpoint import CheckpointManager
-    from engine.config import config_record
-    from engine.run import Trainer
 
-    trainer = Trainer(tiny_run_config(planted, out, method=method, **overrides), log=_quiet)
-    trainer.load_data()
-    model = trainer.build(len(trainer.train_table), trainer.method_data())
-    given, clean = trainer.train_table.labels, trainer.train_table.clean_labels
+    run, model, _ = build_method(planted, out, method, **overrides)
+    given, clean = run.train_table.labels, run.train_table.clean_labels
     rows = np.array(PLANTED)
     rng = np.random.default_rng(1)
     if method == "lanet":  # the target bank of a planted row has moved to its true class
@@ -176,7 +170,7 @@ def _planted_state_run(planted, out, method, **overrides):
         current[rows] = clean[rows]
         model.current_labels.assign(tf.constant(current, tf.int32))
     out.mkdir(parents=True)
-    atomic_write_json(out / "config.json", config_record(trainer.cfg, trainer.method_cfg, trainer.data_facts()))
+    atomic_write_json(out / "config.json", run.record())
     CheckpointManager(out).save(model, {"global_step": 0, "epoch": 0, "step_in_epoch": 0})
     return out
 
@@ -186,17 +180,17 @@ def _planted_state_run(planted, out, method, **overrides):
 def test_method_scores_point_at_the_planted_rows(planted, tmp_path, method, overrides):
     from engine.label_audit import audit_run, load_audited_run
 
-    run = _planted_state_run(planted, tmp_path / method, method, method_overrides=overrides)
-    trainer, _, _ = load_audited_run(run)
-    audit = audit_run(trainer)
+    run_dir = _planted_state_run(planted, tmp_path / method, method, set=overrides)
+    run, model, _, _ = load_audited_run(run_dir)
+    audit = audit_run(run, model)
     assert audit.flag_rule.startswith("own:")
     assert sorted(audit.rank[list(PLANTED)]) == [1, 2, 3]
     assert np.flatnonzero(audit.flagged).tolist() == list(PLANTED)
     assert np.array_equal(audit.suggested[list(PLANTED)], audit.clean[list(PLANTED)])
     assert audit.metrics()["f1"] == 1.0 and audit.metrics()["auc"] == 1.0
     if method == "rul":  # without relabelling RUL has no rule of its own: confident learning's count decides
-        with_config(trainer.model, relabel=False)
-        plain = audit_run(trainer)
+        with_config(model, relabel=False)
+        plain = audit_run(run, model)
         assert plain.flag_rule.startswith("count:") and plain.flagged.sum() == plain.estimated_issues
         assert np.array_equal(plain.score, audit.score)
 
@@ -206,9 +200,9 @@ def test_method_scores_point_at_the_planted_rows(planted, tmp_path, method, over
 def test_cleaned_table_never_touches_the_source(runs, planted, capsys, tmp_path):
     import tools.label_issues as tool
     from common.errors import ConfigError
-    from engine.data import load_split
     from engine.label_audit import audit_run, check_cleaned_target, load_audited_run, write_cleaned_table
-    from engine.run import Trainer
+    from engine.run import Run
+    from engine.splits import load_split
 
     before = tree_digest(planted)
     frame, report, stdout = _audit(capsys, tmp_path, runs["ldlva"], "--write-table",
@@ -218,10 +212,10 @@ def test_cleaned_table_never_touches_the_source(runs, planted, capsys, tmp_path)
     assert 0 < flagged.sum() < N_TRAIN and report["cleaned_table"]["rows"] == N_TRAIN - flagged.sum()
     dropped = pd.read_csv(tmp_path / "dropped" / "train.csv")
     assert dropped["path"].tolist() == frame.loc[~flagged, "path"].tolist()
-    trainer, _, _ = load_audited_run(runs["ldlva"])
-    audit = audit_run(trainer)
+    run, model, _, _ = load_audited_run(runs["ldlva"])
+    audit = audit_run(run, model)
     assert np.array_equal(audit.flagged, flagged)
-    write_cleaned_table(trainer, audit, tmp_path / "relabelled" / "train.csv", "relabel")
+    write_cleaned_table(run, audit, tmp_path / "relabelled" / "train.csv", "relabel")
     relabelled = pd.read_csv(tmp_path / "relabelled" / "train.csv")
     expected = np.where(flagged, frame["suggested_label"], frame["given_label"])
     assert relabelled["expression"].tolist() == expected.tolist()
@@ -231,27 +225,27 @@ def test_cleaned_table_never_touches_the_source(runs, planted, capsys, tmp_path)
         meta = json.loads((tmp_path / name / "dataset.json").read_text())
         assert Path(meta["image_root"]) == (planted / "images").resolve()
         assert load_split(tmp_path / name, "train.csv", 7).image_root == (planted / "images").resolve()
-    loaded = Trainer(tiny_run_config(tmp_path / "dropped", tmp_path / "unused"), log=_quiet).load_data()
+    loaded = Run(tiny_run_config(tmp_path / "dropped", tmp_path / "unused"), log=_quiet).load_splits()
     assert len(loaded.train_table) == N_TRAIN - flagged.sum()
     # a copy beside the source table, in the data directory: only that file (and the list of the files this
     # toolkit wrote there) is added
-    write_cleaned_table(trainer, audit, planted / "train_relabelled.csv", "relabel")
+    write_cleaned_table(run, audit, planted / "train_relabelled.csv", "relabel")
     added = set(tree_digest(planted)) - set(before)
     assert added == {"train_relabelled.csv", ".fer-output-files.json"}
     # the run's own tables (even with --force), a user's file, a file written before without --force: refused
     for target, force in ((planted / "train.csv", True), (planted / "test.csv", False),
                           (tmp_path / "dropped" / "test.csv", False), (tmp_path / "dropped" / "train.csv", False)):
         with pytest.raises(ConfigError):
-            check_cleaned_target(trainer, target, force)
+            check_cleaned_target(run, target, force)
     (planted / "notes.csv").write_text("mine\n")
     try:
         with pytest.raises(ConfigError, match="not written by this toolkit"):
-            check_cleaned_target(trainer, planted / "notes.csv", True)
+            check_cleaned_target(run, planted / "notes.csv", True)
     finally:
         (planted / "notes.csv").unlink()
-    write_cleaned_table(trainer, audit, tmp_path / "dropped" / "train.csv", "drop", force=True)  # its own: replaced
+    write_cleaned_table(run, audit, tmp_path / "dropped" / "train.csv", "drop", force=True)  # its own: replaced
     # a normalised-margin audit of the same run, flagged by confident learning's count
-    margin = audit_run(trainer, "normalized-margin", "count")
+    margin = audit_run(run, model, "normalized-margin", "count")
     assert margin.score_kind == "normalized-margin" and margin.flagged.sum() == margin.estimated_issues
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -313,7 +307,7 @@ def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
     from cleanlab.filter import find_label_issues
 
     import benchmarks.label_issues as bench
-    from engine.data import load_split
+    from engine.splits import load_split
 
     data = write_tiny_dataset(tmp_path / "ds", n_train=70, n_test=14, votes=False)
     out = tmp_path / "bench"

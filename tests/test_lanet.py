@@ -8,21 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import tiny_run_config
+from helpers import build_method, tiny_run_config
 
 
 @pytest.fixture(scope="module")
 def built(tiny_dataset, tmp_path_factory):
     """A built LA-Net (tiny fixture, small_cnn at 24 px) and two real training batches."""
-    from engine.run import Trainer
-
-    trainer = Trainer(tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("lanet_steps"), method="lanet",
-                                      method_overrides={"queue_size": 20}))
-    trainer.load_data()
-    method_data = trainer.method_data()
-    model = trainer.build(len(trainer.train_table), method_data)
-    batches = list(trainer.train_dataset(method_data).take(2))
-    return trainer, model, batches
+    run, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("lanet_steps"), "lanet",
+                                           set={"queue_size": 20})
+    batches = list(run.train_dataset(method_data).take(2))
+    return run, model, batches
 
 
 def _copy(variable):
@@ -89,13 +84,13 @@ def test_inference_path_is_a_plain_backbone(built):
     from models.backbones import build_backbone
     from models.ce import CEConfig, CEModel
 
-    trainer, model, batches = built
+    run, model, batches = built
     ce = CEModel(build_backbone("small_cnn", 24), 7, 56, CEConfig())
     ce(tf.zeros((1, 24, 24, 3)))
     assert model.backbone.count_params() + model.classifier.count_params() == \
         ce.backbone.count_params() + ce.classifier.count_params()
-    lanet_net = FERServingModule(model, 24, trainer.spec.class_names).serving_model
-    ce_net = FERServingModule(ce, 24, trainer.spec.class_names).serving_model
+    lanet_net = FERServingModule(model, 24, run.spec.class_names).serving_model
+    ce_net = FERServingModule(ce, 24, run.spec.class_names).serving_model
     assert lanet_net.count_params() == ce_net.count_params()
     assert not any("landmark" in w.path or "lm_" in w.path for w in lanet_net.weights)
     # The training forward's expression path is the inference path.
@@ -108,7 +103,7 @@ def test_landmark_loss_options_and_landmark_count_check(built, tiny_dataset):
     from common.errors import DataError
     from models.lanet import LANetConfig, LANetModel
 
-    trainer, model, batches = built
+    run, model, batches = built
     heat = tf.random.uniform((2, *model.heatmap_size, 68))
     points = batches[0]["landmarks"][:2]
     awing = float(model.landmark_loss(heat, points))
@@ -120,7 +115,7 @@ def test_landmark_loss_options_and_landmark_count_check(built, tiny_dataset):
         model.config = original
     assert np.isfinite(awing) and np.isfinite(mse) and awing != mse
     with pytest.raises(DataError, match="num_landmarks=68"):
-        LANetModel.prepare_data(LANetConfig(num_landmarks=19), trainer.train_table, trainer.context())
+        LANetModel.prepare_data(LANetConfig(num_landmarks=19), run.train_table, run.context())
 
 
 def test_neighbour_purity_is_logged_against_the_purity_labels(built):
@@ -175,21 +170,22 @@ def test_balanced_sampler_moves_towards_uniform():
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_dataset, tmp_path_factory):
-    from engine.run import Trainer
+    from engine.fit import train
+    from engine.run import Run
 
     out = tmp_path_factory.mktemp("lanet_run") / "run"
-    trainer = Trainer(tiny_run_config(tiny_dataset, out, method="lanet", method_overrides={"queue_size": 32},
-                                      noise_kind="symmetric", noise_rate=0.3), log=lambda *a: None)
-    report = trainer.train()
-    return trainer, report, out
+    run = Run(tiny_run_config(tiny_dataset, out, method="lanet", set={"queue_size": 32}, noise="symmetric",
+                              noise_rate=0.3), log=lambda *a: None)
+    trained = train(run)
+    return run, trained.model, trained.report, out
 
 
 @pytest.mark.slow
-def test_trainer_run_reload_and_export(trained_run, tmp_path):
+def test_trained_run_reload_and_export(trained_run, tmp_path):
     from engine.export import export_saved_model
-    from engine.run import load_run_model, predict_split
+    from engine.results import load_run_model, predict_split
 
-    trainer, report, out = trained_run
+    run, model, report, out = trained_run
     assert 0.0 <= report["accuracy"] <= 1.0
     assert "noise_detection_auc" in report and "target_agrees_with_given" in report
     log = (out / "log.csv").read_text().splitlines()
@@ -200,23 +196,22 @@ def test_trainer_run_reload_and_export(trained_run, tmp_path):
     frame = pd.read_csv(out / "log.csv")
     for name in ("neighbor_purity_f", "neighbor_purity_g", "prediction_purity", "lde_purity"):
         assert frame[name].between(0, 1).all() and frame[name].notna().all(), name
-    table = trainer.train_table
+    table = run.train_table
     assert table.clean_labels is not None and (table.clean_labels != table.labels).any()
-    np.testing.assert_array_equal(trainer.model.purity_labels.numpy(), table.clean_labels)
-    model = trainer.model
+    np.testing.assert_array_equal(model.purity_labels.numpy(), table.clean_labels)
     assert int(model.queue_pointer.numpy()) == (2 * 7 * 8) % 32  # 2 epochs × 7 steps × batch 8 (N constant)
 
-    rebuilt, _ = load_run_model(out, log=lambda *a: None)
+    rebuilt, rebuilt_model, _ = load_run_model(out, log=lambda *a: None)
     for name in ("target_bank", "expression_queue", "queue_labels", "queue_pointer"):
-        np.testing.assert_array_equal(getattr(rebuilt.model, name).numpy(), getattr(model, name).numpy())
-    for (_, k_old), (_, k_new) in zip(model.momentum_pairs(), rebuilt.model.momentum_pairs()):
+        np.testing.assert_array_equal(getattr(rebuilt_model, name).numpy(), getattr(model, name).numpy())
+    for (_, k_old), (_, k_new) in zip(model.momentum_pairs(), rebuilt_model.momentum_pairs()):
         np.testing.assert_array_equal(k_new.numpy(), k_old.numpy())
-    rebuilt.load_data(need_train=False)
-    probs_a = predict_split(model, trainer.eval_dataset())["probabilities"]
-    probs_b = predict_split(rebuilt.model, rebuilt.eval_dataset())["probabilities"]
+    rebuilt.load_splits(need_train=False)
+    probs_a = predict_split(model, run.eval_dataset())["probabilities"]
+    probs_b = predict_split(rebuilt_model, rebuilt.eval_dataset())["probabilities"]
     np.testing.assert_allclose(probs_a, probs_b, atol=1e-5)
 
-    path = export_saved_model(model, tmp_path / "saved", 24, trainer.spec.class_names, "lanet")
+    path = export_saved_model(model, tmp_path / "saved", 24, run.spec.class_names, "lanet")
     served = tf.saved_model.load(str(path))
     images = np.random.default_rng(0).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
     got = served.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import build_method
+from helpers import build_method, build_run_model
 
 
 @pytest.fixture(scope="module")
 def built(tiny_dataset, tmp_path_factory):
-    trainer, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("lanet_coords"), "lanet",
-                                               method_overrides={"landmark_loss": "paper_coords", "queue_size": 16})
-    batch = next(iter(trainer.train_dataset(method_data)))
-    return trainer, model, batch
+    run, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("lanet_coords"), "lanet",
+                                               set={"landmark_loss": "paper_coords", "queue_size": 16})
+    batch = next(iter(run.train_dataset(method_data)))
+    return run, model, batch
 
 
 def test_loss_is_the_coordinate_regression_of_the_fc_head(built):
@@ -62,16 +62,16 @@ def test_gradient_reaches_the_head_and_the_landmark_branch_not_the_heatmap_conv(
 
 def test_checkpoint_carries_the_head(built, tmp_path):
     from engine.checkpoint import CheckpointManager
-    from engine.run import Trainer
+    from engine.run import Run
 
-    trainer, model, batch = built
+    run, model, batch = built
     if not model.optimizer.built:
         model.train_step(batch)
     manager = CheckpointManager(tmp_path / "run")
     path = manager.save(model, {"global_step": 1, "epoch": 0, "step_in_epoch": 1, "time": 0.0})
     n = model.num_train_samples
-    rebuilt = Trainer(trainer.cfg, log=lambda *a, **k: None)
-    fresh = rebuilt.build(n, rebuilt.model_cls.empty_method_data(rebuilt.method_cfg, n))
+    rebuilt = Run(run.cfg, log=lambda *a, **k: None)
+    fresh = build_run_model(rebuilt, n, rebuilt.model_cls.empty_method_data(rebuilt.method_cfg, n))
     assert not np.array_equal(fresh.landmark_coordinates.kernel.numpy(), model.landmark_coordinates.kernel.numpy())
     manager.load_into(fresh, path, require_optimizer=True)
     for a, b in zip(model.landmark_coordinates.weights, fresh.landmark_coordinates.weights):

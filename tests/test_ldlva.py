@@ -25,10 +25,10 @@ def _quiet(*args, **kwargs):
 
 def build_model(data_dir, tmp_path, num_batches=2, **method_overrides):
     """A built LDLVA model on the tiny dataset plus its first training batches (no fit, no run dir)."""
-    trainer, model, method_data = build_method(data_dir, tmp_path / "unused", "ldlva",
-                                               method_overrides={k: str(v) for k, v in method_overrides.items()})
-    batches = list(trainer.train_dataset(method_data).take(num_batches))
-    return trainer, model, batches
+    run, model, method_data = build_method(data_dir, tmp_path / "unused", "ldlva",
+                                           set={k: str(v) for k, v in method_overrides.items()})
+    batches = list(run.train_dataset(method_data).take(num_batches))
+    return run, model, batches
 
 
 def snapshot(model):
@@ -319,9 +319,9 @@ def test_synthetic_dataset_defaults_gamma_to_the_release_value_below_set():
         return resolved(resolve(RunConfig(method="ldlva", **kwargs))[3]).gamma
 
     assert gamma(dataset="synthetic") == 0.01
-    assert gamma(dataset="synthetic", method_overrides={"gamma": "0.1"}) == 0.1
+    assert gamma(dataset="synthetic", set={"gamma": "0.1"}) == 0.1
     assert gamma(dataset="affectnet") == 0.1 and gamma(dataset="rafdb") == 0.1
-    assert gamma(dataset="synthetic", method_overrides={"variant": "paper"}) == 0.01  # the dataset's, not the variant's
+    assert gamma(dataset="synthetic", set={"variant": "paper"}) == 0.01  # the dataset's, not the variant's
     cfg, _, _, ce_cfg = resolve(RunConfig(dataset="synthetic", method="ce"))
     assert not hasattr(ce_cfg, "gamma") and cfg.backbone == "small_cnn"
 
@@ -391,29 +391,30 @@ def _final_state(model):
 def straight_run(tiny_dataset, tmp_path_factory):
     """One uninterrupted 2-epoch run through the CLI (with export and TensorBoard), reloaded from its run dir."""
     import train
-    from engine.run import load_run_model
+    from engine.results import load_run_model
 
     out = tmp_path_factory.mktemp("ldlva_straight") / "run"
     assert train.main(_cli_args(tiny_dataset, out)) == 0
-    trainer, _ = load_run_model(out, log=_quiet)
-    trainer.load_data()  # the (noisy) training table, for the per-sample checks
-    return trainer, json.loads((out / "metrics.json").read_text()), out
+    run, model, _ = load_run_model(out, log=_quiet)
+    run.load_splits()  # the (noisy) training table, for the per-sample checks
+    return run, model, json.loads((out / "metrics.json").read_text()), out
 
 
 def test_train_cli_affectnet_fixture(straight_run):
-    trainer, metrics, out = straight_run
+    _, model, metrics, out = straight_run
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["noise_detection_auc"] <= 1
     record = json.loads((out / "config.json").read_text())
     assert record["run"]["dataset"] == "affectnet" and record["method_config"]["variant"] == "release"
-    assert trainer.model.bank_filled.numpy() == 1.0
+    assert model.bank_filled.numpy() == 1.0
 
 
 def test_resume_matches_straight_run(straight_run, tiny_dataset, tmp_path, monkeypatch):
     import train
-    from engine.run import Trainer
+    from engine.fit import train as train_run
+    from engine.run import Run
     from models.ldlva import LDLVAModel
 
-    straight, _, _ = straight_run
+    _, straight, _, _ = straight_run
     out = tmp_path / "resumed"
 
     def config(*extra):
@@ -423,31 +424,31 @@ def test_resume_matches_straight_run(straight_run, tiny_dataset, tmp_path, monke
     original = LDLVAModel.callbacks
     monkeypatch.setattr(LDLVAModel, "callbacks", lambda self, context: [*original(self, context), _Crash()])
     with pytest.raises(KeyboardInterrupt):
-        Trainer(config(), log=_quiet).train()
+        train_run(Run(config(), log=_quiet))
     monkeypatch.setattr(LDLVAModel, "callbacks", original)
     messages = []
-    resumed = Trainer(config("--resume"), log=messages.append)
-    resumed.train()
+    resumed_run = Run(config("--resume"), log=messages.append)
+    resumed = train_run(resumed_run).model
     assert any("resumed from" in m for m in messages)
     assert not any("bank filled" in m for m in messages)  # bank_filled came back from the checkpoint
-    a, b = _final_state(straight.model), _final_state(resumed.model)
+    a, b = _final_state(straight), _final_state(resumed)
     assert len(a) == len(b)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
-    assert np.any(resumed.model.lambda_velocity.numpy())  # momentum state was part of what matched
-    assert int(resumed.model.optimizer.iterations.numpy()) == 2 * resumed.steps_per_epoch
+    assert np.any(resumed.lambda_velocity.numpy())  # momentum state was part of what matched
+    assert int(resumed.optimizer.iterations.numpy()) == 2 * resumed_run.steps_per_epoch
 
 
 def test_run_logs_uncertainty_and_exports(straight_run, tmp_path):
-    trainer, report, out = straight_run
+    run, model, report, out = straight_run
     log = pd.read_csv(out / "log.csv")
     for column in ("uncertainty_mean", "uncertainty_q10", "uncertainty_q50", "uncertainty_q90", "noise_auc"):
         assert column in log.columns and log[column].notna().all(), column
     per_sample = pd.read_csv(out / "uncertainty" / "epoch_002.csv")
-    assert len(per_sample) == len(trainer.train_table)
+    assert len(per_sample) == len(run.train_table)
     assert {"index", "path", "label", "uncertainty", "clean_label", "flipped"} <= set(per_sample.columns)
     assert per_sample["flipped"].sum() > 0
-    lam = trainer.model.uncertainty_values().numpy()
+    lam = model.uncertainty_values().numpy()
     np.testing.assert_allclose(per_sample["uncertainty"], lam, rtol=1e-5)
     assert report["mean_uncertainty"] == pytest.approx(lam.mean(), rel=1e-5)
     assert list((out / "tb" / "uncertainty").glob("events.*"))
@@ -455,7 +456,7 @@ def test_run_logs_uncertainty_and_exports(straight_run, tmp_path):
     loaded = tf.saved_model.load(str(out / "saved_model"))
     images = np.random.default_rng(0).integers(0, 255, (3, 24, 24, 3), dtype=np.uint8)
     served = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
-    direct = tf.nn.softmax(trainer.model((images.astype(np.float32) - 127.5) / 127.5, training=False)).numpy()
+    direct = tf.nn.softmax(model((images.astype(np.float32) - 127.5) / 127.5, training=False)).numpy()
     np.testing.assert_allclose(served, direct, atol=1e-5)
     # The grid tool reads the last per-sample table.
     from tools.show_uncertain import main as show_main
@@ -467,7 +468,7 @@ def test_run_logs_uncertainty_and_exports(straight_run, tmp_path):
 def test_evaluate_cli_on_ldlva_run(straight_run, tmp_path):
     import evaluate
 
-    _, report, out = straight_run
+    _, _, report, out = straight_run
     assert evaluate.main(["--run", str(out), "--json", str(tmp_path / "eval.json")]) == 0
     again = json.loads((tmp_path / "eval.json").read_text())
     assert again["accuracy"] == pytest.approx(report["accuracy"])

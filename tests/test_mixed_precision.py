@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import tiny_run_config
+from helpers import tiny_run_config, train_run
 
 
 
 @pytest.fixture(autouse=True)
 def restore_float32_policy():
-    """Trainer.build sets the global policy; put it back so other tests run in float32."""
+    """A run sets the global policy (engine.setup.configure_runtime); put it back so other tests run in float32."""
     yield
     keras.mixed_precision.set_global_policy("float32")
 
@@ -25,10 +25,10 @@ def restore_float32_policy():
 @pytest.mark.slow
 def test_float16_export_and_auto_policy(tiny_dataset, tmp_path):
     """A whole mixed_float16 run (train, evaluate, export) serves float32 probabilities; auto = float32 on CPU."""
-    from engine.run import Trainer, setup_precision
+    from engine.setup import setup_precision
 
     cfg = tiny_run_config(tiny_dataset, tmp_path / "run", mixed_precision="mixed_float16", epochs=1, export=True)
-    report = Trainer(cfg, log=lambda *a, **k: None).train()
+    report = train_run(cfg).report
     assert 0.0 <= report["accuracy"] <= 1.0
     serve = tf.saved_model.load(str(tmp_path / "run" / "saved_model")).signatures["serving_default"]
     out = serve(images=tf.zeros((2, 30, 30, 3), tf.uint8))

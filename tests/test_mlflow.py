@@ -54,7 +54,7 @@ def test_a_run_is_logged_and_read_back(tiny_dataset, tmp_path, store, capsys):
     assert params["sampler.effective"] == "uniform" and params["versions.tensorflow"] == record["versions"]["tensorflow"]
     # Every epoch's metrics, equal to log.csv; the final metrics equal to metrics.json.
     log = pd.read_csv(run / "log.csv")
-    for key in ("loss", "acc", "val_acc", "val_loss", "ce"):
+    for key in ("loss", "acc", "test_acc", "test_loss", "ce"):
         assert _history(client, state["run_id"], key) == pytest.approx(list(zip(log["epoch"], log[key]))), key
     metrics = json.loads((run / "metrics.json").read_text())
     final = logged.data.metrics

@@ -9,22 +9,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import tiny_run_config, with_config
+from helpers import build_method, tiny_run_config, train_run, with_config
 
 QUIET = dict(log=lambda *a, **k: None)
 
 
 @pytest.fixture(scope="module")
 def built(tiny_dataset, tmp_path_factory):
-    from engine.run import Trainer
-
-    trainer = Trainer(tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("nla_steps"), method="nla",
-                                      epochs=60), **QUIET)
-    trainer.load_data()
-    method_data = trainer.method_data()
-    model = trainer.build(len(trainer.train_table), method_data)
-    batches = list(trainer.train_dataset(method_data).take(2))
-    return trainer, model, batches
+    run, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("nla_steps"), "nla", epochs=60)
+    batches = list(run.train_dataset(method_data).take(2))
+    return run, model, batches
 
 
 def _losses(model, batch, epoch):
@@ -128,23 +122,22 @@ def test_config_validation_and_official_preset():
 
 @pytest.mark.slow
 def test_train_export_and_reload(tiny_dataset, tmp_path):
-    from engine.run import Trainer, evaluate_model, load_run_model
+    from engine.results import evaluate_model, load_run_model
 
     out = tmp_path / "run"
-    report = Trainer(tiny_run_config(tiny_dataset, out, method="nla", export=True,
-                                     method_overrides={"jsd_mode": "textbook"}), **QUIET).train()
+    report = train_run(tiny_run_config(tiny_dataset, out, method="nla", export=True, set={"jsd_mode": "textbook"})).report
     log = (out / "log.csv").read_text().splitlines()
     header, last = log[0].split(","), log[-1].split(",")
     for name in ("naw_ce", "jsd", "loss"):
         assert np.isfinite(float(last[header.index(name)])), name
-    rebuilt, record = load_run_model(out, **QUIET)
+    rebuilt, rebuilt_model, record = load_run_model(out, **QUIET)
     assert rebuilt.method_cfg.jsd_mode == "textbook"
-    rebuilt.load_data(need_train=False)
-    again = evaluate_model(rebuilt.model, rebuilt.eval_dataset(), rebuilt.test_table, rebuilt.spec.class_names)
+    rebuilt.load_splits(need_train=False)
+    again = evaluate_model(rebuilt_model, rebuilt.eval_dataset(), rebuilt.test_table, rebuilt.spec.class_names)
     assert again["accuracy"] == pytest.approx(json.loads((out / "metrics.json").read_text())["accuracy"])
     assert again["accuracy"] == pytest.approx(report["accuracy"])
     images = next(iter(rebuilt.eval_dataset()))["image"].numpy()[:4]
     served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
     uint8 = np.clip(np.round(images * 127.5 + 127.5), 0, 255).astype(np.uint8)
     np.testing.assert_allclose(served(images=tf.constant(uint8))["probabilities"].numpy(),
-                               tf.nn.softmax(rebuilt.model(images)).numpy(), atol=1e-4)
+                               tf.nn.softmax(rebuilt_model(images)).numpy(), atol=1e-4)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 
 import numpy as np
 import pandas as pd
@@ -138,8 +137,6 @@ def test_opt_in_flag_trains_through_cli(ds, tmp_path, capsys):
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
-@pytest.mark.skipif("allow_outside_root" not in inspect.getsource(__import__("engine.data").data),
-                    reason="engine/data.py does not read dataset.json's allow_outside_root yet")
 def test_opt_in_dataset_json_trains_through_cli(ds, tmp_path, capsys):
     import json
 
@@ -322,12 +319,12 @@ def _count_builds(monkeypatch):
 
 
 def _prepare_ldlva(ds, out, logs, **overrides):
-    from engine.run import Trainer
+    from engine.run import Run
 
-    cfg = tiny_run_config(ds, out, method="ldlva", method_overrides={"num_neighbors": str(K)}, **overrides)
-    trainer = Trainer(cfg, log=logs.append)
-    trainer.load_data()
-    return trainer.method_data().neighbor_table
+    cfg = tiny_run_config(ds, out, method="ldlva", set={"num_neighbors": str(K)}, **overrides)
+    run = Run(cfg, log=logs.append)
+    run.load_splits()
+    return run.method_inputs().neighbor_table
 
 
 def test_cached_table_is_built_once_and_reused(ds, tmp_path, monkeypatch, private_data_home):
@@ -335,7 +332,7 @@ def test_cached_table_is_built_once_and_reused(ds, tmp_path, monkeypatch, privat
     before = tree_digest(ds)
     first_logs, second_logs = [], []
     first = _prepare_ldlva(ds, tmp_path / "run1", first_logs)
-    second = _prepare_ldlva(ds, tmp_path / "run2", second_logs, noise_kind="symmetric", noise_rate=0.3)
+    second = _prepare_ldlva(ds, tmp_path / "run2", second_logs, noise="symmetric", noise_rate=0.3)
     assert calls == [K]  # built once; label noise does not change the neighbours
     np.testing.assert_array_equal(first, second)
     built = [line for line in first_logs if "neighbour table" in line]

@@ -9,16 +9,13 @@ import numpy as np
 import pytest
 
 import predict
-from helpers import tiny_run_config
+from helpers import tiny_run_config, train_run
 
 
 @pytest.fixture(scope="module")
 def saved_model(tiny_dataset, tmp_path_factory):
-    from engine.run import Trainer
-
     cfg = tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("predict") / "run", export=True)
-    Trainer(cfg, log=lambda *a, **k: None).train()
-    return Path(cfg.out) / "saved_model"
+    return train_run(cfg).run_dir / "saved_model"
 
 
 @pytest.fixture(scope="module")

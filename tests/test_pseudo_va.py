@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import tiny_run_config, write_tiny_dataset
+from helpers import tiny_run_config, train_run, write_tiny_dataset
 from preprocess import pseudo_va
 
 FAST = ["--backbone", "small_cnn", "--image-size", "24", "--pad", "2", "--batch-size", "8", "--verbose", "0"]
@@ -154,7 +154,6 @@ def test_source_without_va_is_a_clear_error(dataset, tmp_path, capsys):
 def test_end_to_end_pseudo_va_knn_ldlva(trained, tmp_path, capsys):
     """A dataset without VA → pseudo-VA → neighbour table → one LDLVA epoch."""
     from common.errors import DataError
-    from engine.run import Trainer
     from preprocess import knn
 
     data = write_tiny_dataset(tmp_path / "novadata", seed=3)
@@ -162,11 +161,11 @@ def test_end_to_end_pseudo_va_knn_ldlva(trained, tmp_path, capsys):
         frame = pd.read_csv(data / f"{split}.csv").drop(columns=["valence", "arousal"])
         frame.to_csv(data / f"{split}.csv", index=False)
     with pytest.raises(DataError, match="valence"):  # LDLVA refuses a table without VA
-        Trainer(tiny_run_config(data, tmp_path / "run0", method="ldlva", epochs=1)).train()
+        train_run(tiny_run_config(data, tmp_path / "run0", method="ldlva", epochs=1))
     code, summary, err = run(["predict", "--model", trained, "--table", data / "train.csv", "--force"], capsys)
     assert code == 0, err
     assert "trained on" not in summary  # new images: no fold match
     assert knn.main(["--table", str(data / "train.csv"), "--k", "8"]) == 0
-    report = Trainer(tiny_run_config(data, tmp_path / "run", method="ldlva", epochs=1)).train()
+    report = train_run(tiny_run_config(data, tmp_path / "run", method="ldlva", epochs=1)).report
     assert 0.0 <= report["accuracy"] <= 1.0
     assert (tmp_path / "run" / "metrics.json").is_file()

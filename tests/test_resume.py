@@ -157,16 +157,16 @@ def test_sigkill_three_times_then_resume_is_bit_identical(method, tiny_dataset, 
 @pytest.fixture
 def ldlva_run(tiny_dataset, tmp_path):
     """A run directory as train.py leaves it before its first step (config.json written, K=2)."""
-    from engine.run import config_record, prepare_run_dir
+    from engine.run import Run
+    from engine.rundir import prepare_run_dir
     from train import build_parser, config_from_args
-    from engine.run import Trainer
 
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     run = tmp_path / "run"
     args = build_parser().parse_args(train_args(ds, run, *LDLVA_ARGS))
-    trainer = Trainer(config_from_args(args), log=lambda *a: None)
-    trainer.load_data()
-    prepare_run_dir(run, config_record(trainer.cfg, trainer.method_cfg, trainer.data_facts()), False, False)
+    inputs = Run(config_from_args(args), log=lambda *a: None)
+    inputs.load_splits()
+    prepare_run_dir(run, inputs.record(), False, False)
     return ds, run
 
 
@@ -209,7 +209,7 @@ def test_extend_a_finished_run_equals_one_longer_run(tiny_dataset, tmp_path, cap
 
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     short, straight = tmp_path / "short", tmp_path / "straight"
-    common = ["--seed", "4", "--val-every", "1"]
+    common = ["--seed", "4", "--test-every", "1"]
     assert run_cli(train, train_args(ds, short, *common), capsys)[0] == 0
     code, _, err = run_cli(train, train_args(ds, short, *common, "--epochs", "2", "--resume"), capsys)
     assert code == 2 and "run.epochs: 1 → 2" in err and "--extend" in err
@@ -228,8 +228,8 @@ def test_extend_a_finished_run_equals_one_longer_run(tiny_dataset, tmp_path, cap
     metrics = json.loads((short / "metrics.json").read_text())
     selection = metrics["epoch_selection"]
     assert selection["evaluated_epochs"] == 2 and selection["best_epoch"] in (0, 1)
-    assert selection["best_epoch_accuracy"] == pytest.approx(log["val_acc"].max())
-    assert selection["mean_last_5_accuracy"] == pytest.approx(log["val_acc"].mean())
+    assert selection["best_epoch_accuracy"] == pytest.approx(log["test_acc"].max())
+    assert selection["mean_last_5_accuracy"] == pytest.approx(log["test_acc"].mean())
     assert "test set" in selection["best_epoch_note"]
     # --extend never shortens a run or changes anything else.
     code, _, err = run_cli(train, train_args(ds, short, *common, "--epochs", "3", "--lr", "0.01", "--resume",

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import build_method, check_resume_is_bit_identical, with_config
+from helpers import build_method, build_run_model, check_resume_is_bit_identical, with_config
 
 
 @pytest.fixture(scope="module")
 def built(tiny_dataset, tmp_path_factory):
-    trainer, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("rul"), "rul", seed=3)
-    batches = list(trainer.train_dataset(method_data).take(2))
-    return trainer, model, batches
+    run, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("rul"), "rul", seed=3)
+    batches = list(run.train_dataset(method_data).take(2))
+    return run, model, batches
 
 
 def _snapshot(model):
@@ -76,16 +76,16 @@ def test_draws_are_a_function_of_the_step_and_the_batch(built):
 
 def test_resumed_model_draws_the_same(built, tmp_path):
     from engine.checkpoint import CheckpointManager
-    from engine.run import Trainer
+    from engine.run import Run
 
-    trainer, model, batches = built
+    run, model, batches = built
     model.optimizer.iterations.assign(4)
     manager = CheckpointManager(tmp_path / "run")
     path = manager.save(model, {"global_step": 4, "epoch": 0, "step_in_epoch": 4, "time": 0.0})
     expected = float(model.compute_losses(batches[1], {}, training=True)[0]["add_up"])
     n = model.num_train_samples
-    rebuilt = Trainer(trainer.cfg, log=lambda *a, **k: None)
-    fresh = rebuilt.build(n, rebuilt.model_cls.empty_method_data(rebuilt.method_cfg, n))
+    rebuilt = Run(run.cfg, log=lambda *a, **k: None)
+    fresh = build_run_model(rebuilt, n, rebuilt.model_cls.empty_method_data(rebuilt.method_cfg, n))
     assert int(fresh.draw_seed.numpy()) == 0
     manager.load_into(fresh, path, require_optimizer=True)
     assert int(fresh.draw_seed.numpy()) == 3 and int(fresh.optimizer.iterations.numpy()) == 4
@@ -168,10 +168,10 @@ def test_fc_lr_multiplier_one_trains_the_fc_at_the_backbone_rate(tiny_dataset, t
     from models.rul import RULConfig
 
     assert RULConfig().fc_lr_multiplier == 10.0  # the official default
-    trainer, model, method_data = build_method(tiny_dataset, tmp_path, "rul", method_overrides={"fc_lr_multiplier": "1"})
+    run, model, method_data = build_method(tiny_dataset, tmp_path, "rul", set={"fc_lr_multiplier": "1"})
     assert model.config.fc_lr_multiplier == 1.0 and model.classifier.multiplier == 1.0
     np.testing.assert_array_equal(model.classifier.effective_kernel.numpy(), model.classifier.inner.kernel.numpy())
-    batch = next(iter(trainer.train_dataset(method_data)))
+    batch = next(iter(run.train_dataset(method_data)))
     lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     steps = {}
     for multiplier, candidate in ((1.0, model), (10.0, build_method(tiny_dataset, tmp_path / "ten", "rul")[1])):

@@ -57,27 +57,26 @@ def imbalanced(tmp_path_factory):
                               votes=False)
 
 
-def _epoch_labels(trainer, method_data, epochs: int) -> list[np.ndarray]:
+def _epoch_labels(run, method_data, epochs: int) -> list[np.ndarray]:
     """The labels of every training row the pipeline yields, epoch by epoch."""
-    spe = trainer.steps_per_epoch
-    labels = [batch["label"].numpy() for batch in trainer.train_dataset(method_data).take(epochs * spe)]
+    spe = run.steps_per_epoch
+    labels = [batch["label"].numpy() for batch in run.train_dataset(method_data).take(epochs * spe)]
     return [np.concatenate(labels[e * spe:(e + 1) * spe]) for e in range(epochs)]
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "balanced"])
 def test_per_epoch_class_counts_through_the_pipeline(sampler, imbalanced, tmp_path):
-    from engine.run import Trainer
+    from engine.run import Run
 
     log = []
-    trainer = Trainer(tiny_run_config(imbalanced, tmp_path / "run", imbalance_factor=10.0, sampler=sampler, epochs=3,
-                                      batch_size=16), log=log.append)
-    trainer.load_data()
-    table_counts = trainer.train_table.class_counts()
+    run = Run(tiny_run_config(imbalanced, tmp_path / "run", imbalance_factor=10.0, sampler=sampler, epochs=3,
+                              batch_size=16), log=log.append)
+    run.load_splits()
+    table_counts = run.train_table.class_counts()
     assert table_counts.max() / table_counts.min() == 10
-    method_data = trainer.method_data()
-    trainer.build(len(trainer.train_table), method_data)
-    epochs = _epoch_labels(trainer, method_data, 3)
-    n = len(trainer.train_table)
+    method_data = run.method_inputs()
+    epochs = _epoch_labels(run, method_data, 3)
+    n = len(run.train_table)
     for labels in epochs:
         assert len(labels) == n  # the epoch keeps the dataset's size
         counts = np.bincount(labels, minlength=7)
@@ -86,31 +85,30 @@ def test_per_epoch_class_counts_through_the_pipeline(sampler, imbalanced, tmp_pa
             assert _chi2_uniform(counts) > 2 * CHI2_6DF_P001
         else:
             assert _chi2_uniform(counts) < CHI2_6DF_P001, counts
-    assert trainer.record_extras["sampler"] == {"requested": sampler, "effective": sampler}
+    assert run.record_extras["sampler"] == {"requested": sampler, "effective": sampler}
     if sampler == "balanced":
         assert not np.array_equal(epochs[0], epochs[1])  # a new draw every epoch
 
 
 def test_a_method_with_its_own_sampler_keeps_it(tiny_dataset, tmp_path):
-    from engine.run import Trainer
+    from engine.run import Run
     from models.lanet import balanced_epoch_indices
 
     log = []
-    trainer = Trainer(tiny_run_config(tiny_dataset, tmp_path / "run", method="lanet", sampler="balanced"),
-                      log=log.append)
-    trainer.load_data()
-    method_data = trainer.method_data()
+    run = Run(tiny_run_config(tiny_dataset, tmp_path / "run", method="lanet", sampler="balanced"), log=log.append)
+    run.load_splits()
+    method_data = run.method_inputs()
     assert any("keeps its own sampler" in line for line in log), log
-    effective = trainer.record_extras["sampler"]["effective"]
+    effective = run.record_extras["sampler"]["effective"]
     assert effective.startswith("lanet's own") and "balanced_epoch_indices" in effective
-    expected = balanced_epoch_indices(trainer.train_table.labels, 7, 1, total_epochs=2, seed=0)
+    expected = balanced_epoch_indices(run.train_table.labels, 7, 1, total_epochs=2, seed=0)
     np.testing.assert_array_equal(method_data.epoch_indices(1), expected)
     # With its own sampler switched off, the run-level one applies.
-    trainer = Trainer(tiny_run_config(tiny_dataset, tmp_path / "run2", method="lanet", sampler="balanced",
-                                      method_overrides={"balanced_sampler": "false"}), log=log.append)
-    trainer.load_data()
-    trainer.method_data()
-    assert trainer.record_extras["sampler"] == {"requested": "balanced", "effective": "balanced"}
+    run = Run(tiny_run_config(tiny_dataset, tmp_path / "run2", method="lanet", sampler="balanced",
+                              set={"balanced_sampler": "false"}), log=log.append)
+    run.load_splits()
+    run.method_inputs()
+    assert run.record_extras["sampler"] == {"requested": "balanced", "effective": "balanced"}
 
 
 @pytest.mark.slow

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import build_method, with_config
+from helpers import build_method, build_run_model, with_config
 
 
 @pytest.fixture(scope="module")
 def built(tiny_dataset, tmp_path_factory):
-    trainer, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("scn"), "scn",
-                                               method_overrides={"relabel_epoch": "2"})
-    batches = list(trainer.train_dataset(method_data).take(2))
-    return trainer, model, batches
+    run, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("scn"), "scn",
+                                               set={"relabel_epoch": "2"})
+    batches = list(run.train_dataset(method_data).take(2))
+    return run, model, batches
 
 
 def _parts(model, images, training):
@@ -167,9 +167,9 @@ def test_relabel_off_never_changes_labels(built):
 
 def test_relabelled_table_survives_a_checkpoint_round_trip(built, tmp_path):
     from engine.checkpoint import CheckpointManager
-    from engine.run import Trainer
+    from engine.run import Run
 
-    trainer, model, _ = built
+    run, model, _ = built
     saved = model.current_labels.numpy().copy()
     try:
         relabelled = (saved + np.arange(len(saved))) % model.num_classes
@@ -177,8 +177,8 @@ def test_relabelled_table_survives_a_checkpoint_round_trip(built, tmp_path):
         manager = CheckpointManager(tmp_path / "run")
         path = manager.save(model, {"global_step": 1, "epoch": 0, "step_in_epoch": 1, "time": 0.0})
         n = model.num_train_samples
-        rebuilt = Trainer(trainer.cfg, log=lambda *a, **k: None)
-        fresh = rebuilt.build(n, rebuilt.model_cls.empty_method_data(rebuilt.method_cfg, n))
+        rebuilt = Run(run.cfg, log=lambda *a, **k: None)
+        fresh = build_run_model(rebuilt, n, rebuilt.model_cls.empty_method_data(rebuilt.method_cfg, n))
         assert not fresh.current_labels.numpy().any()  # zeros before loading
         manager.load_into(fresh, path, require_optimizer=True)
         np.testing.assert_array_equal(fresh.current_labels.numpy(), relabelled)
@@ -188,13 +188,13 @@ def test_relabelled_table_survives_a_checkpoint_round_trip(built, tmp_path):
 
 
 def test_final_metrics_count_the_relabelled_rows(built):
-    trainer, model, _ = built
+    run, model, _ = built
     saved = model.current_labels.numpy().copy()
     try:
         changed = saved.copy()
         changed[:5] = (changed[:5] + 1) % model.num_classes
         model.current_labels.assign(changed)
-        metrics = model.final_metrics(trainer.context())
+        metrics = model.final_metrics(run.context())
         assert metrics["scn_relabeled"] == 5
         assert metrics["scn_relabeled_fraction"] == pytest.approx(5 / model.num_train_samples)
     finally:
@@ -220,7 +220,7 @@ def test_killed_run_resumes_bit_identically_while_relabelling(tiny_dataset, tmp_
     from helpers import check_resume_is_bit_identical
 
     weights = check_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, "scn",
-                                            method_overrides={"relabel_epoch": "2", "margin_2": "0.02"})
+                                            set={"relabel_epoch": "2", "margin_2": "0.02"})
     tables = [v for v in weights.values() if v.dtype == np.int32 and v.shape == (56,)]
     assert len(tables) == 1
     given = np.arange(56) % 7  # the tiny dataset's labels

@@ -9,27 +9,22 @@ import pytest
 import visualize
 from engine.inspect import gradcam_layer, gradcam_maps
 from common.errors import ConfigError, DataError
-from helpers import tiny_run_config
+from helpers import tiny_run_config, train_run
 
 
 def _train(cfg):
-    from engine.run import Trainer
-
-    Trainer(cfg, log=lambda *a, **k: None).train()
-    from pathlib import Path
-
-    return Path(cfg.out)
+    return train_run(cfg).run_dir
 
 
 @pytest.fixture(scope="module")
 def ce_run(tiny_dataset, tmp_path_factory):
-    return _train(tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("viz") / "ce", val_every=1))
+    return _train(tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("viz") / "ce", test_every=1))
 
 
 @pytest.fixture(scope="module")
 def ldlva_run(tiny_dataset, tmp_path_factory):
     return _train(tiny_run_config(tiny_dataset, tmp_path_factory.mktemp("viz") / "ldlva", method="ldlva",
-                                  noise_kind="symmetric", noise_rate=0.3, noise_seed=1))
+                                  noise="symmetric", noise_rate=0.3, noise_seed=1))
 
 
 def assert_png(path, min_side=150):
@@ -73,29 +68,29 @@ def test_ldlva_figures_refuse_other_methods(ce_run, tmp_path):
 
 
 def test_gradcam_maps(ce_run):
-    trainer, _ = visualize.load_model(visualize.build_parser().parse_args(["gradcam", "--run", str(ce_run)]))
-    layer = gradcam_layer(trainer.model.backbone)
+    run, model = visualize.load_model(visualize.build_parser().parse_args(["gradcam", "--run", str(ce_run)]))
+    layer = gradcam_layer(model.backbone)
     assert len(layer.output.shape) == 4 and "pool" not in layer.name
-    inputs = visualize.model_inputs(trainer.test_table, [0, 1, 2], trainer.cfg.image_size)
-    maps, probs = gradcam_maps(trainer.model, inputs, layer)
+    inputs = visualize.model_inputs(run.test_table, [0, 1, 2], run.cfg.image_size)
+    maps, probs = gradcam_maps(model, inputs, layer)
     assert maps.shape[0] == 3 and maps.shape[1] > 1 and maps.ndim == 3
     assert maps.min() >= 0 and maps.max() <= 1 + 1e-6
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
     # The predicted class's map equals the map of that class asked for explicitly; another class differs.
-    same, _ = gradcam_maps(trainer.model, inputs, layer, class_index=probs.argmax(1))
+    same, _ = gradcam_maps(model, inputs, layer, class_index=probs.argmax(1))
     np.testing.assert_allclose(same, maps, atol=1e-5)
-    other, _ = gradcam_maps(trainer.model, inputs, layer, class_index=(probs.argmax(1) + 1) % 7)
+    other, _ = gradcam_maps(model, inputs, layer, class_index=(probs.argmax(1) + 1) % 7)
     assert not np.allclose(other, maps)
 
 
 def test_ldlva_explain_follows_the_target_definition(ldlva_run):
     args = visualize.build_parser().parse_args(["neighbors", "--run", str(ldlva_run)])
-    trainer = visualize._ldlva_trainer(args)
-    rows = visualize.pick_training_rows(trainer, 3, args)
-    table = trainer.train_table
+    run, model = visualize._ldlva_run(args)
+    rows = visualize.pick_training_rows(run, model, 3, args)
+    table = run.train_table
     assert (table.clean_labels[rows] != table.labels[rows]).all()  # flipped samples by default
-    info = visualize.ldlva_explain(trainer, rows)
-    np.testing.assert_array_equal(info["neighbors"], trainer.model.neighbor_table.numpy()[rows])
+    info = visualize.ldlva_explain(run, model, rows)
+    np.testing.assert_array_equal(info["neighbors"], model.neighbor_table.numpy()[rows])
     np.testing.assert_array_equal(info["labels"], table.labels[rows])
     assert ((info["similarity"] > 0) & (info["similarity"] <= 1)).all()
     assert ((info["calibration"] > 0) & (info["calibration"] < 1)).all()
@@ -104,8 +99,8 @@ def test_ldlva_explain_follows_the_target_definition(ldlva_run):
     weights = contributions / contributions.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(info["weights"], weights, rtol=1e-5, atol=1e-7)
     # d_i = Σ_k w_ik p_k from the neighbours' own predictions, recomputed here independently.
-    inputs = visualize.model_inputs(table, info["neighbors"].ravel(), trainer.cfg.image_size)
-    neighbor_probs = tf.nn.softmax(trainer.model(tf.constant(inputs), training=False)).numpy()
+    inputs = visualize.model_inputs(table, info["neighbors"].ravel(), run.cfg.image_size)
+    neighbor_probs = tf.nn.softmax(model(tf.constant(inputs), training=False)).numpy()
     mix = np.einsum("nk,nkc->nc", weights, neighbor_probs.reshape(len(rows), -1, 7))
     np.testing.assert_allclose(info["neighbor_dist"], mix, atol=1e-5)
     lam = info["uncertainty"][:, None]
@@ -116,7 +111,7 @@ def test_ldlva_explain_follows_the_target_definition(ldlva_run):
 @pytest.mark.slow
 @pytest.mark.parametrize("method, kind", [("nla", "naw"), ("lanet", "lanet-distributions")])
 def test_peer_method_figures(method, kind, tiny_dataset, tmp_path):
-    run = _train(tiny_run_config(tiny_dataset, tmp_path / method, method=method, noise_kind="symmetric",
+    run = _train(tiny_run_config(tiny_dataset, tmp_path / method, method=method, noise="symmetric",
                                  noise_rate=0.3, noise_seed=1))
     _draw(kind, run, tmp_path, *(["--n", "4"] if kind != "naw" else []))
     other = "lanet-distributions" if kind == "naw" else "naw"  # the other method's figure is refused

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 import torch_format as tf_
+from helpers import build_run_model
 from helpers_cli import run_cli
 
 MSCELEB_IDENTITIES = 12631  # the fc of the MS-Celeb-1M ResNet-18 every seed paper starts from (12631 × 512)
@@ -171,19 +172,19 @@ def test_issue_command_trains_from_the_msceleb_resnet18(checkpoints, tmp_path, c
 
 
 def test_resnet50_legacy_checkpoint_builds_the_run_model(checkpoints, tmp_path):
-    """The same log line for ResNet-50 (legacy format), through the Trainer's build; the model holds the file.
+    """The same log line for ResNet-50 (legacy format), through the engine's model factory; the model holds the file.
 
     (Training it through train.py as above works too but costs ~18 s of CPU, all of it tracing ResNet-50's
     train step, whatever the number of images: nothing the weights file changes.)
     """
-    from engine.run import RunConfig, Trainer
+    from engine.run import Run, RunConfig
 
     path, sd = checkpoints[50, "legacy"]
     lines = []
-    trainer = Trainer(RunConfig(dataset="synthetic", backbone="resnet50", image_size=32, batch_size=8, epochs=1,
-                                weights=str(path), out=str(tmp_path / "run"), export=False, tensorboard=False,
-                                verbose=0), log=lines.append)
-    model = trainer.build(16)
+    run = Run(RunConfig(dataset="synthetic", backbone="resnet50", image_size=32, batch_size=8, epochs=1,
+                        weights=str(path), run=str(tmp_path / "run"), export=False, tensorboard=False, verbose=0),
+              log=lines.append)
+    model = build_run_model(run, 16)
     assert f"--weights {path}: {_summary(50)}" in lines, lines
     backbone = _backbone_weights(model.backbone)
     for key, variable_path, _ in model.backbone.fer_weights_report["mapped"]:
@@ -221,7 +222,7 @@ def test_inspect_and_convert_give_the_backbone_the_pth_gives(checkpoints, tmp_pa
     assert len(mapping) == MAPPED[depth] and {dst for _, dst in mapping} == set(h5_weights)
     for key, variable_path in mapping:  # the file's own tensors, converted
         np.testing.assert_array_equal(h5_weights[variable_path], _keras_value(sd, key, variable_path), err_msg=key)
-    if depth == 18:  # and what --weights FILE.pth loads directly (for ResNet-50 see the Trainer test above)
+    if depth == 18:  # and what --weights FILE.pth loads directly (for ResNet-50 see the factory test above)
         from_pth = build_backbone("resnet18", 32, str(path))
         assert from_pth.fer_input_norm == "imagenet"
         for name, value in _backbone_weights(from_pth).items():
@@ -307,17 +308,17 @@ def _write_keras2_h5(path, weights) -> None:
 
 def test_image_classifiers_h5_with_top_builds_the_run_model(tmp_path):
     """image-classifiers' ``resnet18_imagenet_1000.h5`` (Keras 2 names, an fc1 top) as --backbone resnet18_ic."""
-    from engine.run import RunConfig, Trainer
+    from engine.run import Run, RunConfig
 
     path = tmp_path / "resnet18_imagenet_1000.h5"
     weights = _ic_weights(seed=5)
     _write_keras2_h5(path, {**weights, "fc1": [("kernel", np.zeros((512, 1000), np.float32)),
                                                ("bias", np.zeros(1000, np.float32))]})
     lines = []
-    trainer = Trainer(RunConfig(dataset="synthetic", backbone="resnet18_ic", image_size=32, batch_size=8, epochs=1,
-                                weights=str(path), out=str(tmp_path / "run"), export=False, tensorboard=False,
-                                verbose=0), log=lines.append)
-    model = trainer.build(16)
+    run = Run(RunConfig(dataset="synthetic", backbone="resnet18_ic", image_size=32, batch_size=8, epochs=1,
+                        weights=str(path), run=str(tmp_path / "run"), export=False, tensorboard=False, verbose=0),
+              log=lines.append)
+    model = build_run_model(run, 16)
     mapped = sum(len(w) for w in weights.values())
     assert mapped == 96  # 19 BatchNorms × 4 tensors (bn_data has no gamma: 3) and 21 convolution kernels
     assert f"--weights {path}: {mapped} tensors loaded, 2 dropped: fc1/kernel, fc1/bias (classifier head)" in lines, \
