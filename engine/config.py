@@ -99,6 +99,10 @@ class RunConfig:
         "keep the backbone's first parts at their pretrained values while fine-tuning: none | stem | stage1 | "
         "stage2 | stage3 (the stem and every stage up to the one named)", MODEL,
         choices=("none", "stem", "stage1", "stage2", "stage3")))
+    head_init: str = field(default="random", metadata=_opt(
+        "how a fresh run's classifier starts: random (the layer's initialiser) | probe (a logistic-regression "
+        "probe of the frozen pretrained features on the given labels, folded into the classifier: LP-FT, "
+        "Kumar et al. ICLR 2022; engine/head_init.py)", MODEL, choices=("random", "probe")))
     image_size: int | None = field(default=None, metadata=_opt("network input side in pixels", MODEL))
     pad: int | None = field(default=None, metadata=_opt("zero padding before the random crop (pixels, >= 0)", MODEL))
     random_erasing: float | None = field(default=None, metadata=_opt(

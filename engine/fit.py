@@ -101,6 +101,11 @@ def _fit(run: Run, method_inputs, strategy, stages: StageTimes, tracker) -> Trai
     model = stages.timed("build", build)
     manager = CheckpointManager(run_dir)
     start_step = stages.timed("resume", resume_latest, manager, model, run.log) if cfg.resume else 0
+    if start_step == 0 and cfg.head_init == "probe":  # a resumed run reads its head from the checkpoint
+        from engine.head_init import init_head_from_probe
+
+        stages.timed("head_init", init_head_from_probe, model, run.eval_dataset("train"), run.train_table.labels,
+                     cfg.num_classes, seed=cfg.seed, log=run.log)
     checkpoint = RunCheckpoint(manager, model, steps, cfg.checkpoint_every)
     context = run.context(save_checkpoint=checkpoint.save)
     uncertainty = _uncertainty_loggers(run, model)

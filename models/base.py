@@ -190,6 +190,15 @@ class FERModel(keras.Model):
         """
         return {"logits": self.classifier(features)}
 
+    def classifier_inputs(self, images):
+        """What the linear classifier reads at inference, (B, D) float32: the pooled backbone feature (RUL: μ).
+        ``--head-init probe`` fits its linear probe on it (``engine/head_init.py``)."""
+        return tf.cast(self.backbone(images, training=False), tf.float32)
+
+    def set_linear_head(self, kernel, bias) -> None:
+        """Make the classifier z = x·kernel + bias, x = :meth:`classifier_inputs` (``--head-init probe``)."""
+        self.classifier.set_weights([np.asarray(kernel, np.float32), np.asarray(bias, np.float32)])
+
     def embed(self, images, training=False):
         """images (B,S,S,3) → (features (B,D) float32, logits (B,C) float32)."""
         features = tf.cast(self.backbone(images, training=training), tf.float32)

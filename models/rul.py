@@ -282,6 +282,15 @@ class RULModel(FERModel):
         keys = tf.random.stateless_uniform(tf.shape(index), self.seed_for(index, _SALT_PERMUTATION))
         return tf.argsort(keys, stable=True)
 
+    def classifier_inputs(self, images):
+        """μ, what fc reads (inference mode)."""
+        return self.heads(images, training=False)[0]
+
+    def set_linear_head(self, kernel, bias) -> None:
+        """fc's effective weights W = m·V (:class:`FCLearningRateScale`): store V = W/m."""
+        m = self.classifier.multiplier
+        self.classifier.inner.set_weights([np.asarray(kernel, np.float32) / m, np.asarray(bias, np.float32) / m])
+
     def predict_outputs(self, images) -> dict:
         """fc(μ) logits and probabilities (:meth:`head_outputs` of μ, as the base class) plus each image's
         uncertainty u, key ``uncertainty``, from the log-variance head on the same conv map (which μ alone
