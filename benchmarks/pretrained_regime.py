@@ -75,6 +75,9 @@ def build_parser():
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--freeze", default="none", choices=("none", "stem", "stage1", "stage2", "stage3"),
                    help="keep the backbone's stem and stages up to this one fixed (pretrained regime only)")
+    p.add_argument("--head-init", default="random", choices=("random", "probe"),
+                   help="probe: each pretrained run's classifier starts from a linear probe of the frozen features "
+                        "(LP-FT; train.py --head-init)")
     p.add_argument("--order", default="seed", choices=("seed", "setting"),
                    help="seed: every setting's seed 0 first (default); setting: each setting's seeds before the next")
     p.add_argument("--report-only", action="store_true", help="train nothing; rebuild OUT/table.md")
@@ -102,6 +105,8 @@ def grid_argv(args, regime: str, setting: str, seeds) -> list[str]:
             _weights_arg(args.weights) if regime == "pretrained" else "none"]
     if regime == "pretrained" and args.freeze != "none":
         argv += ["--freeze", args.freeze]
+    if regime == "pretrained" and args.head_init != "random":
+        argv += ["--head-init", args.head_init]
     if "ldlva" in cell_methods(args, regime, setting):
         argv += ["--method-set", "ldlva:neighbor_source=bank"]
     if "eac" in cell_methods(args, regime, setting):
@@ -119,6 +124,7 @@ def recipe(args) -> str:
     """One line naming the recipe every cell shares."""
     weights = "dlib's face ResNet (--weights dlib)" if args.weights == "dlib" else "the identity backbone"
     frozen = f", {args.freeze} frozen" if args.freeze != "none" else ""
+    frozen += ", head from a linear probe (LP-FT)" if args.head_init == "probe" else ""
     return (f"{args.backbone} @ {args.image_size} px from {weights}{frozen}, {args.train_size} training faces, "
             f"{args.epochs} epochs, batch {args.batch_size} (Adam {args.lr:g}, cosine)")
 

@@ -25,6 +25,18 @@ def test_cells_table1_methods_only_where_table1_is(tmp_path):
     assert "eac:erasing=0" not in pr.grid_argv(args, "pretrained", "clean", [0])
 
 
+def test_head_init_probe_reaches_the_pretrained_cells_only(tmp_path):
+    from benchmarks.grid import build_parser as grid_parser
+
+    args = _args(tmp_path, "--head-init", "probe", "--freeze", "stage1")
+    pretrained = pr.grid_argv(args, "pretrained", "sym30", [0])
+    assert pretrained[pretrained.index("--head-init") + 1] == "probe"
+    assert grid_parser().parse_args(pretrained).head_init == "probe"  # a train.py option the grid passes on
+    assert "--head-init" not in pr.grid_argv(args, "scratch", "sym30", [0])
+    assert "--head-init" not in pr.grid_argv(_args(tmp_path), "pretrained", "sym30", [0])
+    assert "linear probe" in pr.recipe(args) and "linear probe" not in pr.recipe(_args(tmp_path))
+
+
 def _write_runs(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
