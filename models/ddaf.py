@@ -122,6 +122,9 @@ class DDAFConfig:
             raise ConfigError(f"ddaf alpha must lie in [0, 1], got {self.alpha}")
         if not 0.0 <= self.swa_start <= 1.0:
             raise ConfigError(f"ddaf swa_start is a fraction of the epochs in [0, 1], got {self.swa_start}")
+        for name in ("va_weight", "ce_weight", "cos_weight", "l2_weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ddaf {name} must be >= 0, got {getattr(self, name)}")
 
 
 class DDAFModel(FERModel):

@@ -162,6 +162,9 @@ class LANetConfig:
             raise ConfigError(f"lanet: el_labels must be estimated or onehot, got '{self.el_labels}'")
         if self.temperature <= 0 or self.heatmap_sigma <= 0:
             raise ConfigError("lanet: temperature and heatmap_sigma must be positive")
+        for name in ("lm_weight", "kl_weight", "el_weight", "l2_weight_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"lanet: {name} must be >= 0, got {getattr(self, name)}")
 
 
 # --- data ----------------------------------------------------------------------------------------------

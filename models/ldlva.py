@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 import keras
 import numpy as np
@@ -136,6 +137,12 @@ class LDLVAConfig:
     fixed_uncertainty: float = 0.5  # the shared uncertainty λ of uncertainty_mode=fixed (paper notation)
     discriminative_loss: bool = True  # off → γ = 0 and the centres never move
 
+    # Fields any finite value suits (the method contract probes every other number with out-of-range values).
+    unbounded: ClassVar[tuple[str, ...]] = ("calibration_clamp",)
+
+    def __post_init__(self):
+        check_config(self)
+
 
 VARIANT_DEFAULTS = {
     "paper": dict(va_metric="l2", va_delta=0.5, lambda_parametrization="projected", lambda_init=0.0,
@@ -154,25 +161,39 @@ _CHOICES = {"va_metric": ("l2", "l1"), "lambda_parametrization": ("projected", "
 
 
 def resolved(config: LDLVAConfig) -> LDLVAConfig:
-    """Fill every ``None`` switch from ``config.variant`` and validate the choices; returns a new config."""
+    """Fill every ``None`` switch from ``config.variant``; returns a new config (checked, as every one is)."""
+    fills = {k: v for k, v in VARIANT_DEFAULTS[config.variant].items() if getattr(config, k) is None}
+    return dataclasses.replace(config, **fills)
+
+
+def check_config(config: LDLVAConfig) -> None:
+    """Every choice and range of ``config``, a ``None`` switch read as its ``variant``'s value: a ConfigError
+    naming the field (``LDLVAConfig.__post_init__``, so ``--set`` is checked before any data is read)."""
     if config.variant not in VARIANT_DEFAULTS:
         raise ConfigError(f"ldlva: unknown variant '{config.variant}' (paper, release)")
-    fills = {k: v for k, v in VARIANT_DEFAULTS[config.variant].items() if getattr(config, k) is None}
-    config = dataclasses.replace(config, **fills)
+    defaults = VARIANT_DEFAULTS[config.variant]
+
+    def value(name):
+        given = getattr(config, name)
+        return defaults[name] if given is None else given
+
     for name, choices in _CHOICES.items():
-        if getattr(config, name) not in choices:
-            raise ConfigError(f"ldlva: {name} must be one of {', '.join(choices)}, got {getattr(config, name)!r}")
+        if value(name) not in choices:
+            raise ConfigError(f"ldlva: {name} must be one of {', '.join(choices)}, got {value(name)!r}")
     if config.num_neighbors < 1:
         raise ConfigError(f"ldlva: num_neighbors must be >= 1, got {config.num_neighbors}")
-    if not 0.0 <= config.bank_momentum < 1.0:
-        raise ConfigError(f"ldlva: bank_momentum must lie in [0, 1), got {config.bank_momentum}")
+    for name in ("bank_momentum", "lambda_momentum"):
+        if not 0.0 <= value(name) < 1.0:
+            raise ConfigError(f"ldlva: {name} must lie in [0, 1), got {value(name)}")
     if not 0.0 <= config.fixed_uncertainty <= 1.0:
         raise ConfigError(f"ldlva: fixed_uncertainty must lie in [0, 1], got {config.fixed_uncertainty}")
-    if config.lambda_parametrization == "projected" and not 0.0 <= config.lambda_init <= 1.0:
-        raise ConfigError(f"ldlva: a projected λ must start in [0, 1], got lambda_init={config.lambda_init}")
-    if config.va_delta <= 0 or config.gamma < 0 or config.lambda_lr < 0 or not 0 <= config.lambda_momentum < 1:
-        raise ConfigError("ldlva: va_delta must be > 0, gamma and lambda_lr >= 0, lambda_momentum in [0, 1)")
-    return config
+    if value("lambda_parametrization") == "projected" and not 0.0 <= value("lambda_init") <= 1.0:
+        raise ConfigError(f"ldlva: a projected λ must start in [0, 1], got lambda_init={value('lambda_init')}")
+    if value("va_delta") <= 0:
+        raise ConfigError(f"ldlva: va_delta must be > 0, got {value('va_delta')}")
+    for name in ("gamma", "lambda_lr", "center_lr", "center_repulsion_scale"):
+        if value(name) < 0:
+            raise ConfigError(f"ldlva: {name} must be >= 0, got {value(name)}")
 
 
 MSCELEB_R18 = "MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, LA-Net and NLA start from)"

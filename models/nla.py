@@ -97,6 +97,10 @@ class NLAConfig:
             raise ConfigError(f"nla jsd_mode must be one of {', '.join(JSD_MODES)}, got '{self.jsd_mode}'")
         if not 0.0 <= self.lam <= 1.0:
             raise ConfigError(f"nla lam must lie in [0, 1], got {self.lam}")
+        if self.slope > 0:  # ε(e) = 1 − exp(slope·e/E) would fall below 0 and diverge
+            raise ConfigError(f"nla slope must be <= 0, got {self.slope}")
+        if self.l2_weight_decay < 0:
+            raise ConfigError(f"nla l2_weight_decay must be >= 0, got {self.l2_weight_decay}")
 
 
 class NLAModel(FERModel):
