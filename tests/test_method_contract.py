@@ -159,17 +159,22 @@ def test_checkpoint_round_trip_restores_every_variable(method, built, tmp_path):
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
-def test_export_serves_the_models_probabilities(method, built, tmp_path):
+def test_export_serves_the_models_probabilities_and_carries_no_training_state(method, built, tmp_path):
     from data.pipeline import normalize
-    from engine.export import export_saved_model
+    from engine.export import export_saved_model, inference_variables
 
     trainer, model, _, _, _ = built(method)
     out = export_saved_model(model, tmp_path / "sm", 24, trainer.spec.class_names, method)
     serve = tf.saved_model.load(str(out)).signatures["serving_default"]
     images = np.random.default_rng(0).integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
-    served = serve(images=tf.constant(images))["probabilities"].numpy()
-    direct = np.asarray(model.predict_outputs(normalize(images))["probabilities"])
-    np.testing.assert_allclose(served, direct, atol=1e-5)
+    served = serve(images=tf.constant(images))
+    direct = model.predict_outputs(normalize(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), np.asarray(direct["probabilities"]), atol=1e-5)
+    assert sorted(served) == sorted(["probabilities", "label", *model.served_outputs])
+    # The export holds what predict_outputs reads: the backbone's and heads' weights, no per-sample state.
+    carried = {id(v) for v in inference_variables(model, 24)}
+    assert {id(v) for v in model.backbone.variables} <= carried
+    assert not carried & {id(v) for v in _per_sample_variables(model)}
 
 
 # float16 (what --mixed-precision auto picks on CUDA) for every method; bfloat16 shares the code path
