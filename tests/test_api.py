@@ -37,8 +37,8 @@ def run_dir(tiny_dataset, tmp_path_factory):
     from engine.export import export_saved_model
 
     run = tmp_path_factory.mktemp("api") / "run"
-    trainer, model, _ = build_method(tiny_dataset, run, method="ce")
-    export_saved_model(model, run / "saved_model", 24, trainer.spec.class_names, "ce", log=lambda *a: None)
+    built, model, _ = build_method(tiny_dataset, run, method="ce")
+    export_saved_model(model, run / "saved_model", 24, built.spec.class_names, "ce", log=lambda *a: None)
     return run
 
 

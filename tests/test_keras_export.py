@@ -52,10 +52,10 @@ def test_every_output_of_the_savedmodel_is_exported(tiny_dataset, tmp_path):
     from data.images import load_image_array
     from engine.export import export_saved_model
 
-    trainer, model, _ = build_method(tiny_dataset, tmp_path / "run", method="ddaf")
-    table = trainer.test_table
+    run, model, _ = build_method(tiny_dataset, tmp_path / "run", method="ddaf")
+    table = run.test_table
     images = load_image_array(table.image_root, table.paths, 24, table.csv_path)
-    out = export_saved_model(model, tmp_path / "export", 24, trainer.spec.class_names, "ddaf",
+    out = export_saved_model(model, tmp_path / "export", 24, run.spec.class_names, "ddaf",
                              formats=("tflite", "onnx"), check_images=images, log=lambda *a: None)
     meta = json.loads((out / "fer_export.json").read_text())
     assert all(meta["formats"][fmt]["top1_agreement"] == 1.0 for fmt in ("tflite", "onnx")), meta["formats"]

@@ -26,8 +26,8 @@ def export(tiny_dataset, tmp_path_factory):
     from engine.export import export_saved_model
 
     root = tmp_path_factory.mktemp("folders")
-    trainer, model, _ = build_method(tiny_dataset, root / "run", method="ddaf")
-    return export_saved_model(model, root / "saved_model", 24, trainer.spec.class_names, "ddaf", log=lambda *a: None)
+    run, model, _ = build_method(tiny_dataset, root / "run", method="ddaf")
+    return export_saved_model(model, root / "saved_model", 24, run.spec.class_names, "ddaf", log=lambda *a: None)
 
 
 @pytest.fixture(scope="module")
