@@ -24,7 +24,7 @@ def build_model(run, num_train_samples: int, method_inputs=None, strategy=None, 
 
     from data.pipeline import steps_per_epoch
     from models.backbones import build_backbone
-    from models.base import MethodData
+    from models.base import MethodInputs
 
     cfg = run.cfg
     strategy = strategy if strategy is not None else tf.distribute.get_strategy()
@@ -40,7 +40,7 @@ def build_model(run, num_train_samples: int, method_inputs=None, strategy=None, 
                           f"samples) leaves a replica empty; choose a --batch-size for which "
                           f"{num_train_samples} mod batch is 0 or at least {replicas}")
     steps = steps_per_epoch(num_train_samples, cfg.batch_size)
-    method_inputs = method_inputs if method_inputs is not None else MethodData()
+    method_inputs = method_inputs if method_inputs is not None else MethodInputs()
     with strategy.scope():
         backbone = build_backbone(cfg.backbone, cfg.image_size, cfg.weights if load_weights else None,
                                   input_norm=cfg.input_norm)
@@ -55,6 +55,9 @@ def build_model(run, num_train_samples: int, method_inputs=None, strategy=None, 
             run.log(f"--weights {cfg.weights}: {format_load_summary(backbone.fer_weights_report)}")
         model = run.model_cls(backbone, cfg.num_classes, num_train_samples, run.method_cfg, steps_per_epoch=steps,
                               total_epochs=cfg.epochs, **method_inputs.model_kwargs)
-        model.compile(optimizer=make_optimizer(cfg, steps), jit_compile=cfg.jit)
+        optimizer = make_optimizer(cfg, steps)
+        if cfg.backbone_lr_multiplier != 1.0:
+            optimizer.set_lr_multiplier(model.backbone.trainable_variables, cfg.backbone_lr_multiplier)
+        model.compile(optimizer=optimizer, jit_compile=cfg.jit)
         model.build_all(cfg.image_size)
     return model

@@ -111,6 +111,9 @@ class RunConfig:
     epochs: int | None = field(default=None, metadata=_opt("training epochs", OPTIM))
     batch_size: int | None = field(default=None, metadata=_opt("global batch size", OPTIM))
     lr: float | None = field(default=None, metadata=_opt("learning rate", OPTIM))
+    backbone_lr_multiplier: float = field(default=1.0, metadata=_opt(
+        "the backbone trains at this multiple of --lr, the heads at --lr (discriminative fine-tuning; e.g. 0.1 "
+        "for dlib's face ResNet, whose conv weights are ~1e-3 in size)", OPTIM))
     optimizer: str | None = field(default=None, metadata=_opt("adam (default) | adamw | sgd", OPTIM,
                                                               choices=("adam", "adamw", "sgd")))
     momentum: float | None = field(default=None, metadata=_opt("SGD momentum (default 0.9)", OPTIM))
@@ -209,6 +212,7 @@ def validate_run_config(cfg: RunConfig) -> None:
         _check_number(name, getattr(cfg, name), low=1, integer=True)
     _check_number("pad", cfg.pad, low=0, integer=True)
     _check_number("lr", cfg.lr, low=0, low_open=True)
+    _check_number("backbone_lr_multiplier", cfg.backbone_lr_multiplier, low=0, low_open=True)
     _check_number("momentum", cfg.momentum, low=0, high=1, high_open=True)
     _check_number("weight_decay", cfg.weight_decay, low=0)
     _check_number("lr_decay", cfg.lr_decay, low=0, low_open=True)

@@ -8,7 +8,39 @@ import os
 from common.errors import ConfigError
 
 
+def _with_lr_multipliers(base):
+    """``base`` (a Keras optimizer class) with per-variable learning-rate multipliers.
+
+    Discriminative fine-tuning (Howard & Ruder, ACL 2018, Sec. 3.2): the pretrained backbone at a fraction of
+    the heads' learning rate (``--backbone-lr-multiplier``). Keras 3 optimizers take one learning rate; every
+    one of them updates a variable in ``update_step(gradient, variable, learning_rate)``, so scaling the rate
+    there is an exact per-variable rate for Adam, AdamW and SGD (moments and momentum buffers are unchanged;
+    AdamW's decoupled weight decay uses the unscaled rate). Adam's step is invariant to the gradient's scale,
+    which is why scaling gradients could not do this.
+    """
+
+    class WithLRMultipliers(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lr_multipliers: dict = {}  # _var_key(variable) → multiplier
+
+        def set_lr_multiplier(self, variables, multiplier: float) -> None:
+            """Train ``variables`` at ``multiplier`` × the learning rate (before the first step is traced)."""
+            for variable in variables:
+                self.lr_multipliers[self._var_key(variable)] = float(multiplier)
+
+        def update_step(self, gradient, variable, learning_rate):
+            multiplier = self.lr_multipliers.get(self._var_key(variable), 1.0)
+            if multiplier != 1.0:
+                learning_rate = learning_rate * multiplier
+            return super().update_step(gradient, variable, learning_rate)
+
+    WithLRMultipliers.__name__ = WithLRMultipliers.__qualname__ = base.__name__
+    return WithLRMultipliers
+
+
 def make_optimizer(cfg, steps_per_epoch: int):
+    """The run's optimizer and schedule (each takes per-variable rate multipliers: :func:`_with_lr_multipliers`)."""
     import keras
 
     lr = cfg.lr
@@ -29,12 +61,12 @@ def make_optimizer(cfg, steps_per_epoch: int):
     else:
         raise ConfigError(f"unknown --lr-schedule '{cfg.lr_schedule}' (constant, step, cosine, exponential, linear)")
     if cfg.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=schedule)
+        return _with_lr_multipliers(keras.optimizers.Adam)(learning_rate=schedule)
     if cfg.optimizer == "adamw":
         # An explicit 0 means no decay; unset resolves to the help's default 0 (None only before resolving).
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=cfg.weight_decay or 0.0)
+        return _with_lr_multipliers(keras.optimizers.AdamW)(learning_rate=schedule, weight_decay=cfg.weight_decay or 0.0)
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None)
+        return _with_lr_multipliers(keras.optimizers.SGD)(learning_rate=schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None)
     raise ConfigError(f"unknown --optimizer '{cfg.optimizer}' (adam, adamw, sgd)")
 
 

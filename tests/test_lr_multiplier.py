@@ -1,0 +1,71 @@
+"""``--backbone-lr-multiplier``: per-variable learning rates that equal a separate optimizer at the scaled rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import build_method, tiny_run_config
+
+
+def _steps(optimizer, variables, grads_per_step):
+    for grads in grads_per_step:
+        optimizer.apply(grads, variables)
+    return [np.asarray(v) for v in variables]
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+def test_a_multiplier_is_exactly_the_scaled_learning_rate(kind):
+    """Variable a at multiplier 0.1 under rate 1e-2 moves exactly as under a rate of 1e-3 (moments, momentum
+    buffers and bias corrections included); variable b keeps the full rate."""
+    import keras
+
+    from engine.config import RunConfig
+    from engine.setup import make_optimizer
+
+    rng = np.random.default_rng(0)
+    grads = [[rng.normal(size=(3, 2)).astype("float32"), rng.normal(size=(4,)).astype("float32")] for _ in range(5)]
+    start = [rng.normal(size=(3, 2)).astype("float32"), rng.normal(size=(4,)).astype("float32")]
+
+    def run(lr, multiplier):
+        cfg = RunConfig(optimizer=kind, lr=lr, lr_schedule="constant", epochs=1, momentum=0.9, weight_decay=0.0)
+        optimizer = make_optimizer(cfg, steps_per_epoch=1)
+        variables = [keras.Variable(s) for s in start]
+        if multiplier is not None:
+            optimizer.set_lr_multiplier(variables[:1], multiplier)
+        return _steps(optimizer, variables, grads)
+
+    scaled = run(1e-2, 0.1)
+    np.testing.assert_allclose(scaled[0], run(1e-3, None)[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(scaled[1], run(1e-2, None)[1], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(scaled[0], run(1e-2, None)[0])
+
+
+def test_the_engine_scales_the_backbone_and_not_the_heads(tiny_dataset, tmp_path):
+    """A tiny run at multiplier 1e-9: one epoch moves the classifier and leaves every backbone weight where
+    it started (BatchNorm's moving statistics are not trained by the optimizer and are left out)."""
+    run, model, inputs = build_method(tiny_dataset, tmp_path / "run", backbone_lr_multiplier=1e-9, epochs=1)
+    optimizer = model.optimizer
+    keys = {optimizer._var_key(v) for v in model.backbone.trainable_variables}
+    assert set(optimizer.lr_multipliers) == keys and set(optimizer.lr_multipliers.values()) == {1e-9}
+    before_backbone = [np.asarray(v) for v in model.backbone.trainable_variables]
+    before_head = np.asarray(model.classifier.kernel)
+    model.fit(run.train_dataset(inputs).take(3), epochs=1, steps_per_epoch=3, verbose=0, shuffle=False)
+    for start, variable in zip(before_backbone, model.backbone.trainable_variables):
+        np.testing.assert_allclose(np.asarray(variable), start, atol=1e-9)
+    assert np.abs(np.asarray(model.classifier.kernel) - before_head).max() > 1e-4
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_multiplier_that_is_not_positive_is_refused(value):
+    from common.errors import ConfigError
+    from engine.config import RunConfig, validate_run_config
+
+    with pytest.raises(ConfigError, match="--backbone-lr-multiplier"):
+        validate_run_config(RunConfig(backbone_lr_multiplier=float(value)))
+
+
+def test_the_default_run_has_no_multiplier(tiny_dataset, tmp_path):
+    _, model, _ = build_method(tiny_dataset, tmp_path / "run", epochs=1)
+    assert model.optimizer.lr_multipliers == {}
+    assert tiny_run_config(tiny_dataset, tmp_path).backbone_lr_multiplier == 1.0
