@@ -250,7 +250,7 @@ def epoch_sampler(sampler: str, labels, num_classes: int, seed: int, method_indi
     """``(epoch_indices, record)``: the callable ``epoch → rows`` the training stream visits (None = the
     uniform shuffle of :func:`make_train_dataset`) and what config.json records of it.
 
-    ``method_indices`` is a method's own sampler (``MethodData.epoch_indices``): the method keeps it whatever
+    ``method_indices`` is a method's own sampler (``MethodInputs.epoch_indices``): the method keeps it whatever
     ``sampler`` asks for, and a ``balanced`` request says so in the log.
     """
     if sampler not in SAMPLERS:

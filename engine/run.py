@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.config import RunConfig, config_record, default_run_dir, resolve
 from engine.splits import RunSplits, load_run_splits, split_facts
-from models.base import MethodData, RunContext
+from models.base import MethodInputs, RunContext
 
 
 class Run:
@@ -61,7 +61,7 @@ class Run:
         return {**config_record(self.cfg, self.method_cfg, split_facts(self.splits)), **self.record_extras}
 
     # --- the method's view of the run ----------------------------------------------------------------
-    def method_inputs(self) -> MethodData:
+    def method_inputs(self) -> MethodInputs:
         """What the method's ``prepare_data`` asks the pipeline and its model for, with the run's ``--sampler``."""
         from data.pipeline import epoch_sampler
 
@@ -104,7 +104,7 @@ class Run:
         if splits.test_source is None:
             splits.test_source = ImageSource(splits.test_table, cfg.image_size, cfg.image_cache)
 
-    def train_dataset(self, method_inputs: MethodData, start_step: int = 0):
+    def train_dataset(self, method_inputs: MethodInputs, start_step: int = 0):
         """Augmented training batches from global step ``start_step`` on (a pure function of seed and step)."""
         from data.pipeline import make_train_dataset
 
@@ -126,5 +126,5 @@ class Run:
 
     def train_images(self):
         """The augmented training images of the first epoch (no method extras), batch by batch."""
-        for batch in self.train_dataset(MethodData()).take(self.steps_per_epoch):
+        for batch in self.train_dataset(MethodInputs()).take(self.steps_per_epoch):
             yield batch["image"]

@@ -17,7 +17,7 @@ hook                        when / what
                             needs, below ``--preset`` and ``--set``
 ``presets``                 class attribute {name: :class:`Preset`}: named recipes (``--preset``)
 ``prepare_data(cfg, t, c)`` class method, once before the model is built: per-sample arrays, the
-                            neighbour table, a sampler, constructor arguments (:class:`MethodData`)
+                            neighbour table, a sampler, constructor arguments (:class:`MethodInputs`)
 ``empty_method_data(cfg,n)`` class method: zero-filled constructor arguments for rebuilding a trained
                             model (the checkpoint then restores the real values)
 ``compute_losses``          every step: named scalar losses and the outputs ``after_step`` needs
@@ -55,7 +55,7 @@ from keras import layers
 
 
 @dataclass
-class MethodData:
+class MethodInputs:
     """What a method asks the input pipeline and its model constructor for (from ``prepare_data``)."""
 
     extras: dict = field(default_factory=dict)  # batch key → (N, ...) array gathered by row index
@@ -238,14 +238,14 @@ class FERModel(keras.Model):
         return False
 
     @classmethod
-    def prepare_data(cls, config, train_table, context: RunContext) -> MethodData:
-        """Everything the method derives from the training table once (see :class:`MethodData`)."""
-        return MethodData()
+    def prepare_data(cls, config, train_table, context: RunContext) -> MethodInputs:
+        """Everything the method derives from the training table once (see :class:`MethodInputs`)."""
+        return MethodInputs()
 
     @classmethod
-    def empty_method_data(cls, config, num_train_samples: int) -> MethodData:
+    def empty_method_data(cls, config, num_train_samples: int) -> MethodInputs:
         """Constructor arguments of the right shapes for a rebuilt model (the checkpoint restores them)."""
-        return MethodData()
+        return MethodInputs()
 
     # --- what methods override -------------------------------------------------------------------
     def compute_losses(self, batch, watched, training=True):

@@ -82,7 +82,7 @@ from losses.ddaf import (
     gmm_mixed_labels,
     trimmed_class_stats,
 )
-from models.base import FERModel, MethodData, Preset
+from models.base import FERModel, MethodInputs, Preset
 from models.swa import SWACallback, SWAState, swa_start_epoch, update_batch_norm
 
 FUSE_TYPES = ("gmm", "euclidean")
@@ -185,7 +185,7 @@ class DDAFModel(FERModel):
         return True
 
     @classmethod
-    def prepare_data(cls, cfg: DDAFConfig, train_table, context) -> MethodData:
+    def prepare_data(cls, cfg: DDAFConfig, train_table, context) -> MethodInputs:
         """Trimmed class statistics, class weights and (GMM) mixed labels from the training table, once."""
         num_classes = train_table.num_classes
         va = train_table.va.astype(np.float32)
@@ -194,7 +194,7 @@ class DDAFModel(FERModel):
         if cfg.fuse_type == "gmm":
             # The GMM posterior depends only on the sample's VA and the fixed statistics: precompute it.
             extras["mixed_labels"] = gmm_mixed_labels(va, *stats).astype(np.float32)
-        return MethodData(extras=extras, model_kwargs={
+        return MethodInputs(extras=extras, model_kwargs={
             "class_means": stats.means, "class_covariances": stats.covariances, "class_priors": stats.priors,
             "class_weights": class_weights_max_over_count(train_table.labels, num_classes)})
 

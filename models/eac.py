@@ -86,7 +86,7 @@ import tensorflow as tf
 from common.errors import ConfigError
 from losses.eac import CAM_NORMS, LAMBDA, attention_consistency, attention_maps
 from models.backbones import stage_models
-from models.base import FERModel, MethodData, Preset
+from models.base import FERModel, MethodInputs, Preset
 
 VIEWS_FORWARD = ("separate", "joint")
 MSCELEB_R18 = ("MS-Celeb-1M ResNet-18 (.pth in torchvision layout: the resnet18_msceleb.pth that SCN, RUL, EAC, "
@@ -205,13 +205,13 @@ class EACModel(FERModel):
         self.add_draw_seed(seed)  # the run seed of the stateless draws
 
     @classmethod
-    def prepare_data(cls, cfg, train_table, context) -> MethodData:
-        return MethodData(model_kwargs={"seed": int(context.seed)})
+    def prepare_data(cls, cfg, train_table, context) -> MethodInputs:
+        return MethodInputs(model_kwargs={"seed": int(context.seed)})
 
     @classmethod
-    def empty_method_data(cls, cfg, num_train_samples: int) -> MethodData:
+    def empty_method_data(cls, cfg, num_train_samples: int) -> MethodInputs:
         """Seed 0 (the checkpoint restores the run's)."""
-        return MethodData(model_kwargs={"seed": 0})
+        return MethodInputs(model_kwargs={"seed": 0})
 
     # --- views and maps ------------------------------------------------------------------------------
     def views(self, images, index):

@@ -106,7 +106,7 @@ from losses.lanet import (HEATMAP_SCALES, balanced_sampler_counts, coordinate_re
                           kl_divergence_batchmean, knn_adjacency, landmark_heatmap_loss, neighbor_label_agreement,
                           normalize_contributions)
 from models.backbones import stage_models
-from models.base import FERModel, MethodData, Preset
+from models.base import FERModel, MethodInputs, Preset
 
 LANDMARK_LOSSES = ("awing", "heatmap_mse", "paper_coords")
 # Older runs recorded the unweighted heatmap MSE as "mse" (then called the paper's loss, which it is not).
@@ -365,7 +365,7 @@ class LANetModel(FERModel):
 
     # --- data ------------------------------------------------------------------------------------------
     @classmethod
-    def prepare_data(cls, cfg: LANetConfig, train_table, context) -> MethodData:
+    def prepare_data(cls, cfg: LANetConfig, train_table, context) -> MethodInputs:
         if train_table.landmarks is None:
             raise DataError(f"{train_table.csv_path}: --method lanet needs a 'landmarks' column "
                             "(x;y pairs in pixels of the stored image)")
@@ -378,14 +378,14 @@ class LANetModel(FERModel):
             epoch_indices = functools.partial(balanced_epoch_indices, np.asarray(train_table.labels),
                                               train_table.num_classes, total_epochs=context.epochs, seed=context.seed)
         purity = train_table.clean_labels if train_table.clean_labels is not None else train_table.labels
-        return MethodData(landmarks=True, epoch_indices=epoch_indices,
+        return MethodInputs(landmarks=True, epoch_indices=epoch_indices,
                           model_kwargs={"train_labels": np.asarray(train_table.labels, np.int32),
                                         "purity_labels": np.asarray(purity, np.int32)})
 
     @classmethod
-    def empty_method_data(cls, cfg: LANetConfig, num_train_samples: int) -> MethodData:
+    def empty_method_data(cls, cfg: LANetConfig, num_train_samples: int) -> MethodInputs:
         """No constants needed: the checkpoint restores the target bank (given labels unknown here)."""
-        return MethodData(landmarks=True)
+        return MethodInputs(landmarks=True)
 
     # --- losses ----------------------------------------------------------------------------------------
     def loss_weight(self, name: str) -> float:

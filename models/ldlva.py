@@ -84,7 +84,7 @@ from losses.common import onehot
 from losses.ldlva import (balanced_class_weights, center_push, discriminative_loss, neighbor_distribution,
                           release_center_attraction, release_center_loss, release_center_repulsion,
                           soft_cross_entropy, target_distribution, va_similarity, wen_center_update)
-from models.base import FERModel, MethodData, Preset
+from models.base import FERModel, MethodInputs, Preset
 
 
 @dataclass(frozen=True)
@@ -333,22 +333,22 @@ class LDLVAModel(FERModel):
         return True
 
     @classmethod
-    def prepare_data(cls, cfg, train_table, context) -> MethodData:
+    def prepare_data(cls, cfg, train_table, context) -> MethodInputs:
         rcfg = resolved(cfg)
         table = training_neighbor_table(train_table, rcfg.num_neighbors, log=context.log)
         weights = (balanced_class_weights(train_table.labels, train_table.num_classes)
                    if rcfg.class_weights == "balanced" else None)
-        return MethodData(
+        return MethodInputs(
             neighbor_table=table,
             neighbor_images=rcfg.neighbor_source == "forward" and rcfg.label_distribution,
             model_kwargs=dict(train_va=train_table.va, train_labels=train_table.labels, neighbor_table=table,
                               class_weights=weights))
 
     @classmethod
-    def empty_method_data(cls, cfg, num_train_samples: int) -> MethodData:
+    def empty_method_data(cls, cfg, num_train_samples: int) -> MethodInputs:
         """Zero-filled constants of the right shapes (the checkpoint then restores the real values)."""
         n, k = num_train_samples, resolved(cfg).num_neighbors
-        return MethodData(model_kwargs=dict(train_va=np.zeros((n, 2), np.float32), train_labels=np.zeros(n, np.int32),
+        return MethodInputs(model_kwargs=dict(train_va=np.zeros((n, 2), np.float32), train_labels=np.zeros(n, np.int32),
                                             neighbor_table=np.zeros((n, k), np.int32)))
 
     # --- per-sample uncertainty ----------------------------------------------------------------------

@@ -79,7 +79,7 @@ from common.errors import ConfigError, DataError
 from losses.rul import ADD_UP_WEIGHT, DROPOUT, FEATURE_DIM, add_up_loss, uncertainty_from_logvar, uncertainty_mix
 from losses.scn import MARGIN_2, RELABEL_EPOCH, relabel, relabel_active
 from models.backbones import stage_models
-from models.base import FERModel, MethodData, Preset
+from models.base import FERModel, MethodInputs, Preset
 
 
 def torch_linear_kernel():
@@ -254,14 +254,14 @@ class RULModel(FERModel):
 
     # --- data ----------------------------------------------------------------------------------------
     @classmethod
-    def prepare_data(cls, cfg, train_table, context) -> MethodData:
-        return MethodData(model_kwargs={"train_labels": np.asarray(train_table.labels, np.int32),
+    def prepare_data(cls, cfg, train_table, context) -> MethodInputs:
+        return MethodInputs(model_kwargs={"train_labels": np.asarray(train_table.labels, np.int32),
                                         "seed": int(context.seed)})
 
     @classmethod
-    def empty_method_data(cls, cfg, num_train_samples: int) -> MethodData:
+    def empty_method_data(cls, cfg, num_train_samples: int) -> MethodInputs:
         """Zeros of the right shapes (the checkpoint restores labels and seed)."""
-        return MethodData(model_kwargs={"train_labels": np.zeros(num_train_samples, np.int32), "seed": 0})
+        return MethodInputs(model_kwargs={"train_labels": np.zeros(num_train_samples, np.int32), "seed": 0})
 
     def per_sample_state(self) -> dict:
         return {"uncertainty": tf.convert_to_tensor(self.last_uncertainty)}

@@ -71,7 +71,7 @@ from keras import layers
 from common.errors import ConfigError, DataError
 from losses.scn import (BETA, MARGIN_1, MARGIN_2, RELABEL_EPOCH, low_importance_mask, rank_regularization,
                         relabel, relabel_active, relabel_probabilities, weighted_cross_entropy, weighted_logits)
-from models.base import FERModel, MethodData, Preset
+from models.base import FERModel, MethodInputs, Preset
 
 RELABEL_SCOPES = ("batch", "low_importance")
 
@@ -165,13 +165,13 @@ class SCNModel(FERModel):
 
     # --- data ----------------------------------------------------------------------------------------
     @classmethod
-    def prepare_data(cls, cfg, train_table, context) -> MethodData:
-        return MethodData(model_kwargs={"train_labels": np.asarray(train_table.labels, np.int32)})
+    def prepare_data(cls, cfg, train_table, context) -> MethodInputs:
+        return MethodInputs(model_kwargs={"train_labels": np.asarray(train_table.labels, np.int32)})
 
     @classmethod
-    def empty_method_data(cls, cfg, num_train_samples: int) -> MethodData:
+    def empty_method_data(cls, cfg, num_train_samples: int) -> MethodInputs:
         """Zero labels of the right shape (the checkpoint restores the relabelled table)."""
-        return MethodData(model_kwargs={"train_labels": np.zeros(num_train_samples, np.int32)})
+        return MethodInputs(model_kwargs={"train_labels": np.zeros(num_train_samples, np.int32)})
 
     # --- per-sample state ----------------------------------------------------------------------------
     def per_sample_state(self) -> dict:
