@@ -114,8 +114,10 @@ class RunConfig:
     backbone_lr_multiplier: float = field(default=1.0, metadata=_opt(
         "the backbone trains at this multiple of --lr, the heads at --lr (discriminative fine-tuning; e.g. 0.1 "
         "for dlib's face ResNet, whose conv weights are ~1e-3 in size)", OPTIM))
-    optimizer: str | None = field(default=None, metadata=_opt("adam (default) | adamw | sgd", OPTIM,
-                                                              choices=("adam", "adamw", "sgd")))
+    optimizer: str | None = field(default=None, metadata=_opt(
+        "adam (default) | adamw | sgd | lamb (Adam's step rescaled per variable to --lr × the variable's norm: "
+        "a relative step, blind to no layer's weight scale; You et al. ICLR 2020)", OPTIM,
+        choices=("adam", "adamw", "sgd", "lamb")))
     momentum: float | None = field(default=None, metadata=_opt("SGD momentum (default 0.9)", OPTIM))
     weight_decay: float | None = field(default=None, metadata=_opt(
         "decoupled weight decay (AdamW/SGD; default 0); coupled L2 is a method setting", OPTIM))

@@ -67,7 +67,11 @@ def make_optimizer(cfg, steps_per_epoch: int):
         return _with_lr_multipliers(keras.optimizers.AdamW)(learning_rate=schedule, weight_decay=cfg.weight_decay or 0.0)
     if cfg.optimizer == "sgd":
         return _with_lr_multipliers(keras.optimizers.SGD)(learning_rate=schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay or None)
-    raise ConfigError(f"unknown --optimizer '{cfg.optimizer}' (adam, adamw, sgd)")
+    if cfg.optimizer == "lamb":
+        # Layer-wise trust ratio ||w|| / ||Adam update||: every variable moves by --lr of its own norm per step
+        # (a zero-initialised bias by plain Adam's step). Keras's Lamb applies no weight decay.
+        return _with_lr_multipliers(keras.optimizers.Lamb)(learning_rate=schedule)
+    raise ConfigError(f"unknown --optimizer '{cfg.optimizer}' (adam, adamw, sgd, lamb)")
 
 
 def configure_runtime(cfg) -> str:

@@ -14,7 +14,7 @@ def _steps(optimizer, variables, grads_per_step):
     return [np.asarray(v) for v in variables]
 
 
-@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd", "lamb"])
 def test_a_multiplier_is_exactly_the_scaled_learning_rate(kind):
     """Variable a at multiplier 0.1 under rate 1e-2 moves exactly as under a rate of 1e-3 (moments, momentum
     buffers and bias corrections included); variable b keeps the full rate."""
@@ -69,3 +69,24 @@ def test_the_default_run_has_no_multiplier(tiny_dataset, tmp_path):
     _, model, _ = build_method(tiny_dataset, tmp_path / "run", epochs=1)
     assert model.optimizer.lr_multipliers == {}
     assert tiny_run_config(tiny_dataset, tmp_path).backbone_lr_multiplier == 1.0
+
+
+def test_lamb_moves_every_variable_by_the_same_fraction_of_its_norm():
+    """Lamb's step is relative: a variable 100× larger with the same gradients moves 100× as far (Adam would
+    move both alike), which is what a backbone whose layers differ 30× in weight size needs."""
+    import keras
+
+    from engine.config import RunConfig
+    from engine.setup import make_optimizer
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(5, 3)).astype("float32")
+    grad = rng.normal(size=(5, 3)).astype("float32")
+    moved = {}
+    for kind in ("lamb", "adam"):
+        optimizer = make_optimizer(RunConfig(optimizer=kind, lr=1e-3, lr_schedule="constant", epochs=1), 1)
+        small, large = keras.Variable(start), keras.Variable(100 * start)
+        optimizer.apply([grad, grad], [small, large])
+        moved[kind] = (np.abs(np.asarray(small) - start).sum(), np.abs(np.asarray(large) - 100 * start).sum())
+    assert moved["lamb"][1] == pytest.approx(100 * moved["lamb"][0], rel=1e-3)
+    assert moved["adam"][1] == pytest.approx(moved["adam"][0], rel=1e-3)
