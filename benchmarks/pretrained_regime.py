@@ -75,6 +75,10 @@ def build_parser():
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--freeze", default="none", choices=("none", "stem", "stage1", "stage2", "stage3"),
                    help="keep the backbone's stem and stages up to this one fixed (pretrained regime only)")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "lamb"),
+                   help="lamb: layer-wise relative steps (train.py --optimizer lamb)")
+    p.add_argument("--backbone-lr-multiplier", type=positive_float, default=1.0,
+                   help="the pretrained backbone at this multiple of --lr (pretrained regime only)")
     p.add_argument("--head-init", default="random", choices=("random", "probe"),
                    help="probe: each pretrained run's classifier starts from a linear probe of the frozen features "
                         "(LP-FT; train.py --head-init)")
@@ -105,6 +109,10 @@ def grid_argv(args, regime: str, setting: str, seeds) -> list[str]:
             _weights_arg(args.weights) if regime == "pretrained" else "none"]
     if regime == "pretrained" and args.freeze != "none":
         argv += ["--freeze", args.freeze]
+    if args.optimizer != "adam":
+        argv += ["--optimizer", args.optimizer]
+    if regime == "pretrained" and args.backbone_lr_multiplier != 1.0:
+        argv += ["--backbone-lr-multiplier", f"{args.backbone_lr_multiplier:g}"]
     if regime == "pretrained" and args.head_init != "random":
         argv += ["--head-init", args.head_init]
     if "ldlva" in cell_methods(args, regime, setting):
@@ -125,8 +133,10 @@ def recipe(args) -> str:
     weights = "dlib's face ResNet (--weights dlib)" if args.weights == "dlib" else "the identity backbone"
     frozen = f", {args.freeze} frozen" if args.freeze != "none" else ""
     frozen += ", head from a linear probe (LP-FT)" if args.head_init == "probe" else ""
+    optimizer = {"adam": "Adam", "lamb": "LAMB"}[args.optimizer]
+    backbone_lr = f", backbone × {args.backbone_lr_multiplier:g}" if args.backbone_lr_multiplier != 1.0 else ""
     return (f"{args.backbone} @ {args.image_size} px from {weights}{frozen}, {args.train_size} training faces, "
-            f"{args.epochs} epochs, batch {args.batch_size} (Adam {args.lr:g}, cosine)")
+            f"{args.epochs} epochs, batch {args.batch_size} ({optimizer} {args.lr:g}{backbone_lr}, cosine)")
 
 
 def run_grid(argv) -> int:

@@ -35,6 +35,12 @@ def test_head_init_probe_reaches_the_pretrained_cells_only(tmp_path):
     assert "--head-init" not in pr.grid_argv(args, "scratch", "sym30", [0])
     assert "--head-init" not in pr.grid_argv(_args(tmp_path), "pretrained", "sym30", [0])
     assert "linear probe" in pr.recipe(args) and "linear probe" not in pr.recipe(_args(tmp_path))
+    lamb = _args(tmp_path, "--optimizer", "lamb", "--backbone-lr-multiplier", "0.1")
+    argv = pr.grid_argv(lamb, "pretrained", "sym30", [0])
+    parsed = grid_parser().parse_args(argv)
+    assert parsed.optimizer == "lamb" and parsed.backbone_lr_multiplier == 0.1
+    assert "--backbone-lr-multiplier" not in pr.grid_argv(lamb, "scratch", "sym30", [0])
+    assert "LAMB 0.001, backbone × 0.1" in pr.recipe(lamb) and "Adam 0.001, cosine" in pr.recipe(_args(tmp_path))
 
 
 def _write_runs(path, rows):
