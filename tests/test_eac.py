@@ -175,9 +175,4 @@ def test_config_rejects_bad_values():
         EACConfig(erasing=1.5)
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_bit_identically(tiny_dataset, tmp_path, monkeypatch):
-    """The erasing draws of the resumed steps are the uninterrupted run's."""
-    from helpers import check_resume_is_bit_identical
-
-    check_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, "eac")
+# A run killed after an epoch resumes bit-identically (its erasing draws too): tests/test_method_contract.py.

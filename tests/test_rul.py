@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import build_method, build_run_model, check_resume_is_bit_identical, with_config
+from helpers import build_method, build_run_model, with_config
 
 
 @pytest.fixture(scope="module")
@@ -239,9 +239,5 @@ def test_config_rejects_bad_values():
         RULConfig(fc_lr_multiplier=0.0)
 
 
-# --- end to end: a run killed mid-epoch resumes bit-identically (helpers.check_resume_is_bit_identical) ----
-
-@pytest.mark.slow
-def test_killed_run_resumes_bit_identically(tiny_dataset, tmp_path, monkeypatch):
-    """The permutation and dropout masks of the resumed steps are the uninterrupted run's."""
-    check_resume_is_bit_identical(tiny_dataset, tmp_path, monkeypatch, "rul")
+# A run killed after an epoch resumes bit-identically (its permutations and dropout masks too):
+# tests/test_method_contract.py.
