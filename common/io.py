@@ -129,6 +129,18 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_json_object(path, error_cls):
+    """The JSON object in ``path``; ``error_cls("PATH: ...")`` for a file that is not UTF-8 JSON (also a number of
+    5000 digits or nesting deeper than the parser recurses) or whose top level is not an object."""
+    try:
+        value = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise error_cls(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise error_cls(f"{path}: must hold a JSON object")
+    return value
+
+
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 

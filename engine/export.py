@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from common.errors import WriteError, write_error
-from common.io import atomic_directory
+from common.io import atomic_directory, read_json_object
 from data.pipeline import normalize
 from models.backbones import input_norm_spec
 
@@ -155,12 +155,7 @@ def read_export_metadata(path) -> dict:
     meta_path = Path(path) / "fer_export.json"
     if not meta_path.is_file():
         raise CheckpointError(f"{meta_path}: missing (not an export of this toolkit; export one with `python export.py`)")
-    try:
-        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # also 5000-digit numbers, 50 000-deep nesting
-        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{meta_path}: must hold a JSON object")
+    meta = read_json_object(meta_path, CheckpointError)
     names = meta.get("class_names")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise CheckpointError(f"{meta_path}: class_names must be a non-empty list of class names, got {names!r}")

@@ -21,7 +21,7 @@ import numpy as np
 
 from common.config import check_values
 from common.errors import CheckpointError, ConfigError
-from common.io import atomic_write_json
+from common.io import atomic_write_json, read_json_object
 from engine.build import build_model
 from engine.config import run_config_from_record
 from engine.run import Run
@@ -125,12 +125,7 @@ def read_run_record(run_dir) -> dict:
     config_path = Path(run_dir) / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{run_dir}: not a run directory (no config.json)")
-    try:
-        record = json.loads(config_path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # also 5000-digit numbers, 50 000-deep nesting
-        raise CheckpointError(f"{config_path}: not valid JSON ({exc})") from None
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{config_path}: must hold a JSON object")
+    record = read_json_object(config_path, CheckpointError)
     for section in ("run", "method_config", "data"):
         if not isinstance(record.get(section), dict):
             raise CheckpointError(f"{config_path}: section '{section}' is missing or not an object")
