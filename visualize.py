@@ -39,7 +39,6 @@ at each training step came from the weights of that step).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -47,6 +46,7 @@ import numpy as np
 
 from common.cli import ArgumentParser, nonnegative_int, positive_float, positive_int, quiet_tensorflow, run_main
 from common.errors import CheckpointError, ConfigError, DataError
+from common.io import read_json_object
 
 KINDS = ("confusion", "curves", "tsne", "gradcam", "votes", "uncertain", "neighbors", "distributions", "naw",
          "lanet-distributions", "k-sweep")
@@ -115,14 +115,7 @@ def _title(args, extra: str = "") -> str:
 def _read_metrics(path: Path) -> dict:
     """A metrics JSON (RUN/metrics.json, evaluate.py --json) with a square confusion matrix and its class
     names, checked: a damaged or hand-edited file is an error naming it."""
-    try:
-        report = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(report, dict):
-        raise DataError(f"{path}: must hold a JSON object, got {type(report).__name__}")
+    report = read_json_object(path, DataError)
     if "confusion_matrix" not in report:
         raise DataError(f"{path}: no confusion_matrix")
     names = report.get("class_names")

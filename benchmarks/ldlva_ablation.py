@@ -89,12 +89,10 @@ def cell_config(args, name: str, seed: int, out: Path):
 
 def _read_metrics(path: Path) -> dict:
     from common.errors import DataError
+    from common.io import read_json_object
 
-    try:
-        report = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); delete its folder to train the cell again") from None
-    if not isinstance(report, dict) or not isinstance(report.get("accuracy"), (int, float)):
+    report = read_json_object(path, DataError, hint="delete its folder to train the cell again")
+    if not isinstance(report.get("accuracy"), (int, float)):
         raise DataError(f"{path}: not a metrics.json written by train.py (no accuracy); delete its folder to train "
                         "the cell again")
     return report

@@ -129,15 +129,23 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_json_object(path, error_cls):
-    """The JSON object in ``path``; ``error_cls("PATH: ...")`` for a file that is not UTF-8 JSON (also a number of
-    5000 digits or nesting deeper than the parser recurses) or whose top level is not an object."""
+def read_json_object(path, error_cls, hint: str = ""):
+    """The JSON object in ``path``; ``error_cls("PATH: ...")`` for a file that cannot be read, is not UTF-8, is
+    not JSON (also a number of 5000 digits or nesting deeper than the parser recurses) or whose top level is not
+    an object. ``hint`` (e.g. what to do about it) ends every message."""
+    suffix = f"; {hint}" if hint else ""
     try:
-        value = json.loads(Path(path).read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise error_cls(f"{path}: not valid JSON ({exc})") from None
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise error_cls(f"{path}: cannot be read ({exc.strerror or exc}){suffix}") from None
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise error_cls(f"{path}: not UTF-8 text{suffix}") from None
+    except (ValueError, RecursionError) as exc:
+        raise error_cls(f"{path}: not valid JSON ({str(exc)[:160]}){suffix}") from None
     if not isinstance(value, dict):
-        raise error_cls(f"{path}: must hold a JSON object")
+        raise error_cls(f"{path}: must hold a JSON object, got {type(value).__name__}{suffix}")
     return value
 
 

@@ -8,10 +8,10 @@ a hand-edited or damaged one is an error naming the file and the field, never a 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from common.errors import DataError
+from common.io import read_json_object
 
 DATASET_JSON = "dataset.json"
 # Fields whose type is checked when present (others are informational and passed through).
@@ -24,18 +24,7 @@ def read_dataset_json(dataset_dir) -> dict:
     path = Path(dataset_dir) / DATASET_JSON
     if not path.is_file():
         return {}
-    try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
-    except (ValueError, RecursionError) as exc:  # a number of 5000 digits, nesting deeper than the parser recurses
-        raise DataError(f"{path}: not valid JSON ({str(exc)[:160]})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: must hold a JSON object, got {type(meta).__name__}")
+    meta = read_json_object(path, DataError)
     for key, kind in _FIELD_TYPES.items():
         value = meta.get(key)
         if value is None:

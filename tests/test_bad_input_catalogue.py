@@ -479,7 +479,7 @@ CASES = {
                                             ("config.json", "'method_config'", "missing")),
     "evaluate_config_not_utf8": Case(
         "evaluate", _eval_run(lambda run: (run / "config.json").write_bytes(b'{"run": "\xff\xfe"}')),
-        ("config.json", "not valid JSON", "utf-8")),
+        ("config.json", "not UTF-8 text")),
     "evaluate_config_data_dir_wrong_type": Case(
         "evaluate", _eval_config(lambda r: r["data"].__setitem__("data_dir", 5)),
         ("config.json", "data.data_dir", "--data-dir")),
