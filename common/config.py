@@ -116,6 +116,18 @@ def check_values(config_cls, values: dict, where: str) -> dict:
     return out
 
 
+def older_record_defaults(config_cls) -> dict:
+    """The values a record saved before a field of ``config_cls`` existed implies for it: the class's
+    ``DEFAULTS_OF_OLDER_RECORDS`` (a field added with a new default keeps old runs reading as they ran)."""
+    return dict(getattr(config_cls, "DEFAULTS_OF_OLDER_RECORDS", {}))
+
+
+def check_saved_values(config_cls, values: dict, where: str) -> dict:
+    """:func:`check_values` on a saved record, plus :func:`older_record_defaults` for the fields it lacks."""
+    checked = check_values(config_cls, values, where)
+    return {**{k: v for k, v in older_record_defaults(config_cls).items() if k not in values}, **checked}
+
+
 def _allowed_types(annotation) -> tuple:
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):

@@ -56,8 +56,11 @@ def build_model(run, num_train_samples: int, method_inputs=None, strategy=None, 
         model = run.model_cls(backbone, cfg.num_classes, num_train_samples, run.method_cfg, steps_per_epoch=steps,
                               total_epochs=cfg.epochs, **method_inputs.model_kwargs)
         optimizer = make_optimizer(cfg, steps)
-        if cfg.backbone_lr_multiplier != 1.0:
-            optimizer.set_lr_multiplier(model.backbone.trainable_variables, cfg.backbone_lr_multiplier)
         model.compile(optimizer=optimizer, jit_compile=cfg.jit)
         model.build_all(cfg.image_size)
+        # After build_all: a head built lazily has its variables only now (the first step is traced later).
+        if cfg.backbone_lr_multiplier != 1.0:
+            optimizer.set_lr_multiplier(model.pretrained_variables(), cfg.backbone_lr_multiplier)
+        for variables, multiplier in model.lr_multipliers():
+            optimizer.set_lr_multiplier(variables, multiplier)
     return model

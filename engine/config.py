@@ -309,6 +309,8 @@ def compare_configs(old: dict, new: dict) -> list[str]:
         a, b = _jsonable(old.get(section, {})), _jsonable(new.get(section, {}))
         if section == "run":  # a run recorded under older setting names
             a, b = (current_run_settings(x) if isinstance(x, dict) else x for x in (a, b))
+        if section == "method_config" and isinstance(a, dict):  # a field added since: what the old run used
+            a = {**_older_method_defaults(new), **a}
         for key in sorted(set(a) | set(b)):
             if section == "run" and key in RESUME_NEUTRAL:
                 continue
@@ -317,6 +319,17 @@ def compare_configs(old: dict, new: dict) -> list[str]:
             if a.get(key) != b.get(key):
                 diffs.append(f"{section}.{key}: {a.get(key)!r} → {b.get(key)!r}")
     return diffs
+
+
+def _older_method_defaults(record: dict) -> dict:
+    """:func:`common.config.older_record_defaults` of the record's method ({} for an unknown one)."""
+    from common.config import older_record_defaults
+    from models.registry import get_method
+
+    try:
+        return older_record_defaults(get_method(record["run"]["method"])[1])
+    except Exception:  # noqa: BLE001 - no or an unknown method: nothing to add, the comparison names it
+        return {}
 
 
 def run_config_from_record(record: dict, path) -> RunConfig:
@@ -459,7 +472,7 @@ def replayed_method_config(source: ReplaySource, model_cls, cfg: RunConfig, type
     """The replayed run's method config: the config.json's ``method_config`` (so a replay keeps the
     settings the run had even if a default changed since), then a typed ``--preset``'s method settings,
     then every ``--set`` (the recorded ones and the typed ones, already merged in ``cfg.set``)."""
-    from common.config import check_values
+    from common.config import check_saved_values
     from models.base import Preset
     from models.registry import get_method
 
@@ -472,7 +485,7 @@ def replayed_method_config(source: ReplaySource, model_cls, cfg: RunConfig, type
         if key not in known:
             raise ConfigError(f"{source.path}: method_config.{key}: unknown setting of --method {cfg.method} "
                               f"(known: {', '.join(sorted(known))})")
-    values = check_values(config_cls, saved, f"{source.path}: method_config")
+    values = check_saved_values(config_cls, saved, f"{source.path}: method_config")
     try:
         method_cfg = dataclasses.replace(config_cls(), **values)
     except ConfigError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.config import check_values
+from common.config import check_saved_values
 from common.errors import CheckpointError, ConfigError
 from common.io import atomic_write_json, read_json_object
 from engine.build import build_model
@@ -151,7 +151,7 @@ def load_run_model(run_dir, ckpt=None, log=print) -> tuple[Run, object, dict]:
                               "or damaged") from None
     config_cls = type(run.method_cfg)
     try:
-        saved = check_values(config_cls, record["method_config"], f"{config_path}: method_config")
+        saved = check_saved_values(config_cls, record["method_config"], f"{config_path}: method_config")
         run.method_cfg = dataclasses.replace(config_cls(), **saved)
     except (TypeError, ValueError, ConfigError) as exc:
         raise CheckpointError(f"{exc}" if isinstance(exc, ConfigError) else

@@ -199,6 +199,18 @@ class FERModel(keras.Model):
         """Make the classifier z = x·kernel + bias, x = :meth:`classifier_inputs` (``--head-init probe``)."""
         self.classifier.set_weights([np.asarray(kernel, np.float32), np.asarray(bias, np.float32)])
 
+    # --- learning rates ------------------------------------------------------------------------------
+    def pretrained_variables(self) -> list:
+        """The trainable variables that start from the backbone's weights: what ``--backbone-lr-multiplier``
+        slows (discriminative fine-tuning). The backbone's; a method whose ``self.backbone`` also holds new
+        layers (RUL's μ head) or that copies pretrained stages into a branch of its own (LA-Net) overrides it."""
+        return list(self.backbone.trainable_variables)
+
+    def lr_multipliers(self) -> list:
+        """A method's own per-variable learning rates: ``(variables, multiplier)`` pairs the engine passes to
+        the optimizer after ``--backbone-lr-multiplier`` (RUL's classifier at 10×). None by default."""
+        return []
+
     def embed(self, images, training=False):
         """images (B,S,S,3) → (features (B,D) float32, logits (B,C) float32)."""
         features = tf.cast(self.backbone(images, training=training), tf.float32)

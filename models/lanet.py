@@ -363,6 +363,17 @@ class LANetModel(FERModel):
         self.queue_labels = self.add_state("queue_labels", (cfg.queue_size,), keras.initializers.Constant(-1e10))
         self.queue_pointer = self.add_state("queue_pointer", ())  # next slot to write (an integer in float32)
 
+    # --- learning rates ------------------------------------------------------------------------------
+    def pretrained_variables(self) -> list:
+        """The backbone's variables and, with ``copy_stage_weights``, the landmark branch's copies of its
+        stages 2–4 (they start from the same pretrained weights; the laterals and ``lm_fc`` are new)."""
+        variables = list(self.backbone.trainable_variables)
+        if self.config.copy_stage_weights:
+            for layer in self.landmark_branch.layers:
+                if isinstance(layer, keras.Model):  # lm_stages, the clone of the backbone's tail
+                    variables += layer.trainable_variables
+        return variables
+
     # --- data ------------------------------------------------------------------------------------------
     @classmethod
     def prepare_data(cls, cfg: LANetConfig, train_table, context) -> MethodInputs:

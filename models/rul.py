@@ -44,10 +44,14 @@ runs)                  added, "vital" (issue                                rule
                                                                             10 (our choice; SCN's values)
 mixing partner         different-label pairs   one random permutation       one stateless random permutation
                        (issue #6)              (same labels, self-pairs)    per replica (self-pairs allowed)
-fc learning rate       2e-4 "except the last   fc 2e-3, the rest 2e-4       ``fc_lr_multiplier=10`` through a
-                       FC layer"               (two Adam groups)            reparametrised fc (W = 10·V): exact
-                                                                            for Adam up to ε (ε/10); under SGD
-                                                                            the effective factor is its square
+fc learning rate       2e-4 "except the last   fc 2e-3, the rest 2e-4       ``fc_lr_multiplier=10`` as the
+                       FC layer"               (two Adam groups)            optimizer's per-variable rate, exact
+                                                                            in every optimizer —
+                                                                            ``fc_lr_mode=reparameterised``: a
+                                                                            reparametrised fc (W = 10·V), exact
+                                                                            for Adam up to ε (ε/10), the square
+                                                                            under SGD, no effect under LAMB (runs
+                                                                            before the option; old records)
 dropout                0.4                     nn.Dropout (torch RNG)       0.4, stateless masks (exact resume)
 feature flatten        –                       (C, H, W) order              (H, W, C) (matters only to port
                                                                             trained head weights)
@@ -69,6 +73,7 @@ model selection        last epoch, 3 runs      best test epoch tracked      last
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import keras
 import numpy as np
@@ -104,6 +109,9 @@ def stateless_dropout(x, rate: float, seed):
     return x * tf.cast(keep, x.dtype) / tf.cast(1.0 - rate, x.dtype)
 
 
+FC_LR_MODES = ("optimizer", "reparameterised")
+
+
 @dataclasses.dataclass(frozen=True)
 class RULConfig:
     """RUL hyperparameters (official defaults unless marked)."""
@@ -112,9 +120,16 @@ class RULConfig:
     dropout: float = DROPOUT  # dropout in both heads (paper and official 0.4)
     bn_epsilon: float = 2e-5  # the heads' BatchNorm ε (official 2e-5)
     add_up_weight: float = ADD_UP_WEIGHT  # share of y_i in the add-up loss (official ½; the rest on y_π(i))
-    # The fc's learning rate relative to the rest (paper and official: fc 2e-3, backbone and heads 2e-4 → 10),
-    # realised by a reparametrised fc (see FCLearningRateScale). 1 = one learning rate for everything.
+    # The fc's learning rate relative to the rest (paper and official: fc 2e-3, backbone and heads 2e-4 → 10).
+    # 1 = one learning rate for everything.
     fc_lr_multiplier: float = 10.0
+    # How the fc gets it: "optimizer" = the optimizer's per-variable rate (exact for Adam, SGD, LAMB; the
+    # official two Adam groups) | "reparameterised" = W = m·V (FCLearningRateScale: Adam only; what runs of
+    # this toolkit used before the option existed, so a config.json without the field reads as it).
+    fc_lr_mode: str = "optimizer"
+
+    # A config.json written before a field existed implies these values (read by common.config.check_values).
+    DEFAULTS_OF_OLDER_RECORDS: typing.ClassVar[dict] = {"fc_lr_mode": "reparameterised"}
     # SCN's relabel module, which the authors add for their synthetic-noise runs (issue #4; not in the code;
     # settings unpublished). Off by default, as the code. When on: SCN's rule on the unmixed softmax(fc(μ_i)).
     relabel: bool = False
@@ -133,6 +148,8 @@ class RULConfig:
             raise ConfigError(f"rul add_up_weight must lie in [0, 1], got {self.add_up_weight}")
         if self.fc_lr_multiplier <= 0 or self.bn_epsilon <= 0:
             raise ConfigError("rul fc_lr_multiplier and bn_epsilon must be > 0")
+        if self.fc_lr_mode not in FC_LR_MODES:
+            raise ConfigError(f"rul fc_lr_mode must be one of {', '.join(FC_LR_MODES)}, got '{self.fc_lr_mode}'")
         if self.relabel_epoch < 1 or self.relabel_margin < 0 or self.l2_weight_decay < 0:
             raise ConfigError("rul relabel_epoch must be >= 1 (1-based), relabel_margin and l2_weight_decay >= 0")
 
@@ -239,7 +256,8 @@ class RULModel(FERModel):
         self.feature_map = feature_map_model
         self.mu_head = mu_head
         self.logvar_head = logvar_head
-        self.classifier = FCLearningRateScale(self.classifier, cfg.fc_lr_multiplier, name="fc_lr_scale")
+        if cfg.fc_lr_mode == "reparameterised":
+            self.classifier = FCLearningRateScale(self.classifier, cfg.fc_lr_multiplier, name="fc_lr_scale")
         self.uncertainty_tracker = keras.metrics.Mean(name="u")  # mean u of the batches
         self.relabel_tracker = keras.metrics.Sum(name="relabeled")
         # === State (checkpointed) ===
@@ -287,9 +305,23 @@ class RULModel(FERModel):
         return self.heads(images, training=False)[0]
 
     def set_linear_head(self, kernel, bias) -> None:
-        """fc's effective weights W = m·V (:class:`FCLearningRateScale`): store V = W/m."""
+        """fc = W; reparameterised, fc's effective weights are W = m·V (:class:`FCLearningRateScale`): store V = W/m."""
+        if not isinstance(self.classifier, FCLearningRateScale):
+            return super().set_linear_head(kernel, bias)
         m = self.classifier.multiplier
         self.classifier.inner.set_weights([np.asarray(kernel, np.float32) / m, np.asarray(bias, np.float32) / m])
+
+    def pretrained_variables(self) -> list:
+        """The backbone's variables without the μ head (new layers; ``self.backbone`` is image → μ)."""
+        new = {id(v) for v in self.mu_head.trainable_variables}
+        return [v for v in self.backbone.trainable_variables if id(v) not in new]
+
+    def lr_multipliers(self) -> list:
+        """fc at ``fc_lr_multiplier`` × the learning rate (``fc_lr_mode=optimizer``)."""
+        cfg: RULConfig = self.config
+        if cfg.fc_lr_mode != "optimizer" or cfg.fc_lr_multiplier == 1.0:
+            return []
+        return [(self.classifier.trainable_variables, cfg.fc_lr_multiplier)]
 
     def predict_outputs(self, images) -> dict:
         """fc(μ) logits and probabilities (:meth:`head_outputs` of μ, as the base class) plus each image's
@@ -324,7 +356,9 @@ class RULModel(FERModel):
         return losses, outputs
 
     def coupled_l2(self, weight_decay: float):
-        """½·wd·Σ‖kernel‖² with the fc's *effective* kernel W = m·V (the base penalty sees V)."""
+        """½·wd·Σ‖kernel‖² with the fc's *effective* kernel W = m·V where reparameterised (the base penalty sees V)."""
+        if not isinstance(self.classifier, FCLearningRateScale):
+            return self.l2_penalty(weight_decay)
         stored = self.classifier.inner.kernel
         extra = (self.classifier.multiplier ** 2 - 1.0) * tf.reduce_sum(tf.square(tf.cast(stored, tf.float32)))
         return self.l2_penalty(weight_decay) + 0.5 * weight_decay * extra

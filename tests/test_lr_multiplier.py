@@ -90,3 +90,20 @@ def test_lamb_moves_every_variable_by_the_same_fraction_of_its_norm():
         moved[kind] = (np.abs(np.asarray(small) - start).sum(), np.abs(np.asarray(large) - 100 * start).sum())
     assert moved["lamb"][1] == pytest.approx(100 * moved["lamb"][0], rel=1e-3)
     assert moved["adam"][1] == pytest.approx(moved["adam"][0], rel=1e-3)
+
+
+def test_lanets_landmark_stages_are_pretrained_and_its_new_layers_are_not(tiny_dataset, tmp_path):
+    """LA-Net's landmark branch starts its stages 2–4 as copies of the backbone's (``copy_stage_weights``):
+    they train at the backbone's rate; the FPN laterals and the heatmap conv are new and keep the full rate."""
+    _, model, _ = build_method(tiny_dataset, tmp_path / "copied", "lanet", backbone_lr_multiplier=0.1)
+    rates, key = model.optimizer.lr_multipliers, model.optimizer._var_key
+    branch = model.landmark_branch.trainable_variables
+    copies = [v for v in branch if key(v) in rates]
+    new = [v for v in branch if key(v) not in rates]
+    assert copies and new and all(rates[key(v)] == 0.1 for v in copies)
+    assert all(("_lat" in v.path or "_lm_fc" in v.path) for v in new)
+    assert all(rates.get(key(v)) == 0.1 for v in model.backbone.trainable_variables)
+    _, fresh, _ = build_method(tiny_dataset, tmp_path / "fresh", "lanet", backbone_lr_multiplier=0.1,
+                               set={"copy_stage_weights": "false"})
+    assert not {fresh.optimizer._var_key(v) for v in fresh.landmark_branch.trainable_variables} & set(
+        fresh.optimizer.lr_multipliers)

@@ -1,7 +1,7 @@
 """RUL model: the add-up loss is losses.rul's on the same tensors, its random permutation and dropout are
 stateless (same batch + same step → same loss, also after a checkpoint round trip), the batch's
 uncertainty rows update, inference (and the SavedModel's backbone → classifier path) is fc(μ), the fc's
-learning-rate multiplier is exact for Adam, and the optional relabelling follows SCN's rule."""
+learning-rate multiplier is exact (the optimizer's per-variable rate; the reparameterised fc for Adam), and the optional relabelling follows SCN's rule."""
 
 from __future__ import annotations
 
@@ -159,43 +159,97 @@ def test_fc_learning_rate_multiplier_is_exact_for_adam():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_fc_lr_multiplier_one_trains_the_fc_at_the_backbone_rate(tiny_dataset, tmp_path):
-    """The diagnosis switch for RUL > CE (the official fc trains at 10× the rest): ``fc_lr_multiplier=1``.
+def _fc_kernel(model):
+    """The fc's effective kernel W (reparameterised: m·V) and the variable training changes (V or W)."""
+    from models.rul import FCLearningRateScale
 
-    Adam's first step moves every weight by ≈ lr (its update is lr·g/(|g| + ε)); through the reparametrised
-    fc W = m·V the effective fc weights move by m·lr: 10·lr by default, lr with the switch, as the backbone.
+    if isinstance(model.classifier, FCLearningRateScale):
+        return model.classifier.effective_kernel, model.classifier.inner.kernel
+    return model.classifier.kernel, model.classifier.kernel
+
+
+@pytest.mark.parametrize("mode", ["optimizer", "reparameterised"])
+def test_fc_lr_multiplier_scales_the_fcs_adam_step_and_one_switches_it_off(tiny_dataset, tmp_path, mode):
+    """The official fc trains at 10× the rest (the diagnosis switch for RUL > CE: ``fc_lr_multiplier=1``).
+
+    Adam's first step moves every weight by ≈ lr (its update is lr·g/(|g| + ε)); the fc's W moves by m·lr in
+    both ``fc_lr_mode``s (the optimizer's per-variable rate; W = m·V), lr with the switch, as the heads.
     """
     from models.rul import RULConfig
 
-    assert RULConfig().fc_lr_multiplier == 10.0  # the official default
-    run, model, method_data = build_method(tiny_dataset, tmp_path, "rul", set={"fc_lr_multiplier": "1"})
-    assert model.config.fc_lr_multiplier == 1.0 and model.classifier.multiplier == 1.0
-    np.testing.assert_array_equal(model.classifier.effective_kernel.numpy(), model.classifier.inner.kernel.numpy())
-    batch = next(iter(run.train_dataset(method_data)))
-    lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    steps = {}
-    for multiplier, candidate in ((1.0, model), (10.0, build_method(tiny_dataset, tmp_path / "ten", "rul")[1])):
-        fc_before = candidate.classifier.effective_kernel.numpy().copy()
-        body = [v for v in candidate.trainable_variables if "dense" in v.path and "kernel" in v.path]
+    assert RULConfig().fc_lr_multiplier == 10.0 and RULConfig().fc_lr_mode == "optimizer"  # the defaults
+    lr = None
+    for multiplier in (1, 10):
+        run, model, method_data = build_method(tiny_dataset, tmp_path / f"{mode}{multiplier}", "rul",
+                                               set={"fc_lr_multiplier": str(multiplier), "fc_lr_mode": mode})
+        batch = next(iter(run.train_dataset(method_data)))
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        fc_before = _fc_kernel(model)[0].numpy().copy()
+        body = [v for v in model.trainable_variables if "dense" in v.path and "kernel" in v.path]
         body_before = [v.numpy().copy() for v in body]
-        candidate.train_step(batch)
-        fc_step = np.abs(candidate.classifier.effective_kernel.numpy() - fc_before)
+        model.train_step(batch)
+        fc_step = np.abs(_fc_kernel(model)[0].numpy() - fc_before)
         body_step = np.concatenate([np.abs(v.numpy() - b).ravel() for v, b in zip(body, body_before)])
-        steps[multiplier] = (np.median(fc_step[fc_step > 0]), np.median(body_step[body_step > 0]))
-    for multiplier, (fc_step, body_step) in steps.items():
-        assert fc_step == pytest.approx(multiplier * lr, rel=0.05), multiplier
-        assert body_step == pytest.approx(lr, rel=0.05), multiplier
+        assert np.median(fc_step[fc_step > 0]) == pytest.approx(multiplier * lr, rel=0.05), multiplier
+        assert np.median(body_step[body_step > 0]) == pytest.approx(lr, rel=0.05), multiplier
 
 
-def test_fc_initialisation_and_coupled_l2_use_the_effective_weights(built):
-    _, model, _ = built
-    kernel = model.classifier.effective_kernel.numpy()
-    assert kernel.std() == pytest.approx(np.sqrt(2.0 / kernel.shape[0]), rel=0.35)  # he_normal of W, not of V
-    wd = 1e-3
-    expected = 0.5 * wd * sum(float(tf.reduce_sum(tf.square(v))) for v in model.trainable_variables
-                              if "kernel" in v.path and v is not model.classifier.inner.kernel)
-    expected += 0.5 * wd * float(tf.reduce_sum(tf.square(model.classifier.effective_kernel)))
-    assert float(model.coupled_l2(wd)) == pytest.approx(expected, rel=1e-5)
+def test_under_lamb_only_the_optimizer_mode_gives_the_fc_its_rate(tiny_dataset, tmp_path):
+    """LAMB steps each variable by lr·‖variable‖ (its trust ratio): rescaling the fc (W = m·V) changes nothing,
+    the optimizer's per-variable rate moves W by m·lr of its norm."""
+    relative = {}
+    for mode in ("optimizer", "reparameterised"):
+        run, model, method_data = build_method(tiny_dataset, tmp_path / mode, "rul", optimizer="lamb",
+                                               set={"fc_lr_mode": mode})
+        batch = next(iter(run.train_dataset(method_data)))
+        lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        before = _fc_kernel(model)[0].numpy().copy()
+        model.train_step(batch)
+        relative[mode] = np.linalg.norm(_fc_kernel(model)[0].numpy() - before) / np.linalg.norm(before) / lr
+    assert relative["optimizer"] == pytest.approx(10.0, rel=0.05)
+    assert relative["reparameterised"] == pytest.approx(1.0, rel=0.05)
+
+
+def test_the_backbone_multiplier_slows_the_pretrained_layers_and_not_rul_heads(tiny_dataset, tmp_path):
+    """``--backbone-lr-multiplier`` scales the backbone's variables only: RUL's ``self.backbone`` is image → μ,
+    and the μ head (new, like the log-variance head) keeps the full rate; the fc has its 10×."""
+    run, model, _ = build_method(tiny_dataset, tmp_path, "rul", backbone_lr_multiplier=0.1)
+    rates = model.optimizer.lr_multipliers
+    key = model.optimizer._var_key
+    mu = {key(v) for v in model.mu_head.trainable_variables}
+    body = {key(v) for v in model.feature_map.trainable_variables}
+    assert mu and body and not mu & body
+    assert all(rates.get(k) == 0.1 for k in body)
+    assert not mu & set(rates) and not {key(v) for v in model.logvar_head.trainable_variables} & set(rates)
+    assert {rates[key(v)] for v in model.classifier.trainable_variables} == {10.0}
+
+
+def test_a_record_written_before_fc_lr_mode_reads_as_reparameterised():
+    """Runs of the toolkit before the option used W = m·V; their config.json has no ``fc_lr_mode``: they load as
+    they trained, and a resume or a grid compares them as such."""
+    from common.config import check_saved_values
+    from engine.config import compare_configs
+    from models.rul import RULConfig
+
+    assert check_saved_values(RULConfig, {"dropout": 0.4}, "x")["fc_lr_mode"] == "reparameterised"
+    assert check_saved_values(RULConfig, {"fc_lr_mode": "optimizer"}, "x")["fc_lr_mode"] == "optimizer"
+    old = {"run": {"method": "rul"}, "method_config": {"dropout": 0.4}, "data": {}}
+    same = {"run": {"method": "rul"}, "method_config": {"dropout": 0.4, "fc_lr_mode": "reparameterised"}, "data": {}}
+    changed = {"run": {"method": "rul"}, "method_config": {"dropout": 0.4, "fc_lr_mode": "optimizer"}, "data": {}}
+    assert compare_configs(old, same) == []
+    assert compare_configs(old, changed) == ["method_config.fc_lr_mode: 'reparameterised' → 'optimizer'"]
+
+
+def test_fc_initialisation_and_coupled_l2_use_the_effective_weights(built, tiny_dataset, tmp_path):
+    for model in (built[1], build_method(tiny_dataset, tmp_path, "rul", set={"fc_lr_mode": "reparameterised"})[1]):
+        effective, stored = _fc_kernel(model)
+        kernel = effective.numpy()
+        assert kernel.std() == pytest.approx(np.sqrt(2.0 / kernel.shape[0]), rel=0.35)  # he_normal of W, not of V
+        wd = 1e-3
+        expected = 0.5 * wd * sum(float(tf.reduce_sum(tf.square(v))) for v in model.trainable_variables
+                                  if "kernel" in v.path and v is not stored)
+        expected += 0.5 * wd * float(tf.reduce_sum(tf.square(effective)))
+        assert float(model.coupled_l2(wd)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_relabel_switch_uses_scns_rule_on_the_unmixed_probabilities(built):
@@ -207,14 +261,14 @@ def test_relabel_switch_uses_scns_rule_on_the_unmixed_probabilities(built):
     snapshot = _snapshot(model)
     try:
         with_config(model, relabel=True, relabel_epoch=2, relabel_margin=0.05)
-        model.classifier.inner.kernel.assign(model.classifier.inner.kernel * 5.0)
+        _fc_kernel(model)[1].assign(_fc_kernel(model)[1] * 5.0)
         # Before the relabel epoch: nothing changes.
         model.optimizer.iterations.assign(model.steps_per_epoch - 1)
         before = model.current_labels.numpy().copy()
         model.train_step(batch)
         np.testing.assert_array_equal(model.current_labels.numpy(), before)
         _restore(model, snapshot)
-        model.classifier.inner.kernel.assign(model.classifier.inner.kernel * 5.0)
+        _fc_kernel(model)[1].assign(_fc_kernel(model)[1] * 5.0)
         # From it: exactly the rows whose unmixed softmax(fc(μ)) margin exceeds δ₂.
         model.optimizer.iterations.assign(model.steps_per_epoch)
         _, outputs = model.compute_losses(batch, {}, training=True)
@@ -237,6 +291,8 @@ def test_config_rejects_bad_values():
         RULConfig(dropout=1.0)
     with pytest.raises(ConfigError):
         RULConfig(fc_lr_multiplier=0.0)
+    with pytest.raises(ConfigError, match="fc_lr_mode"):
+        RULConfig(fc_lr_mode="both")
 
 
 # A run killed after an epoch resumes bit-identically (its permutations and dropout masks too):
