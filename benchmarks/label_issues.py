@@ -58,6 +58,7 @@ DETECTORS = ("ldlva", "ce", "scn", "rul", "lanet")  # one run each; "ce" = CE's 
 CLEANERS = ("cleanlab", *DETECTORS)
 DEFAULT_METHOD_SETS = ("ldlva:neighbor_source=bank", "ldlva:gamma=0.01")
 KIND = "label-issues benchmark"
+NOT_TRAINABLE = "not_trainable.json"  # a cleaned table that lost every row of a class (CE is not trained on it)
 TITLES = {"cleanlab": "cleanlab (find_label_issues, {folds}-fold CV of CE)", "ldlva": "LDLVA λ",
           "ce": "CE self-confidence", "scn": "SCN 1 − α", "rul": "RUL u", "lanet": "LA-Net 1 − T[given]"}
 RESULT_COLUMNS = ("setting", "seed", "kind", "name", "auc", "precision", "recall", "f1", "num_flagged", "num_noisy",
@@ -309,17 +310,24 @@ def cleanlab_detection(given, clean, probs, path: Path, epochs, seconds, folds: 
 
 def retrain_on_cleaned(args, noisy: Path, target: Path, arrays: dict, action: str, seed: int, train: bool) -> Path:
     """CE trained on the noisy table with a detector's flagged rows dropped / relabelled; its run directory."""
+    from common.io import atomic_write_json
     from data.schema import read_csv
-    from engine.label_audit import cleaned_frame, write_prepared_dir
+    from engine.label_audit import classes_without_rows, cleaned_frame, write_prepared_dir
 
     data = target / "data"
-    if not (data / "train.csv").is_file():
+    if not (data / "train.csv").is_file() and not (target / NOT_TRAINABLE).is_file():
         frame = read_csv(noisy / "train.csv")
         meta = json.loads((noisy / "dataset.json").read_text())
         cleaned = cleaned_frame(frame, arrays["flagged"], arrays["suggested"], action)
+        missing = classes_without_rows(cleaned, meta["class_names"])
+        if missing:  # the detector flagged every row of a class: a result of the detector, not a failure
+            atomic_write_json(target / NOT_TRAINABLE, {"classes_without_rows": missing, "rows": int(len(cleaned))})
+            return target / "grid"
         write_prepared_dir(data, {"train.csv": cleaned, "test.csv": read_csv(noisy / "test.csv")}, meta["image_root"],
                            meta["num_classes"], meta["class_names"], bool(meta.get("allow_outside_root")),
                            {"action": action})
+    if (target / NOT_TRAINABLE).is_file():
+        return target / "grid"
     run = grid_run_dir(target / "grid", "ce", "clean", seed)
     if train and not (run / "metrics.json").is_file():
         run_grid(["--protocol", "original", "--methods", "ce", "--seeds", str(seed), "--out", str(target / "grid"),
@@ -386,7 +394,12 @@ def summary_rows(setting, seed, detections, retrained, grid, level, cell, args) 
     from benchmarks.grid import ERROR_FILE
 
     for (name, action), run in retrained.items():
-        if (run / "metrics.json").is_file():
+        not_trainable = run.parent / NOT_TRAINABLE if run.name == "grid" else None
+        if not_trainable is not None and not_trainable.is_file():
+            missing = json.loads(not_trainable.read_text())["classes_without_rows"]
+            rows.append({"setting": setting, "seed": seed, "kind": "untrainable", "name": f"ce_on_{name}_{action}",
+                         "rule": f"no {', '.join(missing)} row left"})
+        elif (run / "metrics.json").is_file():
             epochs, seconds = run_cost(run)
             rows.append({"setting": setting, "seed": seed, "kind": "accuracy", "name": f"ce_on_{name}_{action}",
                          "accuracy": accuracy_of(run), "epochs": epochs, "seconds": seconds})
@@ -411,7 +424,7 @@ def _cell(values, scale=100.0, digits=1, seeds=None) -> str:
 
 def results_markdown(args, rows) -> str:
     seeds = len(args.seeds)
-    lines = [f"# Finding label errors: the toolkit's per-sample scores vs cleanlab", "",
+    lines = ["# Finding label errors: the toolkit's per-sample scores vs cleanlab", "",
              f"Recipe: {args.dataset}" + (f" ({args.train_size} training faces)" if args.dataset == "synthetic" else "")
              + f", {args.backbone} @ {args.image_size} px, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g} "
              f"({args.lr_schedule}), weights {Path(args.weights).name}; cleanlab on {args.folds}-fold cross-validated CE. "
@@ -436,7 +449,8 @@ def results_markdown(args, rows) -> str:
         names = ["ce_noisy", "ldlva", *[f"ce_on_{n}_{a}" for n in ("cleanlab", *args.detectors) for a in args.actions]]
         for name in names:
             acc = [r for r in here if r["kind"] == "accuracy" and r["name"] == name]
-            if not acc:
+            untrainable = [r for r in here if r["kind"] == "untrainable" and r["name"] == name]
+            if not acc and not untrainable:
                 continue
             if name == "ce_noisy":
                 title = "CE on the noisy table"
@@ -445,7 +459,9 @@ def results_markdown(args, rows) -> str:
             else:
                 detector, action = name[len("ce_on_"):].rsplit("_", 1)
                 title = f"CE on the table cleaned by {TITLES[detector].format(folds=args.folds)}, {action}"
-            lines.append(f"| {title} | {_cell([r['accuracy'] for r in acc], seeds=seeds)} | "
+            note = "; ".join(f"seed {r['seed']}: {r['rule']}, not trained" for r in untrainable)
+            accuracy = _cell([r['accuracy'] for r in acc], seeds=seeds) if acc else "–"
+            lines.append(f"| {title} | {accuracy}{f' ({note})' if note else ''} | "
                          f"{_cell([r['epochs'] for r in acc], 1.0, 0)} |")
         lines.append("")
     failed = [r for r in rows if r["kind"] == "failed"]

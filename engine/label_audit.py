@@ -428,6 +428,13 @@ def cleaned_frame(frame, flagged, suggested, action: str):
     return frame
 
 
+def classes_without_rows(frame, class_names) -> list[str]:
+    """The names of the classes no row of ``frame`` carries (a cleaned table that flagged every row of a class:
+    train.py refuses such a table, since the class could never be learned)."""
+    present = set(np.asarray(frame["expression"]).astype(np.int64).tolist())
+    return [name for c, name in enumerate(class_names) if c not in present]
+
+
 def write_prepared_dir(folder, tables: dict, image_root, num_classes: int, class_names, allow_outside_root: bool,
                        provenance: dict | None = None) -> Path:
     """A prepared directory in ``folder`` that reuses the images under ``image_root`` (absolute ``image_root``
@@ -542,4 +549,5 @@ def write_cleaned_table(run, audit: Audit, out_csv, action: str, force: bool = F
     command = (f"python train.py --dataset csv --num-classes {run.cfg.num_classes} --data-dir {folder} "
                f"--train-table {out_csv.name}")
     return {"table": str(out_csv), "data_dir": str(folder), "rows": int(len(frame)),
-            "changed": int(audit.flagged.sum()), "action": action, "train_command": command}
+            "changed": int(audit.flagged.sum()), "action": action, "train_command": command,
+            "classes_without_rows": classes_without_rows(frame, run.spec.class_names)}

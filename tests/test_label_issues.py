@@ -258,6 +258,19 @@ def test_cleaned_table_never_touches_the_source(runs, planted, capsys, tmp_path)
     assert all(after[path] == digest for path, digest in before.items())  # every source file byte-identical
 
 
+def test_a_cleaned_table_that_loses_a_class_names_it(runs, tmp_path):
+    import dataclasses
+
+    from engine.label_audit import audit_run, load_audited_run, write_cleaned_table
+
+    run, model, _, _ = load_audited_run(runs["ce"])
+    audit = audit_run(run, model)
+    class_two_flagged = dataclasses.replace(audit, flagged=np.asarray(run.train_table.labels) == 2)
+    written = write_cleaned_table(run, class_two_flagged, tmp_path / "d" / "train.csv", "drop")
+    assert written["classes_without_rows"] == [run.spec.class_names[2]]
+    assert write_cleaned_table(run, audit, tmp_path / "e" / "train.csv", "drop")["classes_without_rows"] == []
+
+
 # ---------------------------------------------------------------------------------------- bad input
 
 def test_bad_input_is_an_error_line(runs, planted, capsys, tmp_path):
@@ -353,6 +366,36 @@ def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
     assert code == 0, err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
     assert pd.read_csv(out / "results.csv").equals(rows)
+
+
+def test_a_cleaned_table_without_a_class_is_reported_not_failed(tmp_path, capsys):
+    """A detector that flags every row of a class leaves a dropped table train.py refuses (the class could never
+    be learned): the benchmark records it as that detector's result ('no c3 row left') instead of a failed
+    training, and the tool warns when it writes such a table."""
+    import benchmarks.label_issues as bench
+    from data.schema import read_csv
+    from engine.label_audit import classes_without_rows, write_prepared_dir
+
+    data = write_tiny_dataset(tmp_path / "ds", n_train=14, n_test=7, votes=False, landmarks=False)
+    names = [f"c{k}" for k in range(7)]
+    noisy = tmp_path / "noisy"
+    write_prepared_dir(noisy, {"train.csv": read_csv(data / "train.csv"), "test.csv": read_csv(data / "test.csv")},
+                       (data / "images").resolve(), 7, names, False)
+    labels = read_csv(noisy / "train.csv")["expression"].to_numpy()
+    arrays = {"flagged": labels == 3, "suggested": np.where(labels == 3, 4, labels)}
+    args = bench.build_parser().parse_args(["--out", str(tmp_path / "bench")])
+    retrained = {}
+    for action in ("drop", "relabel"):
+        target = tmp_path / "clean" / f"ldlva_{action}"
+        retrained["ldlva", action] = bench.retrain_on_cleaned(args, noisy, target, arrays, action, 0, train=True)
+        assert (target / bench.NOT_TRAINABLE).is_file() and not (target / "data").exists()
+    rows = bench.summary_rows("sym30", 0, {}, retrained, tmp_path / "grid", "0.3", tmp_path / "cell", args)
+    assert [(r["kind"], r["name"], r["rule"]) for r in rows] == [
+        ("untrainable", "ce_on_ldlva_drop", "no c3 row left"), ("untrainable", "ce_on_ldlva_relabel", "no c3 row left")]
+    text = bench.results_markdown(args, rows)
+    assert "| CE on the table cleaned by LDLVA λ, drop | – (seed 0: no c3 row left, not trained) |" in text
+    assert "failed" not in text
+    assert classes_without_rows(read_csv(noisy / "train.csv"), names) == []
 
 
 def test_benchmark_bad_input(tmp_path, capsys):

@@ -173,6 +173,10 @@ def main(argv=None) -> int:
         report["cleaned_table"] = written
         print(f"wrote {written['table']} ({written['rows']} rows; {written['changed']} flagged rows "
               f"{'dropped' if args.action == 'drop' else 'relabelled'}); train on it with: {written['train_command']}")
+        if written["classes_without_rows"]:
+            print(f"warning: {written['table']}: no row of class(es) {', '.join(written['classes_without_rows'])} is "
+                  "left (every one was flagged); train.py refuses a table without every class: flag fewer rows "
+                  "(--flag count) or use the other --action", file=sys.stderr)
     atomic_write_json(summary, stamp(report, "tools.label_issues"))
     print(f"wrote {out} and {summary}")
     if args.figure:
