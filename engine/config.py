@@ -112,8 +112,9 @@ class RunConfig:
     batch_size: int | None = field(default=None, metadata=_opt("global batch size", OPTIM))
     lr: float | None = field(default=None, metadata=_opt("learning rate", OPTIM))
     backbone_lr_multiplier: float = field(default=1.0, metadata=_opt(
-        "the backbone trains at this multiple of --lr, the heads at --lr (discriminative fine-tuning; e.g. 0.1 "
-        "for dlib's face ResNet, whose conv weights are ~1e-3 in size)", OPTIM))
+        "the layers that start from the backbone's weights train at this multiple of --lr, every new layer (heads, "
+        "RUL's μ head) at --lr (discriminative fine-tuning; e.g. 0.1 for dlib's face ResNet, whose conv weights are "
+        "~1e-3 in size)", OPTIM))
     optimizer: str | None = field(default=None, metadata=_opt(
         "adam (default) | adamw | sgd | lamb (Adam's step rescaled per variable to --lr × the variable's norm: "
         "a relative step, blind to no layer's weight scale; You et al. ICLR 2020)", OPTIM,
