@@ -394,8 +394,8 @@ def summary_rows(setting, seed, detections, retrained, grid, level, cell, args) 
     from benchmarks.grid import ERROR_FILE
 
     for (name, action), run in retrained.items():
-        not_trainable = run.parent / NOT_TRAINABLE if run.name == "grid" else None
-        if not_trainable is not None and not_trainable.is_file():
+        not_trainable = run.parent / NOT_TRAINABLE  # retrain_on_cleaned returned the cleaned table's grid folder
+        if not_trainable.is_file():
             missing = json.loads(not_trainable.read_text())["classes_without_rows"]
             rows.append({"setting": setting, "seed": seed, "kind": "untrainable", "name": f"ce_on_{name}_{action}",
                          "rule": f"no {', '.join(missing)} row left"})
