@@ -4,7 +4,7 @@
         [--detectors ldlva ce scn rul lanet] [--folds 5] [--clean-with cleanlab ldlva ce scn rul lanet]
         [--actions drop relabel] [recipe flags: --train-size --backbone --image-size --pad --epochs --batch-size
         --lr --lr-schedule --weights --random-erasing --method-set METHOD:KEY=VALUE --grid-option OPTION=VALUE]
-        [--report-only]
+        [--reuse-grid SETTING=DIR] [--report-only]
 
 For every label setting (``sym30``: 30 % symmetric noise, ``asym30``: 30 % asymmetric, ...) and seed:
 
@@ -29,7 +29,11 @@ noise-detection ROC-AUC of its score, the precision, recall and F1 of its flagge
 against the true number of wrong labels, and its cost (training epochs summed over the runs it needs, and
 their wall time); then the test accuracy of every CE retrained on a cleaned table. Every step resumes: a
 finished run, an audit or the cross-validated probabilities are read back, not recomputed (the grids skip
-finished cells, as ``benchmark.py`` does).
+finished cells, as ``benchmark.py`` does). ``--reuse-grid SETTING=DIR`` takes the single runs of a grid
+already trained with the same recipe (a ``benchmarks.pretrained_regime`` setting folder, a ``benchmark.py
+--protocol noise`` directory): each finished ``DIR/runs/<method>_<rate>_s<seed>`` whose config matches this
+benchmark's is linked (a symbolic link; nothing in DIR is written), one trained with other settings is an
+error that names the difference, and a missing one is trained here.
 
 Default recipe: the CPU-sized protocol of BENCHMARKS.md (2000 synthetic training faces, ``small_cnn`` at 32
 px, pad 2, 40 epochs, Adam 1e-3 with cosine decay, batch 64; LDLVA with ``neighbor_source=bank`` and
@@ -98,6 +102,9 @@ def build_parser():
                    help="any other train.py option for every run (repeatable), e.g. input-norm=dlib or "
                         "optimizer=sgd")
     g = p.add_argument_group("control")
+    g.add_argument("--reuse-grid", action="append", default=[], metavar="SETTING=DIR",
+                   help="read the single runs of SETTING from a grid trained with the same recipe (repeatable; "
+                        "its runs are linked, never written; one with other settings is an error)")
     g.add_argument("--lock", help="flock this file around each training (shared CPU)")
     g.add_argument("--report-only", action="store_true", help="train nothing; rebuild the tables from what is done")
     return p
@@ -137,6 +144,59 @@ def num_classes(args) -> int:
     from data.registry import get_dataset_spec
 
     return get_dataset_spec(args.dataset, args.num_classes).num_classes
+
+
+def noise_grid_argv(args, setting: str, seed: int, methods, grid: Path) -> list[str]:
+    """``benchmarks.grid`` options of the single runs of one (setting, seed)."""
+    kind, rate = SETTINGS[setting]
+    return ["--protocol", "noise", "--levels", f"{rate:g}", "--noise", kind, "--methods", *methods,
+            "--seeds", str(seed), "--out", str(grid), *recipe_argv(args, methods)]
+
+
+def link_reused_runs(args, source: Path, setting: str, seed: int, methods, grid: Path) -> list[str]:
+    """Link the finished runs of ``source`` (a grid trained with this recipe) into ``grid``; the names linked.
+
+    Each run's config.json is compared with the config this benchmark would train (``benchmarks.grid.stale_reason``,
+    the check a resumed grid makes), so an audit never reads a run of another recipe under this one's name.
+    """
+    from benchmarks.grid import base_config, parse_method_sets, stale_reason
+    from benchmarks.grid import build_parser as grid_parser
+
+    grid_args = grid_parser().parse_args(noise_grid_argv(args, setting, seed, methods, grid))
+    grid_args.preset = {}
+    method_sets = parse_method_sets(grid_args.method_set)
+    level = f"{SETTINGS[setting][1]:g}"
+    linked = []
+    for method in methods:
+        reused, target = grid_run_dir(source, method, level, seed), grid_run_dir(grid, method, level, seed)
+        if target.exists() or target.is_symlink() or not (reused / "metrics.json").is_file():
+            continue
+        cfg = base_config(grid_args, method, seed, target, float(level), method_sets)
+        reason = stale_reason(reused, cfg)
+        if reason:
+            raise ConfigError(f"{reused}: trained with other settings than this benchmark's recipe ({reason}); give "
+                              "the recipe it was trained with (--grid-option, --method-set) or leave --reuse-grid out")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(reused.resolve(), target_is_directory=True)
+        linked.append(target.name)
+    return linked
+
+
+def parse_reuse_grids(items, settings) -> dict[str, Path]:
+    """``--reuse-grid SETTING=DIR`` items as {setting: DIR}."""
+    grids = {}
+    for item in items:
+        setting, sep, folder = item.partition("=")
+        setting = setting.strip()
+        if not sep or not folder:
+            raise ConfigError(f"--reuse-grid expects SETTING=DIR (e.g. sym30=benchmark_runs/x/pretrained/sym30), "
+                              f"got '{item}'")
+        if setting not in settings:
+            raise ConfigError(f"--reuse-grid {item}: {setting} is not one of --settings ({' '.join(settings)})")
+        if not (Path(folder) / "runs").is_dir():
+            raise ConfigError(f"--reuse-grid {item}: {folder} has no runs/ folder (not a grid directory)")
+        grids[setting] = Path(folder)
+    return grids
 
 
 def run_grid(argv) -> int:
@@ -339,15 +399,17 @@ def retrain_on_cleaned(args, noisy: Path, target: Path, arrays: dict, action: st
 
 def run_cell(args, setting: str, seed: int, train: bool, log=print) -> list[dict]:
     """Everything of one (setting, seed); result rows (what is finished so far)."""
-    kind, rate = SETTINGS[setting]
+    _kind, rate = SETTINGS[setting]
     base = Path(args.out) / setting
     level = f"{rate:g}"
     grid = base / "grid"
     methods = ["ce", *[d for d in args.detectors if d != "ce"]]
     rows: list[dict] = []
+    if setting in args.reuse_grid:
+        for name in link_reused_runs(args, args.reuse_grid[setting], setting, seed, methods, grid):
+            log(f"{setting} seed {seed}: {name} read from {args.reuse_grid[setting]}")
     if train:
-        run_grid(["--protocol", "noise", "--levels", level, "--noise", kind, "--methods", *methods,
-                  "--seeds", str(seed), "--out", str(grid), *recipe_argv(args, methods)])
+        run_grid(noise_grid_argv(args, setting, seed, methods, grid))
     ce_run = grid_run_dir(grid, "ce", level, seed)
     cell = base / f"s{seed}"
     detections = {}
@@ -503,6 +565,7 @@ def main(argv=None) -> int:
     if args.folds < 2:
         raise ConfigError(f"--folds must be >= 2, got {args.folds}")
     args.seeds = list(dict.fromkeys(args.seeds))
+    args.reuse_grid = parse_reuse_grids(args.reuse_grid, args.settings)
     quiet_tensorflow()
     from benchmarks.grid import check_benchmark_dir, mark_benchmark_dir
 

@@ -366,6 +366,24 @@ def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
     assert code == 0, err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == stamps
     assert pd.read_csv(out / "results.csv").equals(rows)
+    # --reuse-grid: another benchmark reads the finished runs of a grid trained with the same recipe (linked,
+    # nothing in the source written) and audits them as its own; a grid of another recipe is refused by name
+    source = out / "sym30" / "grid"
+    files = {p: p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()}
+    reuse = ["--out", tmp_path / "reuse", *argv[2:], "--reuse-grid", f"sym30={source}", "--report-only"]
+    code, _, err = run_cli(bench, reuse, capsys)
+    assert code == 0, err
+    linked = tmp_path / "reuse" / "sym30" / "grid" / "runs" / "ce_0.3_s0"
+    assert linked.is_symlink() and linked.resolve() == (source / "runs" / "ce_0.3_s0").resolve()
+    again = pd.read_csv(tmp_path / "reuse" / "results.csv").set_index("name")
+    assert np.allclose(again.loc["ce", ["auc", "f1", "num_flagged"]].astype(float),
+                       detection.loc["ce", ["auc", "f1", "num_flagged"]].astype(float))
+    assert {p: p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()} == files
+    other = ["--out", tmp_path / "other", *[("4" if a == "5" else a) for a in argv[2:]], "--reuse-grid",
+             f"sym30={source}", "--report-only"]
+    code, _, err = run_cli(bench, other, capsys)
+    assert code == 2 and "error:" in err and "run.epochs: 5 → 4" in err and "ce_0.3_s0" in err, err
+    assert not (tmp_path / "other" / "sym30" / "grid" / "runs" / "ce_0.3_s0").exists()
 
 
 def test_a_cleaned_table_without_a_class_is_reported_not_failed(tmp_path, capsys):
@@ -409,7 +427,10 @@ def test_benchmark_bad_input(tmp_path, capsys):
                            (["--out", tmp_path / "b", "--weights", tmp_path / "none.h5"], "not found"),
                            (["--out", mine], "did not write"),
                            (["--out", tmp_path / "b", "--settings", "sym99"], "invalid choice"),
-                           (["--out", tmp_path / "b", "--grid-option", "=3"], "OPTION=VALUE")):
+                           (["--out", tmp_path / "b", "--grid-option", "=3"], "OPTION=VALUE"),
+                           (["--out", tmp_path / "b", "--reuse-grid", f"sym30={mine}"], "no runs/ folder"),
+                           (["--out", tmp_path / "b", "--reuse-grid", f"sym20={mine}"], "not one of --settings"),
+                           (["--out", tmp_path / "b", "--reuse-grid", "sym30"], "SETTING=DIR")):
         code, _, err = run_cli(bench, argv, capsys)
         assert code == 2 and "error:" in err and expected in err, err
     assert (mine / "results.md").read_text() == "my notes" and not (tmp_path / "b").exists()
