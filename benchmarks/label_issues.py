@@ -489,8 +489,13 @@ def results_markdown(args, rows) -> str:
     lines = ["# Finding label errors: the toolkit's per-sample scores vs cleanlab", "",
              f"Recipe: {args.dataset}" + (f" ({args.train_size} training faces)" if args.dataset == "synthetic" else "")
              + f", {args.backbone} @ {args.image_size} px, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g} "
-             f"({args.lr_schedule}), weights {Path(args.weights).name}; cleanlab on {args.folds}-fold cross-validated CE. "
-             f"Mean ± sample std over seeds {' '.join(map(str, args.seeds))} (`(n=k)`: fewer seeds finished).", ""]
+             f"({args.lr_schedule}), weights {Path(args.weights).name}; cleanlab on {args.folds}-fold cross-validated CE."
+             + (f" Every run also: {' '.join('--' + o.strip().lstrip('-').replace('=', ' ', 1) for o in args.grid_option)}."
+                if args.grid_option else "")
+             + (f" Method settings: {' '.join(args.method_set if args.method_set is not None else DEFAULT_METHOD_SETS)}.")
+             + "".join(f" The {setting} single runs are read from `{folder}`." for setting, folder in
+                       (args.reuse_grid.items() if isinstance(args.reuse_grid, dict) else ()))
+             + f" Mean ± sample std over seeds {' '.join(map(str, args.seeds))} (`(n=k)`: fewer seeds finished).", ""]
     for setting in args.settings:
         kind, rate = SETTINGS[setting]
         here = [r for r in rows if r["setting"] == setting]

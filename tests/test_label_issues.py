@@ -379,6 +379,8 @@ def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
     assert np.allclose(again.loc["ce", ["auc", "f1", "num_flagged"]].astype(float),
                        detection.loc["ce", ["auc", "f1", "num_flagged"]].astype(float))
     assert {p: p.stat().st_mtime_ns for p in source.rglob("*") if p.is_file()} == files
+    recipe = (tmp_path / "reuse" / "results.md").read_text()
+    assert "Every run also: --momentum 0.5." in recipe and f"single runs are read from `{source}`" in recipe
     other = ["--out", tmp_path / "other", *[("4" if a == "5" else a) for a in argv[2:]], "--reuse-grid",
              f"sym30={source}", "--report-only"]
     code, _, err = run_cli(bench, other, capsys)
