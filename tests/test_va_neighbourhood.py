@@ -63,6 +63,7 @@ def test_label_mix_equals_a_brute_force_recount(synthetic, tmp_path, capsys):
     assert results[0.5, 5]["neighbour_purity"] < results[0.0, 5]["neighbour_purity"]
 
 
+@pytest.mark.slow
 def test_a_run_gives_its_table_and_its_bank(synthetic, tmp_path, capsys):
     import benchmarks.va_neighbourhood as van
     from engine.label_audit import load_audited_run
@@ -90,6 +91,7 @@ def test_a_run_gives_its_table_and_its_bank(synthetic, tmp_path, capsys):
     assert from_run["bank_mix_rescues_flip"] == pytest.approx(rescued)
 
 
+@pytest.mark.slow
 def test_bad_input_is_an_error_line(synthetic, tmp_path, capsys):
     import benchmarks.va_neighbourhood as van
 
