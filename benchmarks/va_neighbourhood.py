@@ -141,8 +141,7 @@ def main(argv=None) -> int:
         if missing:
             raise ConfigError(f"{root / 'train.csv'}: lacks {', '.join(sorted(missing))} (the synthetic benchmark's "
                               "columns; write one with python -m preprocess.synthetic)")
-        num_classes = int(frame["latent_class"].max()) + 1 if len(frame) else 7
-        num_classes = max(num_classes, len(str(frame["true_distribution"].iloc[0]).split(";")))
+        num_classes = len(str(frame["true_distribution"].iloc[0]).split(";"))  # one probability per class
         noisy = apply_label_noise(frame, args.noise, args.noise_rate, num_classes, args.seed, source=root / "train.csv")
         given = noisy["expression"].to_numpy(np.int64)
         clean = noisy["clean_expression"].to_numpy(np.int64)
