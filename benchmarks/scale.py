@@ -196,11 +196,12 @@ STATE_VARIANTS = {"ldlva": [("ldlva (forward, default)", {}), ("ldlva bank", {"n
                             ("ldlva bank, bank_probs=head", {"neighbor_source": "bank", "bank_probs": "head"})]}
 
 
-def state_memory(n: int, backbones, image_size: int = 32) -> list[dict]:
+def state_memory(n: int, backbones, image_size: int = 32, methods=None) -> list[dict]:
     """Bytes of every method's per-sample state (variables with N rows: λ, banks, relabelled targets, the
     neighbour table and VA it keeps) for a training table of ``n`` rows, by building the real model (the
     engine's own ``engine.build.build_model``, as a rebuild from a checkpoint does) with each backbone. What is counted
-    is allocated: it lives on the accelerator beside the weights for the whole run, and is in every checkpoint."""
+    is allocated: it lives on the accelerator beside the weights for the whole run, and is in every checkpoint.
+    ``methods``: the registry's names to count (default: all)."""
     import gc
 
     from common.cli import quiet_tensorflow
@@ -216,7 +217,7 @@ def state_memory(n: int, backbones, image_size: int = 32) -> list[dict]:
 
     rows = []
     for backbone in backbones:
-        for method in method_names():
+        for method in methods or method_names():
             for label, overrides in STATE_VARIANTS.get(method, [(method, {})]):
                 cfg = RunConfig(dataset="synthetic", method=method, backbone=backbone, image_size=image_size,
                                 batch_size=32, epochs=1, set=dict(overrides), export=False,

@@ -8,43 +8,38 @@ The full campaign (≥ 100 drawn kills over every method, plus export.py, knn an
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from benchmarks import chaos
 
-# (event, global step, paused there): the points each chain is killed at, in order. Paused: the process waits
-# at the event and the kill lands there exactly (the trace names it), not a few milliseconds later.
-POINTS = {
-    # CE with its export: right after the epoch-0 checkpoint is complete (the callback order used to write it
-    # before the epoch's log row, and a kill there lost the row for good), while epoch 1's log row is written
-    # (a step checkpoint at an epoch's last step used to mark the epoch done first: the same loss), and
-    # between the finished export's temporary folder and its rename into place.
-    "ce": (True, [("ckpt-end", 6, True), ("epoch-log", 12, True), ("rename:saved_model", 18, True)]),
-    # LDLVA (λ, banks, centres): between a checkpoint's weights temporary and its rename, and inside a step.
-    "ldlva": (False, [("rename:model.weights.h5", 4, True), ("step-begin", 9, True)]),
-}
-
-
-def _chain(method, root, data_dir):
-    export, points = POINTS[method]
-    folder = root / method
-    reference, events = chaos.reference_run(method, folder, data_dir, export)
-    targets = [chaos.target_at(events, name, step, pause=pause) for name, step, pause in points]
-    return chaos.run_chain(method, targets, folder / "chain", reference, events, data_dir, export, log=lambda *a: None)
+# (event, global step, paused there): the points the chain is killed at, in order. Paused: the process waits at
+# the event and the kill lands there exactly (the trace names it), not a few milliseconds later. One chain of
+# LDLVA (λ, banks, centres) with its export:
+POINTS = [
+    ("rename:model.weights.h5", 4, True),  # between a checkpoint's weights temporary and its rename
+    # right after the epoch-0 checkpoint is complete (the callback order used to write it before the epoch's log
+    # row, and a kill there lost the row for good)
+    ("ckpt-end", 6, True),
+    ("step-begin", 9, True),  # inside a step
+    # while epoch 1's log row is written (a step checkpoint at an epoch's last step used to mark the epoch done
+    # first: the same loss)
+    ("epoch-log", 12, True),
+    ("rename:saved_model", 18, True),  # between the finished export's temporary folder and its rename into place
+]
 
 
 @pytest.mark.slow
 def test_kills_at_chosen_points_then_resume_equal_the_uninterrupted_run(tmp_path):
     data_dir = chaos.write_dataset(tmp_path / "ds")
-    with ThreadPoolExecutor(2) as pool:  # two independent chains of processes
-        results = dict(zip(POINTS, pool.map(lambda m: _chain(m, tmp_path, data_dir), POINTS)))
-    for method, (record, kills) in results.items():
-        expected = [(name, step) for name, step, _ in POINTS[method][1]]
-        assert [(k["last_event"], k["step"]) for k in kills] == expected, (method, kills)
-        assert all(k["killed"] and not k["after_kill"] for k in kills), kills
-        assert not record["finished_early"] and record["mismatches"] == [], (method, record)
+    folder = tmp_path / "ldlva"
+    reference, events = chaos.reference_run("ldlva", folder, data_dir, True)
+    targets = [chaos.target_at(events, name, step, pause=pause) for name, step, pause in POINTS]
+    record, kills = chaos.run_chain("ldlva", targets, folder / "chain", reference, events, data_dir, True,
+                                    log=lambda *a: None)
+    assert [(k["last_event"], k["step"]) for k in kills] == [(name, step) for name, step, _ in POINTS], kills
+    assert all(k["killed"] and not k["after_kill"] for k in kills), kills
+    assert not record["finished_early"] and record["mismatches"] == [], record
 
 
 @pytest.mark.slow

@@ -107,9 +107,10 @@ def test_failed_export_keeps_previous_savedmodel(failure, small_model, tmp_path,
     assert _entries(tmp_path) == ["saved_model"]  # no temporary folder left
 
 
-# --- SIGKILL at three points, resume, compare with an uninterrupted run ----------------------------------
-EPOCHS = 3  # × 7 steps of 8 (56 training samples)
-KILL_AFTER = (2, 7, 15)  # global steps: mid epoch 0, the end of epoch 0 (killed during validation, it resumes exactly at the epoch boundary), early epoch 2
+# --- SIGKILL at two points, resume, compare with an uninterrupted run ------------------------------------
+# (Kills at an epoch's end, in its validation, log row and checkpoint, are test_chaos.py's chain.)
+EPOCHS = 2  # × 7 steps of 8 (56 training samples)
+KILL_AFTER = (2, 9)  # global steps: mid epoch 0, then early epoch 1 (the resumed segment crossed the epoch boundary)
 LDLVA_ARGS = ["--method", "ldlva", "--set", "num_neighbors=2"]
 # LDLVA with its per-sample neighbour bank: weights, λ, centres, banks and optimizer must all come back.
 METHOD_ARGS = {"ce": [], "ldlva": [*LDLVA_ARGS, "--set", "neighbor_source=bank"]}
@@ -121,7 +122,7 @@ def _run_args(ds, out, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ldlva"])  # CE's resume is covered by test_extend_* and the contract test
-def test_sigkill_three_times_then_resume_is_bit_identical(method, tiny_dataset, tmp_path, capsys):
+def test_sigkill_twice_then_resume_is_bit_identical(method, tiny_dataset, tmp_path, capsys):
     import train
 
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
@@ -140,7 +141,7 @@ def test_sigkill_three_times_then_resume_is_bit_identical(method, tiny_dataset, 
     assert code == 0, err[-3000:]
     assert f"global step {killed_at[-1]}" in out
 
-    final = "step-000000021"
+    final = f"step-{EPOCHS * 7:09d}"
     assert (run / "ckpt" / "latest").read_text().strip() == final
     resumed = h5_datasets(run / "ckpt" / final / "model.weights.h5")
     uninterrupted = h5_datasets(reference / "ckpt" / final / "model.weights.h5")
