@@ -46,6 +46,7 @@ with clean labels in ``clean_expression``. cleanlab is needed by this benchmark 
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -535,8 +536,10 @@ def results_markdown(args, rows) -> str:
     if failed:
         lines += ["Not in the tables (failed; rerun to retry): " + "; ".join(
             f"{r['setting']} seed {r['seed']} {r['name']}: {r['rule']}" for r in failed), ""]
-    lines += ["Flag rules: " + "; ".join(sorted({f"{r['name']}: {r['rule']}" for r in rows
-                                                 if r["kind"] == "detection" and r.get("rule")})), ""]
+    # One entry per detector: a count rule's N differs per setting and seed (the tables give each run's count).
+    rules = {f"{r['name']}: " + re.sub(r"the \d+ highest", "the N highest", r["rule"])
+             for r in rows if r["kind"] == "detection" and r.get("rule")}
+    lines += ["Flag rules: " + "; ".join(sorted(rules)), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -418,6 +418,19 @@ def test_a_cleaned_table_without_a_class_is_reported_not_failed(tmp_path, capsys
     assert classes_without_rows(read_csv(noisy / "train.csv"), names) == []
 
 
+def test_results_name_each_detectors_flag_rule_once(tmp_path):
+    """A count rule's N differs per setting and seed; the rules line names the detector once, with N."""
+    import benchmarks.label_issues as bench
+
+    args = bench.build_parser().parse_args(["--out", str(tmp_path / "bench")])
+    rows = [dict(setting=setting, seed=0, kind="detection", name="ce", auc=0.7, precision=0.5, recall=0.5, f1=0.5,
+                 num_flagged=count, num_noisy=600, epochs=12.0, seconds=1.0, accuracy=None,
+                 rule=f"ce: self-confidence; count: the {count} highest scores (confident learning's count)")
+            for setting, count in (("sym30", 441), ("asym30", 390))]
+    line = next(l for l in bench.results_markdown(args, rows).splitlines() if l.startswith("Flag rules: "))
+    assert line == "Flag rules: ce: ce: self-confidence; count: the N highest scores (confident learning's count)"
+
+
 def test_benchmark_bad_input(tmp_path, capsys):
     import benchmarks.label_issues as bench
 
