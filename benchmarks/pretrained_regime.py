@@ -266,6 +266,9 @@ def main(argv=None) -> int:
                 code |= run_grid(grid_argv(args, regime, setting, [seed]))
                 print(f"[{time.strftime('%H:%M')}] seed {seed} {setting} {regime}: {time.perf_counter() - start:.0f} s",
                       flush=True)
+                # The cell's grid wrote runs.csv for this seed alone: re-read every seed's finished runs, so the
+                # tables written now (and left behind if the grid is killed) count all of them.
+                run_grid(grid_argv(args, regime, setting, args.seeds) + ["--report-only"])
                 write_tables(args)
     for setting in args.settings:  # the per-grid tables over all seeds
         for regime in args.regimes:

@@ -142,3 +142,27 @@ def test_report_only_rebuilds_the_tables_of_a_restored_grid(tmp_path, monkeypatc
              "--settings", "sym30", "clean", "--report-only"])
     assert len(called) == 1 and called[0][-1] == "--report-only"
     assert called[0][called[0].index("--out") + 1] == str(tmp_path / "pt" / "pretrained" / "sym30")
+
+
+def test_tables_written_between_cells_count_every_finished_seed(tmp_path, monkeypatch):
+    """Each cell trains one seed (its grid writes runs.csv for that seed alone); the tables written after it
+    re-read the grid over every seed, so a grid killed mid-way leaves tables with all finished seeds."""
+    (tmp_path / "w.h5").write_bytes(b"w")
+    out = tmp_path / "pt"
+    calls = []
+
+    def fake_grid(argv):
+        seeds = [int(s) for s in argv[argv.index("--seeds") + 1:argv.index("--seeds") + 3] if s.isdigit()]
+        calls.append(("--report-only" in argv, seeds))
+        if "--report-only" not in argv:
+            return 0
+        _write_runs(out / "pretrained" / "sym30" / "runs.csv", [
+            {"method": "ce", "level": 0.3, "seed": s, "accuracy": 0.5 + 0.1 * s, "mean_class_accuracy": 0.5,
+             "noise_detection_auc": ""} for s in seeds])
+        return 0
+
+    monkeypatch.setattr(pr, "run_grid", fake_grid)
+    pr.main(["--out", str(out), "--weights", str(tmp_path / "w.h5"), "--seeds", "0", "1", "--settings", "sym30",
+             "--methods", "ce"])
+    assert calls[:2] == [(False, [0]), (True, [0, 1])]
+    assert "| CE | pretrained | 55.0 ± 7.1 |" in (out / "table.md").read_text()
