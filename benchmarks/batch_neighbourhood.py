@@ -25,7 +25,7 @@ features come from one inference pass over the training table without augmentati
 the run logs them on augmented training batches). A LA-Net run gives f (the pooled expression features that
 feed its classifier) and g (its landmark branch's features); any other run gives f (its pooled features).
 The model's own accuracy on the clean training labels is printed beside them. Writes ``OUT/batch_neighbourhood.md``
-and ``.json``; a few minutes per 2000-face run at 150 px on a CPU.
+and ``.json``; about 30 s per 2000-face run at 150 px on a 2-vCPU CPU.
 """
 
 from __future__ import annotations
