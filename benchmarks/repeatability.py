@@ -12,7 +12,8 @@ the final checkpoint, ``state.json``, ``metrics.json``, the test columns of ``lo
 and, for a run that differs, the first epoch and ``log.csv`` columns where its *training* means part from the
 first run's (where the divergence enters).
 
-The runs share one process (``train.main`` called N times, as the suite's tests call it), or each gets its own
+The runs share one process (the engine's training called N times with ``train.py``'s options, as the
+suite's tests call it), or each gets its own
 with ``--processes``. ``--inter-op`` / ``--intra-op`` set ``TF_NUM_INTEROP_THREADS`` / ``TF_NUM_INTRAOP_THREADS``
 for it before TensorFlow starts (the suite runs with 2 / 1). A run directory equal to the first is removed once
 compared; differing ones are kept. Writes ``OUT/repeatability.json`` and ``.md``.
@@ -59,6 +60,21 @@ def first_divergence(reference: Path, run: Path) -> dict | None:
     return None
 
 
+def train_in_process(argv) -> int:
+    """``train.py ARGV`` in this process, as ``train.main`` runs it (the same options, ``Run`` and
+    ``engine.fit.train``; a benchmark does not import the entry point)."""
+    from common.cli import ArgumentParser as Parser
+    from common.cli import add_dataclass_options, dataclass_kwargs
+    from engine.config import RunConfig
+    from engine.fit import train
+    from engine.run import Run
+
+    parser = Parser(prog="train.py")
+    add_dataclass_options(parser, RunConfig)
+    train(Run(RunConfig(**dataclass_kwargs(parser.parse_args(argv), RunConfig)), log=lambda *a, **k: None))
+    return 0
+
+
 def thread_env(args) -> dict:
     env = {}
     if args.inter_op:
@@ -95,9 +111,7 @@ def main(argv=None) -> int:
             code = subprocess.run([sys.executable, str(ROOT / "train.py"), *argv_i], env={**env(), **thread_env(args)},
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
         else:
-            import train
-
-            code = train.main(argv_i)
+            code = train_in_process(argv_i)
         if code != 0:
             raise RuntimeError(f"run {i} of {args.method} failed (exit {code})")
         entry = {"run": i, "seconds": round(time.perf_counter() - began, 1)}
