@@ -107,7 +107,7 @@ def run_features(run_dir) -> dict:
     from data.pipeline import collect_outputs
     from engine.label_audit import load_audited_run
 
-    run, model, record, _ = load_audited_run(run_dir)
+    run, model, _, _ = load_audited_run(run_dir)
     lanet = hasattr(model, "stem_view") and hasattr(model, "landmark_branch")
 
     def fn(images):
