@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from common.cli import ArgumentParser, add_dataclass_options, dataclass_kwargs, quiet_tensorflow, run_main
+from common.cli import ArgumentParser, add_dataclass_options, quiet_tensorflow, run_main
 
 
 def defaults_epilog() -> str:
@@ -45,10 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args, replay=None):
     """The RunConfig the command line asks for (``replay``: a config.json read for ``--config``, under the
     options typed beside it)."""
-    from engine.config import RunConfig, replay_kwargs
+    from engine.config import run_config_from_args
 
-    typed = dataclass_kwargs(args, RunConfig)
-    return RunConfig(**(replay_kwargs(replay, typed) if replay is not None else typed))
+    return run_config_from_args(args, replay)
 
 
 def main(argv=None) -> int:

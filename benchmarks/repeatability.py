@@ -64,14 +64,14 @@ def train_in_process(argv) -> int:
     """``train.py ARGV`` in this process, as ``train.main`` runs it (the same options, ``Run`` and
     ``engine.fit.train``; a benchmark does not import the entry point)."""
     from common.cli import ArgumentParser as Parser
-    from common.cli import add_dataclass_options, dataclass_kwargs
-    from engine.config import RunConfig
+    from common.cli import add_dataclass_options
+    from engine.config import RunConfig, run_config_from_args
     from engine.fit import train
     from engine.run import Run
 
     parser = Parser(prog="train.py")
     add_dataclass_options(parser, RunConfig)
-    train(Run(RunConfig(**dataclass_kwargs(parser.parse_args(argv), RunConfig)), log=lambda *a, **k: None))
+    train(Run(run_config_from_args(parser.parse_args(argv)), log=lambda *a, **k: None))
     return 0
 
 

@@ -469,6 +469,16 @@ def replay_kwargs(source: ReplaySource, typed: dict, exclude=()) -> dict:
     return merged
 
 
+def run_config_from_args(args, replay: ReplaySource | None = None) -> RunConfig:
+    """The RunConfig a parsed command line asks for (options from :func:`common.cli.add_dataclass_options`);
+    ``replay``: a config.json read for ``--config``, under the options typed beside it. Shared by
+    ``train.py`` and the benchmarks that train in-process, so both build a run the same way."""
+    from common.cli import dataclass_kwargs
+
+    typed = dataclass_kwargs(args, RunConfig)
+    return RunConfig(**(replay_kwargs(replay, typed) if replay is not None else typed))
+
+
 def replayed_method_config(source: ReplaySource, model_cls, cfg: RunConfig, typed_preset: str | None):
     """The replayed run's method config: the config.json's ``method_config`` (so a replay keeps the
     settings the run had even if a default changed since), then a typed ``--preset``'s method settings,
