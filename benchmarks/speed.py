@@ -191,6 +191,18 @@ def run_config(args, method: str, overrides: dict):
                      export=False, tensorboard=False, verbose=0, run=str(Path(tempfile.gettempdir()) / "fer-speed"))
 
 
+def chosen_labels(args, methods: dict) -> list[str]:
+    """The --methods labels in order, once each (all of ``methods`` when none is given); an unknown one is a
+    ConfigError naming the known ones."""
+    from common.errors import ConfigError
+
+    labels = list(dict.fromkeys(args.methods or methods))
+    unknown = [m for m in labels if m not in methods]
+    if unknown:
+        raise ConfigError(f"unknown --methods {', '.join(unknown)}; known: {', '.join(methods)}")
+    return labels
+
+
 def check_arguments(args) -> None:
     """Refuse bad options before anything is built or timed (a ConfigError naming the flag): an unknown
     --methods label, --dataset or --backbone, a --set or --synthetic value out of range, a --set key that
@@ -206,10 +218,7 @@ def check_arguments(args) -> None:
     if args.json:
         check_output_file(args.json, args.force, flag="--json")
     methods = speed_methods()
-    labels = list(dict.fromkeys(args.methods or methods))
-    unknown = [m for m in labels if m not in methods]
-    if unknown:
-        raise ConfigError(f"unknown --methods {', '.join(unknown)}; known: {', '.join(methods)}")
+    labels = chosen_labels(args, methods)
     extra = parse_set_args(args.set)
     settings = set()
     for label in labels:
@@ -298,10 +307,7 @@ def bench_training(args, log) -> tuple[dict, dict, object]:
     from common.errors import ConfigError
 
     methods = speed_methods()
-    labels = list(dict.fromkeys(args.methods or methods))
-    unknown = [m for m in labels if m not in methods]
-    if unknown:
-        raise ConfigError(f"unknown --methods {', '.join(unknown)}; known: {', '.join(methods)}")
+    labels = chosen_labels(args, methods)
     extra = parse_set_args(args.set)
     results, skipped, runs = {}, {}, []
     shared, ce_run = None, None
