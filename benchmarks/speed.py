@@ -138,7 +138,13 @@ def machine_description() -> dict:
             gpus.append(tf.config.experimental.get_device_details(device).get("device_name", device.name))
         except Exception:  # details are optional
             gpus.append(device.name)
-    return {"cpu": cpu, "cpu_count": os.cpu_count() or 1, "gpus": gpus,
+    try:  # whether TensorFlow's oneDNN CPU kernels are on (common.cli.prefer_onednn; a private but stable call)
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = None
+    return {"cpu": cpu, "cpu_count": os.cpu_count() or 1, "gpus": gpus, "onednn": onednn,
             "devices": [d.name for d in tf.config.list_physical_devices()],
             "tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version(),
             "os": platform.platform()}
@@ -478,8 +484,9 @@ def markdown_report(args, machine, results, skipped, pipeline, serving, knn, arg
     lines.append(f"### Speed benchmark ({datetime.date.today().isoformat()})\n")
     lines.append(f"Command: `{command}`  ")
     gpu = ", ".join(machine["gpus"]) if machine["gpus"] else "none (CPU only)"
-    lines.append(f"Machine: {machine['cpu']}, {machine['cpu_count']} cores; GPU: {gpu}; TF {machine['tensorflow']}, "
-                 f"Keras {machine['keras']}, Python {machine['python']}  ")
+    onednn = {True: "on", False: "off"}.get(machine.get("onednn"), "unknown")
+    lines.append(f"Machine: {machine['cpu']}, {machine['cpu_count']} cores; GPU: {gpu}; oneDNN: {onednn}; "
+                 f"TF {machine['tensorflow']}, Keras {machine['keras']}, Python {machine['python']}  ")
     lines.append(f"Setting: {args.dataset} data, backbone {args.backbone} @ {args.image_size} px, batch {args.batch_size}, "
                  f"median of {args.steps}×{args.rounds} steps after {args.warmup} warm-up, "
                  f"{'XLA (--jit)' if args.jit else 'graph mode, no XLA'}, precision {args.mixed_precision}, "
@@ -568,6 +575,9 @@ def goal_lines(results, pipeline, serving, knn) -> list[str]:
 
 
 def main(argv=None) -> int:
+    from common.cli import prefer_onednn
+
+    prefer_onednn()  # as train.py: oneDNN's CPU kernels unless TF_ENABLE_ONEDNN_OPTS says otherwise
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

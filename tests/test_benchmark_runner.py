@@ -247,3 +247,23 @@ def test_gpu_suite_runs_at_a_toy_size(tmp_path):
         assert needle in text, needle
     raw = json.loads(out.with_suffix(".json").read_text())
     assert len(raw["results"]) == 1 and all("training" in r for r in raw["results"])
+
+
+@pytest.mark.slow
+def test_onednn_benchmark_runs_both_settings_and_checks_they_took(tmp_path):
+    """benchmarks.onednn at a toy size: one speed process with oneDNN off and one with it on, each reporting
+    the state it ran in (a setting that did not take would be an error), and TensorFlow's own default."""
+    from helpers_cli import ROOT, subprocess_env
+
+    out = tmp_path / "onednn.md"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.onednn", "--tiny", "--methods", "ce", "--out", str(out)],
+                          cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert "TOY SIZE, not a measurement" in text and "TensorFlow's own default on this CPU: oneDNN" in text
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert [r["machine"]["onednn"] for r in raw["results"]["0"]] == [False]
+    assert [r["machine"]["onednn"] for r in raw["results"]["1"]] == [True]
+    row = next(line for line in text.splitlines() if line.startswith("| ce |"))
+    off, on, ratio = (float(cell) for cell in row.split("|")[2:5])
+    assert off > 0 and on > 0 and abs(ratio - raw["rows"]["ce"]["off"] / raw["rows"]["ce"]["on"]) < 0.006
