@@ -138,7 +138,7 @@ def machine_description() -> dict:
             gpus.append(tf.config.experimental.get_device_details(device).get("device_name", device.name))
         except Exception:  # details are optional
             gpus.append(device.name)
-    try:  # whether TensorFlow's oneDNN CPU kernels are on (common.cli.prefer_onednn; a private but stable call)
+    try:  # whether TensorFlow's oneDNN CPU kernels are on (benchmarks.onednn; a private but stable call)
         from tensorflow.python.util import _pywrap_util_port
 
         onednn = bool(_pywrap_util_port.IsMklEnabled())
@@ -575,9 +575,6 @@ def goal_lines(results, pipeline, serving, knn) -> list[str]:
 
 
 def main(argv=None) -> int:
-    from common.cli import prefer_onednn
-
-    prefer_onednn()  # as train.py: oneDNN's CPU kernels unless TF_ENABLE_ONEDNN_OPTS says otherwise
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

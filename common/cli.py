@@ -25,21 +25,8 @@ import types
 import typing
 
 
-def prefer_onednn() -> None:
-    """Turn on TensorFlow's oneDNN CPU kernels unless the user chose (``TF_ENABLE_ONEDNN_OPTS`` set either way).
-
-    TensorFlow's x86 Linux wheels enable oneDNN by default only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX
-    (TensorFlow 2.9 release notes) and fall back to Eigen's kernels on the others, AVX2-only AMD EPYC included,
-    where oneDNN trains this project's networks 1.5× faster (BENCHMARKS.md, "oneDNN on CPUs where
-    TensorFlow leaves it off"). It must be set before TensorFlow is imported; later it does nothing.
-    """
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-
-
 def quiet_tensorflow() -> None:
-    """Import TensorFlow without its start-up chatter (call before anything imports TensorFlow); oneDNN's
-    CPU kernels are turned on first (:func:`prefer_onednn`).
+    """Import TensorFlow without its start-up chatter (call before anything imports TensorFlow).
 
     TensorFlow's native code prints a few lines while it is imported, before its logging is configured
     and whatever ``TF_CPP_MIN_LOG_LEVEL`` says (the absl preamble, oneDNN, "Could not find cuda drivers",
@@ -47,7 +34,6 @@ def quiet_tensorflow() -> None:
     the level is set to 3 and file descriptor 2 points at a temporary file for the import; if the import
     fails, what it printed is shown. A user who sets ``TF_CPP_MIN_LOG_LEVEL`` sees everything.
     """
-    prefer_onednn()
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"

@@ -45,31 +45,3 @@ def test_native_stderr_held_back_unless_the_block_fails(capfd):
             os.write(2, b"why it failed\n")
             raise RuntimeError("boom")
     assert "why it failed" in capfd.readouterr().err
-
-
-@pytest.mark.parametrize("user_value, expected", [(None, "1"), ("0", "0"), ("1", "1")])
-def test_commands_turn_onednn_on_unless_the_user_chose(user_value, expected):
-    """prefer_onednn (called by every command before TensorFlow is imported) sets TF_ENABLE_ONEDNN_OPTS=1 only
-    where the user left it unset; in a process that already imported TensorFlow it changes nothing."""
-    code = ("import os, sys; from common.cli import prefer_onednn; prefer_onednn(); "
-            "print(os.environ.get('TF_ENABLE_ONEDNN_OPTS')); sys.modules['tensorflow'] = object(); "
-            "os.environ.pop('TF_ENABLE_ONEDNN_OPTS'); prefer_onednn(); print(os.environ.get('TF_ENABLE_ONEDNN_OPTS'))")
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    if user_value is not None:
-        env["TF_ENABLE_ONEDNN_OPTS"] = user_value
-    done = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == [expected, "None"]
-
-
-def test_quiet_tensorflow_imports_it_with_onednn_on():
-    """The import every command makes (quiet_tensorflow) comes up with oneDNN's kernels on, whatever this CPU's
-    TensorFlow default (off on CPUs without AVX512_VNNI/BF16/AMX)."""
-    code = ("from common.cli import quiet_tensorflow; quiet_tensorflow(); "
-            "from tensorflow.python.util import _pywrap_util_port as port; print(int(port.IsMklEnabled()))")
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
-    done = subprocess.run([sys.executable, "-c", code], env=dict(env, PYTHONPATH=str(ROOT)), capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-1] == "1"
