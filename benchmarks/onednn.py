@@ -8,9 +8,9 @@
 TensorFlow's Linux x86 wheels turn oneDNN on by default only on CPUs with AVX512_VNNI, AVX512_BF16 or AMX
 (TensorFlow 2.9 release notes, "oneDNN optimizations"); on the others, AVX2-only AMD EPYC among them, the
 convolutions run on Eigen's kernels. The project leaves TensorFlow's choice alone: on a 2-vCPU AMD EPYC,
-oneDNN trained 1.4× faster but broke exact resume (BENCHMARKS.md), so it is the user's opt-in. This benchmark shows what that changes on
-the machine it runs on: each round runs the speed harness's training section (``benchmarks.speed``: each
-method built by ``engine.build.build_model`` and trained with ``model.fit`` on the real pipeline, the median
+oneDNN trained 1.4× faster but broke exact resume (BENCHMARKS.md), so it is the user's opt-in. This
+benchmark shows what it changes on the machine it runs on: each round runs the speed harness's training
+section (``benchmarks.speed``: each method built by ``engine.build.build_model`` and trained with ``model.fit`` on the real pipeline, the median
 step after warm-up) in two fresh processes, ``TF_ENABLE_ONEDNN_OPTS=0`` and ``=1``, their order alternating
 from round to round so that load from other processes hits both alike. Each process reports whether oneDNN
 was in fact on (``machine.onednn``); a setting that did not take is an error, not a row. A third process
