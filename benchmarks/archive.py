@@ -23,6 +23,11 @@ copies them back. A restored run is finished: its checkpoints are not restored, 
   with the same content; one whose archived records differ is reported and kept (the archive's copy is
   what was committed). ``restore`` skips every run folder that already exists in OUT (finished or
   partly trained).
+* **Resumable where it was.** A benchmark folder carries the toolkit's output marker (the folder kind a
+  command checks before writing into an existing ``--out``). ``save`` records the marker of OUT and of every
+  folder between it and a run, ``restore`` writes them back into the folders it creates, so the command
+  that wrote the grid (``benchmarks.label_issues`` included, which has no pre-marker layout to fall back on)
+  resumes in the restored folder.
 """
 
 from __future__ import annotations
@@ -83,6 +88,20 @@ def sha256(path: Path) -> str:
 def finished_runs(out: Path) -> list[Path]:
     """Run folders under OUT that hold a metrics.json, as paths relative to OUT, sorted."""
     return sorted(p.parent.relative_to(out) for p in out.rglob("metrics.json") if p.is_file())
+
+
+def markers_above(out: Path, runs: list[Path]) -> dict[str, str]:
+    """{folder relative to OUT ("." for OUT): kind} for OUT and every folder between it and a run that holds
+    this toolkit's output marker (markers inside run folders, e.g. checkpoints', are the runs' own)."""
+    from common.io import output_kind
+
+    folders = {Path(".")} | {parent for run in runs for parent in run.parents}
+    found = {}
+    for folder in sorted(folders):
+        kind = output_kind(out / folder)
+        if kind is not None:
+            found[folder.as_posix()] = kind
+    return found
 
 
 def weights_of(config_path: Path) -> str | None:
@@ -148,6 +167,7 @@ def save(out: Path, archive: Path, log=print) -> dict:
         manifest["runs"].append(key)
         counts["added"] += 1
         atomic_write_json(archive / MANIFEST, {**manifest, "runs": sorted(set(manifest["runs"]))})
+    manifest["markers"] = {**markers_above(out, finished_runs(out)), **manifest.get("markers", {})}
     archive.mkdir(parents=True, exist_ok=True)
     atomic_write_json(archive / MANIFEST, {**manifest, "runs": sorted(set(manifest["runs"]))})
     log(f"{archive}: {counts['added']} run(s) added, {counts['unchanged']} already there, "
@@ -157,6 +177,7 @@ def save(out: Path, archive: Path, log=print) -> dict:
 
 def restore(out: Path, archive: Path, log=print) -> dict:
     from common.io import atomic_write_text
+    from benchmarks.grid import mark_benchmark_dir as mark_output
 
     if not (archive / MANIFEST).is_file():
         raise ConfigError(f"--archive {archive}: no {MANIFEST} (not written by `benchmarks.archive save`)")
@@ -170,6 +191,12 @@ def restore(out: Path, archive: Path, log=print) -> dict:
         if found != digest:
             raise ConfigError(f"{path}: differs from the weights file the archived runs were trained from (SHA-256 "
                               f"{found[:12]}… vs {digest[:12]}…); restoring would mix two backbones in one table")
+    markers = manifest.get("markers", {})
+    if not isinstance(markers, dict):
+        raise DataError(f"error: {archive / MANIFEST}: \"markers\" is not an object of folder: kind")
+    # A marker goes only into a folder this restore creates (or finds empty): never into a user's folder.
+    new_folders = {rel: kind for rel, kind in markers.items()
+                   if not (out / rel).exists() or ((out / rel).is_dir() and not any((out / rel).iterdir()))}
     counts = {"restored": 0, "present": 0}
     for key in manifest["runs"]:
         source, target = archive / key, out / key
@@ -182,6 +209,8 @@ def restore(out: Path, archive: Path, log=print) -> dict:
             if (source / name).is_file():
                 atomic_write_text(target / name, expand((source / name).read_text(), out, archive))
         counts["restored"] += 1
+    for rel, kind in new_folders.items():
+        mark_output(out / rel, str(kind))
     log(f"{out}: {counts['restored']} run(s) restored, {counts['present']} already there (left as they are)")
     return counts
 

@@ -100,3 +100,34 @@ def test_repo_root_is_the_checkout_holding_the_archive(tmp_path):
     assert list(json.loads((archive / ar.MANIFEST).read_text())["weights"]) == ["{REPO}/benchmark_runs/w.h5"]
     config = (archive / "runs/ce_0.3_s0/config.json").read_text()
     assert str(tmp_path) not in config and "{REPO}/benchmark_runs/w.h5" in config
+
+
+def test_restored_folder_keeps_its_output_markers_so_the_benchmark_resumes_there(tmp_path):
+    from benchmarks.grid import check_benchmark_dir, mark_benchmark_dir
+    from common.io import OUTPUT_MARKER, output_kind
+
+    out, archive = tmp_path / "audit", tmp_path / "archive"
+    mark_benchmark_dir(out, "label-issues benchmark")
+    mark_benchmark_dir(out / "sym30" / "s0" / "cv" / "fold0")  # a nested grid of its own
+    run = _run(out, "sym30/s0/cv/fold0/runs/ce_clean_s0", "none")
+    mark_benchmark_dir(run / "ckpt", "checkpoint")  # a run's own marker: not the archive's business
+    ar.save(out, archive, log=lambda *a: None)
+    assert json.loads((archive / ar.MANIFEST).read_text())["markers"] == {
+        ".": "label-issues benchmark", "sym30/s0/cv/fold0": "benchmark"}
+
+    fresh = tmp_path / "fresh"
+    ar.restore(fresh, archive, log=lambda *a: None)
+    assert output_kind(fresh) == "label-issues benchmark"
+    assert output_kind(fresh / "sym30" / "s0" / "cv" / "fold0") == "benchmark"
+    check_benchmark_dir(fresh, "label-issues benchmark", legacy=lambda names: False)  # resumable: no error
+    # Without the marker (what restore wrote before it kept them) the benchmark refused its own folder.
+    (fresh / OUTPUT_MARKER).unlink()
+    with pytest.raises(ConfigError, match="did not write"):
+        check_benchmark_dir(fresh, "label-issues benchmark", legacy=lambda names: False)
+
+    mine = tmp_path / "mine"  # a user's non-empty folder: restored into, never marked as the toolkit's
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    ar.restore(mine, archive, log=lambda *a: None)
+    assert output_kind(mine) is None and (mine / "notes.txt").read_text() == "mine"
+    assert output_kind(mine / "sym30" / "s0" / "cv" / "fold0") == "benchmark"
