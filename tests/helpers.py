@@ -53,7 +53,7 @@ def tiny_run_config(data_dir, out, method="ce", **overrides):
     """A RunConfig that trains in seconds: small CNN, 24 px, 2 epochs, no export/TensorBoard."""
     from engine.run import RunConfig
 
-    base = dict(dataset="csv", num_classes=7, data_dir=str(data_dir), method=method, backbone="small_cnn",
+    base = dict(dataset="csv", num_classes=7, data_dir=str(data_dir), method=method, backbone="tiny_cnn",
                 image_size=24, pad=2, epochs=2, batch_size=8, lr=1e-3, run=str(out), export=False,
                 tensorboard=False, verbose=0, test_every=0)
     base.update(overrides)

@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # The brief's tiny-run settings: fast on 2 CPU cores.
-TINY_ARGS = ["--dataset", "csv", "--num-classes", "7", "--backbone", "small_cnn", "--image-size", "24",
+TINY_ARGS = ["--dataset", "csv", "--num-classes", "7", "--backbone", "tiny_cnn", "--image-size", "24",
              "--epochs", "1", "--batch-size", "8", "--no-export", "--no-tensorboard", "--verbose", "0"]
 
 

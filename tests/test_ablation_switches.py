@@ -23,8 +23,8 @@ def test_lanet_lde_without_landmarks_uses_the_expression_graph_alone(tiny_datase
     from losses.lanet import knn_adjacency, normalize_contributions
 
     run, model, _ = build_method(tiny_dataset, tmp_path, "lanet")
-    features = tf.random.stateless_normal((8, 256), [1, 2])
-    landmarks = tf.random.stateless_normal((8, 32), [3, 4])
+    features = tf.random.stateless_normal((8, model.expression_score.dim), [1, 2])
+    landmarks = tf.random.stateless_normal((8, model.landmark_score.dim), [3, 4])
     probs = tf.nn.softmax(tf.random.stateless_normal((8, 7), [5, 6]))
     w_f = normalize_contributions(model.expression_score(features) * knn_adjacency(features, 8))
     w_g = normalize_contributions(model.landmark_score(landmarks) * knn_adjacency(landmarks, 8))

@@ -121,7 +121,7 @@ def test_options_beside_the_config_override_it(original, tmp_path, capsys):
     assert code == 0, err[-3000:]
     record = json.loads((replay / "config.json").read_text())
     assert record["run"]["epochs"] == 1 and record["run"]["sampler"] == "uniform"
-    assert record["run"]["seed"] == 7 and record["run"]["backbone"] == "small_cnn"  # from the file
+    assert record["run"]["seed"] == 7 and record["run"]["backbone"] == "tiny_cnn"  # from the file
     # --set merges key by key: the recorded label_smoothing stays, the typed l2_weight_decay joins it.
     assert record["run"]["set"] == {"label_smoothing": "0.05", "l2_weight_decay": "0.001"}
     assert record["method_config"] == {"label_smoothing": 0.05, "l2_weight_decay": 0.001}
@@ -233,7 +233,7 @@ def test_benchmark_takes_its_common_options_from_a_config(original, tmp_path):
     cfg = base_config(args, "scn", 3, tmp_path / "cell", 0.2, {})
     # From the file: data, backbone, image size, batch, sampler; typed: epochs; per cell: method, seed, noise.
     assert (cfg.dataset, cfg.data_dir, cfg.backbone, cfg.image_size, cfg.batch_size, cfg.sampler) == (
-        "csv", str(ds), "small_cnn", 24, 8, "balanced")
+        "csv", str(ds), "tiny_cnn", 24, 8, "balanced")
     assert cfg.epochs == 4 and (cfg.method, cfg.seed, cfg.noise_rate) == ("scn", 3, 0.2)
     # Not the file's --set (a grid takes --method-set), nor its export/verbose (the grid's own defaults).
     assert cfg.set == {} and cfg.export is False and cfg.verbose == 0

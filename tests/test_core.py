@@ -207,11 +207,16 @@ def test_backbones_build_and_offline_imagenet_is_a_clear_error(monkeypatch):
     import keras
 
     from common.errors import ConfigError
-    from models.backbones import FEATURE_DIMS, build_backbone
+    from models.backbones import FEATURE_DIMS, build_backbone, freeze_backbone, stage_models
 
-    for name in ("resnet18", "small_cnn", "mobilenetv2"):
+    for name in ("resnet18", "small_cnn", "tiny_cnn", "mobilenetv2"):
         model = build_backbone(name, 32)
         assert model.output_shape == (None, FEATURE_DIMS[name])
+    # The suite's tiny_cnn keeps small_cnn's stage names and strides: freezing and the stage maps work as on it.
+    tiny = build_backbone("tiny_cnn", 32)
+    stages, tail = stage_models(tiny)
+    assert [tuple(t.shape[1:3]) for t in stages.outputs[1:]] == [(8, 8), (4, 4), (2, 2), (1, 1)]
+    assert freeze_backbone(tiny, "tiny_cnn", "stage1") == 3  # stem conv + BatchNormalization, stage 1's conv
 
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")

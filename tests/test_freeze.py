@@ -37,8 +37,8 @@ def test_frozen_layers_do_not_move_in_training(tiny_dataset, tmp_path, capsys):
     import train
 
     run = tmp_path / "run"
-    code, out, err = run_cli(train, train_args(tiny_dataset, run, "--freeze", "stage1", "--epochs", "2",
-                                               "--checkpoint-every", "1"), capsys)
+    code, out, err = run_cli(train, train_args(tiny_dataset, run, "--backbone", "small_cnn", "--freeze", "stage1",
+                                               "--epochs", "2", "--checkpoint-every", "1"), capsys)
     assert code == 0, err[-2000:]
     assert "--freeze stage1: 4 backbone layers" in out
     assert json.loads((run / "config.json").read_text())["run"]["freeze"] == "stage1"

@@ -15,7 +15,7 @@ from helpers import build_method, tiny_run_config
 def built(tiny_dataset, tmp_path_factory):
     """A built LA-Net (tiny fixture, small_cnn at 24 px) and two real training batches."""
     run, model, method_data = build_method(tiny_dataset, tmp_path_factory.mktemp("lanet_steps"), "lanet",
-                                           set={"queue_size": 20})
+                                           backbone="small_cnn", set={"queue_size": 20})
     batches = list(run.train_dataset(method_data).take(2))
     return run, model, batches
 

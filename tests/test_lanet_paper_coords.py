@@ -80,7 +80,7 @@ def test_checkpoint_carries_the_head(built, tmp_path):
     from models.backbones import build_backbone
     from models.lanet import LANetModel
 
-    default = LANetModel(build_backbone("small_cnn", 24), 7, n, dataclasses.replace(model.config,
+    default = LANetModel(build_backbone(run.cfg.backbone, 24), 7, n, dataclasses.replace(model.config,
                                                                                     landmark_loss="awing"))
     default(tf.zeros((1, 24, 24, 3)))
     assert default.landmark_coordinates is None

@@ -49,7 +49,7 @@ def test_a_run_is_logged_and_read_back(tiny_dataset, tmp_path, store, capsys):
     record = json.loads((run / "config.json").read_text())
     params = logged.data.params
     # The resolved configuration, flattened: run settings, method config, data facts, sampler.
-    assert params["run.lr"] == str(record["run"]["lr"]) and params["run.backbone"] == "small_cnn"
+    assert params["run.lr"] == str(record["run"]["lr"]) and params["run.backbone"] == "tiny_cnn"
     assert params["method_config.label_smoothing"] == "0.1" and params["data.num_train_samples"] == "56"
     assert params["sampler.effective"] == "uniform" and params["versions.tensorflow"] == record["versions"]["tensorflow"]
     # Every epoch's metrics, equal to log.csv; the final metrics equal to metrics.json.
