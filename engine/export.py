@@ -72,8 +72,11 @@ class FERServingModel(keras.Model):
 class FERServingModule(tf.Module):
     def __init__(self, model, image_size: int, class_names):
         super().__init__()
-        self.serving_model = FERServingModel(model, image_size)
-        self.serving_model(tf.zeros([1, image_size, image_size, 3], tf.uint8))  # built, as Keras' exporters need
+        serving_model = FERServingModel(model, image_size)
+        serving_model(tf.zeros([1, image_size, image_size, 3], tf.uint8))  # built, as Keras' exporters need
+        # Referenced, not tracked: a Keras model inside the SavedModel would make tf.saved_model.save trace its
+        # call once more for a Keras default signature nothing serves. The variables are tracked below.
+        object.__setattr__(self, "serving_model", serving_model)
         # Extra outputs a method serves beside the classes (DDAF: valence/arousal, key "va").
         self.extra_names = list(self.serving_model.served_names)
         # Track the underlying tf.Variables so the SavedModel's object graph (and the TF1 loader used by
@@ -130,10 +133,10 @@ def export_saved_model(model, out_dir, image_size: int, class_names, method: str
                     synthetic=bool(provenance.get("synthetic")))
     try:
         with atomic_directory(out_dir, "saved_model", legacy=SAVED_MODEL_LEGACY) as tmp:
-            tf.saved_model.save(module, str(tmp), signatures={
-                "serving_default": module.serve.get_concrete_function(),
-                "serve_bytes": module.serve_bytes.get_concrete_function(),
-            })
+            # The functions themselves, not concrete functions traced out here: the save traces them in its own
+            # context anyway, so tracing them before would build every serving graph twice.
+            tf.saved_model.save(module, str(tmp), signatures={"serving_default": module.serve,
+                                                              "serve_bytes": module.serve_bytes})
             (tmp / "fer_export.json").write_text(json.dumps(meta, indent=2, default=str))
             if formats:
                 meta["formats"] = export_formats(tmp, formats, check_images, log=log, serving_model=module.keras_model(),
