@@ -68,6 +68,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, TRAIN_SIZE, TEST_SIZE, BATCH = 3, 48, 24, 8
+BACKBONE = "small_cnn"  # the campaign's network (the test suite's short campaign takes tiny_cnn)
 METHOD_ARGS = {"ldlva": ["--set", "num_neighbors=2", "--set", "neighbor_source=bank"]}
 PAUSE_SECONDS = 5.0  # how long a paused child waits at its event (the kill comes within a few milliseconds)
 SEGMENT_TIMEOUT_S = 600.0
@@ -536,7 +537,7 @@ def write_dataset(folder: Path) -> Path:
 
 def train_argv(data_dir: Path, run: Path, method: str, export: bool) -> list[str]:
     return ["--dataset", "csv", "--num-classes", "7", "--data-dir", str(data_dir), "--method", method,
-            *METHOD_ARGS.get(method, []), "--backbone", "small_cnn", "--image-size", "32", "--epochs", str(EPOCHS),
+            *METHOD_ARGS.get(method, []), "--backbone", BACKBONE, "--image-size", "32", "--epochs", str(EPOCHS),
             "--batch-size", str(BATCH), "--seed", "3", "--no-tensorboard", "--verbose", "0", "--test-every", "1",
             "--checkpoint-every", "4", "--run", str(run), *([] if export else ["--no-export"])]
 

@@ -138,7 +138,7 @@ def test_k_sweep_protocol_builds_what_it_needs(tiny_dataset, tmp_path):
     out = tmp_path / "k"
     argv = ["--protocol", "k-sweep", "--levels", "2", "3", "--methods", "ldlva", "--seeds", "0", "--noise-rate", "0.2",
             "--dataset", "csv", "--num-classes", "7", "--data-dir", str(tiny_dataset), "--out", str(out),
-            "--backbone", "small_cnn", "--image-size", "24", "--batch-size", "8", "--epochs", "1", "--val-every", "0"]
+            "--backbone", "tiny_cnn", "--image-size", "24", "--batch-size", "8", "--epochs", "1", "--val-every", "0"]
     assert benchmark.main(argv) == 0
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["level"].astype(int)) == [2, 3]

@@ -161,7 +161,7 @@ def photo(env: Env) -> Path:
 
 def bench_args(env: Env, *extra) -> list:
     return ["--protocol", "noise", "--levels", "0.1", "--methods", "ce", "--seeds", "0", "--dataset", "csv",
-            "--num-classes", "7", "--data-dir", env.ds(), "--backbone", "small_cnn", "--image-size", "24",
+            "--num-classes", "7", "--data-dir", env.ds(), "--backbone", "tiny_cnn", "--image-size", "24",
             "--epochs", "1", "--batch-size", "8", "--report-only", "--out", env.out / "bench", *extra]
 
 

@@ -18,7 +18,7 @@ from helpers import write_tiny_dataset
 
 
 def tiny(epochs: int = 1) -> list[str]:
-    return ["--backbone", "small_cnn", "--image-size", "24", "--batch-size", "8", "--epochs", str(epochs),
+    return ["--backbone", "tiny_cnn", "--image-size", "24", "--batch-size", "8", "--epochs", str(epochs),
             "--val-every", "0"]
 
 

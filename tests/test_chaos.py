@@ -30,7 +30,8 @@ POINTS = [
 
 
 @pytest.mark.slow
-def test_kills_at_chosen_points_then_resume_equal_the_uninterrupted_run(tmp_path):
+def test_kills_at_chosen_points_then_resume_equal_the_uninterrupted_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(chaos, "BACKBONE", "tiny_cnn")  # the same code paths, half the graph to build per process
     data_dir = chaos.write_dataset(tmp_path / "ds")
     folder = tmp_path / "ldlva"
     reference, events = chaos.reference_run("ldlva", folder, data_dir, True)

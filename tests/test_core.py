@@ -188,7 +188,7 @@ def test_train_cli_end_to_end(tiny_dataset, tmp_path, capsys):
 
     out = tmp_path / "cli"
     code = train.main(["--dataset", "csv", "--num-classes", "7", "--data-dir", str(tiny_dataset),
-                       "--backbone", "small_cnn", "--image-size", "24", "--epochs", "1", "--batch-size", "8",
+                       "--backbone", "tiny_cnn", "--image-size", "24", "--epochs", "1", "--batch-size", "8",
                        "--out", str(out), "--no-export", "--no-tensorboard", "--verbose", "0",
                        "--set", "label_smoothing=0.1"])
     assert code == 0

@@ -364,7 +364,7 @@ def test_neighbor_table_sources(tmp_path):
 
 def _cli_args(data_dir, out, *extra):
     """``train.py --dataset affectnet --method ldlva`` on the tiny schema fixture, shrunk to seconds."""
-    return ["--dataset", "affectnet", "--method", "ldlva", "--data-dir", str(data_dir), "--backbone", "small_cnn",
+    return ["--dataset", "affectnet", "--method", "ldlva", "--data-dir", str(data_dir), "--backbone", "tiny_cnn",
             "--image-size", "24", "--pad", "2", "--epochs", "2", "--batch-size", "8", "--verbose", "0",
             "--val-every", "0", "--noise", "symmetric", "--noise-rate", "0.3", "--out", str(out),
             "--set", "variant=release", "--set", "neighbor_source=bank", "--set", "bank_init=inference",

@@ -5,7 +5,7 @@ steps give finite losses; only the batch's rows of every per-sample state variab
 round trip restores every variable; the SavedModel export serves the same probabilities; two steps
 under the float16 and bfloat16 mixed-precision policies stay finite with per-sample state in float32; an
 unknown ``--set`` key and an out-of-range value of every numeric setting are a ConfigError naming it, and
-every preset checks out; and a trained run (small_cnn, 2 epochs) killed after its first epoch resumes to the
+every preset checks out; and a trained run (tiny_cnn, 2 epochs) killed after its first epoch resumes to the
 uninterrupted run's weights, optimizer state and metrics, while the SavedModel it exported serves exactly
 the probabilities ``evaluate.py`` computes on the test split. Adding a method to the registry adds it here
 with no other change.

@@ -117,7 +117,7 @@ def test_a_grid_tags_each_run_with_its_cell(tiny_dataset, tmp_path, store, capsy
     ds = copy_dataset(tiny_dataset, tmp_path / "ds")
     out = tmp_path / "grid"
     argv = ["--protocol", "noise", "--levels", "0.2", "--methods", "ce", "--seeds", "4", "--out", out,
-            "--dataset", "csv", "--num-classes", 7, "--data-dir", ds, "--backbone", "small_cnn", "--image-size", 24,
+            "--dataset", "csv", "--num-classes", 7, "--data-dir", ds, "--backbone", "tiny_cnn", "--image-size", 24,
             "--epochs", 1, "--batch-size", 8, "--mlflow", store]
     code, _, err = run_cli(benchmark, argv, capsys)
     assert code == 0, err[-3000:]

@@ -13,7 +13,7 @@ import pytest
 from helpers import tiny_run_config, train_run, write_tiny_dataset
 from preprocess import pseudo_va
 
-FAST = ["--backbone", "small_cnn", "--image-size", "24", "--pad", "2", "--batch-size", "8", "--verbose", "0"]
+FAST = ["--backbone", "tiny_cnn", "--image-size", "24", "--pad", "2", "--batch-size", "8", "--verbose", "0"]
 
 
 def run(argv, capsys):
@@ -70,7 +70,7 @@ def test_train_writes_model_and_report(trained, dataset, capsys):
         assert report[part]["rows"] == rows and 0 <= report[part]["valence_rmse"] < 2
     assert len(report["holdout_per_member"]) == 2 and len(report["history"]) == 2
     config = json.loads((trained / "config.json").read_text())
-    assert config["backbone"] == "small_cnn" and config["image_size"] == 24 and config["folds"] == 2
+    assert config["backbone"] == "tiny_cnn" and config["image_size"] == 24 and config["folds"] == 2
     assert all((trained / name).is_file() for name in config["members"])
     folds = pd.read_csv(trained / "train_images.csv")["fold"].to_numpy()
     assert sorted(np.bincount(folds).tolist()) == [28, 28]

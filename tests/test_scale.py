@@ -36,13 +36,13 @@ def test_uncertainty_csv_reused_rows_read_back_as_written(tmp_path):
 
 
 def test_state_memory_counts_the_per_sample_rows():
-    rows = {r["method"]: r for r in scale.state_memory(96, ["small_cnn"], image_size=24, methods=["ce", "ldlva", "scn", "eac"])}
+    rows = {r["method"]: r for r in scale.state_memory(96, ["tiny_cnn"], image_size=24, methods=["ce", "ldlva", "scn", "eac"])}
     assert rows["ce"]["state_bytes"] == 0 and rows["ce"]["other_bytes"] > 0
     bank, forward = rows["ldlva bank"], rows["ldlva (forward, default)"]
     assert "(96, 256)" in bank["state_shapes"] and "(96, 256)" not in forward["state_shapes"]
     assert bank["state_bytes"] - forward["state_bytes"] >= 96 * (256 + 7) * 4  # feature + probability banks
     assert rows["scn"]["state_bytes"] > 0 and rows["eac"]["state_bytes"] == 0
-    assert "| small_cnn | ldlva bank |" in scale.state_markdown(list(rows.values()), 96)
+    assert "| tiny_cnn | ldlva bank |" in scale.state_markdown(list(rows.values()), 96)
 
 
 def test_scale_benchmark_toy_sizes(tmp_path):
