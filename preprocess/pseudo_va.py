@@ -134,6 +134,7 @@ def va_regression_loss(true_va, pred_va, ccc_weight: float = 1.0):
 
 def _metric_fns():
     """Per-batch training logs (Keras averages them over the epoch's batches)."""
+    import keras
     import tensorflow as tf
 
     def mse(true_va, pred_va):
@@ -145,7 +146,9 @@ def _metric_fns():
     def ccc_a(true_va, pred_va):
         return batch_ccc(pred_va[:, 1], true_va[:, 1])
 
-    return [mse, ccc_v, ccc_a]
+    # Metric objects, not bare functions: Keras would wrap a function in a metric whose variables are created
+    # inside the first traced step, and a variable created there makes TensorFlow trace the step twice.
+    return [keras.metrics.MeanMetricWrapper(fn, name=fn.__name__) for fn in (mse, ccc_v, ccc_a)]
 
 
 # ------------------------------------------------------------------------------------------ model ----
@@ -191,6 +194,8 @@ def fit_regressor(table, cfg: RegressorConfig, verbose: int = 2):
     ccc_weight = float(cfg.ccc_weight)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),
                   loss=lambda t, p: va_regression_loss(t, p, ccc_weight), metrics=_metric_fns())
+    # The optimizer's slots made now, not inside the first traced step (see _metric_fns).
+    model.optimizer.build(model.trainable_variables)
     history = model.fit(stream, epochs=cfg.epochs, steps_per_epoch=spe, verbose=verbose, shuffle=False)
     epochs = [{k: float(v[e]) for k, v in history.history.items()} for e in range(len(history.history["loss"]))]
     if not all(math.isfinite(row["loss"]) for row in epochs):

@@ -166,7 +166,7 @@ def test_damaged_dat_is_refused_naming_the_file_in_bounded_memory(case, dat_path
     assert peak < 3 * bad.stat().st_size + (8 << 20), peak
 
 
-def test_damaged_dat_through_the_commands_is_an_error_line(dat_path, tmp_path, capsys):
+def test_damaged_dat_through_the_commands_is_an_error_line(dat_path, tiny_dataset, tmp_path, capsys):
     import train
     from preprocess import weights
 
@@ -174,8 +174,9 @@ def test_damaged_dat_through_the_commands_is_an_error_line(dat_path, tmp_path, c
     bad.write_bytes(_damaged(dat_path.read_bytes(), "huge_tensor_dim"))
     code, _, err = run_cli(weights, ["inspect", bad], capsys)
     assert code == 2 and err.startswith("error: ") and str(bad) in err and "Traceback" not in err
-    code, _, err = run_cli(train, ["--dataset", "synthetic", "--backbone", "dlib_resnet", "--weights", bad,
-                                   "--image-size", "112", "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli(train, ["--dataset", "csv", "--num-classes", "7", "--data-dir", tiny_dataset,
+                                   "--backbone", "dlib_resnet", "--weights", bad, "--image-size", "112",
+                                   "--out", tmp_path / "run"], capsys)
     assert code == 2 and str(bad) in err and "Traceback" not in err
 
 
@@ -190,7 +191,7 @@ def test_the_real_file_reads_and_inspects(dat_path, capsys):
     assert code == 0 and "alevel0_0_conv1/kernel" in out and "looks_like dlib_resnet" in out and "input_norm dlib" in out
 
 
-def test_too_small_an_image_size_is_refused_naming_the_minimum(capsys, tmp_path):
+def test_too_small_an_image_size_is_refused_naming_the_minimum(tiny_dataset, capsys, tmp_path):
     import train
     from common.errors import ConfigError
     from models.backbones import build_backbone
@@ -203,8 +204,9 @@ def test_too_small_an_image_size_is_refused_naming_the_minimum(capsys, tmp_path)
     build_backbone("dlib_resnet", minimum)
     with pytest.raises(ConfigError, match=f"at least {minimum} px"):
         build_backbone("dlib_resnet", minimum - 1)
-    code, _, err = run_cli(train, ["--dataset", "synthetic", "--backbone", "dlib_resnet", "--weights", "dlib",
-                                   "--image-size", "64", "--out", tmp_path / "run"], capsys)
+    code, _, err = run_cli(train, ["--dataset", "csv", "--num-classes", "7", "--data-dir", tiny_dataset,
+                                   "--backbone", "dlib_resnet", "--weights", "dlib", "--image-size", "64",
+                                   "--out", tmp_path / "run"], capsys)
     assert code == 2 and f"at least {minimum} px" in err
 
 

@@ -39,8 +39,8 @@ def test_state_memory_counts_the_per_sample_rows():
     rows = {r["method"]: r for r in scale.state_memory(96, ["tiny_cnn"], image_size=24, methods=["ce", "ldlva", "scn", "eac"])}
     assert rows["ce"]["state_bytes"] == 0 and rows["ce"]["other_bytes"] > 0
     bank, forward = rows["ldlva bank"], rows["ldlva (forward, default)"]
-    assert "(96, 256)" in bank["state_shapes"] and "(96, 256)" not in forward["state_shapes"]
-    assert bank["state_bytes"] - forward["state_bytes"] >= 96 * (256 + 7) * 4  # feature + probability banks
+    assert "(96, 64)" in bank["state_shapes"] and "(96, 64)" not in forward["state_shapes"]  # tiny_cnn: 64-D
+    assert bank["state_bytes"] - forward["state_bytes"] >= 96 * (64 + 7) * 4  # feature + probability banks
     assert rows["scn"]["state_bytes"] > 0 and rows["eac"]["state_bytes"] == 0
     assert "| tiny_cnn | ldlva bank |" in scale.state_markdown(list(rows.values()), 96)
 
