@@ -41,6 +41,7 @@ def test_equal_runs_are_removed_and_a_differing_one_is_reported_with_where_it_pa
         return verdicts[-1] if run.name != "run_2" else ["3 of 40 checkpoint arrays differ (first: x)"]
 
     monkeypatch.setattr(chaos, "compare_runs", compare)
+    monkeypatch.setattr(chaos, "BACKBONE", "tiny_cnn")  # the campaign's runs, on the suite's small network
     monkeypatch.setattr(rp, "first_divergence", lambda reference, run: {"epoch": 0, "columns": ["el"], "values": {}})
     out = tmp_path / "rep"
     assert rp.main(["--out", str(out), "--method", "ce", "--runs", "3"]) == 0
