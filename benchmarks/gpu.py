@@ -41,7 +41,7 @@ ALL_METHODS = ("ce", "ldlva-bank", "ldlva-forward", "lanet", "nla")
 def configurations(tiny: bool) -> list[dict]:
     """(label, speed-harness arguments) of every configuration the sweep times."""
     if tiny:
-        base = {"backbone": "small_cnn", "size": 32, "batch": 8, "steps": 1, "warmup": 1}
+        base = {"backbone": "tiny_cnn", "size": 32, "batch": 8, "steps": 1, "warmup": 1}
         big, small = 32, 24
     else:
         base = {"backbone": "resnet50", "size": 224, "batch": 64, "steps": 20, "warmup": 5}

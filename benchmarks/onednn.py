@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.tiny:
         args.backbone, args.image_size, args.batch_size, args.steps, args.warmup, args.rounds = \
-            "small_cnn", 32, 8, 1, 1, 1
+            "tiny_cnn", 32, 8, 1, 1, 1
     from common.io import atomic_write_json, atomic_write_text, check_output_file, stamp
 
     out = Path(args.out)
