@@ -523,7 +523,8 @@ def stage_models(backbone: keras.Model) -> tuple[keras.Model, keras.Model]:
         return keras.Model(backbone.input, [backbone.output, *maps]), keras.Model(maps[0], maps[1:])
     base = next((layer for layer in backbone.layers if layer.name in _RESNET_STAGE_LAYERS), None)
     if base is None:
-        raise ConfigError(f"stage outputs are only available for ResNet, small_cnn and tiny_cnn backbones, not {backbone.name}")
+        raise ConfigError("stage outputs are only available for ResNet, small_cnn and tiny_cnn backbones, "
+                          f"not {backbone.name}")
     maps = [base.get_layer(n).output for n in _RESNET_STAGE_LAYERS[base.name]]
     base_stages = keras.Model(base.input, maps)
     # The keras.applications backbone is a chain image → [normalisation] → base → gap: replay it with

@@ -26,8 +26,8 @@ class MethodEntry:
 
 METHODS: dict[str, MethodEntry] = {}
 # Every --backbone name (defined in models/backbones.py; listed here so --help needs no TensorFlow import).
-BACKBONES = ("resnet50", "resnet18", "resnet18_ic", "resnet50_keras", "resnet101", "mobilenetv2", "small_cnn", "tiny_cnn",
-             "dlib_resnet")
+BACKBONES = ("resnet50", "resnet18", "resnet18_ic", "resnet50_keras", "resnet101", "mobilenetv2", "small_cnn",
+             "tiny_cnn", "dlib_resnet")
 
 
 def register_method(name: str, model, config, title: str | None = None, summary: str = "") -> MethodEntry:

@@ -329,7 +329,8 @@ def test_benchmark_runs_at_toy_size_and_resumes(tmp_path, capsys):
     # that is the same grid call on the prepared copy checked below)
     argv = ["--out", out, "--dataset", "csv", "--data-dir", data, "--num-classes", "7", "--settings", "sym30",
             "--seeds", "0", "--detectors", "ce", "--folds", "2", "--clean-with", "ce", "--actions",
-            "--backbone", "tiny_cnn", "--image-size", "24", "--epochs", "5", "--lr", "0.003", "--lr-schedule", "constant", "--batch-size", "8",
+            "--backbone", "tiny_cnn", "--image-size", "24", "--epochs", "5", "--lr", "0.003", "--lr-schedule",
+            "constant", "--batch-size", "8",
             "--grid-option", "momentum=0.5"]  # any train.py option reaches every run (Adam ignores this one)
     code, stdout, err = run_cli(bench, argv, capsys)
     assert code == 0, err

@@ -36,7 +36,8 @@ def test_uncertainty_csv_reused_rows_read_back_as_written(tmp_path):
 
 
 def test_state_memory_counts_the_per_sample_rows():
-    rows = {r["method"]: r for r in scale.state_memory(96, ["tiny_cnn"], image_size=24, methods=["ce", "ldlva", "scn", "eac"])}
+    rows = {r["method"]: r for r in scale.state_memory(96, ["tiny_cnn"], image_size=24,
+                                                       methods=["ce", "ldlva", "scn", "eac"])}
     assert rows["ce"]["state_bytes"] == 0 and rows["ce"]["other_bytes"] > 0
     bank, forward = rows["ldlva bank"], rows["ldlva (forward, default)"]
     assert "(96, 64)" in bank["state_shapes"] and "(96, 64)" not in forward["state_shapes"]  # tiny_cnn: 64-D
