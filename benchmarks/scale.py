@@ -49,6 +49,8 @@ def build_parser():
     p.add_argument("--epochs", type=positive_int, default=2)
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--image-size", type=positive_int, default=16)
+    p.add_argument("--backbone", default="small_cnn", help="the network trained (default small_cnn: tiny, so what is "
+                   "measured is everything but the model)")
     p.add_argument("--test-size", type=positive_int, default=5000)
     p.add_argument("--out", default="benchmark_runs/scale")
     p.add_argument("--state-memory", action="store_true",
@@ -117,7 +119,7 @@ def measure_one(args) -> dict:
     data_dir = make_dataset(out / f"data_{args.one}", args.one, args.test_size, pool)
     made = time.perf_counter() - start
     run = out / f"run_{args.one}"
-    cfg = RunConfig(dataset="csv", num_classes=7, data_dir=str(data_dir), method="ldlva", backbone="small_cnn",
+    cfg = RunConfig(dataset="csv", num_classes=7, data_dir=str(data_dir), method="ldlva", backbone=args.backbone,
                     image_size=args.image_size, pad=1, epochs=args.epochs, batch_size=args.batch_size, lr=1e-3,
                     noise="symmetric", noise_rate=0.3, set={"neighbor_source": "bank"},
                     export=False, tensorboard=False, verbose=0, test_every=0, run=str(run), force=True)
@@ -158,9 +160,10 @@ def exponent(a, b, n_a, n_b):
 def markdown(results: list[dict], args) -> str:
     lines = [f"### Scale benchmark ({time.strftime('%Y-%m-%d')})", "",
              f"Command: `python -m benchmarks.scale --sizes {' '.join(map(str, args.sizes))} --pool {args.pool} "
-             f"--epochs {args.epochs} --batch-size {args.batch_size} --image-size {args.image_size}`  ",
-             f"LDLVA bank mode, K = 8, 30 % symmetric noise, small_cnn @ {args.image_size} px (the model is not what is "
-             "measured), one process per N.", "",
+             f"--epochs {args.epochs} --batch-size {args.batch_size} --image-size {args.image_size} "
+             f"--backbone {args.backbone}`  ",
+             f"LDLVA bank mode, K = 8, 30 % symmetric noise, {args.backbone} @ {args.image_size} px (the model is not "
+             "what is measured), one process per N.", "",
              "| stage (s) | " + " | ".join(f"N = {r['n']:,}" for r in results) + " | growth exponent(s) |",
              "|---|" + "---:|" * len(results) + "---:|"]
     for stage in STAGES:
@@ -272,7 +275,8 @@ def main(argv=None) -> int:
     for n in sorted(args.sizes):
         done = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--one", str(n), "--pool", str(args.pool),
                                "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--image-size",
-                               str(args.image_size), "--test-size", str(args.test_size), "--out", str(out)],
+                               str(args.image_size), "--backbone", args.backbone, "--test-size", str(args.test_size),
+                               "--out", str(out)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)

@@ -15,13 +15,13 @@ from benchmarks import chaos
 
 # (event, global step, paused there): the points the chain is killed at, in order. Paused: the process waits at
 # the event and the kill lands there exactly (the trace names it), not a few milliseconds later. One chain of
-# LDLVA (λ, banks, centres) with its export:
+# LDLVA (λ, banks, centres) with its export. A kill inside a step is test_resume.py's SIGKILL mid-epoch (and the
+# full campaign's), so the chain spends its processes on the points that once lost data:
 POINTS = [
     ("rename:model.weights.h5", 4, True),  # between a checkpoint's weights temporary and its rename
     # right after the epoch-0 checkpoint is complete (the callback order used to write it before the epoch's log
     # row, and a kill there lost the row for good)
     ("ckpt-end", 6, True),
-    ("step-begin", 9, True),  # inside a step
     # while epoch 1's log row is written (a step checkpoint at an epoch's last step used to mark the epoch done
     # first: the same loss)
     ("epoch-log", 12, True),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -176,6 +177,8 @@ def test_a_second_process_on_a_live_run_is_refused(tiny_dataset, tmp_path):
         while not (run / "ckpt" / "latest").is_file():  # training is under way (the lock was taken earlier)
             assert first.poll() is None and time.time() < deadline, first.communicate()[0][-3000:]
             time.sleep(0.2)
+        # Stopped, it still holds the lock (a live pid) but leaves the CPU to the two refused commands.
+        first.send_signal(signal.SIGSTOP)
         for extra in (["--resume"], ["--force"]):
             error = _assert_clean_error(_cli("train.py", argv + extra), "in use by another process")
             assert f"pid {first.pid}" in error

@@ -49,9 +49,12 @@ def test_state_memory_counts_the_per_sample_rows():
 def test_scale_benchmark_toy_sizes(tmp_path):
     out = tmp_path / "scale"
     assert run_main(scale.main, ["--sizes", "160", "320", "--pool", "12", "--epochs", "2", "--batch-size", "64",
-                                 "--image-size", "16", "--test-size", "40", "--out", str(out)]) == 0
+                                 "--image-size", "16", "--backbone", "tiny_cnn", "--test-size", "40",
+                                 "--out", str(out)]) == 0
     text = (out / "scale.md").read_text()
     assert "| load_data |" in text and "N = 320" in text and "peak host memory" in text
+    assert "--backbone tiny_cnn" in text  # the option reaches the measuring processes:
+    assert json.loads((out / "run_160" / "config.json").read_text())["run"]["backbone"] == "tiny_cnn"
     for n in (160, 320):
         result = json.loads((out / f"result_{n}.json").read_text())
         assert result["n"] == n and result["steps_per_epoch"] == -(-n // 64)
