@@ -343,17 +343,15 @@ def _check_saved_model_serves_what_evaluate_computes(run_dir):
 
 # Two LA-Net runs of one configuration are usually bit-identical but once in a while (about 1 in 10–20 on a loaded
 # machine) differ at float rounding, uninterrupted runs included: not a resume defect, cause not found yet
-# (BENCHMARKS.md "Reliability campaigns" lists what was ruled out). This test compares two runs, so its LA-Net case
-# is an expected failure that still runs (not strict: identical runs pass as XPASS), so the open bug stays visible
-# in every run instead of turning CI red at random.
-_RESUME_CASES = [pytest.param(m, marks=pytest.mark.xfail(reason="open: two LA-Net runs differ at float rounding "
-                                                              "now and then (BENCHMARKS.md, Reliability campaigns)",
-                                                       strict=False))
-                 if m == "lanet" else m for m in ALL_METHODS]
+# (BENCHMARKS.md "Reliability campaigns" lists what was ruled out; the differences seen: weights ≤ 2e-6, the EL key
+# queue 1.5e-4). Its case still asserts everything else (the SavedModel, the checkpoint's names and keys) and that
+# every array is within this bound; only when the runs then differ at all is it an expected failure, so the open bug
+# stays visible without turning CI red at random, and a state the resume failed to restore still fails the test.
+LANET_ROUNDING_BOUND = 1e-3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", _RESUME_CASES)
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_a_run_killed_after_an_epoch_resumes_exactly_and_its_saved_model_is_what_evaluate_computes(
         method, tiny_dataset, tmp_path, monkeypatch):
     """One uninterrupted 2-epoch run (exported) serves both checks. A copy of its directory taken right after
@@ -388,5 +386,10 @@ def test_a_run_killed_after_an_epoch_resumes_exactly_and_its_saved_model_is_what
     resumed = h5_datasets(killed / "ckpt" / final.name / "model.weights.h5")
     assert sorted(resumed) == sorted(reference) and any(k.startswith("optimizer/") for k in reference)
     different = [k for k in reference if not np.array_equal(resumed[k], reference[k])]
+    if different and method == "lanet":
+        worst = max((float(np.max(np.abs(resumed[k].astype(np.float64) - reference[k]))), k) for k in different)
+        assert worst[0] <= LANET_ROUNDING_BOUND, f"beyond float rounding: {worst}"
+        pytest.xfail(f"open: two LA-Net runs differ at float rounding now and then (BENCHMARKS.md, Reliability "
+                     f"campaigns); here {len(different)} arrays, at most {worst[0]:.1e} ({worst[1]})")
     assert not different, different[:10]
     assert _metrics_without_timings(killed) == _metrics_without_timings(straight)
