@@ -24,7 +24,9 @@ For every label setting (``sym30``: 30 % symmetric noise, ``asym30``: 30 % asymm
    dropped or relabelled to the suggested label is written as a prepared directory and **CE is retrained on
    it** (same recipe), beside CE on the noisy table and LDLVA itself.
 
-Reported (``OUT/results.md``, ``OUT/results.csv``; mean ± sample std over seeds): per detector the
+Reported (``OUT/results.md``, ``OUT/results.csv``; mean ± sample std over seeds; the cells of earlier
+invocations into the same OUT are kept, so seeds run one per session gather into one table, and
+``OUT/recipe.json`` records the recipe they share: another recipe into that OUT is an error): per detector the
 noise-detection ROC-AUC of its score, the precision, recall and F1 of its flagged set, the number flagged
 against the true number of wrong labels, and its cost (training epochs summed over the runs it needs, and
 their wall time); then the test accuracy of every CE retrained on a cleaned table. Every step resumes: a
@@ -63,6 +65,7 @@ DETECTORS = ("ldlva", "ce", "scn", "rul", "lanet")  # one run each; "ce" = CE's 
 CLEANERS = ("cleanlab", *DETECTORS)
 DEFAULT_METHOD_SETS = ("ldlva:neighbor_source=bank", "ldlva:gamma=0.01")
 KIND = "label-issues benchmark"
+RECIPE_FILE = "recipe.json"  # the recipe every cell of OUT/results.csv was made with
 NOT_TRAINABLE = "not_trainable.json"  # a cleaned table that lost every row of a class (CE is not trained on it)
 TITLES = {"cleanlab": "cleanlab (find_label_issues, {folds}-fold CV of CE)", "ldlva": "LDLVA λ",
           "ce": "CE self-confidence", "scn": "SCN 1 − α", "rul": "RUL u", "lanet": "LA-Net 1 − T[given]"}
@@ -486,7 +489,11 @@ def _cell(values, scale=100.0, digits=1, seeds=None) -> str:
 
 
 def results_markdown(args, rows) -> str:
-    seeds = len(args.seeds)
+    """The tables of every cell in ``rows`` (this invocation's and the earlier ones' kept in OUT/results.csv)."""
+    seed_list = sorted({int(r["seed"]) for r in rows}) or list(args.seeds)
+    seeds = len(seed_list)
+    settings = [s for s in SETTINGS if s in args.settings or any(r["setting"] == s for r in rows)]
+    detectors = [d for d in DETECTORS if d in args.detectors or any(r["name"] == d for r in rows)]
     lines = ["# Finding label errors: the toolkit's per-sample scores vs cleanlab", "",
              f"Recipe: {args.dataset}" + (f" ({args.train_size} training faces)" if args.dataset == "synthetic" else "")
              + f", {args.backbone} @ {args.image_size} px, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr:g} "
@@ -496,14 +503,14 @@ def results_markdown(args, rows) -> str:
              + (f" Method settings: {' '.join(args.method_set if args.method_set is not None else DEFAULT_METHOD_SETS)}.")
              + "".join(f" The {setting} single runs are read from `{folder}`." for setting, folder in
                        (args.reuse_grid.items() if isinstance(args.reuse_grid, dict) else ()))
-             + f" Mean ± sample std over seeds {' '.join(map(str, args.seeds))} (`(n=k)`: fewer seeds finished).", ""]
-    for setting in args.settings:
+             + f" Mean ± sample std over seeds {' '.join(map(str, seed_list))} (`(n=k)`: fewer seeds finished).", ""]
+    for setting in settings:
         kind, rate = SETTINGS[setting]
         here = [r for r in rows if r["setting"] == setting]
         lines += [f"## {100 * rate:g} % {kind} noise", "",
                   "| detector | ROC-AUC (%) | precision (%) | recall (%) | F1 (%) | flagged / wrong | epochs | train time (s) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for name in ("cleanlab", *args.detectors):
+        for name in ("cleanlab", *detectors):
             det = [r for r in here if r["kind"] == "detection" and r["name"] == name]
             if not det:
                 continue
@@ -514,7 +521,7 @@ def results_markdown(args, rows) -> str:
                          f"{_cell([r['f1'] for r in det])} | {flagged} / {noisy} | "
                          f"{_cell([r['epochs'] for r in det], 1.0, 0)} | {_cell([r['seconds'] for r in det], 1.0, 0)} |")
         lines += ["", "| training | test accuracy (%) | epochs |", "|---|---:|---:|"]
-        names = ["ce_noisy", "ldlva", *[f"ce_on_{n}_{a}" for n in ("cleanlab", *args.detectors) for a in args.actions]]
+        names = ["ce_noisy", "ldlva", *[f"ce_on_{n}_{a}" for n in ("cleanlab", *detectors) for a in ("drop", "relabel")]]
         for name in names:
             acc = [r for r in here if r["kind"] == "accuracy" and r["name"] == name]
             untrainable = [r for r in here if r["kind"] == "untrainable" and r["name"] == name]
@@ -543,13 +550,90 @@ def results_markdown(args, rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recipe_record(args) -> dict:
+    """What every cell of OUT shares: the recipe group's options and ``--folds`` (the seeds, settings, detectors and
+    cleaners may differ between invocations into one OUT; the recipe may not)."""
+    data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    weights = str(Path(args.weights).resolve()) if Path(args.weights).is_file() else args.weights
+    return {"dataset": args.dataset, "data_dir": data_dir, "num_classes": args.num_classes,
+            "train_size": args.train_size, "backbone": args.backbone, "image_size": args.image_size, "pad": args.pad,
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "lr_schedule": args.lr_schedule,
+            "weights": weights, "random_erasing": args.random_erasing,
+            "method_set": list(args.method_set if args.method_set is not None else DEFAULT_METHOD_SETS),
+            "grid_option": sorted(args.grid_option), "folds": args.folds}
+
+
+def check_recipe(args) -> None:
+    """Refuse an OUT whose results were made with another recipe (before anything trains); record it otherwise."""
+    from common.io import atomic_write_json, read_json_object
+
+    out = Path(args.out)
+    path, current = out / RECIPE_FILE, recipe_record(args)
+    if path.is_file():
+        saved = read_json_object(path, ConfigError, "give another --out")
+        changed = [k for k in current if saved.get(k) != current[k]]
+        if changed:
+            k = changed[0]
+            raise ConfigError(f"{path}: the results in {out} were made with another recipe (--{k.replace('_', '-')} "
+                              f"{saved.get(k)!r} there, {current[k]!r} now); give the same recipe or another --out")
+    atomic_write_json(path, current)
+
+
+_INT_COLUMNS = ("seed", "num_flagged", "num_noisy")
+_TEXT_COLUMNS = ("setting", "kind", "name", "rule")
+
+
+def read_results(path: Path) -> list[dict]:
+    """The rows of a results.csv this benchmark wrote, typed as it wrote them (empty cells are None)."""
+    import csv
+    import math
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc}); remove it to start the tables again") from None
+    reader = csv.DictReader(text.splitlines())
+    if tuple(reader.fieldnames or ()) != RESULT_COLUMNS:
+        raise ConfigError(f"{path}, row 1: the columns are not this benchmark's ({', '.join(RESULT_COLUMNS)})")
+    rows = []
+    for number, raw in enumerate(reader, start=2):
+        row = {}
+        for key in RESULT_COLUMNS:
+            value = raw.get(key)
+            if value is None:
+                raise ConfigError(f"{path}, row {number}: fewer cells than columns")
+            if key in _TEXT_COLUMNS:
+                row[key] = value
+                continue
+            if value == "":
+                row[key] = None
+                continue
+            try:
+                number_value = int(value) if key in _INT_COLUMNS else float(value)
+            except ValueError:
+                raise ConfigError(f"{path}, row {number}: {key} = {value!r} is not a number") from None
+            if not math.isfinite(number_value):
+                raise ConfigError(f"{path}, row {number}: {key} = {value!r} is not a finite number")
+            row[key] = number_value
+        if row["setting"] not in SETTINGS:
+            raise ConfigError(f"{path}, row {number}: unknown setting {row['setting']!r}")
+        rows.append(row)
+    return rows
+
+
 def write_results(args, rows) -> None:
+    """OUT/results.csv and results.md: ``rows`` (this invocation's cells) and the rows of every other cell already
+    in OUT/results.csv, read again now (another invocation may have written since this one started)."""
     import csv
     import io
 
     from common.io import atomic_write_text
 
     out = Path(args.out)
+    mine = {(s, int(seed)) for s in args.settings for seed in args.seeds}
+    if (out / "results.csv").is_file():
+        rows = [r for r in read_results(out / "results.csv") if (r["setting"], r["seed"]) not in mine] + list(rows)
+    rows = sorted(rows, key=lambda r: (list(SETTINGS).index(r["setting"]), int(r["seed"])))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -580,6 +664,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     check_benchmark_dir(out, KIND, legacy=lambda names: False)
     mark_benchmark_dir(out, KIND)
+    check_recipe(args)
     rows: list[dict] = []
     for seed in args.seeds:  # seed-major: every setting gets seed 0 first
         for setting in args.settings:

@@ -433,6 +433,47 @@ def test_results_name_each_detectors_flag_rule_once(tmp_path):
     assert line == "Flag rules: ce: ce: self-confidence; count: the N highest scores (confident learning's count)"
 
 
+def test_results_gather_the_cells_of_every_invocation_of_one_recipe(tmp_path, capsys):
+    """Seeds run one invocation at a time (on two cores, a session each) gather into one table; the rows of the
+    cells an invocation runs replace their earlier rows; another recipe into the same OUT is refused by name, and
+    a damaged results.csv is an error line."""
+    import benchmarks.label_issues as bench
+    from common.errors import ConfigError
+
+    from benchmarks.grid import mark_benchmark_dir
+
+    out = tmp_path / "bench"
+    mark_benchmark_dir(out, bench.KIND)  # as main() does before it checks the recipe
+
+    def row(setting, seed, auc):
+        return dict(setting=setting, seed=seed, kind="detection", name="ldlva", auc=auc, precision=0.5, recall=0.5,
+                    f1=0.5, num_flagged=600, num_noisy=600, epochs=12.0, seconds=1.0, accuracy=None,
+                    rule="ldlva lambda; own: the target's argmax differs from the given label")
+
+    first = bench.build_parser().parse_args(["--out", str(out), "--seeds", "0", "--settings", "sym30", "asym30"])
+    bench.check_recipe(first)
+    bench.write_results(first, [row("sym30", 0, 0.9), row("asym30", 0, 0.8)])
+    second = bench.build_parser().parse_args(["--out", str(out), "--seeds", "1", "--settings", "sym30",
+                                              "--detectors", "ldlva", "ce"])
+    bench.check_recipe(second)
+    bench.write_results(second, [row("sym30", 1, 0.6)])
+    bench.write_results(second, [row("sym30", 1, 0.7)])  # the same cell again: its row is replaced
+    rows = bench.read_results(out / "results.csv")
+    assert [(r["setting"], r["seed"], r["auc"]) for r in rows] == [("sym30", 0, 0.9), ("sym30", 1, 0.7),
+                                                                   ("asym30", 0, 0.8)]
+    assert rows[0]["accuracy"] is None and rows[0]["num_flagged"] == 600
+    text = (out / "results.md").read_text()
+    assert "over seeds 0 1 " in text and "| LDLVA λ | 80.0 ± 14.1 |" in text and "| LDLVA λ | 80.0 (n=1) |" in text
+    assert "## 30 % asymmetric noise" in text  # a setting of an earlier invocation keeps its table
+    code, _, err = run_cli(bench, ["--out", out, "--seeds", "2", "--settings", "sym30", "--epochs", "20",
+                                   "--report-only"], capsys)
+    assert code == 2 and "error:" in err and "another recipe (--epochs 40 there, 20 now)" in err, err
+    assert len(bench.read_results(out / "results.csv")) == 3
+    (out / "results.csv").write_text((out / "results.csv").read_text().replace(",0.7,", ",x,"))
+    with pytest.raises(ConfigError, match=r"results.csv, row 3: auc = 'x' is not a number"):
+        bench.write_results(second, [row("sym30", 1, 0.7)])
+
+
 def test_benchmark_bad_input(tmp_path, capsys):
     import benchmarks.label_issues as bench
 
