@@ -521,7 +521,8 @@ def results_markdown(args, rows) -> str:
                          f"{_cell([r['f1'] for r in det])} | {flagged} / {noisy} | "
                          f"{_cell([r['epochs'] for r in det], 1.0, 0)} | {_cell([r['seconds'] for r in det], 1.0, 0)} |")
         lines += ["", "| training | test accuracy (%) | epochs |", "|---|---:|---:|"]
-        names = ["ce_noisy", "ldlva", *[f"ce_on_{n}_{a}" for n in ("cleanlab", *detectors) for a in ("drop", "relabel")]]
+        names = ["ce_noisy", "ldlva",
+                 *[f"ce_on_{n}_{a}" for n in ("cleanlab", *detectors) for a in ("drop", "relabel")]]
         for name in names:
             acc = [r for r in here if r["kind"] == "accuracy" and r["name"] == name]
             untrainable = [r for r in here if r["kind"] == "untrainable" and r["name"] == name]
