@@ -23,6 +23,11 @@ copies them back. A restored run is finished: its checkpoints are not restored, 
   with the same content; one whose archived records differ is reported and kept (the archive's copy is
   what was committed). ``restore`` skips every run folder that already exists in OUT (finished or
   partly trained).
+* **A gathered table too.** Where OUT has a ``recipe.json`` (``benchmarks.label_issues``, whose ``results.csv``
+  gathers the cells of several commands, runs without checkpoints included), ``save`` also copies
+  ``recipe.json``, ``results.csv`` and ``results.md`` — unless the archive's table has cells OUT's lacks or another
+  recipe (kept, reported) — and ``restore`` writes them into an OUT that has none, so the next command adds its
+  cells to the same table.
 * **Resumable where it was.** A benchmark folder carries the toolkit's output marker (the folder kind a
   command checks before writing into an existing ``--out``). ``save`` records the marker of OUT and of every
   folder between it and a run, ``restore`` writes them back into the folders it creates, so the command
@@ -41,6 +46,9 @@ from common.cli import ArgumentParser, run_main
 from common.errors import ConfigError, DataError
 
 RECORDS = ("metrics.json", "config.json", "benchmark_cell.json", "log.csv")  # what a grid reads of a finished run
+# A benchmark's table gathered over several commands (benchmarks.label_issues: results.csv holds cells whose runs may
+# be gone, recipe.json the recipe they share): carried beside the runs when OUT has its recipe.json.
+TABLES = ("recipe.json", "results.csv", "results.md")
 MANIFEST = "archive.json"
 ARCHIVE_KIND = "fer-grid-archive"
 REPO = Path(__file__).resolve().parents[1]
@@ -169,10 +177,46 @@ def save(out: Path, archive: Path, log=print) -> dict:
         atomic_write_json(archive / MANIFEST, {**manifest, "runs": sorted(set(manifest["runs"]))})
     manifest["markers"] = {**markers_above(out, finished_runs(out)), **manifest.get("markers", {})}
     archive.mkdir(parents=True, exist_ok=True)
+    if (out / TABLES[0]).is_file():
+        save_tables(out, archive, log)
     atomic_write_json(archive / MANIFEST, {**manifest, "runs": sorted(set(manifest["runs"]))})
     log(f"{archive}: {counts['added']} run(s) added, {counts['unchanged']} already there, "
         f"{counts['differs']} differing (kept)")
     return counts
+
+
+def _cells(path: Path) -> set | None:
+    """The (setting, seed) cells of a gathered results.csv (None: not such a table)."""
+    import csv
+
+    try:
+        rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    if rows and not {"setting", "seed"} <= set(rows[0]):
+        return None
+    return {(r["setting"], r["seed"]) for r in rows}
+
+
+def save_tables(out: Path, archive: Path, log=print) -> None:
+    """Copy OUT's gathered table into the archive when the archive has none, the same, or one whose cells OUT's
+    table all holds (it gathered more since); a table that would lose archived cells is kept, as differing runs are."""
+    from common.io import atomic_write_text
+
+    texts = {name: portable((out / name).read_text(), out, archive) for name in TABLES if (out / name).is_file()}
+    archived = {name: (archive / name).read_text() for name in TABLES if (archive / name).is_file()}
+    if all(archived.get(name) == text for name, text in texts.items()):
+        return
+    recipe_changed = TABLES[0] in archived and archived[TABLES[0]] != texts[TABLES[0]]
+    old_cells = _cells(archive / "results.csv") if "results.csv" in archived else set()
+    new_cells = _cells(out / "results.csv") if "results.csv" in texts else set()
+    if recipe_changed or old_cells is None or new_cells is None or not old_cells <= new_cells:
+        log(f"kept the archived {', '.join(sorted(archived))}: {out}'s table has another recipe or lacks cells the "
+            "archive holds (restore the archive's table into OUT first)")
+        return
+    for name, text in texts.items():
+        atomic_write_text(archive / name, text)
+    log(f"{archive}: the gathered table saved ({len(new_cells)} cell(s))")
 
 
 def restore(out: Path, archive: Path, log=print) -> dict:
@@ -211,6 +255,10 @@ def restore(out: Path, archive: Path, log=print) -> dict:
         counts["restored"] += 1
     for rel, kind in new_folders.items():
         mark_output(out / rel, str(kind))
+    if not any((out / name).exists() for name in TABLES):  # a gathered table goes only where OUT has none
+        for name in TABLES:
+            if (archive / name).is_file():
+                atomic_write_text(out / name, expand((archive / name).read_text(), out, archive))
     log(f"{out}: {counts['restored']} run(s) restored, {counts['present']} already there (left as they are)")
     return counts
 

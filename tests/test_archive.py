@@ -131,3 +131,36 @@ def test_restored_folder_keeps_its_output_markers_so_the_benchmark_resumes_there
     ar.restore(mine, archive, log=lambda *a: None)
     assert output_kind(mine) is None and (mine / "notes.txt").read_text() == "mine"
     assert output_kind(mine / "sym30" / "s0" / "cv" / "fold0") == "benchmark"
+
+
+def test_a_gathered_table_travels_with_the_runs_and_never_loses_cells(tmp_path):
+    """benchmarks.label_issues gathers the cells of several commands in OUT/results.csv (recipe.json beside it):
+    save carries the table, restore puts it into a fresh OUT, and a table with fewer cells never replaces it."""
+    out, archive = tmp_path / "li", tmp_path / "archive"
+    _run(out, "sym30/grid/runs/ce_0.3_s1", "none")
+    header = "setting,seed,kind,name\n"
+    (out / "recipe.json").write_text(json.dumps({"epochs": 12, "data_dir": str(out / "data")}))
+    (out / "results.csv").write_text(header + "sym30,0,detection,ldlva\nsym30,1,detection,ldlva\n")
+    (out / "results.md").write_text("two seeds\n")
+    ar.save(out, archive, log=lambda *a: None)
+    assert (archive / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert str(tmp_path) not in (archive / "recipe.json").read_text()  # no machine paths here either
+
+    fresh = tmp_path / "fresh"
+    ar.restore(fresh, archive, log=lambda *a: None)
+    assert (fresh / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert json.loads((fresh / "recipe.json").read_text())["data_dir"] == str(fresh / "data")
+    # a folder whose table lost a cell (e.g. restored runs only, then one new cell) does not overwrite the archive's
+    other = tmp_path / "other"
+    _run(other, "asym30/grid/runs/ce_0.3_s1", "none")
+    (other / "recipe.json").write_text(json.dumps({"epochs": 12, "data_dir": str(other / "data")}))
+    (other / "results.csv").write_text(header + "asym30,1,detection,ldlva\n")
+    messages = []
+    ar.save(other, archive, log=messages.append)
+    assert (archive / "results.csv").read_text() == (out / "results.csv").read_text()
+    assert any("kept the archived" in m for m in messages), messages
+    # one that gathered more is saved
+    (out / "results.csv").write_text(header + "sym30,0,detection,ldlva\nsym30,1,detection,ldlva\n"
+                                     "asym30,1,detection,ldlva\n")
+    ar.save(out, archive, log=lambda *a: None)
+    assert "asym30,1" in (archive / "results.csv").read_text()
