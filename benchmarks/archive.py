@@ -48,7 +48,7 @@ from common.errors import ConfigError, DataError
 RECORDS = ("metrics.json", "config.json", "benchmark_cell.json", "log.csv")  # what a grid reads of a finished run
 # A benchmark's table gathered over several commands (benchmarks.label_issues: results.csv holds cells whose runs may
 # be gone, recipe.json the recipe they share): carried beside the runs when OUT has its recipe.json.
-TABLES = ("recipe.json", "results.csv", "results.md")
+TABLES = ("recipe.json", "results.csv", "results.md")  # recipe.json first: benchmarks.label_issues.RECIPE_FILE
 MANIFEST = "archive.json"
 ARCHIVE_KIND = "fer-grid-archive"
 REPO = Path(__file__).resolve().parents[1]
@@ -186,16 +186,13 @@ def save(out: Path, archive: Path, log=print) -> dict:
 
 
 def _cells(path: Path) -> set | None:
-    """The (setting, seed) cells of a gathered results.csv (None: not such a table)."""
-    import csv
+    """The (setting, seed) cells of a gathered results.csv, read as the benchmark reads it (None: unreadable)."""
+    from benchmarks.label_issues import read_results
 
     try:
-        rows = list(csv.DictReader(path.read_text(encoding="utf-8").splitlines()))
-    except (OSError, UnicodeDecodeError, csv.Error):
+        return {(r["setting"], r["seed"]) for r in read_results(path)}
+    except ConfigError:
         return None
-    if rows and not {"setting", "seed"} <= set(rows[0]):
-        return None
-    return {(r["setting"], r["seed"]) for r in rows}
 
 
 def save_tables(out: Path, archive: Path, log=print) -> None:

@@ -138,9 +138,13 @@ def test_a_gathered_table_travels_with_the_runs_and_never_loses_cells(tmp_path):
     save carries the table, restore puts it into a fresh OUT, and a table with fewer cells never replaces it."""
     out, archive = tmp_path / "li", tmp_path / "archive"
     _run(out, "sym30/grid/runs/ce_0.3_s1", "none")
-    header = "setting,seed,kind,name\n"
+    from benchmarks.label_issues import RECIPE_FILE, RESULT_COLUMNS
+
+    assert ar.TABLES[0] == RECIPE_FILE
+    header = ",".join(RESULT_COLUMNS) + "\n"
+    tail = "," * (len(RESULT_COLUMNS) - 4)  # setting, seed, kind and name given; the measures empty
     (out / "recipe.json").write_text(json.dumps({"epochs": 12, "data_dir": str(out / "data")}))
-    (out / "results.csv").write_text(header + "sym30,0,detection,ldlva\nsym30,1,detection,ldlva\n")
+    (out / "results.csv").write_text(header + f"sym30,0,detection,ldlva{tail}\nsym30,1,detection,ldlva{tail}\n")
     (out / "results.md").write_text("two seeds\n")
     ar.save(out, archive, log=lambda *a: None)
     assert (archive / "results.csv").read_text() == (out / "results.csv").read_text()
@@ -154,13 +158,13 @@ def test_a_gathered_table_travels_with_the_runs_and_never_loses_cells(tmp_path):
     other = tmp_path / "other"
     _run(other, "asym30/grid/runs/ce_0.3_s1", "none")
     (other / "recipe.json").write_text(json.dumps({"epochs": 12, "data_dir": str(other / "data")}))
-    (other / "results.csv").write_text(header + "asym30,1,detection,ldlva\n")
+    (other / "results.csv").write_text(header + f"asym30,1,detection,ldlva{tail}\n")
     messages = []
     ar.save(other, archive, log=messages.append)
     assert (archive / "results.csv").read_text() == (out / "results.csv").read_text()
     assert any("kept the archived" in m for m in messages), messages
     # one that gathered more is saved
-    (out / "results.csv").write_text(header + "sym30,0,detection,ldlva\nsym30,1,detection,ldlva\n"
-                                     "asym30,1,detection,ldlva\n")
+    (out / "results.csv").write_text(header + f"sym30,0,detection,ldlva{tail}\nsym30,1,detection,ldlva{tail}\n"
+                                     f"asym30,1,detection,ldlva{tail}\n")
     ar.save(out, archive, log=lambda *a: None)
     assert "asym30,1" in (archive / "results.csv").read_text()

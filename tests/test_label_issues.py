@@ -438,9 +438,8 @@ def test_results_gather_the_cells_of_every_invocation_of_one_recipe(tmp_path, ca
     cells an invocation runs replace their earlier rows; another recipe into the same OUT is refused by name, and
     a damaged results.csv is an error line."""
     import benchmarks.label_issues as bench
-    from common.errors import ConfigError
-
     from benchmarks.grid import mark_benchmark_dir
+    from common.errors import ConfigError
 
     out = tmp_path / "bench"
     mark_benchmark_dir(out, bench.KIND)  # as main() does before it checks the recipe
