@@ -66,11 +66,6 @@ def _table_name(split: str) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_tensorflow()
-    from common.errors import CheckpointError
-    from engine.metrics import format_report
-    from engine.splits import load_split, resolve_data_dir
-
     kind, run_dir, ckpt = _resolve_ckpt(Path(args.run))
     json_path = None
     if args.json is not None:
@@ -79,6 +74,19 @@ def main(argv=None) -> int:
         default_dir = run_dir if run_dir is not None else Path(ckpt).parent
         json_path = Path(args.json) if args.json else default_dir / f"eval_{Path(_table_name(args.split)).stem}.json"
         check_output_file(json_path, args.force, flag="--json")
+    if kind == "run":  # a damaged or hand-edited config.json is refused before TensorFlow's slow import
+        from engine.config import run_config_from_record
+        from engine.rundir import read_run_record
+
+        record = read_run_record(run_dir)
+        run_config_from_record(record, run_dir / "config.json")
+        if not args.data_dir:
+            _recorded_data_dir(run_dir, record)
+    quiet_tensorflow()
+    from common.errors import CheckpointError
+    from engine.metrics import format_report
+    from engine.splits import load_split, resolve_data_dir
+
     if kind == "run":
         from engine.results import evaluate_model, load_run_model
 

@@ -21,10 +21,11 @@ import numpy as np
 
 from common.config import check_saved_values
 from common.errors import CheckpointError, ConfigError
-from common.io import atomic_write_json, read_json_object
+from common.io import atomic_write_json
 from engine.build import build_model
 from engine.config import run_config_from_record
 from engine.run import Run
+from engine.rundir import read_run_record
 
 
 def predict_split(model, dataset) -> dict[str, np.ndarray]:
@@ -118,18 +119,6 @@ def export_run(run: Run, model, out, metrics: dict | None, formats=(), check_ima
     return export_saved_model(model, out, cfg.image_size, run.spec.class_names, cfg.method, input_norm=cfg.input_norm,
                               provenance=provenance(run, metrics), formats=formats, check_images=check_images,
                               log=run.log)
-
-
-def read_run_record(run_dir) -> dict:
-    """A run's ``config.json``, validated (a hand-edited or damaged file is a clear error)."""
-    config_path = Path(run_dir) / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{run_dir}: not a run directory (no config.json)")
-    record = read_json_object(config_path, CheckpointError)
-    for section in ("run", "method_config", "data"):
-        if not isinstance(record.get(section), dict):
-            raise CheckpointError(f"{config_path}: section '{section}' is missing or not an object")
-    return record
 
 
 def load_run_model(run_dir, ckpt=None, log=print) -> tuple[Run, object, dict]:

@@ -7,6 +7,8 @@
 * :func:`prepare_run_dir` — refuse to train into a non-empty folder that is not a run directory (even
   with ``--force``), refuse to reuse another run's directory without ``--resume`` / ``--force``, check
   that a resumed run's configuration matches, and with ``--force`` remove only the files a run writes.
+* :func:`read_run_record` — a run's ``config.json``, validated (read without TensorFlow, so a command can
+  refuse a damaged run before its slow start-up).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from common.errors import CheckpointError, ConfigError
-from common.io import atomic_write_json, remove_stale_temporaries
+from common.io import atomic_write_json, read_json_object, remove_stale_temporaries
 from engine.config import compare_configs
 
 LOCK_FILE = ".lock"
@@ -69,6 +71,14 @@ class RunLock:
                               "to finish or choose another --run (--force does not override a live run)") from None
         self._fd = fd
         return self
+
+    def refuse_if_held(self) -> None:
+        """Raise :meth:`acquire`'s error now if another process holds the lock; create nothing (a directory that
+        does not exist yet holds no lock, a file in its place is refused later by :func:`check_run_dir`). A check
+        before the slow start-up, not a reservation: the run takes the lock itself later."""
+        if self.run_dir.is_dir() and self.path.exists():
+            self.acquire()
+            self.release()
 
     def release(self) -> None:
         if self._fd is not None:
@@ -176,3 +186,15 @@ def prepare_run_dir(run_dir: Path, record: dict, resume: bool, force: bool, exte
     if not os.access(run_dir, os.W_OK):
         raise ConfigError(f"output directory {run_dir} is not writable; choose another --run")
     atomic_write_json(config_path, record)  # a WriteError names the file (read-only mount, quota, disk full)
+
+
+def read_run_record(run_dir) -> dict:
+    """A run's ``config.json``, validated (a hand-edited or damaged file is a clear error)."""
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{run_dir}: not a run directory (no config.json)")
+    record = read_json_object(config_path, CheckpointError)
+    for section in ("run", "method_config", "data"):
+        if not isinstance(record.get(section), dict):
+            raise CheckpointError(f"{config_path}: section '{section}' is missing or not an object")
+    return record

@@ -61,10 +61,15 @@ def _load(ref):
     return getattr(importlib.import_module(module), attribute)
 
 
-def get_method(name: str):
-    """``(model_class, config_class)`` of ``--method name`` (an unknown name is a ConfigError)."""
+def check_method_name(name: str) -> None:
+    """An unknown ``--method`` is a ConfigError; nothing is imported (a command checks it before TensorFlow)."""
     if name not in METHODS:
         raise ConfigError(f"unknown --method '{name}'; known: {', '.join(METHODS)}")
+
+
+def get_method(name: str):
+    """``(model_class, config_class)`` of ``--method name`` (an unknown name is a ConfigError)."""
+    check_method_name(name)
     entry = METHODS[name]
     return _load(entry.model), _load(entry.config)
 

@@ -664,3 +664,30 @@ def test_cli_subprocess_has_no_traceback(name, ds, tmp_path):
     assert len(errors) == 1, result.stderr[-3000:]
     for fragment in expect:
         assert fragment in errors[0]
+
+
+def test_a_typo_or_a_live_run_is_refused_before_tensorflow_is_imported(ds, tmp_path):
+    """``train.py`` checks what needs no TensorFlow first (``check_before_tensorflow``): a misspelt method and a
+    run directory another process trains are refused without paying TensorFlow's import."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from helpers_cli import ROOT, subprocess_env
+
+    probe = ("import sys, train; from common.cli import run_main; code = run_main(train.main, sys.argv[1:]); "
+             "print(code, 'tensorflow' in sys.modules)")
+    live = tmp_path / "live"
+    live.mkdir()
+    holder = os.open(live, os.O_RDONLY)  # this process holds the run's lock, as a training train.py does
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    try:
+        for argv, expected in ((train_args(ds, tmp_path / "run", "--method", "ldvla"), "unknown --method 'ldvla'"),
+                               (train_args(ds, live, "--resume"), f"in use by another process (pid {os.getpid()})")):
+            done = subprocess.run([sys.executable, "-c", probe, *argv], cwd=ROOT, env=subprocess_env(),
+                                  capture_output=True, text=True, timeout=120)
+            assert done.stdout.split() == ["2", "False"], done.stdout + done.stderr[-2000:]
+            assert expected in done.stderr
+        assert list(live.iterdir()) == []  # the check created nothing
+    finally:
+        os.close(holder)

@@ -300,7 +300,7 @@ def _json_readers(tmp_path):
     from engine.checkpoint import CheckpointManager
     from engine.config import read_config_file
     from engine.export import read_export_metadata
-    from engine.results import read_run_record
+    from engine.rundir import read_run_record
     from engine.rundir import prepare_run_dir
     from preprocess.pseudo_va import load_regressors
 

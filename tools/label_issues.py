@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     quiet_tensorflow()
     from engine.label_audit import (audit_run, check_audit_request, check_cleaned_target, load_audited_run,
                                     recorded_auc, write_cleaned_table)
-    from engine.results import read_run_record
+    from engine.rundir import read_run_record
 
     check_audit_request(read_run_record(args.run), args.score, args.flag)
     run, model, record, state = load_audited_run(args.run, args.ckpt)
