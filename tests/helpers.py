@@ -94,6 +94,24 @@ def with_config(model, **changes):
     model.config = dataclasses.replace(model.config, **changes)
 
 
+def copy_when_epoch_ends(monkeypatch, run_dir: Path, copy: Path, epoch: int = 0) -> None:
+    """While a run trains into ``run_dir``, copy the directory to ``copy`` right after epoch ``epoch``'s
+    checkpoint: what a kill at that instant leaves behind (the run's lock is an ``flock`` that a copy does not
+    hold), for ``--resume`` to continue, without a second process paying TensorFlow's import."""
+    import shutil
+
+    from engine.callbacks import RunCheckpoint
+
+    original = RunCheckpoint.on_epoch_end
+
+    def copy_after_the_epoch(self, epoch_index, logs=None):
+        original(self, epoch_index, logs)
+        if epoch_index == epoch:
+            shutil.copytree(run_dir, copy)
+
+    monkeypatch.setattr(RunCheckpoint, "on_epoch_end", copy_after_the_epoch)
+
+
 class _Killed(Exception):
     pass
 

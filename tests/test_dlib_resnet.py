@@ -240,23 +240,14 @@ def _args(ds, out, *extra):
 
 
 def test_train_export_serve_and_continue_exactly(face_dataset, tmp_path, capsys, monkeypatch):
-    import shutil
-
     import evaluate
     import train
-    from engine.callbacks import RunCheckpoint
 
+    from helpers import copy_when_epoch_ends
     from helpers_cli import h5_datasets
 
     straight, short = tmp_path / "straight", tmp_path / "short"
-    original = RunCheckpoint.on_epoch_end
-
-    def copy_after_the_first_epoch(self, epoch, logs=None):  # what a kill right after epoch 0's checkpoint leaves
-        original(self, epoch, logs)
-        if epoch == 0:
-            shutil.copytree(straight, short)
-
-    monkeypatch.setattr(RunCheckpoint, "on_epoch_end", copy_after_the_first_epoch)
+    copy_when_epoch_ends(monkeypatch, straight, short)  # what a kill right after epoch 0's checkpoint leaves
     code, out, err = run_cli(train, _args(face_dataset, straight, "--epochs", "2", "--val-every", "0"), capsys)
     monkeypatch.undo()
     assert code == 0, err[-3000:]

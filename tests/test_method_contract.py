@@ -358,22 +358,13 @@ def test_a_run_killed_after_an_epoch_resumes_exactly_and_its_saved_model_is_what
     its epoch-1 checkpoint, which is what a kill at that instant leaves behind (the run's lock is an ``flock``
     that a copy does not hold), is resumed with ``--resume``: every weight, per-sample state and optimizer
     slot of the final checkpoint, and metrics.json, equal the uninterrupted run's."""
-    import shutil
-
-    from engine.callbacks import RunCheckpoint
     from engine.checkpoint import CheckpointManager
+    from helpers import copy_when_epoch_ends
     from helpers_cli import h5_datasets
 
     size = dict(epochs=2, batch_size=16)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    original = RunCheckpoint.on_epoch_end
-
-    def copy_after_the_first_epoch(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            shutil.copytree(straight, killed)
-
-    monkeypatch.setattr(RunCheckpoint, "on_epoch_end", copy_after_the_first_epoch)
+    copy_when_epoch_ends(monkeypatch, straight, killed)
     train_run(tiny_run_config(tiny_dataset, straight, method, export=True, **size))
     monkeypatch.undo()
     _check_saved_model_serves_what_evaluate_computes(straight)
