@@ -74,6 +74,7 @@ def main(argv=None) -> int:
         default_dir = run_dir if run_dir is not None else Path(ckpt).parent
         json_path = Path(args.json) if args.json else default_dir / f"eval_{Path(_table_name(args.split)).stem}.json"
         check_output_file(json_path, args.force, flag="--json")
+    recorded_data_dir = None
     if kind == "run":  # a damaged or hand-edited config.json is refused before TensorFlow's slow import
         from engine.config import run_config_from_record
         from engine.rundir import read_run_record
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         record = read_run_record(run_dir)
         run_config_from_record(record, run_dir / "config.json")
         if not args.data_dir:
-            _recorded_data_dir(run_dir, record)
+            recorded_data_dir = _recorded_data_dir(run_dir, record)
     quiet_tensorflow()
     from common.errors import CheckpointError
     from engine.metrics import format_report
@@ -100,8 +101,7 @@ def main(argv=None) -> int:
                 raise CheckpointError(f"the checkpoint in {run_dir} has {cfg.num_classes} classes but dataset "
                                       f"'{args.dataset}' has {spec.num_classes}")
             run.spec = spec
-        data_dir = resolve_data_dir(run.spec, args.data_dir) if args.data_dir else \
-            _recorded_data_dir(run_dir, record)
+        data_dir = resolve_data_dir(run.spec, args.data_dir) if args.data_dir else recorded_data_dir
         table = load_split(data_dir, _table_name(args.split), cfg.num_classes, args.image_root or cfg.image_root,
                            allow_outside_root=cfg.allow_outside_root or args.allow_outside_root)
         run.use_test_table(table)
