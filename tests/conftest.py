@@ -6,8 +6,10 @@ Helpers that tests call directly live in ``helpers.py`` (datasets, run configs, 
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import weakref
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -44,3 +46,38 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings",
         "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:keras.src.backend.tensorflow.core")
+
+
+_live_iterators: "weakref.WeakSet | None" = None  # every tf.data iterator created since TensorFlow was first seen
+
+
+@pytest.fixture(autouse=True)
+def free_iterators_left_in_reference_cycles():
+    """Collect, at the end of the test that made them, the ``tf.data`` iterators a test leaves in reference cycles.
+
+    A run that ends in an exception mid-``fit`` (a file that fails to decode, a disk that fills while
+    checkpointing) leaves Keras' epoch iterator reachable only through a cycle: ``pytest.raises`` keeps the
+    exception, whose traceback keeps the test's frame, which keeps the exception. The garbage collector then
+    frees it during some later test, and there the iterator's destructor, which joins its background
+    threads, stalled a worker for ~30 s with the cores idle (twice a full run; a native stack showed
+    ``IteratorResource`` → ``RootDataset::Iterator`` → ``UnboundedThreadPool::LogicalThreadWrapper``).
+    Freed here, at once, it takes a fraction of a second. Iterators are tracked by weak reference from the
+    first test that finds TensorFlow's iterator module loaded (one full collection covers those made before).
+    """
+    yield
+    global _live_iterators
+    iterator_ops = sys.modules.get("tensorflow.python.data.ops.iterator_ops")
+    if iterator_ops is None:
+        return
+    if _live_iterators is None:
+        _live_iterators = weakref.WeakSet()
+        created = iterator_ops.OwnedIterator.__init__
+
+        def track(self, *args, **kwargs):
+            created(self, *args, **kwargs)
+            _live_iterators.add(self)
+
+        iterator_ops.OwnedIterator.__init__ = track
+        gc.collect()
+    elif len(_live_iterators):
+        gc.collect()
