@@ -49,6 +49,7 @@ def pytest_configure(config):
 
 
 _live_iterators: "weakref.WeakSet | None" = None  # every tf.data iterator created since TensorFlow was first seen
+_held_iterators: weakref.WeakSet = weakref.WeakSet()  # alive after a collection: held on purpose, e.g. by a fixture
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +63,8 @@ def free_iterators_left_in_reference_cycles():
     threads, stalled a worker for ~30 s with the cores idle (twice a full run; a native stack showed
     ``IteratorResource`` → ``RootDataset::Iterator`` → ``UnboundedThreadPool::LogicalThreadWrapper``).
     Freed here, at once, it takes a fraction of a second. Iterators are tracked by weak reference from the
-    first test that finds TensorFlow's iterator module loaded (one full collection covers those made before).
+    first test that finds TensorFlow's iterator module loaded (one full collection covers those made before); one
+    still alive after a collection is held on purpose and does not make the next tests collect again.
     """
     yield
     global _live_iterators
@@ -78,6 +80,7 @@ def free_iterators_left_in_reference_cycles():
             _live_iterators.add(self)
 
         iterator_ops.OwnedIterator.__init__ = track
-        gc.collect()
-    elif len(_live_iterators):
-        gc.collect()
+    elif not any(iterator not in _held_iterators for iterator in _live_iterators):
+        return
+    gc.collect()
+    _held_iterators.update(_live_iterators)
