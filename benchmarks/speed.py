@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import argparse
 
-from common.cli import ArgumentParser, nonnegative_int, positive_int
+from common.cli import ArgumentParser, nonnegative_int, positive_int, quiet_tensorflow
 import datetime
 import gc
 import json
@@ -579,6 +579,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     check_arguments(args)
+    quiet_tensorflow()  # the level is set: this only skips Keras's optional imports, as every command does
     skip = set(args.skip)
 
     def log(message):

@@ -26,6 +26,9 @@ __import__("atexit").register(__import__("shutil").rmtree, os.environ["FER_DATA_
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each worker imports TensorFlow as every command does, without Keras's optional imports (~2 s of its start).
+    __import__("common.cli").cli.quiet_tensorflow()
 
 import pytest  # noqa: E402
 

@@ -197,6 +197,9 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
     args = p.parse_args()
+    from common.cli import quiet_tensorflow
+
+    quiet_tensorflow()  # TensorFlow imported as every command imports it
     return run_equality(args) if args.mode == "equality" else run_multiworker(args)
 
 

@@ -3,6 +3,7 @@ characters when redirected; native output held back is shown when the code that 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -45,3 +46,42 @@ def test_native_stderr_held_back_unless_the_block_fails(capfd):
             os.write(2, b"why it failed\n")
             raise RuntimeError("boom")
     assert "why it failed" in capfd.readouterr().err
+
+
+def test_keras_optional_imports_are_skipped_only_inside_the_block(tmp_path, monkeypatch):
+    """Inside the block a listed package not yet imported fails to import (Keras then leaves its feature off);
+    afterwards it imports as usual; a listed package already imported (IPython in a notebook) is left alone."""
+    from common import cli
+
+    (tmp_path / "fer_optional_probe.py").write_text("VALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli, "KERAS_OPTIONAL_IMPORTS", ("fer_optional_probe", "json"))
+    with cli.keras_optional_imports_skipped():
+        with pytest.raises(ImportError):
+            import fer_optional_probe  # noqa: F401
+        import json as json_inside
+    assert json_inside is json and sys.modules["json"] is json  # already imported: left alone
+    import fer_optional_probe
+
+    assert fer_optional_probe.VALUE == 7
+    monkeypatch.delitem(sys.modules, "fer_optional_probe")
+    with pytest.raises(RuntimeError):  # left as it was when the block fails too
+        with cli.keras_optional_imports_skipped():
+            raise RuntimeError("boom")
+    assert "fer_optional_probe" not in sys.modules
+
+
+@pytest.mark.slow
+def test_startup_benchmark_compares_both_ways_and_the_skip_does_not_leak(tmp_path):
+    """benchmarks.startup, one round: Keras as it is loads every optional package installed; as every command
+    imports it, none, and each still imports afterwards (the child imports them all after timing)."""
+    out = tmp_path / "startup.md"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.startup", "--rounds", "1", "--out", str(out)],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    raw = json.loads(out.with_suffix(".json").read_text())
+    as_is, skipped = raw["results"]["as_is"][0], raw["results"]["skipped"][0]
+    assert as_is["loaded"] == as_is["installed"] and skipped["loaded"] == []
+    assert {"sklearn", "matplotlib"} <= set(as_is["installed"])  # requirements.txt installs both
+    assert "| ratio as is / skipped |" in out.read_text()
