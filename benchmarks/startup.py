@@ -5,7 +5,7 @@
 Keras 3 imports scikit-learn, IPython and ``matplotlib.pyplot`` while it is imported, when they are installed, for
 features no command uses (``keras.wrappers``, ``KerasFileEditor``, ``keras.visualization``);
 ``common.cli.quiet_tensorflow`` (called by every command before TensorFlow) skips them
-(``common.cli.keras_optional_imports_skipped``). Each round starts two fresh interpreters, one per way, their order
+(``common.cli.skip_keras_optional_imports``). Each round starts two fresh interpreters, one per way, their order
 alternating from round to round so that load from other processes hits both alike; each times its own import
 (wall and CPU) and reports which of the optional packages it loaded, and whether it can still import each
 afterwards (a skip that leaked into later imports would be an error, not a row). The test suite pays this start
@@ -38,11 +38,9 @@ import importlib, importlib.util, json, sys, time
 way, optional = sys.argv[1], sys.argv[2].split(",")
 start_wall, start_cpu = time.perf_counter(), time.process_time()
 if way == "skipped":
-    from common.cli import keras_optional_imports_skipped
-    with keras_optional_imports_skipped():
-        import tensorflow, keras
-else:
-    import tensorflow, keras
+    from common.cli import skip_keras_optional_imports
+    skip_keras_optional_imports()
+import tensorflow, keras
 wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
 loaded = [name for name in optional if name in sys.modules]
 installed = [name for name in optional if importlib.util.find_spec(name) is not None]

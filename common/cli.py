@@ -33,19 +33,17 @@ def quiet_tensorflow() -> None:
     and whatever ``TF_CPP_MIN_LOG_LEVEL`` says (the absl preamble, oneDNN, "Could not find cuda drivers",
     CPU features); afterwards level 3 also silences the ``cuInit`` error of a machine without a GPU. So
     the level is set to 3 and file descriptor 2 points at a temporary file for the import; if the import
-    fails, what it printed is shown. A user who sets ``TF_CPP_MIN_LOG_LEVEL`` sees everything. Either way
-    Keras's optional imports are skipped (:func:`keras_optional_imports_skipped`): a command starts ~30 %
-    sooner.
+    fails, what it printed is shown. A user who sets ``TF_CPP_MIN_LOG_LEVEL`` sees everything, and
+    TensorFlow is imported where the command first needs it. Either way Keras's optional imports are skipped
+    (:func:`skip_keras_optional_imports`): a command starts ~30 % sooner.
     """
     if "tensorflow" in sys.modules:
         return
+    skip_keras_optional_imports()
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        with keras_optional_imports_skipped():
-            import tensorflow  # noqa: F401
-
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    with native_stderr_captured(), keras_optional_imports_skipped():
+    with native_stderr_captured():
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")
@@ -59,23 +57,31 @@ def quiet_tensorflow() -> None:
 # ``KerasFileEditor``'s notebook display, ``matplotlib.pyplot`` for ``keras.visualization``. Together ~2.3 s of
 # a command's ~7.7-s start on a 2-core CPU (BENCHMARKS.md "Start-up"; ``python -m benchmarks.startup``).
 KERAS_OPTIONAL_IMPORTS = ("sklearn", "IPython", "matplotlib")
+KERAS_IMPORTERS = ("tensorflow", "keras")  # while one of these is being imported, the packages above are skipped
 
 
-@contextlib.contextmanager
-def keras_optional_imports_skipped():
-    """Inside the block, ``import`` of a :data:`KERAS_OPTIONAL_IMPORTS` package not yet imported fails with
-    ``ImportError``, so Keras's import leaves the feature off instead of loading the package; afterwards every
-    package imports as usual (the project's figures import matplotlib, the label-issues benchmark cleanlab and
-    scikit-learn). A package already imported (IPython in a notebook) is left alone."""
-    hidden = [name for name in KERAS_OPTIONAL_IMPORTS if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None  # the import system's "known to be missing" marker
-    try:
-        yield
-    finally:
-        for name in hidden:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
+class _KerasOptionalImportSkipper:
+    """A ``sys.meta_path`` finder: a :data:`KERAS_OPTIONAL_IMPORTS` package imported for the first time while
+    TensorFlow or Keras is itself being imported is reported missing (``ModuleNotFoundError``), so Keras leaves
+    the feature off; at any other moment the import goes on as usual (the project's figures import matplotlib,
+    the head's probe initialisation and the label-issues benchmark scikit-learn). A package already imported
+    (IPython in a notebook) never reaches a finder and is left alone."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in KERAS_OPTIONAL_IMPORTS and any(_being_imported(importer) for importer in KERAS_IMPORTERS):
+            raise ModuleNotFoundError(f"{name} is not loaded for Keras's optional features", name=name)
+        return None
+
+
+def _being_imported(name: str) -> bool:
+    module = sys.modules.get(name)
+    return module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False)
+
+
+def skip_keras_optional_imports() -> None:
+    """Install :class:`_KerasOptionalImportSkipper` (once) ahead of the import system's own finders."""
+    if not any(isinstance(finder, _KerasOptionalImportSkipper) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _KerasOptionalImportSkipper())
 
 
 @contextlib.contextmanager

@@ -48,27 +48,36 @@ def test_native_stderr_held_back_unless_the_block_fails(capfd):
     assert "why it failed" in capfd.readouterr().err
 
 
-def test_keras_optional_imports_are_skipped_only_inside_the_block(tmp_path, monkeypatch):
-    """Inside the block a listed package not yet imported fails to import (Keras then leaves its feature off);
-    afterwards it imports as usual; a listed package already imported (IPython in a notebook) is left alone."""
+def test_keras_optional_imports_are_skipped_only_while_keras_is_imported(tmp_path, monkeypatch):
+    """A listed package imported while Keras (here a stand-in package) is being imported is reported missing, so
+    Keras leaves its feature off; imported afterwards, it loads as usual; one already imported (IPython in a
+    notebook) is what Keras gets."""
     from common import cli
 
     (tmp_path / "fer_optional_probe.py").write_text("VALUE = 7\n")
+    (tmp_path / "fer_optional_loaded.py").write_text("VALUE = 8\n")
+    (tmp_path / "fer_stand_in_keras.py").write_text(
+        "try:\n    import fer_optional_probe\nexcept ImportError:\n    fer_optional_probe = None\n"
+        "import fer_optional_loaded\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(cli, "KERAS_OPTIONAL_IMPORTS", ("fer_optional_probe", "json"))
-    with cli.keras_optional_imports_skipped():
-        with pytest.raises(ImportError):
-            import fer_optional_probe  # noqa: F401
-        import json as json_inside
-    assert json_inside is json and sys.modules["json"] is json  # already imported: left alone
-    import fer_optional_probe
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    monkeypatch.setattr(cli, "KERAS_OPTIONAL_IMPORTS", ("fer_optional_probe", "fer_optional_loaded"))
+    monkeypatch.setattr(cli, "KERAS_IMPORTERS", ("fer_stand_in_keras",))
+    for name in ("fer_optional_probe", "fer_optional_loaded", "fer_stand_in_keras"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import fer_optional_loaded
+
+    cli.skip_keras_optional_imports()
+    cli.skip_keras_optional_imports()  # installed once
+    assert sum(isinstance(f, cli._KerasOptionalImportSkipper) for f in sys.meta_path) == 1
+    import fer_stand_in_keras
+
+    assert fer_stand_in_keras.fer_optional_probe is None  # skipped while the stand-in was being imported
+    assert fer_stand_in_keras.fer_optional_loaded is fer_optional_loaded  # already imported: left alone
+    assert "fer_optional_probe" not in sys.modules
+    import fer_optional_probe  # afterwards: imported as usual
 
     assert fer_optional_probe.VALUE == 7
-    monkeypatch.delitem(sys.modules, "fer_optional_probe")
-    with pytest.raises(RuntimeError):  # left as it was when the block fails too
-        with cli.keras_optional_imports_skipped():
-            raise RuntimeError("boom")
-    assert "fer_optional_probe" not in sys.modules
 
 
 @pytest.mark.slow
