@@ -55,7 +55,7 @@ def quiet_tensorflow() -> None:
 # What Keras 3 imports, when installed, as it is imported (each in a ``try: import ... except ImportError``) for
 # features no command of the project uses: scikit-learn for ``keras.wrappers``' SKLearn estimators, IPython for
 # ``KerasFileEditor``'s notebook display, ``matplotlib.pyplot`` for ``keras.visualization``. Together ~2.3 s of
-# a command's ~7.7-s start on a 2-core CPU (BENCHMARKS.md "Start-up"; ``python -m benchmarks.startup``).
+# a command's ~7.7-s start on a 2-core CPU (BENCHMARKS.md "A command's start-up"; ``python -m benchmarks.startup``).
 KERAS_OPTIONAL_IMPORTS = ("sklearn", "IPython", "matplotlib")
 KERAS_IMPORTERS = ("tensorflow", "keras")  # while one of these is being imported, the packages above are skipped
 
