@@ -67,7 +67,8 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import ConfigError, DataError
-from common.cli import ArgumentParser, nonnegative_float, nonnegative_int, positive_float, positive_int, run_command
+from common.cli import (ArgumentParser, nonnegative_float, nonnegative_int, positive_float, positive_int,
+                        quiet_tensorflow, run_command)
 from data.prepared import resolve_image_root
 from preprocess.common import add_force_argument, check_can_write
 
@@ -567,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args) -> str:
     if getattr(args, "batch_size", 1) < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    quiet_tensorflow()  # both subcommands run a network: TensorFlow as every command imports it
     return train_command(args) if args.command == "train" else predict_command(args)
 
 
