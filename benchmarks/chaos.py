@@ -143,6 +143,9 @@ def install_tracer(trace_path: str, pause: str = "", script: str = "") -> callab
     wrap(common.io, "atomic_write_bytes", lambda path, data: f"write:{Path(path).name}")
     if script in ("train.py", "export.py"):
         emit("start")
+        from common.cli import quiet_tensorflow
+
+        quiet_tensorflow()  # TensorFlow imported as the command itself imports it
         import tensorflow as tf
 
         import engine.callbacks
